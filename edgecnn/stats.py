@@ -1,0 +1,53 @@
+"""Model statistics: parameters and multiply-accumulates (MACs) for one input sample."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from edgecnn.layers import count_params
+
+
+def _conv_macs(m: nn.Conv2d, out: torch.Tensor) -> int:
+    kh, kw = m.kernel_size
+    return out[0].numel() * (m.in_channels // m.groups) * kh * kw
+
+
+def _linear_macs(m: nn.Linear, out: torch.Tensor) -> int:
+    return out[0].numel() * m.in_features
+
+
+_MAC_RULES = {nn.Conv2d: _conv_macs, nn.Linear: _linear_macs}
+
+
+@torch.no_grad()
+def count_macs(model: nn.Module, input_size: tuple[int, int, int] | None = None) -> int:
+    """MACs of one eval-mode forward pass at batch 1, counted from conv and linear layers.
+
+    Modules outside conv/linear (norms, pooling, activations) are cheap by comparison and left out,
+    as in the MAC figures papers quote. A module may define `extra_macs(inputs, output)` for work
+    it does outside its child conv/linear layers (e.g. deformable sampling).
+    """
+    input_size = input_size or model.config.input_size
+    total = 0
+
+    def hook(m: nn.Module, inputs: tuple, out: torch.Tensor) -> None:
+        nonlocal total
+        rule = _MAC_RULES.get(type(m))
+        if rule is not None:
+            total += rule(m, out)
+        if hasattr(m, "extra_macs"):
+            total += m.extra_macs(inputs, out)
+
+    was_training = model.training
+    model.eval()
+    handles = [m.register_forward_hook(hook) for m in model.modules()]
+    try:
+        model(torch.zeros(1, *input_size))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return total
+
+
+__all__ = ["count_macs", "count_params"]

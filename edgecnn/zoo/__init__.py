@@ -1,0 +1,2 @@
+"""The model zoo: one file per family; importing a family registers its models."""
+from edgecnn.zoo import resnet  # noqa: F401
