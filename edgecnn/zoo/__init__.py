@@ -1,4 +1,3 @@
 """The model zoo: one file per family; importing a family registers its models."""
 from edgecnn.zoo import resnet  # noqa: F401
 from edgecnn.zoo import alexnet, googlenet, lenet, vgg  # noqa: F401
-from edgecnn.zoo import deformable  # noqa: F401
