@@ -1,3 +1,4 @@
 """The model zoo: one file per family; importing a family registers its models."""
 from edgecnn.zoo import resnet  # noqa: F401
 from edgecnn.zoo import alexnet, googlenet, lenet, vgg  # noqa: F401
+from edgecnn.zoo import cliquenet, densenet, fractalnet, pyramidnet  # noqa: F401
