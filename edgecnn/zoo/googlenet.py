@@ -108,10 +108,8 @@ class GoogLeNet(nn.Module):
             module = Inception(in_ch, *(scaled(c) for c in channels))
             setattr(self, name, module)
             in_ch = module.out_channels
-            if name == "inception3b":
-                self.maxpool3 = nn.MaxPool2d(3, 2, ceil_mode=True)
-            elif name == "inception4e":
-                self.maxpool4 = nn.MaxPool2d(2, 2, ceil_mode=True)
+        self.maxpool3 = nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.maxpool4 = nn.MaxPool2d(2, 2, ceil_mode=True)
 
         if aux_logits:
             aux = dict(width=scaled(AUX_WIDTH), hidden=scaled(AUX_HIDDEN), dropout=aux_dropout)
