@@ -6,6 +6,7 @@ and the reference parameter count that proves a canonical model can load publish
 from __future__ import annotations
 
 import difflib
+import re
 import fnmatch
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable
@@ -97,7 +98,12 @@ def get_config(name: str) -> ModelConfig:
 
 def list_models(pattern: str = "*") -> list[str]:
     _ensure_zoo_loaded()
-    return sorted(n for n in _MODELS if fnmatch.fnmatch(n, pattern))
+    return sorted((n for n in _MODELS if fnmatch.fnmatch(n, pattern)), key=_natural_key)
+
+
+def _natural_key(name: str) -> list[int | str]:
+    """resnet18 before resnet101: digit runs compare as numbers."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
 def create_model(name: str, *, num_classes: int | None = None, in_chans: int | None = None,

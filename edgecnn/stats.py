@@ -42,7 +42,8 @@ def count_macs(model: nn.Module, input_size: tuple[int, int, int] | None = None)
     model.eval()
     handles = [m.register_forward_hook(hook) for m in model.modules()]
     try:
-        model(torch.zeros(1, *input_size))
+        device = next(model.parameters()).device
+        model(torch.zeros(1, *input_size, device=device))
     finally:
         for h in handles:
             h.remove()
@@ -50,4 +51,17 @@ def count_macs(model: nn.Module, input_size: tuple[int, int, int] | None = None)
     return total
 
 
-__all__ = ["count_macs", "count_params"]
+def model_stats(name: str) -> tuple[int, int]:
+    """(parameters, MACs) of a registered model, built on the meta device so no memory or compute is spent."""
+    from edgecnn.registry import create_model
+
+    try:
+        with torch.device("meta"):
+            model = create_model(name)
+            return count_params(model), count_macs(model)
+    except (NotImplementedError, RuntimeError):  # an op without a meta kernel: measure for real
+        model = create_model(name)
+        return count_params(model), count_macs(model)
+
+
+__all__ = ["count_macs", "count_params", "model_stats"]

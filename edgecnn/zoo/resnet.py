@@ -106,37 +106,37 @@ class ResNet(nn.Module):
 TV = "torchvision 0.29.2"
 
 
-@register_model(reference_params=11_689_512, reference_source=TV)
+@register_model(reference_params=11_689_512, reference_source=TV, recipe="resnet", min_input_size=(32, 32))
 def resnet18(**kw) -> ResNet:
     """ResNet-18, ImageNet 224."""
     return ResNet(BasicBlock, [2, 2, 2, 2], **kw)
 
 
-@register_model(reference_params=21_797_672, reference_source=TV)
+@register_model(reference_params=21_797_672, reference_source=TV, recipe="resnet", min_input_size=(32, 32))
 def resnet34(**kw) -> ResNet:
     """ResNet-34, ImageNet 224."""
     return ResNet(BasicBlock, [3, 4, 6, 3], **kw)
 
 
-@register_model(reference_params=25_557_032, reference_source=TV)
+@register_model(reference_params=25_557_032, reference_source=TV, recipe="resnet", min_input_size=(32, 32))
 def resnet50(**kw) -> ResNet:
     """ResNet-50 (v1.5), ImageNet 224."""
     return ResNet(Bottleneck, [3, 4, 6, 3], **kw)
 
 
-@register_model(reference_params=44_549_160, reference_source=TV)
+@register_model(reference_params=44_549_160, reference_source=TV, recipe="resnet", min_input_size=(32, 32))
 def resnet101(**kw) -> ResNet:
     """ResNet-101 (v1.5), ImageNet 224."""
     return ResNet(Bottleneck, [3, 4, 23, 3], **kw)
 
 
-@register_model(reference_params=60_192_808, reference_source=TV)
+@register_model(reference_params=60_192_808, reference_source=TV, recipe="resnet", min_input_size=(32, 32))
 def resnet152(**kw) -> ResNet:
     """ResNet-152 (v1.5), ImageNet 224."""
     return ResNet(Bottleneck, [3, 8, 36, 3], **kw)
 
 
-@register_model(dataset="fashion_mnist", reference_params=None, reference_source="edgecnn (ours)")
+@register_model(dataset="fashion_mnist", reference_params=701_178, reference_source="edgecnn (ours)")
 def resnet18_fmnist(**kw) -> ResNet:
     """ResNet-18 block layout at 1/4 width with a 3×3 stem, for 28×28 Fashion-MNIST."""
     return ResNet(BasicBlock, [2, 2, 2, 2], widths=(16, 32, 64, 128), small_input=True, **kw)

@@ -1,0 +1,295 @@
+"""Training and evaluation on CPU, one process or many (`torchrun --nproc_per_node=2`, DDP over gloo).
+
+The papers' recipes are named presets (`RECIPES`); a model's config names its default one. The
+validation split is carved from train with a fixed seed; the test set is only ever reported.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from edgecnn.checkpoint import load_training_state, save_checkpoint, save_training_state
+from edgecnn.data import ImageDataset, load_dataset, preprocess, train_val_split
+from edgecnn.errors import UserError
+from edgecnn.layers import AuxOutputs, logits_of
+from edgecnn.registry import create_model
+
+
+@dataclass(frozen=True)
+class Recipe:
+    optimizer: str               # "sgd" | "rmsprop"
+    lr: float                    # for `batch_size`; scaled linearly when the batch size changes
+    batch_size: int
+    epochs: int
+    weight_decay: float
+    schedule: str                # "cosine" (per step, 1 warm-up epoch) | "step"
+    step_epochs: int = 0         # step schedule: multiply by `step_gamma` every `step_epochs`
+    step_gamma: float = 1.0
+    momentum: float = 0.9
+    nesterov: bool = False
+    rmsprop_alpha: float = 0.9   # RMSProp decay
+    rmsprop_eps: float = 1.0
+    augment: bool = True         # random crop (pad 2) + horizontal flip
+    label_smoothing: float | None = None  # None: the model config's value
+    source: str = ""
+
+
+RECIPES: dict[str, Recipe] = {
+    "fmnist": Recipe("sgd", 0.1, 128, 15, 5e-4, "cosine", nesterov=True,
+                     source="edgecnn: fast Fashion-MNIST recipe for 2 CPU cores"),
+    "inception_v3": Recipe("rmsprop", 0.045, 32, 100, 4e-5, "step", step_epochs=2, step_gamma=0.94,
+                           label_smoothing=0.1,
+                           source="Szegedy et al. 2015 (Inception v3): RMSProp decay 0.9, eps 1.0, lr 0.045 "
+                                  "x0.94 every 2 epochs, batch 32, label smoothing 0.1"),
+    "googlenet": Recipe("sgd", 0.01, 128, 100, 2e-4, "step", step_epochs=8, step_gamma=0.96,
+                        source="Szegedy et al. 2014 (GoogLeNet): SGD momentum 0.9, lr -4% every 8 epochs"),
+    "resnet": Recipe("sgd", 0.1, 256, 90, 1e-4, "step", step_epochs=30, step_gamma=0.1,
+                     source="He et al. 2015: SGD momentum 0.9, lr 0.1 /10 every 30 epochs, wd 1e-4, batch 256"),
+    "vgg": Recipe("sgd", 0.01, 256, 74, 5e-4, "step", step_epochs=25, step_gamma=0.1,
+                  source="Simonyan & Zisserman 2014: SGD momentum 0.9, lr 0.01 /10 on plateau, wd 5e-4, batch 256"),
+    "alexnet": Recipe("sgd", 0.01, 128, 90, 5e-4, "step", step_epochs=30, step_gamma=0.1,
+                      source="Krizhevsky et al. 2012: SGD momentum 0.9, lr 0.01 /10 on plateau, wd 5e-4, batch 128"),
+}
+
+
+def get_recipe(name: str) -> Recipe:
+    if name not in RECIPES:
+        raise UserError(f"unknown recipe {name!r}; choose one of: {', '.join(RECIPES)}")
+    return RECIPES[name]
+
+
+# ---------------------------------------------------------------- distributed plumbing
+
+def _world() -> tuple[int, int]:
+    """(rank, world size); starts the gloo process group when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("gloo")
+    return (dist.get_rank(), world) if world > 1 else (0, 1)
+
+
+def _all_sum(values: list[float], world: int) -> list[float]:
+    if world == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+# ---------------------------------------------------------------- pieces
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def augment(images: torch.Tensor, generator: torch.Generator, pad: int = 2) -> torch.Tensor:
+    """Random crop after zero padding, and horizontal flip, on a uint8 batch."""
+    n, _, h, w = images.shape
+    padded = F.pad(images, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    out = torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
+    flip = torch.rand(n, generator=generator) < 0.5
+    return torch.where(flip.view(-1, 1, 1, 1), out.flip(-1), out)
+
+
+def make_optimizer(model: nn.Module, recipe: Recipe, lr: float) -> torch.optim.Optimizer:
+    # No weight decay on norms and biases: they are not what regularisation means to shrink.
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if recipe.optimizer == "rmsprop":
+        return torch.optim.RMSprop(groups, lr=lr, alpha=recipe.rmsprop_alpha, eps=recipe.rmsprop_eps,
+                                   momentum=recipe.momentum)
+    return torch.optim.SGD(groups, lr=lr, momentum=recipe.momentum, nesterov=recipe.nesterov)
+
+
+def lr_factor(recipe: Recipe, epochs: int, steps_per_epoch: int) -> Callable[[int], float]:
+    total = epochs * steps_per_epoch
+    if recipe.schedule == "cosine":
+        warm = steps_per_epoch
+
+        def cosine(step: int) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+        return cosine
+
+    def step_decay(step: int) -> float:
+        return recipe.step_gamma ** ((step // steps_per_epoch) // recipe.step_epochs)
+    return step_decay
+
+
+def loss_fn(output: torch.Tensor | AuxOutputs, target: torch.Tensor, aux_weight: float,
+            label_smoothing: float) -> torch.Tensor:
+    loss = F.cross_entropy(logits_of(output), target, label_smoothing=label_smoothing)
+    if isinstance(output, AuxOutputs):
+        for aux in output.aux:
+            loss = loss + aux_weight * F.cross_entropy(aux, target, label_smoothing=label_smoothing)
+    return loss
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, ds: ImageDataset, batch_size: int = 500, rank: int = 0, world: int = 1,
+             progress: bool = False) -> float:
+    """Top-1 accuracy in percent; under DDP each rank scores a shard and the counts are summed."""
+    model.eval()
+    config = getattr(model, "module", model).config
+    indices = torch.arange(rank, len(ds), world)
+    correct = 0
+    for start in tqdm(range(0, len(indices), batch_size), desc="eval", leave=False,
+                      disable=not progress or rank != 0):
+        images, labels = ds.get_batch(indices[start:start + batch_size], size=config.input_size[1:])
+        correct += (logits_of(model(preprocess(images, config))).argmax(1) == labels).sum().item()
+    correct, total = _all_sum([correct, len(indices)], world)
+    return 100.0 * correct / max(1, total)
+
+
+# ---------------------------------------------------------------- the training loop
+
+@dataclass
+class TrainResult:
+    model: str
+    checkpoint: str
+    epochs: int
+    val_accuracy: float
+    test_accuracy: float
+    wall_time_s: float
+
+
+def train(name: str, *, epochs: int | None = None, batch_size: int | None = None, lr: float | None = None,
+          recipe: str | None = None, data: str = "fashion_mnist", data_root: str | None = None,
+          out: str | Path | None = None, seed: int = 0, resume: bool = False, threads: int | None = None,
+          limit: int | None = None, save_dtype: torch.dtype = torch.float32,
+          progress: bool = True, model_kwargs: dict[str, Any] | None = None) -> TrainResult:
+    """Train a registered model; write `out` (.safetensors + .json sidecar + .log) and return the result.
+
+    `limit` trains on the first N training images (smoke tests); the val/test sets stay whole.
+    """
+    rank, world = _world()
+    if threads:
+        torch.set_num_threads(threads)
+    seed_everything(seed + rank)
+    model = create_model(name, **(model_kwargs or {}))
+    config = model.config
+    rcp = get_recipe(recipe or config.recipe)
+    epochs = epochs or rcp.epochs
+    batch_size = batch_size or rcp.batch_size
+    if batch_size % world:
+        raise UserError(f"--batch-size {batch_size} must divide evenly over {world} processes")
+    lr = lr if lr is not None else rcp.lr * batch_size / rcp.batch_size
+    smoothing = config.label_smoothing if rcp.label_smoothing is None else rcp.label_smoothing
+    out = Path(out or Path("runs") / name / f"{name}.safetensors")
+    state_path = out.with_name(out.stem + ".state.safetensors")
+    log_path = out.with_suffix(".log")
+
+    full = load_dataset(data, "train", data_root)
+    train_ds, val_ds = train_val_split(full)
+    if limit:
+        train_ds = train_ds.subset(torch.arange(min(limit, len(train_ds))))
+    test_ds = load_dataset(data, "test", data_root)
+    if len(train_ds.class_names) != config.num_classes:
+        raise UserError(f"{name} predicts {config.num_classes} classes but {data} has {len(train_ds.class_names)}; "
+                        f"pick a model made for it or pass a matching dataset")
+
+    net: nn.Module = model
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(model)
+    optimizer = make_optimizer(model, rcp, lr)
+    sampler = torch.utils.data.DistributedSampler(range(len(train_ds)), num_replicas=world, rank=rank,
+                                                  shuffle=True, seed=seed, drop_last=True)
+    per_rank = batch_size // world
+    steps_per_epoch = len(sampler) // per_rank
+    if steps_per_epoch == 0:
+        raise UserError(f"only {len(train_ds)} training images: fewer than one batch of {batch_size}")
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(rcp, epochs, steps_per_epoch))
+    start_epoch, history = 0, []
+    gen = torch.Generator().manual_seed(seed * 1000 + rank)
+    if resume and state_path.is_file():
+        meta, rng = load_training_state(state_path, model, optimizer, scheduler)
+        start_epoch, history = meta["epoch"], meta["history"]
+        gen.set_state(rng["augment"])
+        torch.set_rng_state(rng["torch"])
+    elif rank == 0:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        log_path.write_text("")
+    run_args = dict(epochs=epochs, batch_size=batch_size, lr=lr, recipe=recipe or config.recipe, seed=seed,
+                    world_size=world, label_smoothing=smoothing, aux_weight=config.aux_weight, data=data,
+                    train_images=len(train_ds), val_images=len(val_ds))
+    t0 = time.time() - sum(h["epoch_time_s"] for h in history)
+    for epoch in range(start_epoch, epochs):
+        te = time.time()
+        sampler.set_epoch(epoch)
+        net.train()
+        order = torch.tensor(list(sampler))
+        seen = correct = loss_sum = 0.0
+        bar = tqdm(range(steps_per_epoch), desc=f"{name} {epoch + 1}/{epochs}", leave=False,
+                   disable=not progress or rank != 0, mininterval=1.0 if os.isatty(2) else 30.0)
+        for step in bar:
+            images, labels = train_ds.get_batch(order[step * per_rank:(step + 1) * per_rank],
+                                                size=config.input_size[1:])
+            if rcp.augment:
+                images = augment(images, gen)
+            output = net(preprocess(images, config))
+            loss = loss_fn(output, labels, config.aux_weight, smoothing)
+            if not torch.isfinite(loss):
+                raise UserError(f"loss became {loss.item()} at epoch {epoch + 1}; lower --lr "
+                                f"(now {lr:g}) or check the data")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            seen += len(labels)
+            loss_sum += loss.item() * len(labels)
+            correct += (logits_of(output).argmax(1) == labels).sum().item()
+            if step % 20 == 0:
+                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{100 * correct / seen:.1f}")
+        seen, correct, loss_sum = _all_sum([seen, correct, loss_sum], world)
+        val_acc = evaluate(net, val_ds, rank=rank, world=world)
+        entry = {"epoch": epoch + 1, "train_loss": round(loss_sum / seen, 4),
+                 "train_acc": round(100 * correct / seen, 2), "val_acc": round(val_acc, 2),
+                 "lr": round(scheduler.get_last_lr()[0], 6), "epoch_time_s": round(time.time() - te, 1)}
+        history.append(entry)
+        if rank == 0:
+            with open(log_path, "a") as f:
+                f.write(json.dumps(entry) + "\n")
+            save_training_state(state_path, model, optimizer, scheduler,
+                                {"epoch": epoch + 1, "history": history, "args": run_args},
+                                rng={"augment": gen.get_state(), "torch": torch.get_rng_state()})
+            if progress:
+                tqdm.write(f"{name} epoch {epoch + 1}/{epochs}: loss {entry['train_loss']:.4f} "
+                           f"train {entry['train_acc']:.2f}% val {entry['val_acc']:.2f}% "
+                           f"({entry['epoch_time_s']:.0f}s)")
+    test_acc = evaluate(net, test_ds, rank=rank, world=world)
+    wall = time.time() - t0
+    result = TrainResult(name, str(out), epochs, history[-1]["val_acc"] if history else float("nan"),
+                         round(test_acc, 2), round(wall, 1))
+    if rank == 0:
+        save_checkpoint(model, out, {
+            "model": name, "config": config.to_dict(), "epochs": epochs, "val_accuracy": result.val_accuracy,
+            "test_accuracy": result.test_accuracy, "wall_time_s": result.wall_time_s,
+            "data_fingerprint": full.fingerprint, "train": run_args, "history": history,
+            "recipe": asdict(replace(rcp, epochs=epochs, batch_size=batch_size, lr=lr)),
+        }, dtype=save_dtype)
+        with open(log_path, "a") as f:
+            f.write(json.dumps({"final": True, "test_acc": result.test_accuracy, "wall_time_s": result.wall_time_s})
+                    + "\n")
+        state_path.unlink(missing_ok=True)
+    if world > 1:
+        dist.barrier()
+    return result
