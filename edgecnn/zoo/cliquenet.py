@@ -90,20 +90,20 @@ class CliqueNet(nn.Module):
                  num_classes: int = 10, in_chans: int = 3) -> None:
         super().__init__()
         self.stem = nn.Conv2d(in_chans, stem_width, 3, stem_stride, 1, bias=False)
-        nn.init.kaiming_normal_(self.stem.weight, mode="fan_out", nonlinearity="relu")
         self.blocks = nn.ModuleList()
         self.global_features = nn.ModuleList()
         self.transitions = nn.ModuleList()
-        in_ch = stem_width
+        in_ch, feature_width = stem_width, 0
         for i, num_layers in enumerate(layers_per_block):
             out_ch = growth * num_layers
             self.blocks.append(CliqueBlock(in_ch, growth, num_layers))
             self.global_features.append(GlobalFeature(in_ch + out_ch))
+            feature_width += in_ch + out_ch
             if i != len(layers_per_block) - 1:
                 self.transitions.append(Transition(out_ch))
             in_ch = out_ch
-        self.fc = nn.Linear(sum(gf[0].num_features for gf in self.global_features), num_classes)
-        for m in self.transitions.modules():
+        self.fc = nn.Linear(feature_width, num_classes)
+        for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
         nn.init.zeros_(self.fc.bias)

@@ -1,8 +1,8 @@
 """PyramidNet (Han, Kim & Kim, CVPR 2017), CIFAR-style: widths grow a little at every residual unit.
 
 Instead of doubling channels where the grid halves, the k-th of N units has width
-16 + α·k/N (additive) or 16·α^(k/N) (multiplicative), rounded half up as in the authors' Torch
-code. Units are BN-conv-BN-ReLU-conv-BN (no ReLU at the unit's end, the paper's best unit) and the
+s + α·k/N (additive) or s·α^(k/N) (multiplicative) from the start width s = 16, rounded half up as
+in the authors' Torch code. Units are BN-conv-BN-ReLU-conv-BN (no ReLU at the unit's end, the paper's best unit) and the
 shortcut is a zero-padded identity: parameter-free, 2×2 average pooled where the unit strides.
 """
 from __future__ import annotations
