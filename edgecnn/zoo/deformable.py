@@ -6,7 +6,7 @@ Semantics are exactly those of ONNX `DeformConv` and `torchvision.ops.deform_con
 (dy, dx) pairs per kernel tap per offset group, and taps falling outside the input read zero.
 
 The PyTorch forward is the decomposition every backend runs: offsets → sampling grid → `grid_sample`
-(bilinear, zero padding) → a conv whose stride equals its kernel over the sampled taps. For export a
+(bilinear, zero padding) → a 1×1 conv over the sampled taps stacked as channels. For export a
 layer has a *lowering*, chosen per target through `prepare_export(target_name)` (which the export
 stage calls on every module) or `set_deform_lowering(model, lowering)`:
 
@@ -45,25 +45,24 @@ BILINEAR_MACS_PER_TAP = 4
 def _sampling_grid(offset: torch.Tensor, kernel_size: tuple[int, int], input_hw: tuple[int, int],
                    stride: tuple[int, int], padding: tuple[int, int],
                    dilation: tuple[int, int]) -> torch.Tensor:
-    """grid_sample grid of shape (N·G, oH·kH, oW·kW, 2): tap (i, j) of output (oh, ow) at (oh·kH+i, ow·kW+j)."""
+    """grid_sample grid of shape (N·G, kH·kW·oH, oW, 2): rows run over (tap, output row)."""
     kh, kw = kernel_size
     in_h, in_w = input_hw
-    offset_groups = offset.shape[1] // (2 * kh * kw)
     out_h, out_w = offset.shape[-2:]
     arange = dict(dtype=offset.dtype, device=offset.device)
-    # Undeformed tap positions in input pixels: output position · stride − padding + tap · dilation.
-    base_y = (torch.arange(out_h, **arange) * stride[0] - padding[0]).view(out_h, 1, 1, 1) \
-        + (torch.arange(kh, **arange) * dilation[0]).view(1, kh, 1, 1)
-    base_x = (torch.arange(out_w, **arange) * stride[1] - padding[1]).view(1, 1, out_w, 1) \
-        + (torch.arange(kw, **arange) * dilation[1]).view(1, 1, 1, kw)
-    # (N, G·kH·kW·2, oH, oW) → (N, G, oH, kH, oW, kW, 2)
-    offset = offset.reshape(-1, offset_groups, kh, kw, 2, out_h, out_w).permute(0, 1, 5, 2, 6, 3, 4)
-    y = base_y + offset[..., 0]
-    x = base_x + offset[..., 1]
-    # grid_sample with align_corners=False maps pixel p of a size-S axis to (2p + 1) / S − 1; unlike the
-    # align_corners=True form it stays finite on 1-pixel maps.
-    grid = torch.stack(((2 * x + 1) / in_w - 1, (2 * y + 1) / in_h - 1), dim=-1)
-    return grid.reshape(-1, out_h * kh, out_w * kw, 2)
+    # Undeformed tap positions in input pixels, output position · stride − padding + tap · dilation,
+    # laid out to broadcast against the offsets below: y over (kH, 1, oH, 1), x over (1, kW, 1, oW).
+    base_y = (torch.arange(kh, **arange) * dilation[0]).view(kh, 1, 1, 1) \
+        + (torch.arange(out_h, **arange) * stride[0] - padding[0]).view(1, 1, out_h, 1)
+    base_x = (torch.arange(kw, **arange) * dilation[1]).view(1, kw, 1, 1) \
+        + (torch.arange(out_w, **arange) * stride[1] - padding[1]).view(1, 1, 1, out_w)
+    # grid_sample with align_corners=False reads pixel p of a size-S axis at (2p + 1) / S − 1; unlike the
+    # align_corners=True form it stays finite on 1-pixel maps. Offsets are in pixels, so they scale by 2 / S.
+    offset = offset.reshape(-1, kh, kw, 2, out_h, out_w)  # (N·G, kH, kW, (dy, dx), oH, oW)
+    y = (2 * base_y + 1) / in_h - 1 + offset[:, :, :, 0] * (2 / in_h)
+    x = (2 * base_x + 1) / in_w - 1 + offset[:, :, :, 1] * (2 / in_w)
+    grid = torch.stack((x, y), dim=-1)
+    return grid.reshape(-1, kh * kw * out_h, out_w, 2)
 
 
 def _deform_conv2d_decomposed(input: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor,
@@ -75,15 +74,16 @@ def _deform_conv2d_decomposed(input: torch.Tensor, offset: torch.Tensor, weight:
     offset_groups = offset.shape[1] // (2 * kh * kw)
     out_h, out_w = offset.shape[-2:]
     grid = _sampling_grid(offset, (kh, kw), (in_h, in_w), stride, padding, dilation)
-    # Each offset group samples its own slice of channels with its own grid.
+    # Each offset group samples its own slice of channels with its own grid: (N·G, C/G, taps·oH, oW).
     taps = F.grid_sample(input.reshape(-1, channels // offset_groups, in_h, in_w), grid,
                          mode="bilinear", padding_mode="zeros", align_corners=False)
     if mask is not None:
-        mask = mask.reshape(-1, offset_groups, kh, kw, out_h, out_w).permute(0, 1, 4, 2, 5, 3)
-        taps = taps * mask.reshape(-1, 1, out_h * kh, out_w * kw)
-    taps = taps.reshape(-1, channels, out_h * kh, out_w * kw)
+        taps = taps * mask.reshape(-1, 1, kh * kw * out_h, out_w)
+    # Channels then taps, the order of the weight's (C/groups, kH, kW): a 1×1 conv finishes the job
+    # (a GEMM; faster to train than a kH×kW conv of stride kH×kW over a tiled tap image).
+    taps = taps.reshape(-1, channels * kh * kw, out_h, out_w)
     groups = channels // weight.shape[1]
-    return F.conv2d(taps, weight, bias, stride=(kh, kw), groups=groups)
+    return F.conv2d(taps, weight.reshape(weight.shape[0], -1, 1, 1), bias, groups=groups)
 
 
 def _deform_conv_attrs(weight: torch.Tensor, offset: torch.Tensor, channels: int, stride: tuple[int, int],
