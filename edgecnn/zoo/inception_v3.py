@@ -239,9 +239,10 @@ def inception_v3(**kw) -> InceptionV3:
 
 
 # The low-resolution study (v3 paper §9): three receptive fields at about the same compute. Only
-# the stem changes; the parameters are inception_v3's exactly, and from Conv2d_2a_3x3 on every
-# layer sees the same grid in rf299 and rf151 (149 → 147 → 73 → 71 → 35); rf79 runs on 77 → 75 → 73
-# → 36 and spends less in the stem but a little more in the 36×36 Mixed_5 modules.
+# the stem's stride and pooling change, so the parameters are inception_v3's exactly. rf299 and
+# rf151 both leave Conv2d_1a_3x3 at 149×149, so every later layer has the same grid and MACs
+# (149 → 147 → pool 73 → 71 → pool 35); rf79 runs 77 → 75 → 75 (no pool) → 73 → pool 36, spending
+# less in the stem and a little more in the 36×36 Mixed_5 modules (about 6 % fewer MACs in all).
 LOW_RES_SOURCE = f"{TV} (inception_v3's layers; only strides/pools differ)"
 
 
