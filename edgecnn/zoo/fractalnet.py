@@ -13,6 +13,8 @@ Eval mode runs every column and joins with plain means, so the exported graph is
 from __future__ import annotations
 
 import copy
+import functools
+import operator
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -31,15 +33,19 @@ class DropPath:
     local_drop: float = 0.0
 
 
+def _mean(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    # A one-input join is the identity: no Add/Div nodes for it in the exported graph.
+    return tensors[0] if len(tensors) == 1 else functools.reduce(operator.add, tensors) / len(tensors)
+
+
 def local_drop_join(inputs: Sequence[torch.Tensor], drop_prob: float) -> torch.Tensor:
     """Mean of the inputs that survive dropping each with `drop_prob`; one random input if none do."""
     if len(inputs) == 1 or drop_prob == 0.0:
-        return sum(inputs) / len(inputs)
+        return _mean(inputs)
     keep = (torch.rand(len(inputs)) >= drop_prob).tolist()
     if not any(keep):
         keep[int(torch.randint(len(inputs), ()))] = True
-    kept = [x for x, k in zip(inputs, keep) if k]
-    return sum(kept) / len(kept)
+    return _mean([x for x, k in zip(inputs, keep) if k])
 
 
 class FractalUnit(nn.Sequential):
