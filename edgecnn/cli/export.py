@@ -1,0 +1,155 @@
+"""`edgecnn export` (a zoo model → one artifact directory) and `edgecnn inspect` (read one back)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from edgecnn.cli.table import format_table
+from edgecnn.errors import UserError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from edgecnn.export.onnx_graph import DEFAULT_OPSET, EXPORTERS
+    from edgecnn.export.targets import PRECISIONS, TARGETS
+
+    p = sub.add_parser(
+        "export", help="export a zoo model to ONNX / OpenVINO IR / TensorRT-ready ONNX",
+        description="Fold BatchNorm, write the target's model files and a manifest (hashes, parity against "
+                    "PyTorch, tool versions) into one directory, atomically. Without --checkpoint a model's "
+                    "committed Fashion-MNIST weights are used; a model without any exports its seeded random "
+                    "init, and the manifest says so.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--checkpoint", help="a .safetensors checkpoint (default: the committed weights, if any)")
+    p.add_argument("--target", choices=list(TARGETS), default="onnx")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    batch = p.add_mutually_exclusive_group()
+    batch.add_argument("--batch", type=int, default=1, help="static batch size of the graph")
+    batch.add_argument("--dynamic-batch", action="store_true", help="symbolic batch axis instead")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (17 or newer)")
+    p.add_argument("--exporter", choices=EXPORTERS, default="auto", help="torch's ONNX exporter")
+    p.add_argument("--input-size", metavar="HxW", type=_parse_hw,
+                   help="spatial input size, if not the model's (e.g. 112x112)")
+    p.add_argument("--half-io", action="store_true",
+                   help="FP16 ONNX only: take and return float16 (default keeps float32 at the ends)")
+    p.add_argument("--parity-samples", type=int, default=64, help="inputs parity is checked on")
+    p.add_argument("--seed", type=int, default=0, help="init seed when there are no weights")
+    p.add_argument("--out", type=Path, help="artifact directory (default: artifacts/NAME-TARGET-PRECISION)")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("inspect", help="show an artifact's manifest and verify its file hashes",
+                       description="Print the manifest of an export as tables and check every file's size "
+                                   "and SHA-256; a missing or modified file is an error (exit 2).")
+    p.add_argument("directory", type=Path, metavar="DIR")
+    p.add_argument("--json", action="store_true", help="print the manifest as JSON instead")
+    p.set_defaults(func=cmd_inspect)
+
+
+def _parse_hw(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().replace(",", "x").split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW such as 112x112, got {text!r}") from None
+    if h < 1 or w < 1:
+        raise argparse.ArgumentTypeError(f"input size must be positive, got {text!r}")
+    return h, w
+
+
+def _size(n: int) -> str:
+    for unit, div in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= div:
+            return f"{n / div:.1f} {unit}"
+    return f"{n} B"
+
+
+def _parity_rows(manifest: dict[str, Any]) -> list[list[Any]]:
+    rows = []
+    for p in manifest["parity"]:
+        tol = f"≤ {p['tolerance']:.1e}" if "tolerance" in p else "—"
+        rows.append([p["backend"], p["samples"], f"{p.get('max_abs_diff', float('nan')):.2e}", tol,
+                     f"{100 * p.get('top1_agreement', 0):.1f}%", "PASS" if p["passed"] else "FAIL"])
+    return rows
+
+
+PARITY_HEADERS = ["backend", "samples", "max |Δlogit|", "tolerance", "top-1 agree", "parity"]
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from edgecnn.export.pipeline import export_registered
+
+    if args.half_io and (args.target != "onnx" or args.precision != "fp16"):
+        raise UserError("--half-io applies to --target onnx --precision fp16 only")
+    out = args.out or Path("artifacts") / f"{args.name}-{args.target}-{args.precision}"
+    result = export_registered(args.name, args.target, args.precision, out, checkpoint=args.checkpoint,
+                               seed=args.seed, batch=args.batch, dynamic_batch=args.dynamic_batch,
+                               opset=args.opset, exporter=args.exporter, input_size=args.input_size,
+                               keep_io_types=not args.half_io, parity_samples=args.parity_samples,
+                               overwrite=args.force, progress=not args.no_progress)
+    m = result.manifest
+    fold = next(p for p in m["passes"] if p["name"] == "fold_batchnorm")
+    print(f"{m['model']['name']} → {m['target']} {m['precision']}: {result.path}  "
+          f"({m['export']['seconds']:.1f} s; {fold['bn_folded']} BN folded, {fold['bn_to_affine']} as affine)")
+    print(format_table([[name, _size(f["bytes"]), f["sha256"][:16]] for name, f in m["files"].items()],
+                       ["file", "size", "sha256"]))
+    print()
+    print(format_table(_parity_rows(m), PARITY_HEADERS))
+    for note in m["notes"]:
+        print(f"note: {note}")
+    if not result.parity_passed:
+        print("edgecnn: parity FAILED: the artifact was written but does not match PyTorch within tolerance",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def _format_shape(spec: dict[str, Any]) -> str:
+    return f"{spec['name']}: {'×'.join(str(d) for d in spec['shape'])} {spec['dtype']} {spec.get('layout', '')}".strip()
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from edgecnn.export.manifest import read_manifest
+
+    m = read_manifest(args.directory)
+    if args.json:
+        print(json.dumps(m, indent=2))
+        return 0
+    model, weights, pre = m["model"], m["model"]["weights"], m["preprocessing"]
+    source = weights.get("source")
+    if source == "checkpoint":
+        acc = weights.get("test_accuracy")
+        source = f"checkpoint {weights['path']}" + (f" (test accuracy {acc:.2f}%)" if acc is not None else "")
+    classes = m["class_names"]
+    rows = [
+        ["model", f"{model['name']} ({model['family']}, zoo v{model['zoo_version']}, {model['params']:,} params)"],
+        ["weights", source],
+        ["target / precision", f"{m['target']} / {m['precision']} (default backend: {m['default_backend']})"],
+        ["input", _format_shape(m["input"])],
+        ["output", _format_shape(m["output"])],
+        ["preprocessing", f"/255, resize {'×'.join(map(str, pre['resize']))}, mean {pre['mean']}, std {pre['std']}"],
+        ["classes", f"{len(classes)}: {', '.join(classes[:5])}{', …' if len(classes) > 5 else ''}" if classes
+         else f"{model['num_classes']} (no names recorded)"],
+        ["calibration", json.dumps(m["calibration"]) if m["calibration"] else "—"],
+        ["exported", f"{m['export']['created_utc']} on {m['export']['host']} ({m['export']['cpu']}) "
+                     f"in {m['export']['seconds']} s"],
+        ["tools", ", ".join(f"{k} {v}" for k, v in m["tools"].items() if v)],
+        ["schema", str(m["schema_version"])],
+    ]
+    if "engine_built" in m.get("target_info", {}):
+        rows.insert(3, ["TensorRT engine", "built" if m["target_info"]["engine_built"] else
+                        f"not built: {m['target_info'].get('engine_not_built_because', '')}"])
+    print(format_table(rows, ["field", "value"]))
+    print()
+    print(format_table([[name, _size(f["bytes"]), f["sha256"][:16], "ok"] for name, f in m["files"].items()],
+                       ["file", "size", "sha256", "hash verified"]))
+    print()
+    print(format_table(_parity_rows(m), PARITY_HEADERS))
+    print()
+    print(format_table([[p["name"], f"{p['seconds']:.2f}"] for p in m["passes"]], ["pass", "seconds"]))
+    for note in m.get("notes", []):
+        print(f"note: {note}")
+    return 0

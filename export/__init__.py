@@ -1,0 +1,24 @@
+"""edgecnn.export: from a trained nn.Module to deployable artifacts, and sessions that run them.
+
+    from edgecnn.export import export_registered, read_manifest, runtime
+    result = export_registered("resnet18_fmnist", target="onnx", precision="fp32", out="artifacts/r18")
+    manifest = read_manifest(result.path)            # validated; hashes checked
+    with runtime.load(result.path, threads=2) as session:
+        logits = session.run(batch)                  # float32 N×C×H×W
+
+Stages (each its own module): `fold` (conv-BN folding, a torch.fx transform), `onnx_graph` (ONNX
+export + checks, FP16), `targets` (onnx / openvino / tensorrt writers, one registry), `tensorrt`
+(operator check, build scripts), `parity` (artifact vs PyTorch), `manifest` (the artifact contract,
+atomic writes), `runtime` (backend sessions, one registry), `pipeline` (the passes, `export_model`).
+OpenVINO and TensorRT are imported only when used.
+"""
+from edgecnn.export import runtime
+from edgecnn.export.fold import FoldReport, fold_batchnorm
+from edgecnn.export.manifest import ArtifactError, read_manifest
+from edgecnn.export.onnx_graph import ExportError
+from edgecnn.export.pipeline import ExportContext, ExportResult, Pass, Pipeline, export_model, export_registered
+from edgecnn.export.targets import TARGETS, register_target
+
+__all__ = ["ArtifactError", "ExportContext", "ExportError", "ExportResult", "FoldReport", "Pass", "Pipeline",
+           "TARGETS", "export_model", "export_registered", "fold_batchnorm", "read_manifest", "register_target",
+           "runtime"]

@@ -1,0 +1,82 @@
+"""Parity: does an artifact compute what the PyTorch model computes?
+
+Inputs are real Fashion-MNIST test images for models trained on it (the first N of the test split,
+preprocessed as the manifest says) and seeded standard-normal tensors for everything else. A
+backend passes at FP32 when the largest logit difference is within 1e-4 × max |logit| (or 1e-4,
+whichever is larger) and every top-1 class agrees; at FP16 when ≥ 99 % of top-1 classes agree.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from edgecnn.data import load_dataset, preprocess
+from edgecnn.errors import DatasetError
+from edgecnn.registry import ModelConfig
+
+PARITY_SAMPLES = 64
+PARITY_SEED = 0
+FP32_RELATIVE_TOL = 1e-4
+FP32_ABSOLUTE_TOL = 1e-4
+MIN_TOP1_AGREEMENT = {"fp32": 1.0, "fp16": 0.99}
+
+
+def parity_inputs(config: ModelConfig, input_size: tuple[int, int, int],
+                  samples: int = PARITY_SAMPLES) -> tuple[torch.Tensor, str]:
+    """The inputs parity runs on, and a line saying what they are (for the manifest)."""
+    if config.dataset == "fashion_mnist":
+        try:
+            ds = load_dataset("fashion_mnist", split="test")
+        except DatasetError:
+            pass  # not installed here: fall through to random inputs, and say so
+        else:
+            n = min(samples, len(ds))
+            images, _ = ds.get_batch(range(n))
+            return preprocess(images, replace(config, input_size=input_size)), f"fashion_mnist test[0:{n}]"
+    generator = torch.Generator().manual_seed(PARITY_SEED)
+    return (torch.randn(samples, *input_size, generator=generator),
+            f"standard normal, seed {PARITY_SEED}, {samples} samples")
+
+
+@torch.no_grad()
+def run_in_batches(fn: Callable[[np.ndarray], np.ndarray], inputs: np.ndarray, batch: int | None) -> np.ndarray:
+    """Run `fn` over `inputs` in chunks of `batch` (None: all at once); a short last chunk is padded."""
+    if batch is None:
+        return fn(inputs)
+    outputs = []
+    for start in range(0, len(inputs), batch):
+        chunk = inputs[start:start + batch]
+        short = batch - len(chunk)
+        if short:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], short, axis=0)])
+        outputs.append(fn(chunk)[:batch - short])
+    return np.concatenate(outputs)
+
+
+@torch.no_grad()
+def torch_logits(model: nn.Module, inputs: torch.Tensor, chunk: int = 16) -> np.ndarray:
+    model.eval()
+    return torch.cat([model(inputs[i:i + chunk]) for i in range(0, len(inputs), chunk)]).float().numpy()
+
+
+def compare(reference: np.ndarray, candidate: np.ndarray, precision: str) -> dict[str, Any]:
+    """Max abs difference, top-1 agreement and the verdict against this precision's bar."""
+    if candidate.shape != reference.shape:
+        return {"passed": False, "error": f"output shape {candidate.shape} != reference {reference.shape}"}
+    candidate = candidate.astype(np.float32)
+    max_abs_logit = float(np.abs(reference).max())
+    max_abs_diff = float(np.abs(candidate - reference).max())
+    agreement = float((candidate.argmax(1) == reference.argmax(1)).mean())
+    result: dict[str, Any] = {"max_abs_diff": max_abs_diff, "max_abs_logit": max_abs_logit,
+                              "top1_agreement": agreement,
+                              "required_top1_agreement": MIN_TOP1_AGREEMENT.get(precision, 1.0)}
+    passed = agreement >= result["required_top1_agreement"] and bool(np.isfinite(candidate).all())
+    if precision == "fp32":
+        result["tolerance"] = max(FP32_RELATIVE_TOL * max_abs_logit, FP32_ABSOLUTE_TOL)
+        passed = passed and max_abs_diff <= result["tolerance"]
+    result["passed"] = bool(passed)
+    return result

@@ -1,0 +1,295 @@
+"""The export pipeline: a model goes through a list of passes into one artifact directory.
+
+    from edgecnn.export import export_model, export_registered
+    result = export_registered("resnet18_fmnist", target="openvino", precision="fp16", out="artifacts/r18")
+    result = export_model(my_model, target="onnx", precision="fp32", out="artifacts/mine")
+
+Default passes: prepare the model for the target (`prepare_export(target_name)` on every module
+that has it, e.g. deformable layers picking their lowering) → fold BatchNorm → write the target's
+files → check parity of each of the target's backends against the PyTorch model. Every pass
+records what it did in the manifest, which is written last into a staging directory that then
+becomes the artifact in one rename.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import importlib.metadata
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+import edgecnn
+from edgecnn.errors import UserError
+from edgecnn.export import parity
+from edgecnn.export.fold import count_batchnorms, fold_batchnorm
+from edgecnn.export.manifest import (ARTIFACT_KIND, SCHEMA_VERSION, describe_files, read_manifest,
+                                     staging_directory, write_manifest)
+from edgecnn.export.onnx_graph import BATCH_DIM, DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, ExportError
+from edgecnn.export.runtime import open_session
+from edgecnn.export.source import DEFAULT_SEED, load_source_model
+from edgecnn.export.targets import Target, TargetOutput, get_target
+from edgecnn.layers import count_params, logits_of
+from edgecnn.registry import ModelConfig
+
+TOOLS = ("torch", "onnx", "onnxruntime", "onnxscript", "openvino", "tensorrt")
+PARITY_CHUNK = 16
+
+
+@dataclass
+class ExportContext:
+    """Everything the passes share: the model as it is transformed, the target, and the records."""
+    reference: nn.Module            # the eval-mode PyTorch model, never modified by folding
+    config: ModelConfig
+    target: Target
+    precision: str
+    staging: Path
+    input_size: tuple[int, int, int]
+    batch: int = 1
+    dynamic_batch: bool = False
+    opset: int = DEFAULT_OPSET
+    exporter: str = "auto"
+    keep_io_types: bool = True
+    parity_samples: int = parity.PARITY_SAMPLES
+    weights: dict[str, Any] = field(default_factory=lambda: {"source": "in_memory"})
+    module: nn.Module | None = None  # what gets exported; passes replace it
+    output: TargetOutput | None = None
+    passes: list[dict[str, Any]] = field(default_factory=list)
+    parity: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.module is None:
+            self.module = self.reference
+
+    @property
+    def example(self) -> torch.Tensor:
+        return torch.randn(self.batch, *self.input_size, generator=torch.Generator().manual_seed(0))
+
+    @property
+    def input_name(self) -> str:
+        return INPUT_NAME
+
+    @property
+    def input_shape(self) -> list[int | str]:
+        return [BATCH_DIM if self.dynamic_batch else self.batch, *self.input_size]
+
+    @property
+    def size_hint(self) -> str:
+        """Said after a conversion failure when the export runs below the model's own input size."""
+        if all(ours >= own for ours, own in zip(self.input_size[1:], self.config.input_size[1:])):
+            return ""
+        return (f" (exported at {self.input_size[1]}×{self.input_size[2]}, below the model's "
+                f"{self.config.input_size[1]}×{self.config.input_size[2]}: try a larger --input-size)")
+
+    @property
+    def io_dtype(self) -> str:
+        return "float16" if self.precision == "fp16" and not self.keep_io_types and \
+            self.target.name == "onnx" else "float32"
+
+    def manifest(self, started: float, hash_files: bool = True) -> dict[str, Any]:
+        cfg, out = self.config, self.output
+        files = describe_files(self.staging, out.files) if hash_files else \
+            {name: {"bytes": (self.staging / name).stat().st_size, "sha256": ""} for name in out.files}
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "kind": ARTIFACT_KIND,
+            "model": {"name": cfg.name, "family": cfg.family, "description": cfg.description,
+                      "dataset": cfg.dataset, "zoo_version": edgecnn.ZOO_VERSION,
+                      "edgecnn_version": edgecnn.__version__, "num_classes": cfg.num_classes,
+                      "in_chans": cfg.input_size[0], "params": count_params(self.reference),
+                      "weights": self.weights},
+            "target": self.target.name,
+            "target_description": self.target.description,
+            "precision": self.precision,
+            "input": {"name": INPUT_NAME, "shape": self.input_shape, "dtype": self.io_dtype, "layout": "NCHW",
+                      "dynamic_batch": self.dynamic_batch},
+            "output": {"name": OUTPUT_NAME, "shape": [self.input_shape[0], cfg.num_classes],
+                       "dtype": self.io_dtype, "meaning": "logits (no softmax)"},
+            "preprocessing": {"steps": ["uint8 pixels / 255", "adapt channels", "resize (bilinear)",
+                                        "(x - mean) / std", "layout NCHW"],
+                              "scale": 1 / 255, "resize": list(self.input_size[1:]),
+                              "channels": self.input_size[0], "mean": list(cfg.mean), "std": list(cfg.std)},
+            "class_names": list(cfg.class_names) if cfg.class_names else None,
+            "files": files,
+            "model_files": out.model_files,
+            "default_backend": out.default_backend,
+            "calibration": None,
+            "target_info": out.info,
+            "passes": self.passes,
+            "parity": self.parity,
+            "tools": tool_versions(),
+            "export": {"created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                       "seconds": round(time.perf_counter() - started, 2), **host_info()},
+            "notes": self.notes,
+        }
+
+
+class Pass:
+    """One step of the pipeline: transforms `ctx` and returns what it did, for the manifest."""
+    name: str
+
+    def run(self, ctx: ExportContext) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class PrepareForTarget(Pass):
+    name = "prepare_for_target"
+
+    def run(self, ctx: ExportContext) -> dict[str, Any]:
+        prepared = [m for m in ctx.module.modules() if hasattr(m, "prepare_export")]
+        for m in prepared:
+            m.prepare_export(ctx.target.name)
+        return {"modules_prepared": len(prepared)}
+
+
+class FoldBatchNorm(Pass):
+    name = "fold_batchnorm"
+
+    def run(self, ctx: ExportContext) -> dict[str, Any]:
+        folded, report = fold_batchnorm(ctx.module)
+        left = count_batchnorms(folded.modules())
+        if left:
+            raise ExportError(f"{left} BatchNorm layer(s) survived folding; report this as a bug with the model")
+        x = ctx.example
+        with torch.no_grad():
+            before, after = logits_of(ctx.module(x)), folded(x)
+        ctx.module = folded
+        return {**report.to_dict(), "max_abs_diff_vs_unfolded": float((before - after).abs().max())}
+
+
+class WriteTarget(Pass):
+    name = "write_target"
+
+    def run(self, ctx: ExportContext) -> dict[str, Any]:
+        ctx.output = ctx.target.write(ctx)
+        ctx.notes.extend(ctx.output.notes)
+        return {"target": ctx.target.name, "files": ctx.output.files}
+
+
+class CheckParity(Pass):
+    name = "check_parity"
+
+    def run(self, ctx: ExportContext) -> dict[str, Any]:
+        inputs, description = parity.parity_inputs(ctx.config, ctx.input_size, ctx.parity_samples)
+        reference = parity.torch_logits(ctx.reference, inputs)
+        feed = inputs.numpy().astype(ctx.io_dtype)
+        chunk = PARITY_CHUNK if ctx.dynamic_batch else ctx.batch
+        manifest = ctx.manifest(time.perf_counter(), hash_files=False)
+        for backend in ctx.output.parity_backends:
+            with open_session(ctx.staging, manifest, backend) as session:
+                logits = parity.run_in_batches(session.run, feed, chunk)
+            ctx.parity.append({"backend": backend, "reference": "torch (eager, unfolded)", "inputs": description,
+                               "samples": len(inputs), **parity.compare(reference, logits, ctx.precision)})
+        return {"backends": list(ctx.output.parity_backends),
+                "passed": all(p["passed"] for p in ctx.parity)}
+
+
+DEFAULT_PASSES: tuple[type[Pass], ...] = (PrepareForTarget, FoldBatchNorm, WriteTarget, CheckParity)
+
+
+class Pipeline:
+    """An ordered list of passes run on one ExportContext, ending in an atomically written artifact."""
+
+    def __init__(self, passes: Sequence[Pass] | None = None) -> None:
+        self.passes = list(passes) if passes is not None else [p() for p in DEFAULT_PASSES]
+
+    def run(self, ctx: ExportContext, out: Path, overwrite: bool = False, progress: bool = False) -> Path:
+        out = Path(out)
+        started = time.perf_counter()
+        with staging_directory(out, overwrite) as staging:
+            ctx.staging = staging
+            bar = tqdm(self.passes, desc="export", unit="pass", disable=not progress, leave=False, file=sys.stderr)
+            for p in bar:
+                bar.set_postfix_str(p.name)
+                t0 = time.perf_counter()
+                report = p.run(ctx)
+                ctx.passes.append({"name": p.name, "seconds": round(time.perf_counter() - t0, 3), **report})
+            if ctx.output is None:
+                raise UserError("the pipeline wrote no model files: it needs a WriteTarget pass")
+            write_manifest(staging, ctx.manifest(started))
+        return out
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    manifest: dict[str, Any]
+
+    @property
+    def parity_passed(self) -> bool:
+        return all(p["passed"] for p in self.manifest["parity"])
+
+
+def export_model(model: nn.Module, target: str = "onnx", precision: str = "fp32", out: Path | str = "artifact", *,
+                 batch: int = 1, dynamic_batch: bool = False, opset: int = DEFAULT_OPSET,
+                 exporter: str = "auto", input_size: tuple[int, int] | None = None,
+                 keep_io_types: bool = True, parity_samples: int = parity.PARITY_SAMPLES,
+                 weights: dict[str, Any] | None = None, overwrite: bool = False, progress: bool = False,
+                 pipeline: Pipeline | None = None) -> ExportResult:
+    """Export `model` (which carries `.config`, as `edgecnn.create_model` gives it) to one artifact directory.
+
+    `input_size` (H, W) overrides the config's spatial size (e.g. its `min_input_size` for fast checks);
+    `weights` is the record `load_source_model` returns, so the torch backend can rebuild the model.
+    """
+    config = getattr(model, "config", None)
+    if not isinstance(config, ModelConfig):
+        raise UserError("the model has no ModelConfig in .config; build it with edgecnn.create_model "
+                        "(or attach one) so the export knows its input and preprocessing")
+    target_obj = get_target(target)
+    if precision not in target_obj.precisions:
+        raise UserError(f"target {target!r} exports precisions {', '.join(target_obj.precisions)}, not {precision!r}"
+                        + (" (INT8 is the quantization stage's)" if precision == "int8" else ""))
+    if batch < 1:
+        raise UserError(f"--batch must be at least 1, got {batch}")
+    if parity_samples < 1:
+        raise UserError(f"parity needs at least one sample, got {parity_samples}")
+    size = (config.input_size[0], *input_size) if input_size else tuple(config.input_size)
+    ctx = ExportContext(reference=model.eval(), config=config, target=target_obj, precision=precision,
+                        staging=Path(), input_size=size, batch=batch, dynamic_batch=dynamic_batch, opset=opset,
+                        exporter=exporter, keep_io_types=keep_io_types, parity_samples=parity_samples,
+                        weights=weights or {"source": "in_memory"})
+    if ctx.weights["source"] == "random_init":
+        ctx.notes.append("exported with random initial weights (no checkpoint given and none committed): "
+                         "fine for latency, meaningless for accuracy")
+    path = (pipeline or Pipeline()).run(ctx, Path(out), overwrite=overwrite, progress=progress)
+    return ExportResult(path, read_manifest(path, verify=False))
+
+
+def export_registered(name: str, target: str = "onnx", precision: str = "fp32", out: Path | str = "artifact", *,
+                      checkpoint: Path | str | None = None, seed: int = DEFAULT_SEED, **kwargs: Any) -> ExportResult:
+    """Export a registered model with its checkpoint, its committed weights, or its seeded random init."""
+    model, weights = load_source_model(name, checkpoint, seed)
+    return export_model(model, target, precision, out, weights=weights, **kwargs)
+
+
+def tool_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {"python": platform.python_version(), "edgecnn": edgecnn.__version__}
+    for tool in TOOLS:
+        try:
+            versions[tool] = importlib.metadata.version(tool)
+        except importlib.metadata.PackageNotFoundError:
+            versions[tool] = None
+    return versions
+
+
+def host_info() -> dict[str, Any]:
+    """The machine an export or benchmark ran on, by name and CPU."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"host": platform.node(), "cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+
+
+__all__ = ["CheckParity", "DEFAULT_PASSES", "ExportContext", "ExportResult", "FoldBatchNorm", "Pass", "Pipeline",
+           "PrepareForTarget", "WriteTarget", "export_model", "export_registered", "host_info"]

@@ -1,0 +1,160 @@
+"""Export targets, registered in one place: each writes its model files into the staging directory.
+
+A target declares what its runtimes can run (`supports_deform_conv`, ops it rejects), which backend
+loads its artifacts by default, and which backends check parity at export time. Adding a target is
+one class with `@register_target`; nothing else branches on target names.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from edgecnn.errors import UserError
+from edgecnn.export import tensorrt
+from edgecnn.export.onnx_graph import ExportError, HalfPrecision, export_onnx
+
+if TYPE_CHECKING:
+    from edgecnn.export.pipeline import ExportContext
+
+ONNX_FILE = "model.onnx"
+PRECISIONS = ("fp32", "fp16")
+
+
+@dataclass
+class TargetOutput:
+    files: list[str]                      # every file the artifact holds besides the manifest
+    model_files: dict[str, str]           # format → file, what runtime backends look up
+    default_backend: str
+    parity_backends: tuple[str, ...]
+    info: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+class Target:
+    name: ClassVar[str]
+    description: ClassVar[str]
+    precisions: ClassVar[tuple[str, ...]] = PRECISIONS
+    supports_deform_conv: ClassVar[bool] = False
+    # ONNX ops the target's converter or runtime cannot take, with what to do instead.
+    rejected_ops: ClassVar[dict[str, str]] = {}
+
+    def write(self, ctx: ExportContext) -> TargetOutput:
+        raise NotImplementedError
+
+    def check_ops(self, ops: dict[str, int]) -> None:
+        for op, advice in self.rejected_ops.items():
+            if op in ops:
+                raise ExportError(f"the graph has {ops[op]} {op} node(s), which the {self.name} target cannot "
+                                  f"run: {advice}")
+
+    def _write_onnx(self, ctx: ExportContext, name: str, half: bool) -> dict[str, Any]:
+        module = HalfPrecision(ctx.module, ctx.keep_io_types) if half else ctx.module
+        report = export_onnx(module, ctx.example, ctx.staging / name, opset=ctx.opset,
+                             dynamic_batch=ctx.dynamic_batch, exporter=ctx.exporter)
+        self.check_ops(report["ops"])
+        return report
+
+
+TARGETS: dict[str, Target] = {}
+
+
+def register_target(cls: type[Target]) -> type[Target]:
+    TARGETS[cls.name] = cls()
+    return cls
+
+
+def get_target(name: str) -> Target:
+    if name not in TARGETS:
+        raise UserError(f"unknown target {name!r}; choose one of {', '.join(TARGETS)}")
+    return TARGETS[name]
+
+
+@register_target
+class OnnxTarget(Target):
+    name = "onnx"
+    description = "ONNX graph for ONNX Runtime (FP16: half weights and compute, float32 inputs and outputs)"
+    supports_deform_conv = True
+
+    def write(self, ctx: ExportContext) -> TargetOutput:
+        report = self._write_onnx(ctx, ONNX_FILE, half=ctx.precision == "fp16")
+        return TargetOutput([ONNX_FILE], {"onnx": ONNX_FILE}, "onnxruntime", ("onnxruntime",), {"onnx": report})
+
+
+@register_target
+class OpenVinoTarget(Target):
+    name = "openvino"
+    description = "OpenVINO IR (.xml/.bin) converted by OpenVINO from the ONNX graph; FP16 compresses weights"
+    rejected_ops = {"DeformConv": "OpenVINO's ONNX front end does not convert DeformConv; the model's "
+                                  "deformable layers must lower to GridSample + Conv in prepare_export('openvino')"}
+
+    def write(self, ctx: ExportContext) -> TargetOutput:
+        import openvino as ov
+
+        intermediate = f".{ONNX_FILE}"
+        report = self._write_onnx(ctx, intermediate, half=False)
+        xml = "model.xml"
+        try:
+            ov.save_model(ov.convert_model(str(ctx.staging / intermediate)), str(ctx.staging / xml),
+                          compress_to_fp16=ctx.precision == "fp16")
+        except Exception as e:  # openvino raises its own errors for graphs it cannot convert
+            raise ExportError(f"OpenVINO's converter rejected the ONNX graph: {_openvino_reason(e)}"
+                              f"{ctx.size_hint}") from e
+        finally:
+            (ctx.staging / intermediate).unlink(missing_ok=True)
+        info = {"onnx": report, "converter": f"openvino.convert_model (ONNX front end) {ov.get_version()}",
+                "compressed_to_fp16": ctx.precision == "fp16"}
+        return TargetOutput([xml, "model.bin"], {"openvino": xml}, "openvino", ("openvino",), info)
+
+
+def _openvino_reason(e: Exception) -> str:
+    """The failing ops and the last specific reason from OpenVINO's multi-line conversion report."""
+    lines = [line.strip(" -") for line in str(e).splitlines() if line.strip()]
+    failed = next((line for line in lines if line.startswith("Conversion is failed for")), None)
+    details = [line for line in lines if not line.startswith(("Check ", "FrontEnd API", "While validating",
+                                                               "Model wasn't", "Summary", "Conversion is failed",
+                                                               "[ONNX Frontend]", "Conv", "Failed operations"))]
+    reason = details[-1] if details else (lines[0] if lines else type(e).__name__)
+    return f"{failed}: {reason}" if failed else reason
+
+
+@register_target
+class TensorRTTarget(Target):
+    name = "tensorrt"
+    description = ("TensorRT-ready ONNX (FP32 weights; FP16 is a builder flag) + build_engine.py/.sh; "
+                   "the engine is built where TensorRT and a GPU exist")
+
+    def check_ops(self, ops: dict[str, int]) -> None:
+        missing = tensorrt.unsupported_ops(ops)
+        if missing:
+            raise ExportError(f"TensorRT's ONNX parser does not support {', '.join(missing)} "
+                              f"({tensorrt.TENSORRT_OPS_SOURCE}); the model cannot be built as a TensorRT engine")
+
+    def write(self, ctx: ExportContext) -> TargetOutput:
+        report = self._write_onnx(ctx, ONNX_FILE, half=False)
+        fp16 = ctx.precision == "fp16"
+        files = [ONNX_FILE] + tensorrt.write_build_scripts(ctx.staging, ONNX_FILE, ctx.input_name,
+                                                           ctx.input_shape, fp16)
+        model_files = {"onnx": ONNX_FILE}
+        buildable, reason = tensorrt.engine_buildable_here()
+        if buildable:
+            from edgecnn.export.tensorrt_build import build_engine
+
+            build_engine(ctx.staging / ONNX_FILE, ctx.staging / tensorrt.PLAN_FILE, input_name=ctx.input_name,
+                         input_shape=ctx.input_shape, fp16=fp16)
+            files.append(tensorrt.PLAN_FILE)
+            model_files["tensorrt_plan"] = tensorrt.PLAN_FILE
+        info = {"onnx": report, "engine_built": buildable,
+                "builder_precision": "fp16 (BuilderFlag.FP16)" if fp16 else "fp32",
+                "ops_checked_against": tensorrt.TENSORRT_OPS_SOURCE, "unsupported_ops": []}
+        notes = []
+        if not buildable:
+            info["engine_not_built_because"] = reason
+            notes.append(f"no TensorRT engine was built: {reason}. Run build_engine.py (TensorRT Python API) or "
+                         f"build_engine.sh (trtexec) on the target device. Parity was checked with "
+                         f"ONNX Runtime on the FP32 TensorRT-ready ONNX.")
+        if report["opset"] > tensorrt.TENSORRT_MAX_OPSET:
+            notes.append(f"opset {report['opset']} is newer than TensorRT 10.0 parses "
+                         f"(≤ {tensorrt.TENSORRT_MAX_OPSET}); use a newer TensorRT 10.x or --opset "
+                         f"{tensorrt.TENSORRT_MAX_OPSET}")
+        parity = ("tensorrt",) if buildable else ("onnxruntime",)
+        return TargetOutput(files, model_files, parity[0], parity, info, notes)
