@@ -223,8 +223,9 @@ def train(name: str, *, epochs: int | None = None, batch_size: int | None = None
     if resume and state_path.is_file():
         meta, rng = load_training_state(state_path, model, optimizer, scheduler)
         start_epoch, history = meta["epoch"], meta["history"]
-        gen.set_state(rng["augment"])
-        torch.set_rng_state(rng["torch"])
+        if rng:  # states written before RNG capture resume with fresh streams (not bit-identical)
+            gen.set_state(rng["augment"])
+            torch.set_rng_state(rng["torch"])
     elif rank == 0:
         out.parent.mkdir(parents=True, exist_ok=True)
         log_path.write_text("")
