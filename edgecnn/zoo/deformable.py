@@ -190,7 +190,10 @@ class DeformConv2d(nn.Module):
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, offset_groups: int = 1, modulated: bool = False) -> DeformConv2d:
-        """The deformable twin of `conv`, same geometry and weights: equal to it until offsets are learned."""
+        """The deformable twin of `conv`, same geometry and weights: equal to it until offsets are learned.
+
+        Modulated, it starts at half of it: the DCNv2 mask starts at sigmoid(0) = 0.5, as in the paper and mmcv.
+        """
         if not isinstance(conv.padding, tuple) or conv.padding_mode != "zeros":
             raise UserError(f"DeformConv2d.from_conv: needs numeric zero padding, got "
                             f"padding={conv.padding!r}, padding_mode={conv.padding_mode!r}")
@@ -279,6 +282,10 @@ def deform_resnet50_v2(**kw) -> ResNet:
 
 @register_model(dataset="fashion_mnist", reference_params=763_458, reference_source="edgecnn (ours)")
 def deform_resnet_fmnist(**kw) -> ResNet:
-    """resnet18_fmnist (16-32-64-128, 3×3 stem) with deformable second 3×3 convs in its last two stages."""
+    """Deformable ResNet for 28×28 Fashion-MNIST: deformable 3×3s in the last two stages.
+
+    Scaled from deform_resnet50: resnet18_fmnist's basic blocks at 1/4 width (16-32-64-128) and a 3×3 stem
+    instead of bottlenecks and the 7×7/2 stem; the second 3×3 of every block in stages 3-4 is deformable.
+    """
     return make_stages_deformable(ResNet(BasicBlock, [2, 2, 2, 2], widths=(16, 32, 64, 128),
                                          small_input=True, **kw))
