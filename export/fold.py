@@ -156,6 +156,10 @@ def _call_sites(graph: fx.Graph, target: str) -> int:
 def _fold_graph(gm: fx.GraphModule, report: FoldReport) -> None:
     modules = dict(gm.named_modules())
     graph = gm.graph
+
+    def replace(target: str, module: nn.Module) -> None:  # later folds must see earlier ones
+        _set_submodule(gm, target, module)
+        modules[target] = module
     for node in list(graph.nodes):
         bn = _module(node, modules, _BN)
         if bn is None or not bn.track_running_stats:
@@ -168,7 +172,7 @@ def _fold_graph(gm: fx.GraphModule, report: FoldReport) -> None:
                 fused = fuse_linear_bn_eval(producer, bn)
             else:
                 fused = fuse_conv_bn_eval(producer, bn, transpose=_PRODUCERS[type(producer)][1])
-            _set_submodule(gm, source.target, fused)
+            replace(source.target, fused)
             node.replace_all_uses_with(source)
             graph.erase_node(node)
             report.folded_into_producer += 1
@@ -178,12 +182,12 @@ def _fold_graph(gm: fx.GraphModule, report: FoldReport) -> None:
                              and len(u.args) == 1 and not u.kwargs and _no_padding(modules[u.target])
                              and _call_sites(graph, u.target) == 1 for u in consumers):
             for u in consumers:
-                _set_submodule(gm, u.target, _absorb_bn_into_conv(bn, modules[u.target]))
+                replace(u.target, _absorb_bn_into_conv(bn, modules[u.target]))
             node.replace_all_uses_with(source)
             graph.erase_node(node)
             report.folded_into_consumer += 1
             continue
-        _set_submodule(gm, node.target, AffineChannel(bn))
+        replace(node.target, AffineChannel(bn))
         report.to_affine += 1
     graph.lint()
     gm.delete_all_unused_submodules()

@@ -6,6 +6,7 @@ one class with `@register_target`; nothing else branches on target names.
 """
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -94,8 +95,9 @@ class OpenVinoTarget(Target):
         report = self._write_onnx(ctx, intermediate, half=False)
         xml = "model.xml"
         try:
-            ov.save_model(ov.convert_model(str(ctx.staging / intermediate)), str(ctx.staging / xml),
-                          compress_to_fp16=ctx.precision == "fp16")
+            # From bytes: given a path, OpenVINO's converter splits it at commas.
+            converted = ov.convert_model(io.BytesIO((ctx.staging / intermediate).read_bytes()))
+            ov.save_model(converted, str(ctx.staging / xml), compress_to_fp16=ctx.precision == "fp16")
         except Exception as e:  # openvino raises its own errors for graphs it cannot convert
             raise ExportError(f"OpenVINO's converter rejected the ONNX graph: {_openvino_reason(e)}"
                               f"{ctx.size_hint}") from e
