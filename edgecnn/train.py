@@ -276,6 +276,11 @@ def train(name: str, *, epochs: int | None = None, batch_size: int | None = None
                 tqdm.write(f"{name} epoch {epoch + 1}/{epochs}: loss {entry['train_loss']:.4f} "
                            f"train {entry['train_acc']:.2f}% val {entry['val_acc']:.2f}% "
                            f"({entry['epoch_time_s']:.0f}s)")
+    if save_dtype != torch.float32:  # report the accuracy of the weights as they will be saved
+        with torch.no_grad():
+            for v in model.state_dict().values():
+                if v.is_floating_point():
+                    v.copy_(v.to(save_dtype))
     test_acc = evaluate(net, test_ds, rank=rank, world=world)
     wall = time.time() - t0
     result = TrainResult(name, str(out), epochs, history[-1]["val_acc"] if history else float("nan"),
