@@ -50,7 +50,8 @@ class Target:
 
     def _write_onnx(self, ctx: ExportContext, name: str, half: bool) -> dict[str, Any]:
         module = HalfPrecision(ctx.module, ctx.keep_io_types) if half else ctx.module
-        report = export_onnx(module, ctx.example, ctx.staging / name, opset=ctx.opset,
+        example = ctx.example.half() if half and not ctx.keep_io_types else ctx.example
+        report = export_onnx(module, example, ctx.staging / name, opset=ctx.opset,
                              dynamic_batch=ctx.dynamic_batch, exporter=ctx.exporter)
         self.check_ops(report["ops"])
         return report
