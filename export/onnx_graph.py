@@ -137,6 +137,9 @@ def export_onnx(module: nn.Module, example: torch.Tensor, path: Path, *, opset: 
         _run_exporter(module, example, path, opset, dynamic_batch, exporter)
     exported = time.perf_counter() - started
     model = check_onnx(path)
+    if len(model.graph.input) != 1 or len(model.graph.output) != 1:
+        raise ExportError(f"the exported graph has {len(model.graph.input)} inputs and {len(model.graph.output)} "
+                          "outputs; an edgecnn model takes one image batch and returns logits only in eval mode")
     if dynamic_batch:
         _name_batch_dim(model)
     onnx.save(model, str(path))

@@ -36,7 +36,7 @@ from edgecnn.export.onnx_graph import BATCH_DIM, DEFAULT_OPSET, INPUT_NAME, OUTP
 from edgecnn.export.runtime import open_session
 from edgecnn.export.source import DEFAULT_SEED, load_source_model
 from edgecnn.export.targets import Target, TargetOutput, get_target
-from edgecnn.layers import count_params, logits_of
+from edgecnn.layers import count_params
 from edgecnn.registry import ModelConfig
 
 TOOLS = ("torch", "onnx", "onnxruntime", "onnxscript", "openvino", "tensorrt")
@@ -150,6 +150,13 @@ class PrepareForTarget(Pass):
         return {"modules_prepared": len(prepared)}
 
 
+def _logits_only(output: object) -> torch.Tensor:
+    if not isinstance(output, torch.Tensor):
+        raise ExportError(f"the model's eval-mode forward returns a {type(output).__name__}; an edgecnn model "
+                          "returns logits only in eval mode (aux heads and extra outputs stay out of the graph)")
+    return output
+
+
 class FoldBatchNorm(Pass):
     name = "fold_batchnorm"
 
@@ -160,7 +167,7 @@ class FoldBatchNorm(Pass):
             raise ExportError(f"{left} BatchNorm layer(s) survived folding; report this as a bug with the model")
         x = ctx.example
         with torch.no_grad():
-            before, after = logits_of(ctx.module(x)), folded(x)
+            before, after = _logits_only(ctx.module(x)), _logits_only(folded(x))
         ctx.module = folded
         return {**report.to_dict(), "max_abs_diff_vs_unfolded": float((before - after).abs().max())}
 

@@ -35,18 +35,19 @@ class Target:
     name: ClassVar[str]
     description: ClassVar[str]
     precisions: ClassVar[tuple[str, ...]] = PRECISIONS
+    # Whether the target's runtime executes ONNX DeformConv; deformable layers read the target's name in
+    # prepare_export and lower to GridSample + Conv where it does not.
     supports_deform_conv: ClassVar[bool] = False
-    # ONNX ops the target's converter or runtime cannot take, with what to do instead.
-    rejected_ops: ClassVar[dict[str, str]] = {}
 
     def write(self, ctx: ExportContext) -> TargetOutput:
         raise NotImplementedError
 
     def check_ops(self, ops: dict[str, int]) -> None:
-        for op, advice in self.rejected_ops.items():
-            if op in ops:
-                raise ExportError(f"the graph has {ops[op]} {op} node(s), which the {self.name} target cannot "
-                                  f"run: {advice}")
+        """Reject, with a specific message, ops the target's converter or runtime cannot take."""
+        if "DeformConv" in ops and not self.supports_deform_conv:
+            raise ExportError(f"the graph has {ops['DeformConv']} DeformConv node(s), which the {self.name} target "
+                              "cannot run: the model's deformable layers must lower to GridSample + Conv in "
+                              f"prepare_export({self.name!r})")
 
     def _write_onnx(self, ctx: ExportContext, name: str, half: bool) -> dict[str, Any]:
         module = HalfPrecision(ctx.module, ctx.keep_io_types) if half else ctx.module
@@ -86,8 +87,6 @@ class OnnxTarget(Target):
 class OpenVinoTarget(Target):
     name = "openvino"
     description = "OpenVINO IR (.xml/.bin) converted by OpenVINO from the ONNX graph; FP16 compresses weights"
-    rejected_ops = {"DeformConv": "OpenVINO's ONNX front end does not convert DeformConv; the model's "
-                                  "deformable layers must lower to GridSample + Conv in prepare_export('openvino')"}
 
     def write(self, ctx: ExportContext) -> TargetOutput:
         import openvino as ov
@@ -127,6 +126,7 @@ class TensorRTTarget(Target):
                    "the engine is built where TensorRT and a GPU exist")
 
     def check_ops(self, ops: dict[str, int]) -> None:
+        super().check_ops(ops)
         missing = tensorrt.unsupported_ops(ops)
         if missing:
             raise ExportError(f"TensorRT's ONNX parser does not support {', '.join(missing)} "

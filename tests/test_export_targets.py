@@ -136,9 +136,28 @@ def test_openvino_says_why_it_cannot_take_deformconv(tmp_path: Path) -> None:
     """A pipeline without the preparation pass keeps the native DeformConv node: a specific error."""
     model = edgecnn.create_model("deform_resnet_fmnist")
     set_deform_lowering(model, "deform_conv")
-    with pytest.raises(ExportError, match="DeformConv.*prepare_export"):
+    with pytest.raises(ExportError, match=r"4 DeformConv node\(s\), which the openvino target cannot run"):
         export_model(model, "openvino", "fp32", tmp_path / "a",
                      pipeline=Pipeline([FoldBatchNorm(), WriteTarget(), CheckParity()]))
+
+
+class _TwoHeads(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 10, 28)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        y = self.conv(x).flatten(1)
+        return y, -y
+
+
+def test_extra_outputs_never_reach_the_graph(tmp_path: Path) -> None:
+    model = _TwoHeads()
+    model.config = edgecnn.get_config(MODEL)
+    with pytest.raises(ExportError, match="returns a tuple; an edgecnn model returns logits only"):
+        export_model(model, "onnx", "fp32", tmp_path / "a")
+    with pytest.raises(ExportError, match="2 outputs; .*logits only"):  # a custom pipeline without the fold check
+        export_model(model, "onnx", "fp32", tmp_path / "a", pipeline=Pipeline([WriteTarget()]))
 
 
 @pytest.mark.tensorrt
