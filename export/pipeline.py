@@ -91,8 +91,7 @@ class ExportContext:
 
     @property
     def io_dtype(self) -> str:
-        return "float16" if self.precision == "fp16" and not self.keep_io_types and \
-            self.target.name == "onnx" else "float32"
+        return self.output.io_dtype if self.output else "float32"
 
     def manifest(self, started: float, hash_files: bool = True) -> dict[str, Any]:
         cfg, out = self.config, self.output
@@ -254,6 +253,8 @@ def export_model(model: nn.Module, target: str = "onnx", precision: str = "fp32"
     if precision not in target_obj.precisions:
         raise UserError(f"target {target!r} exports precisions {', '.join(target_obj.precisions)}, not {precision!r}"
                         + (" (INT8 is the quantization stage's)" if precision == "int8" else ""))
+    if not keep_io_types and not (precision == "fp16" and target_obj.half_io):
+        raise UserError("float16 inputs and outputs (--half-io, keep_io_types=False) apply to FP16 ONNX only")
     if batch < 1:
         raise UserError(f"--batch must be at least 1, got {batch}")
     if parity_samples < 1:

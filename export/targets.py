@@ -29,6 +29,7 @@ class TargetOutput:
     parity_backends: tuple[str, ...]
     info: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    io_dtype: str = "float32"             # of the graph's input and output
 
 
 class Target:
@@ -38,6 +39,8 @@ class Target:
     # Whether the target's runtime executes ONNX DeformConv; deformable layers read the target's name in
     # prepare_export and lower to GridSample + Conv where it does not.
     supports_deform_conv: ClassVar[bool] = False
+    # Whether an FP16 artifact can take and return float16 (keep_io_types=False).
+    half_io: ClassVar[bool] = False
 
     def write(self, ctx: ExportContext) -> TargetOutput:
         raise NotImplementedError
@@ -77,10 +80,13 @@ class OnnxTarget(Target):
     name = "onnx"
     description = "ONNX graph for ONNX Runtime (FP16: half weights and compute, float32 inputs and outputs)"
     supports_deform_conv = True
+    half_io = True
 
     def write(self, ctx: ExportContext) -> TargetOutput:
-        report = self._write_onnx(ctx, ONNX_FILE, half=ctx.precision == "fp16")
-        return TargetOutput([ONNX_FILE], {"onnx": ONNX_FILE}, "onnxruntime", ("onnxruntime",), {"onnx": report})
+        half = ctx.precision == "fp16"
+        report = self._write_onnx(ctx, ONNX_FILE, half=half)
+        return TargetOutput([ONNX_FILE], {"onnx": ONNX_FILE}, "onnxruntime", ("onnxruntime",), {"onnx": report},
+                            io_dtype="float16" if half and not ctx.keep_io_types else "float32")
 
 
 @register_target

@@ -70,6 +70,7 @@ def test_exporters_and_opsets(tmp_path: Path, exporter: str, opset: int) -> None
     ({"target": "tflite"}, "unknown target 'tflite'; choose one of onnx, openvino, tensorrt"),
     ({"precision": "int8"}, "INT8 is the quantization stage's"),
     ({"batch": 0}, "at least 1"),
+    ({"target": "openvino", "precision": "fp16", "keep_io_types": False}, "apply to FP16 ONNX only"),
 ])
 def test_bad_export_options_are_user_errors(tmp_path: Path, kwargs: dict, message: str) -> None:
     args = {"target": "onnx", "precision": "fp32", **kwargs}

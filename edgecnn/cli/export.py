@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 from edgecnn.cli.table import format_table
-from edgecnn.errors import UserError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -82,8 +81,6 @@ PARITY_HEADERS = ["backend", "samples", "max |Δlogit|", "tolerance", "top-1 agr
 def cmd_export(args: argparse.Namespace) -> int:
     from edgecnn.export.pipeline import export_registered
 
-    if args.half_io and (args.target != "onnx" or args.precision != "fp16"):
-        raise UserError("--half-io applies to --target onnx --precision fp16 only")
     out = args.out or Path("artifacts") / f"{args.name}-{args.target}-{args.precision}"
     result = export_registered(args.name, args.target, args.precision, out, checkpoint=args.checkpoint,
                                seed=args.seed, batch=args.batch, dynamic_batch=args.dynamic_batch,
