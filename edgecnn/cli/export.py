@@ -19,23 +19,22 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Fold BatchNorm, write the target's model files and a manifest (hashes, parity against "
                     "PyTorch, tool versions) into one directory, atomically. Without --checkpoint a model's "
                     "committed Fashion-MNIST weights are used; a model without any exports its seeded random "
-                    "init, and the manifest says so.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "init, and the manifest says so.")
     p.add_argument("name", metavar="NAME")
     p.add_argument("--checkpoint", help="a .safetensors checkpoint (default: the committed weights, if any)")
-    p.add_argument("--target", choices=list(TARGETS), default="onnx")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    p.add_argument("--target", choices=list(TARGETS), default="onnx", help="default: onnx")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="default: fp32")
     batch = p.add_mutually_exclusive_group()
-    batch.add_argument("--batch", type=int, default=1, help="static batch size of the graph")
+    batch.add_argument("--batch", type=int, default=1, help="static batch size of the graph (default: 1)")
     batch.add_argument("--dynamic-batch", action="store_true", help="symbolic batch axis instead")
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (17 or newer)")
-    p.add_argument("--exporter", choices=EXPORTERS, default="auto", help="torch's ONNX exporter")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset, 17 or newer (default: {DEFAULT_OPSET})")
+    p.add_argument("--exporter", choices=EXPORTERS, default="auto", help="torch's ONNX exporter; auto tries torchscript, then dynamo (default: auto)")
     p.add_argument("--input-size", metavar="HxW", type=_parse_hw,
                    help="spatial input size, if not the model's (e.g. 112x112)")
     p.add_argument("--half-io", action="store_true",
                    help="FP16 ONNX only: take and return float16 (default keeps float32 at the ends)")
-    p.add_argument("--parity-samples", type=int, default=64, help="inputs parity is checked on")
-    p.add_argument("--seed", type=int, default=0, help="init seed when there are no weights")
+    p.add_argument("--parity-samples", type=int, default=64, help="inputs parity is checked on (default: 64)")
+    p.add_argument("--seed", type=int, default=0, help="init seed when there are no weights (default: 0)")
     p.add_argument("--out", type=Path, help="artifact directory (default: artifacts/NAME-TARGET-PRECISION)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
