@@ -21,6 +21,7 @@ import torch.nn as nn
 
 from edgecnn.layers import AuxHead, AuxOutputs
 from edgecnn.registry import register_model
+from edgecnn.zoo.bn_inception import BasicConv2d, scaled
 
 # Per module: 1×1, 3×3 reduce, 3×3, "5×5" reduce, "5×5", pool projection (the paper's Table 1).
 INCEPTION_CHANNELS = {
@@ -36,19 +37,6 @@ INCEPTION_CHANNELS = {
 }
 STEM_WIDTHS = (64, 192)
 AUX_WIDTH, AUX_HIDDEN, AUX_GRID = 128, 1024, 4
-
-
-class BasicConv2d(nn.Module):
-    """Conv (no bias) → BatchNorm (eps 1e-3) → ReLU, under torchvision's `conv`/`bn` key names."""
-
-    def __init__(self, in_ch: int, out_ch: int, kernel_size: int, stride: int = 1, padding: int = 0) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(in_ch, out_ch, kernel_size, stride, padding, bias=False)
-        self.bn = nn.BatchNorm2d(out_ch, eps=0.001)
-        self.relu = nn.ReLU(inplace=True)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.relu(self.bn(self.conv(x)))
 
 
 class Inception(nn.Module):
@@ -88,11 +76,7 @@ class GoogLeNet(nn.Module):
                  width_mult: float = 1.0, small_input: bool = False, dropout: float = 0.2,
                  aux_dropout: float = 0.7) -> None:
         super().__init__()
-
-        def scaled(ch: int) -> int:
-            return max(1, round(ch * width_mult))
-
-        stem1, stem2 = (scaled(c) for c in STEM_WIDTHS)
+        stem1, stem2 = (scaled(c, width_mult) for c in STEM_WIDTHS)
         if small_input:
             self.conv1 = BasicConv2d(in_chans, stem1, 3, padding=1)
             self.maxpool1 = nn.Identity()
@@ -105,14 +89,15 @@ class GoogLeNet(nn.Module):
 
         in_ch = stem2
         for name, channels in INCEPTION_CHANNELS.items():
-            module = Inception(in_ch, *(scaled(c) for c in channels))
+            module = Inception(in_ch, *(scaled(c, width_mult) for c in channels))
             setattr(self, name, module)
             in_ch = module.out_channels
         self.maxpool3 = nn.MaxPool2d(3, 2, ceil_mode=True)
         self.maxpool4 = nn.MaxPool2d(2, 2, ceil_mode=True)
 
         if aux_logits:
-            aux = dict(width=scaled(AUX_WIDTH), hidden=scaled(AUX_HIDDEN), dropout=aux_dropout)
+            aux = dict(width=scaled(AUX_WIDTH, width_mult), hidden=scaled(AUX_HIDDEN, width_mult),
+                       dropout=aux_dropout)
             self.aux1 = InceptionAux(self.inception4a.out_channels, num_classes, **aux)
             self.aux2 = InceptionAux(self.inception4d.out_channels, num_classes, **aux)
         else:
