@@ -155,7 +155,8 @@ def evaluate(model: nn.Module, ds: ImageDataset, batch_size: int = 500, rank: in
     for start in tqdm(range(0, len(indices), batch_size), desc="eval", leave=False,
                       disable=not progress or rank != 0):
         images, labels = ds.get_batch(indices[start:start + batch_size], size=config.input_size[1:])
-        correct += (logits_of(model(preprocess(images, config))).argmax(1) == labels).sum().item()
+        x = preprocess(images, config).contiguous(memory_format=torch.channels_last)
+        correct += (logits_of(model(x)).argmax(1) == labels).sum().item()
     correct, total = _all_sum([correct, len(indices)], world)
     return 100.0 * correct / max(1, total)
 
@@ -207,6 +208,8 @@ def train(name: str, *, epochs: int | None = None, batch_size: int | None = None
         raise UserError(f"{name} predicts {config.num_classes} classes but {data} has {len(train_ds.class_names)}; "
                         f"pick a model made for it or pass a matching dataset")
 
+    # Channels-last is this CPU's fast layout (max-pooling ~8x faster than NCHW in torch's CPU build).
+    model = model.to(memory_format=torch.channels_last)
     net: nn.Module = model
     if world > 1:
         net = nn.parallel.DistributedDataParallel(model)
@@ -246,7 +249,7 @@ def train(name: str, *, epochs: int | None = None, batch_size: int | None = None
                                                 size=config.input_size[1:])
             if rcp.augment:
                 images = augment(images, gen)
-            output = net(preprocess(images, config))
+            output = net(preprocess(images, config).contiguous(memory_format=torch.channels_last))
             loss = loss_fn(output, labels, config.aux_weight, smoothing)
             if not torch.isfinite(loss):
                 raise UserError(f"loss became {loss.item()} at epoch {epoch + 1}; lower --lr "
