@@ -69,7 +69,8 @@ def _parity_rows(manifest: dict[str, Any]) -> list[list[Any]]:
     rows = []
     for p in manifest["parity"]:
         tol = f"≤ {p['tolerance']:.1e}" if "tolerance" in p else "—"
-        rows.append([p["backend"], p["samples"], f"{p.get('max_abs_diff', float('nan')):.2e}", tol,
+        diff = p.get("max_abs_diff")
+        rows.append([p["backend"], p["samples"], "non-finite" if diff is None else f"{diff:.2e}", tol,
                      f"{100 * p.get('top1_agreement', 0):.1f}%", "PASS" if p["passed"] else "FAIL"])
     return rows
 
@@ -94,7 +95,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                        ["file", "size", "sha256"]))
     print()
     print(format_table(_parity_rows(m), PARITY_HEADERS))
-    for note in m["notes"]:
+    for note in m["notes"] + [f"{p['backend']}: {p['diagnosis']}" for p in m["parity"] if "diagnosis" in p]:
         print(f"note: {note}")
     if not result.parity_passed:
         print("edgecnn: parity FAILED: the artifact was written but does not match PyTorch within tolerance",
