@@ -148,6 +148,8 @@ def staging_directory(out: Path, overwrite: bool = False) -> Iterator[Path]:
     try:
         yield staging
         os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes 0700; an artifact is as readable as any dir
+        if out.exists() and not overwrite:  # another export got there while this one ran
+            raise UserError(f"{out} appeared while exporting; pass --force (overwrite=True) to replace it")
         if out.exists():
             old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-{os.getpid()}-"))
             os.replace(out, old / "artifact")

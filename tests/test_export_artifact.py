@@ -16,7 +16,8 @@ import pytest
 
 from edgecnn.cli import main
 from edgecnn.errors import UserError
-from edgecnn.export import ArtifactError, export_registered, read_manifest, runtime
+from edgecnn.export import ArtifactError, ExportContext, Pass, Pipeline, export_registered, read_manifest, runtime
+from edgecnn.export.pipeline import WriteTarget
 from edgecnn.export.manifest import REQUIRED_FIELDS, SCHEMA_VERSION, sha256_file
 
 MODEL = "lenet5_fmnist"
@@ -156,6 +157,22 @@ def test_killed_export_leaves_nothing_that_passes_as_an_artifact(tmp_path: Path,
     export_registered(MODEL, "openvino", "fp32", out)  # the next export to the same place cleans up
     assert not staging.exists()
     assert read_manifest(out)["parity"][0]["passed"]
+
+
+def test_export_never_replaces_a_directory_that_appeared_meanwhile(tmp_path: Path) -> None:
+    out = tmp_path / "art"
+
+    class Competitor(Pass):
+        name = "competitor"
+
+        def run(self, ctx: ExportContext) -> dict:
+            out.mkdir()
+            (out / "theirs").write_text("kept")
+            return {}
+
+    with pytest.raises(UserError, match="appeared while exporting"):
+        export_registered(MODEL, "onnx", "fp32", out, pipeline=Pipeline([WriteTarget(), Competitor()]))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["art"] and (out / "theirs").read_text() == "kept"
 
 
 def test_failed_export_removes_its_staging_directory(tmp_path: Path) -> None:
