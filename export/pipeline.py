@@ -57,7 +57,7 @@ class ExportContext:
     opset: int = DEFAULT_OPSET
     exporter: str = "auto"
     keep_io_types: bool = True
-    parity_samples: int = parity.PARITY_SAMPLES
+    parity_samples: int | None = None  # None: the precision's default (parity.default_samples)
     weights: dict[str, Any] = field(default_factory=lambda: {"source": "in_memory"})
     module: nn.Module | None = None  # what gets exported; passes replace it
     output: TargetOutput | None = None
@@ -184,7 +184,8 @@ class CheckParity(Pass):
     name = "check_parity"
 
     def run(self, ctx: ExportContext) -> dict[str, Any]:
-        inputs, description = parity.parity_inputs(ctx.config, ctx.input_size, ctx.parity_samples)
+        samples = ctx.parity_samples or parity.default_samples(ctx.precision)
+        inputs, description = parity.parity_inputs(ctx.config, ctx.input_size, samples)
         reference = parity.torch_logits(ctx.reference, inputs)
         feed = inputs.numpy().astype(ctx.io_dtype)
         chunk = PARITY_CHUNK if ctx.dynamic_batch else ctx.batch
@@ -237,7 +238,7 @@ class ExportResult:
 def export_model(model: nn.Module, target: str = "onnx", precision: str = "fp32", out: Path | str = "artifact", *,
                  batch: int = 1, dynamic_batch: bool = False, opset: int = DEFAULT_OPSET,
                  exporter: str = "auto", input_size: tuple[int, int] | None = None,
-                 keep_io_types: bool = True, parity_samples: int = parity.PARITY_SAMPLES,
+                 keep_io_types: bool = True, parity_samples: int | None = None,
                  weights: dict[str, Any] | None = None, overwrite: bool = False, progress: bool = False,
                  pipeline: Pipeline | None = None) -> ExportResult:
     """Export `model` (which carries `.config`, as `edgecnn.create_model` gives it) to one artifact directory.
@@ -257,7 +258,7 @@ def export_model(model: nn.Module, target: str = "onnx", precision: str = "fp32"
         raise UserError("float16 inputs and outputs (--half-io, keep_io_types=False) apply to FP16 ONNX only")
     if batch < 1:
         raise UserError(f"--batch must be at least 1, got {batch}")
-    if parity_samples < 1:
+    if parity_samples is not None and parity_samples < 1:
         raise UserError(f"parity needs at least one sample, got {parity_samples}")
     size = (config.input_size[0], *input_size) if input_size else tuple(config.input_size)
     ctx = ExportContext(reference=model.eval(), config=config, target=target_obj, precision=precision,

@@ -18,6 +18,7 @@ import pytest
 
 import edgecnn
 from edgecnn.export import export_registered, read_manifest
+from edgecnn.export.parity import default_samples
 
 # By default each family's smallest canonical model runs (at a reduced size) if it is at most this big;
 # the others, and full sizes, are slow: they write hundreds of MB per artifact.
@@ -83,7 +84,7 @@ def test_export_parity(name: str, target: str, precision: str, size: tuple[int, 
         fmnist = edgecnn.get_config(name).dataset == "fashion_mnist"
         random_init = manifest["model"]["weights"]["source"] == "random_init"
         for check in manifest["parity"]:
-            assert check["samples"] == 64
+            assert check["samples"] == default_samples(precision)
             if fmnist:
                 assert check["inputs"].startswith("fashion_mnist test"), check["inputs"]
             if precision == "fp16" and random_init and not fmnist and not check["passed"]:

@@ -33,7 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="spatial input size, if not the model's (e.g. 112x112)")
     p.add_argument("--half-io", action="store_true",
                    help="FP16 ONNX only: take and return float16 (default keeps float32 at the ends)")
-    p.add_argument("--parity-samples", type=int, default=64, help="inputs parity is checked on (default: 64)")
+    p.add_argument("--parity-samples", type=int,
+                   help="inputs parity is checked on (default: 64 at fp32, 512 at fp16)")
     p.add_argument("--seed", type=int, default=0, help="init seed when there are no weights (default: 0)")
     p.add_argument("--out", type=Path, help="artifact directory (default: artifacts/NAME-TARGET-PRECISION)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
