@@ -24,11 +24,6 @@ PARITY_SAMPLES = 64
 # A top-1 bar below 100 % needs enough samples for one flip to fit under it: 99 % of 64 samples is all
 # 64, so a single near-tie flipped by half precision would fail a trained model. 512 allows 5.
 DEFAULT_SAMPLES = {"fp32": PARITY_SAMPLES, "fp16": 512}
-
-
-def default_samples(precision: str) -> int:
-    return DEFAULT_SAMPLES.get(precision, PARITY_SAMPLES)
-
 PARITY_SEED = 0
 FP32_RELATIVE_TOL = 1e-4
 FP32_ABSOLUTE_TOL = 1e-4
@@ -36,6 +31,10 @@ MIN_TOP1_AGREEMENT = {"fp32": 1.0, "fp16": 0.99}
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 # A reference top-2 margin below this fraction of the logit scale is within FP16's accumulated error.
 NEAR_TIE_RELATIVE = 1e-2
+
+
+def default_samples(precision: str) -> int:
+    return DEFAULT_SAMPLES.get(precision, PARITY_SAMPLES)
 
 
 def parity_inputs(config: ModelConfig, input_size: tuple[int, int, int],
