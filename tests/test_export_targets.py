@@ -27,7 +27,7 @@ def _onnx(path: Path) -> onnx.ModelProto:
 
 
 def test_fp16_onnx_has_half_weights_and_float32_ends(tmp_path: Path) -> None:
-    m = export_registered("resnet18_fmnist", "onnx", "fp16", tmp_path / "a", parity_samples=16).manifest
+    m = export_registered("resnet18_fmnist", "onnx", "fp16", tmp_path / "a").manifest
     graph = _onnx(tmp_path / "a").graph
     weights = [i for i in graph.initializer if len(i.dims) > 1]
     assert weights and all(i.data_type == onnx.TensorProto.FLOAT16 for i in weights)
@@ -37,7 +37,7 @@ def test_fp16_onnx_has_half_weights_and_float32_ends(tmp_path: Path) -> None:
 
 
 def test_fp16_onnx_with_half_io(tmp_path: Path) -> None:
-    m = export_registered(MODEL, "onnx", "fp16", tmp_path / "a", keep_io_types=False, parity_samples=16).manifest
+    m = export_registered(MODEL, "onnx", "fp16", tmp_path / "a", keep_io_types=False).manifest
     assert m["input"]["dtype"] == m["output"]["dtype"] == "float16" and m["parity"][0]["passed"]
     with runtime.load(tmp_path / "a") as session:
         assert session.run(np.zeros((1, 1, 28, 28), np.float16)).dtype == np.float16
@@ -47,7 +47,7 @@ def test_fp16_onnx_with_half_io(tmp_path: Path) -> None:
 
 def test_openvino_fp16_compresses_weights(tmp_path: Path) -> None:
     fp32 = export_registered("resnet18_fmnist", "openvino", "fp32", tmp_path / "32", parity_samples=16).manifest
-    fp16 = export_registered("resnet18_fmnist", "openvino", "fp16", tmp_path / "16", parity_samples=16).manifest
+    fp16 = export_registered("resnet18_fmnist", "openvino", "fp16", tmp_path / "16").manifest
     assert fp16["files"]["model.bin"]["bytes"] < 0.6 * fp32["files"]["model.bin"]["bytes"]
     assert fp16["target_info"]["compressed_to_fp16"] and fp16["parity"][0]["passed"]
 
