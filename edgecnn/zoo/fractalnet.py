@@ -150,5 +150,10 @@ def fractalnet_20(**kw) -> FractalNet:
 # 764,634 parameters, 31.9 M MACs at 28×28 (the deepest column alone: 20.9 M).
 @register_model(dataset="fashion_mnist", reference_params=764_634, reference_source="edgecnn (ours)")
 def fractalnet_fmnist(**kw) -> FractalNet:
-    """FractalNet with C=3 columns in 4 blocks (paper: 5) of widths 16-32-64-96, drop-path but no dropout."""
+    """FractalNet with C=3 columns in 4 blocks (paper: 5) of widths 16-32-64-96, no dropout.
+
+    Drop-path is halved from the paper's (local 0.15, global 50 %): at the paper's rates a 10-epoch
+    run underfits (train 90.9 %, test 90.3 %); the paper trains 400 epochs.
+    """
+    kw = {"local_drop": 0.1, "global_fraction": 0.25, **kw}
     return FractalNet((16, 32, 64, 96), dropout=(0.0,) * 4, **kw)
