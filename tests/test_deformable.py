@@ -175,6 +175,18 @@ def test_decomposed_lowering_runs_in_onnx_runtime_and_openvino(geometry: tuple, 
     assert _max_diff(_run_openvino(tmp_path / "m.onnx", x), layer(x)) <= PARITY
 
 
+def test_half_modulated_layer_without_bias_exports_in_half(tmp_path: Path) -> None:
+    """FP16 artifacts: the zero bias that the mask input forces into DeformConv must be half too."""
+    geometry = GEOMETRIES[3]  # modulated, no bias
+    layer = _layer(geometry)
+    layer.prepare_export("onnxruntime")
+    x = _input(geometry)
+    _export(layer.half(), x.half(), tmp_path / "m.onnx", dynamo=False, opset_version=DEFORM_CONV_MIN_OPSET)
+    expected = layer.float()(x)
+    got = _run_ort(tmp_path / "m.onnx", x.half()).astype(np.float32)
+    assert _max_diff(got, expected) <= 1e-2 * float(expected.abs().max())
+
+
 @pytest.mark.parametrize("lowering", ["deform_conv", "decomposed"])
 def test_dynamic_batch(lowering: str, tmp_path: Path) -> None:
     geometry = GEOMETRIES[1]

@@ -114,8 +114,10 @@ class _DeformConvTorchScript(torch.autograd.Function):
                             f"{g.opset}; raise the opset or use the 'decomposed' lowering")
         inputs = [input, weight, offset]
         if mask is not None or bias is not None:
-            out_channels = weight.type().sizes()[0]
-            inputs.append(bias if bias is not None else g.op("Constant", value_t=torch.zeros(out_channels)))
+            # A missing bias becomes zeros of the weight's dtype: DeformConv needs W and B of one type.
+            zeros = torch.zeros(weight.type().sizes()[0],
+                                dtype=torch.float16 if weight.type().scalarType() == "Half" else torch.float32)
+            inputs.append(bias if bias is not None else g.op("Constant", value_t=zeros))
         if mask is not None:
             inputs.append(mask)
         return g.op("DeformConv", *inputs, **{f"{key}_i": value for key, value in attrs})
