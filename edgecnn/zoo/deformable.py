@@ -112,14 +112,7 @@ class _DeformConvTorchScript(torch.autograd.Function):
         if g.opset < DEFORM_CONV_MIN_OPSET:
             raise UserError(f"ONNX DeformConv needs opset >= {DEFORM_CONV_MIN_OPSET}, the export asked for "
                             f"{g.opset}; raise the opset or use the 'decomposed' lowering")
-        inputs = [input, weight, offset]
-        if mask is not None or bias is not None:
-            # A missing bias becomes zeros of the weight's dtype: DeformConv needs W and B of one type.
-            zeros = torch.zeros(weight.type().sizes()[0],
-                                dtype=torch.float16 if weight.type().scalarType() == "Half" else torch.float32)
-            inputs.append(bias if bias is not None else g.op("Constant", value_t=zeros))
-        if mask is not None:
-            inputs.append(mask)
+        inputs = [input, weight, offset] + [v for v in (bias, mask) if v is not None]
         return g.op("DeformConv", *inputs, **{f"{key}_i": value for key, value in attrs})
 
 
@@ -128,6 +121,10 @@ def _deform_conv2d_onnx_node(input: torch.Tensor, offset: torch.Tensor, weight: 
                              padding: tuple[int, int], dilation: tuple[int, int]) -> torch.Tensor:
     attrs = _deform_conv_attrs(weight, offset, input.shape[1], stride, padding, dilation)
     if torch.jit.is_tracing():
+        if mask is not None and bias is None:
+            # DeformConv's inputs are positional, so the mask needs a bias before it: zeros of the weight's
+            # dtype (an FP16 graph needs a half B beside a half W).
+            bias = weight.new_zeros(weight.shape[0])
         return _DeformConvTorchScript.apply(input, offset, weight, bias, mask, tuple(attrs.items()))
     out_shape = (input.shape[0], weight.shape[0], *offset.shape[-2:])
     return torch.onnx.ops.symbolic("DeformConv", (input, weight, offset, bias, mask), attrs,
