@@ -1,0 +1,81 @@
+"""Numbers users give, checked once with one wording for the CLI and the Python API.
+
+The Python API calls `positive_int("batch_size", value)` and friends; the CLI uses the same checks
+as argparse types (`arg_type(positive_int)`), so `--batch-size 0` and `train(batch_size=0)` say the
+same thing. Zero and negatives are errors, never "use the default"; `None` means the default and is
+handled by the caller before it gets here.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+from typing import Any, Callable
+
+from edgecnn.errors import UserError
+
+
+def _flag(name: str) -> str:
+    return name if name.startswith("--") else name.replace("-", "_")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def positive_int(name: str, value: Any) -> int:
+    """An int ≥ 1 (bools and floats such as 2.5 or 2.0 are refused: they are always a mistake)."""
+    if not _is_int(value):
+        raise UserError(f"{_flag(name)} must be a whole number, got {value!r}")
+    if value < 1:
+        raise UserError(f"{_flag(name)} must be at least 1, got {value}")
+    return value
+
+
+def non_negative_int(name: str, value: Any) -> int:
+    """An int ≥ 0 (seeds, indices)."""
+    if not _is_int(value):
+        raise UserError(f"{_flag(name)} must be a whole number, got {value!r}")
+    if value < 0:
+        raise UserError(f"{_flag(name)} must be 0 or more, got {value}")
+    return value
+
+
+def positive_float(name: str, value: Any) -> float:
+    """A finite number > 0 (learning rates, durations, budgets)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        raise UserError(f"{_flag(name)} must be a finite number, got {value!r}")
+    if value <= 0:
+        raise UserError(f"{_flag(name)} must be greater than 0, got {value:g}")
+    return float(value)
+
+
+def non_negative_float(name: str, value: Any) -> float:
+    """A finite number ≥ 0 (accuracy drops, tolerances)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        raise UserError(f"{_flag(name)} must be a finite number, got {value!r}")
+    if value < 0:
+        raise UserError(f"{_flag(name)} must be 0 or more, got {value:g}")
+    return float(value)
+
+
+def arg_type(check: Callable[[str, Any], Any], name: str = "value") -> Callable[[str], Any]:
+    """An argparse `type=` that parses the text and applies `check`, reporting argparse's way (exit 2)."""
+    as_float = check in (positive_float, non_negative_float)
+
+    def parse(text: str) -> Any:
+        try:
+            value = float(text) if as_float else int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {'number' if as_float else 'whole number'}, "
+                                             f"got {text!r}") from None
+        try:
+            return check(name, value)
+        except UserError as e:
+            # argparse prefixes "argument --flag:", so drop the flag name from the message
+            raise argparse.ArgumentTypeError(str(e).split(" ", 1)[1]) from None
+
+    parse.__name__ = check.__name__.replace("_", " ")  # argparse names the type in its messages
+    return parse
+
+
+__all__ = ["arg_type", "non_negative_float", "non_negative_int", "positive_float", "positive_int"]
