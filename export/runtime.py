@@ -2,7 +2,8 @@
 
     from edgecnn.export import runtime
     with runtime.load("artifacts/resnet18_fmnist-onnx-fp32", backend="onnxruntime", threads=2) as s:
-        logits = s.run(batch)          # float32 N×C×H×W numpy array → float32 logits
+        logits = s.run(batch)          # float32 N×C×H×W numpy array or torch tensor → float32 logits
+        s.executed_precision           # what the runtime really computes in (fp32, fp16, bf16, int8)
 
 `load` reads the manifest (validated, hashes checked) and only the files it names. Backends are
 registered in one place (`BACKENDS`, filled by `@register_backend`); each declares which of the
@@ -11,11 +12,17 @@ the runtime sees it, so a wrong shape, dtype or layout is a clear error, never a
 
 Backends: `torch` (the eager reference, rebuilt from the manifest's weight record),
 `onnxruntime` (CPU EP, all graph optimisations, intra-op threads), `openvino` (CPU, LATENCY or
-THROUGHPUT hint, threads; FP32 artifacts run in f32 even on CPUs whose default is bf16),
+THROUGHPUT hint, threads; FP32 artifacts run in f32 even on CPUs whose default is bf16, bf16 artifacts in
+bf16 where the CPU has it),
 `tensorrt` (a built engine, on an NVIDIA GPU).
 """
 from __future__ import annotations
 
+import functools
+import inspect
+import math
+import tempfile
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -24,6 +31,7 @@ import numpy as np
 
 from edgecnn.errors import UserError
 from edgecnn.export.manifest import ArtifactError, read_manifest
+from edgecnn.validation import positive_int
 
 
 @dataclass(frozen=True)
@@ -39,14 +47,20 @@ class InputSpec:
         shape = tuple(d if isinstance(d, int) else None for d in spec["shape"])
         return cls(spec["name"], shape, np.dtype(spec["dtype"]), spec.get("layout", "NCHW"))
 
-    def validate(self, batch: Any) -> np.ndarray:
-        """The batch as the runtime wants it (C-contiguous), or a UserError saying what to change."""
+    def validate(self, batch: Any, check_finite: bool = True) -> np.ndarray:
+        """The batch as the runtime wants it (C-contiguous), or a UserError saying what to change.
+
+        A torch tensor is taken as its numpy view (copied to the CPU first if it lives elsewhere).
+        """
+        is_tensor = type(batch).__module__.startswith("torch") and hasattr(batch, "detach")
+        if is_tensor:
+            batch = _tensor_to_numpy(batch, self.dtype)
         if not isinstance(batch, np.ndarray):
-            hint = "; use tensor.numpy()" if type(batch).__module__.startswith("torch") else ""
-            raise UserError(f"input must be a numpy array, got {type(batch).__name__}{hint}")
+            raise UserError(f"input must be a numpy array or a torch tensor, got {type(batch).__name__}")
         if batch.dtype != self.dtype:
-            raise UserError(f"input dtype is {batch.dtype}; the model takes {self.dtype}: "
-                            f"use batch.astype(np.{self.dtype})")
+            cast = f"batch.to(torch.{_TORCH_DTYPES.get(self.dtype.name, self.dtype.name)})" if is_tensor \
+                else f"batch.astype(np.{self.dtype})"
+            raise UserError(f"input dtype is {batch.dtype}; the model takes {self.dtype}: use {cast}")
         _, channels, height, width = self.shape
         expected = "×".join("N" if d is None else str(d) for d in self.shape)
         if batch.ndim == 3 and batch.shape == (channels, height, width):
@@ -55,6 +69,8 @@ class InputSpec:
         if batch.ndim != 4:
             raise UserError(f"input has {batch.ndim} dimensions (shape {batch.shape}); the model takes "
                             f"{expected} ({self.layout})")
+        if batch.shape[0] == 0:
+            raise UserError(f"input batch is empty (shape {batch.shape}); pass at least one image")
         if batch.shape[1:] != (channels, height, width):
             if batch.shape[1:] == (height, width, channels):
                 raise UserError(f"input shape {batch.shape} looks like NHWC; the model takes {self.layout} "
@@ -63,9 +79,53 @@ class InputSpec:
         if self.shape[0] is not None and batch.shape[0] != self.shape[0]:
             raise UserError(f"batch size {batch.shape[0]}, but this artifact was exported for batch "
                             f"{self.shape[0]}: export with --batch {batch.shape[0]} or --dynamic-batch")
-        if batch.shape[0] == 0:
-            raise UserError("input batch is empty")
-        return np.ascontiguousarray(batch)
+        batch = np.ascontiguousarray(batch)
+        if check_finite and batch.dtype.kind == "f":
+            refuse_non_finite(batch)
+        return batch
+
+
+_TORCH_DTYPES = {"float32": "float32", "float16": "float16", "uint8": "uint8", "int8": "int8"}
+
+
+def _tensor_to_numpy(tensor: Any, dtype: np.dtype) -> np.ndarray:
+    tensor = tensor.detach()
+    if tensor.device.type != "cpu":
+        tensor = tensor.cpu()
+    try:
+        return tensor.numpy()
+    except TypeError as e:  # dtypes numpy lacks, such as bfloat16
+        raise UserError(f"input dtype is {tensor.dtype}, which has no numpy equivalent; the model takes {dtype}: "
+                        f"use batch.to(torch.{_TORCH_DTYPES.get(dtype.name, dtype.name)})") from e
+
+
+def refuse_non_finite(batch: np.ndarray) -> None:
+    """Refuse NaN and ±inf. The batch's dot product with itself is NaN or inf whenever a value is, so one
+    BLAS pass without a copy clears a clean float32/float64 batch; values are looked at one by one only
+    when it is not (or for float16, which BLAS lacks and whose squares overflow early)."""
+    flat = batch.reshape(-1)
+    if batch.dtype in (np.float32, np.float64) and math.isfinite(np.vdot(flat, flat)):
+        return
+    bad = ~np.isfinite(batch)
+    if not bad.any():
+        return  # large finite values overflowed the sum of squares
+    first = tuple(int(i) for i in np.argwhere(bad)[0])
+    nans = int(np.isnan(batch).sum())
+    raise UserError(f"input has {nans} NaN and {int(bad.sum()) - nans} infinite values (first at index {first}); "
+                    "runtimes disagree on what they return for them: clean the data, or pass "
+                    "check_finite=False to runtime.load to skip this check")
+
+
+# Manifest / report names of precisions, from the names runtimes use for element types.
+_PRECISION_NAMES = {"f32": "fp32", "float32": "fp32", "float": "fp32", "f16": "fp16", "float16": "fp16",
+                    "bf16": "bf16", "bfloat16": "bf16", "u8": "int8", "i8": "int8", "uint8": "int8", "int8": "int8"}
+
+
+def _summarise_precisions(precisions: Counter, fallback: str) -> str:
+    """`fp32`, or `int8+fp32` (most layers first) where compute layers run in several precisions."""
+    if not precisions:
+        return fallback
+    return "+".join(p for p, _ in precisions.most_common())
 
 
 class Session:
@@ -74,12 +134,29 @@ class Session:
     name: ClassVar[str]
     formats: ClassVar[tuple[str, ...]]   # keys of the manifest's model_files this backend reads
 
-    def __init__(self, directory: Path, manifest: dict[str, Any], model_format: str) -> None:
+    def __init__(self, directory: Path, manifest: dict[str, Any], model_format: str, *,
+                 check_finite: bool = True) -> None:
+        if not isinstance(check_finite, bool):
+            raise UserError(f"check_finite must be True or False, got {check_finite!r}")
         self.directory = directory
         self.manifest = manifest
         self.model_format = model_format
         self.input_spec = InputSpec.from_manifest(manifest)
+        self.check_finite = check_finite
         self._closed = False
+
+    @classmethod
+    def options(cls) -> tuple[str, ...]:
+        """The keyword options `runtime.load` accepts for this backend (from the constructors' signatures)."""
+        names: list[str] = []
+        for klass in reversed(cls.__mro__):
+            init = klass.__dict__.get("__init__")
+            if init is None or klass is object:
+                continue
+            for param in list(inspect.signature(init).parameters.values())[4:]:
+                if param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY) and param.name not in names:
+                    names.append(param.name)
+        return tuple(sorted(names))
 
     @classmethod
     def pick_format(cls, manifest: dict[str, Any]) -> str | None:
@@ -90,17 +167,32 @@ class Session:
     def model_path(self) -> Path:
         return self.directory / self.manifest["model_files"][self.model_format]
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
+    def run(self, batch: Any) -> np.ndarray:
+        """Logits for a float N×C×H×W batch (numpy array or torch tensor), validated against the manifest."""
         if self._closed:
             raise UserError(f"the {self.name} session of {self.directory} is closed")
-        return self._run(self.input_spec.validate(batch))
+        return self._run(self.input_spec.validate(batch, self.check_finite))
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    @functools.cached_property
+    def executed_precision(self) -> str:
+        """The precision the runtime really computes in (fp32, fp16, bf16, int8, or e.g. int8+fp32 when mixed).
+
+        Each backend asks its runtime; it can differ from the artifact's precision (an fp16 artifact on a
+        CPU without FP16 arithmetic runs in fp32).
+        """
+        return self._executed_precision()
+
+    def _executed_precision(self) -> str:
+        raise NotImplementedError
+
     def info(self) -> dict[str, Any]:
         """How the session runs (backend, threads, precision), for benchmark records."""
-        return {"backend": self.name, "model_file": self.manifest["model_files"][self.model_format]}
+        return {"backend": self.name, "model_file": self.manifest["model_files"].get(self.model_format),
+                "artifact_precision": self.manifest["precision"], "executed_precision": self.executed_precision,
+                "check_finite": self.check_finite}
 
     def close(self) -> None:
         self._closed = True
@@ -126,30 +218,74 @@ def _load_error(session: Session, e: Exception) -> ArtifactError:
                          "or was written for another version: export again")
 
 
+# ONNX operators that do the arithmetic (their precision is the model's), and those that compute in integers.
+_ONNX_COMPUTE_OPS = {"Conv", "FusedConv", "NhwcFusedConv", "ConvTranspose", "DeformConv", "Gemm", "FusedGemm",
+                     "MatMul", "FusedMatMul"}
+_ONNX_INTEGER_OPS = {"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "MatMulIntegerToFloat", "QGemm"}
+
+
+def onnx_compute_precision(model: Any, fallback: str) -> str:
+    """The precision of an ONNX graph's compute operators: integer kernels are int8, float ones take their
+    weights' element type (a weight from DequantizeLinear or Cast takes that node's output type)."""
+    from onnx.helper import tensor_dtype_to_np_dtype
+
+    graph = model.graph
+    types = {t.name: tensor_dtype_to_np_dtype(t.data_type).name for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "DequantizeLinear" and len(node.input) > 1 and node.input[1] in types:
+            types[node.output[0]] = types[node.input[1]]  # the scale's type is the output's
+        elif node.op_type == "Cast":
+            to = next(a.i for a in node.attribute if a.name == "to")
+            types[node.output[0]] = tensor_dtype_to_np_dtype(to).name
+    found: Counter = Counter()
+    for node in graph.node:
+        if node.op_type in _ONNX_INTEGER_OPS:
+            found["int8"] += 1
+        elif node.op_type in _ONNX_COMPUTE_OPS and len(node.input) > 1 and node.input[1] in types:
+            found[_PRECISION_NAMES.get(types[node.input[1]], types[node.input[1]])] += 1
+    return _summarise_precisions(found, fallback)
+
+
 @register_backend
 class OnnxRuntimeSession(Session):
     name = "onnxruntime"
     formats = ("onnx",)
 
     def __init__(self, directory: Path, manifest: dict[str, Any], model_format: str,
-                 threads: int | None = None) -> None:
-        super().__init__(directory, manifest, model_format)
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = threads or 0  # 0: onnxruntime's default (one per physical core)
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
+                 threads: int | None = None, **common: Any) -> None:
+        super().__init__(directory, manifest, model_format, **common)
         self.threads = threads
         try:
-            self._session = ort.InferenceSession(str(self.model_path), options, providers=["CPUExecutionProvider"])
+            self._session = self._inference_session()
         except Exception as e:  # onnxruntime raises its own exception types for bad files
             raise _load_error(self, e) from e
         self._output = self._session.get_outputs()[0].name
 
+    def _inference_session(self, optimized_model_path: Path | None = None) -> Any:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = self.threads or 0  # 0: onnxruntime's default (one per physical core)
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        if optimized_model_path is not None:
+            options.optimized_model_filepath = str(optimized_model_path)
+        return ort.InferenceSession(str(self.model_path), options, providers=["CPUExecutionProvider"])
+
     def _run(self, batch: np.ndarray) -> np.ndarray:
         return self._session.run([self._output], {self.input_spec.name: batch})[0]
+
+    def _executed_precision(self) -> str:
+        """Read from the graph ONNX Runtime actually runs after its optimisations: on a CPU without FP16
+        kernels it casts an fp16 graph's weights to fp32 and computes in fp32, and it fuses QDQ into
+        integer kernels. Built once, on first request, so an ordinary load pays nothing."""
+        import onnx
+
+        with tempfile.TemporaryDirectory(prefix="edgecnn-ort-") as tmp:
+            optimized = Path(tmp) / "optimized.onnx"
+            self._inference_session(optimized)
+            return onnx_compute_precision(onnx.load(str(optimized)), self.manifest["precision"])
 
     def info(self) -> dict[str, Any]:
         import onnxruntime as ort
@@ -163,6 +299,14 @@ class OnnxRuntimeSession(Session):
 
 
 OPENVINO_HINTS = ("LATENCY", "THROUGHPUT")
+# INFERENCE_PRECISION_HINT values edgecnn sets, the CPU capability each needs, and the user-facing aliases.
+OPENVINO_PRECISIONS = {"f32": None, "f16": "FP16", "bf16": "BF16"}
+_OPENVINO_ALIASES = {"fp32": "f32", "fp16": "f16"}
+# The hint for each artifact precision, and whether a missing capability falls back to f32 or is refused.
+_OPENVINO_DEFAULT_HINTS = {"fp32": ("f32", False), "fp16": ("f16", True), "bf16": ("bf16", False),
+                           "int8": ("f32", False)}  # int8: the layers NNCF left in float run in f32
+# CPU plugin layer types that do the arithmetic; the element type of their data input is what they compute in.
+_OPENVINO_COMPUTE_LAYERS = {"Convolution", "GroupConvolution", "Deconvolution", "FullyConnected", "MatMul", "Gemm"}
 
 
 @register_backend
@@ -171,15 +315,18 @@ class OpenVinoSession(Session):
     formats = ("openvino", "onnx")
 
     def __init__(self, directory: Path, manifest: dict[str, Any], model_format: str, threads: int | None = None,
-                 performance_hint: str = "LATENCY", inference_precision: str | None = None) -> None:
-        super().__init__(directory, manifest, model_format)
+                 performance_hint: str = "LATENCY", inference_precision: str | None = None, **common: Any) -> None:
+        super().__init__(directory, manifest, model_format, **common)
         import openvino as ov
 
-        hint = performance_hint.upper()
+        hint = str(performance_hint).upper()
         if hint not in OPENVINO_HINTS:
             raise UserError(f"unknown OpenVINO performance hint {performance_hint!r}; use LATENCY or THROUGHPUT")
         core = ov.Core()
-        self.inference_precision = inference_precision or self._default_precision(core, manifest["precision"])
+        capabilities = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        self.inference_precision = (self._default_precision(capabilities, manifest["precision"])
+                                    if inference_precision is None
+                                    else self._requested_precision(capabilities, inference_precision))
         config: dict[str, Any] = {"PERFORMANCE_HINT": hint, "INFERENCE_PRECISION_HINT": self.inference_precision}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
@@ -191,21 +338,56 @@ class OpenVinoSession(Session):
         self._request = self._compiled.create_infer_request()
 
     @staticmethod
-    def _default_precision(core: Any, precision: str) -> str:
-        """f32 for FP32 artifacts (the CPU plugin otherwise picks bf16 on AMX CPUs); f16 where the CPU has it."""
-        if precision == "fp16" and "FP16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
-            return "f16"
-        return "f32"
+    def _default_precision(capabilities: list[str], precision: str) -> str:
+        """The hint for an artifact's precision: f32 for FP32 and INT8 (the CPU plugin otherwise picks bf16
+        on AMX CPUs), f16 where the CPU has FP16 arithmetic (else f32), bf16 only where the CPU has BF16."""
+        if precision not in _OPENVINO_DEFAULT_HINTS:
+            raise UserError(f"the OpenVINO backend runs {', '.join(_OPENVINO_DEFAULT_HINTS)} artifacts, and this one "
+                            f"is {precision!r}: export it again")
+        hint, falls_back = _OPENVINO_DEFAULT_HINTS[precision]
+        needed = OPENVINO_PRECISIONS[hint]
+        if needed is None or needed in capabilities:
+            return hint
+        if falls_back:
+            return "f32"
+        raise UserError(f"this {precision} artifact needs a CPU with {needed} arithmetic (AVX-512 BF16 or AMX), and "
+                        f"this CPU offers {', '.join(capabilities)}: export the fp32 or int8 artifact instead")
+
+    @staticmethod
+    def _requested_precision(capabilities: list[str], requested: Any) -> str:
+        hint = _OPENVINO_ALIASES.get(str(requested).lower(), str(requested).lower())
+        if hint not in OPENVINO_PRECISIONS:
+            raise UserError(f"unknown inference_precision {requested!r}; use one of {', '.join(OPENVINO_PRECISIONS)}")
+        needed = OPENVINO_PRECISIONS[hint]
+        if needed is not None and needed not in capabilities:
+            raise UserError(f"inference_precision={requested!r} needs a CPU with {needed} arithmetic, and this CPU "
+                            f"offers {', '.join(capabilities)}: use 'f32'")
+        return hint
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         self._request.infer({self.input_spec.name: batch})
         return self._request.get_output_tensor(0).data.copy()
 
+    def _executed_precision(self) -> str:
+        """Read from the compiled model's runtime graph: the element type entering each compute layer (an
+        fp16 artifact on a CPU without FP16 arithmetic keeps f16 weights but runs f32 kernels)."""
+        found: Counter = Counter()
+        for op in self._compiled.get_runtime_model().get_ordered_ops():
+            rt_info = op.get_rt_info()
+            if "layerType" in rt_info and rt_info["layerType"].astype(str) in _OPENVINO_COMPUTE_LAYERS:
+                element = op.input(0).get_element_type().get_type_name()
+                found[_PRECISION_NAMES.get(element, element)] += 1
+        return _summarise_precisions(found, _PRECISION_NAMES[self._compiled_hint()])
+
+    def _compiled_hint(self) -> str:
+        return self._compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+
     def info(self) -> dict[str, Any]:
         import openvino as ov
 
         return {**super().info(), "version": ov.get_version(), "device": "CPU", "threads": self.threads or "default",
-                "performance_hint": self.performance_hint, "inference_precision": self.inference_precision}
+                "performance_hint": self.performance_hint, "inference_precision": self.inference_precision,
+                "compiled_inference_precision": self._compiled_hint()}
 
     def close(self) -> None:
         self._request = self._compiled = None
@@ -220,8 +402,8 @@ class TorchSession(Session):
     formats = ("pytorch",)
 
     def __init__(self, directory: Path, manifest: dict[str, Any], model_format: str,
-                 threads: int | None = None) -> None:
-        super().__init__(directory, manifest, model_format)
+                 threads: int | None = None, **common: Any) -> None:
+        super().__init__(directory, manifest, model_format, **common)
         from edgecnn.export.source import rebuild_source_model
 
         self.threads = threads
@@ -247,10 +429,15 @@ class TorchSession(Session):
         finally:
             torch.set_num_threads(previous)
 
+    def _executed_precision(self) -> str:
+        found = Counter(str(p.dtype).removeprefix("torch.") for p in self._model.parameters())
+        return _summarise_precisions(Counter({_PRECISION_NAMES.get(k, k): n for k, n in found.items()}), "fp32")
+
     def info(self) -> dict[str, Any]:
         import torch
 
-        return {"backend": self.name, "version": torch.__version__, "threads": self.threads or torch.get_num_threads()}
+        return {**super().info(), "version": torch.__version__,
+                "threads": self.threads or torch.get_num_threads()}
 
     def close(self) -> None:
         self._model = None
@@ -265,8 +452,8 @@ class TensorRTSession(Session):
     formats = ("tensorrt_plan",)
 
     def __init__(self, directory: Path, manifest: dict[str, Any], model_format: str,
-                 threads: int | None = None) -> None:
-        super().__init__(directory, manifest, model_format)
+                 threads: int | None = None, **common: Any) -> None:
+        super().__init__(directory, manifest, model_format, **common)
         try:
             import tensorrt as trt
             import torch
@@ -297,6 +484,12 @@ class TensorRTSession(Session):
         stream.synchronize()
         return y.cpu().numpy()
 
+    def _executed_precision(self) -> str:
+        """The precision the engine was built to allow (TensorRT still picks each layer's kernel among
+        them; its per-layer choice is in the engine inspector only for engines built with detailed
+        profiling verbosity)."""
+        return self.manifest["precision"]
+
     def close(self) -> None:
         self._context = self._engine = None
         super().close()
@@ -309,16 +502,24 @@ def open_session(directory: Path | str, manifest: dict[str, Any], backend: str |
     cls = BACKENDS.get(backend)
     if cls is None:
         raise UserError(f"unknown backend {backend!r}; choose one of {', '.join(sorted(BACKENDS))}")
+    unknown = sorted(set(options) - set(cls.options()))
+    if unknown:
+        raise UserError(f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} for the "
+                        f"{backend} backend; it accepts {', '.join(cls.options())}")
     model_format = cls.pick_format(manifest)
     if model_format is None:
         raise UserError(f"backend {backend!r} reads {' or '.join(cls.formats)} models, and this "
                         f"{manifest['target']} artifact has {', '.join(manifest['model_files']) or 'none'}; "
                         f"use backend={manifest['default_backend']!r} or export for another target")
-    if threads is not None and threads < 1:
-        raise UserError(f"threads must be at least 1, got {threads}")
+    if threads is not None:
+        positive_int("threads", threads)
     return cls(Path(directory), manifest, model_format, threads=threads, **options)
 
 
 def load(directory: Path | str, backend: str | None = None, threads: int | None = None, **options: Any) -> Session:
-    """Open the artifact in `directory` on `backend` (default: the one its target is meant for)."""
+    """Open the artifact in `directory` on `backend` (default: the one its target is meant for).
+
+    Options: `threads` (every backend), `check_finite` (default True: refuse NaN/inf inputs), and the
+    backend's own (OpenVINO: `performance_hint`, `inference_precision`); `Session.options()` lists them.
+    """
     return open_session(directory, read_manifest(directory), backend, threads, **options)
