@@ -1,37 +1,73 @@
-"""Checkpoints: safetensors weights + a JSON sidecar; never pickle.
+"""Checkpoints: safetensors weights + a JSON sidecar; never arbitrary pickles.
 
 `NAME.safetensors` holds the state dict (committed weights in fp16 to stay small; loading casts
 to the model's dtype). `NAME.json` says what it is: model name, config, epochs, accuracy, wall
-time, torch version, data fingerprint. Training state for `--resume` (optimizer, scheduler,
-epoch) goes in a separate `*.state.safetensors` with its non-tensor parts as JSON metadata.
+time, torch version, the dataset (name, path, fingerprint, class names). Training state for
+`--resume` (optimizer, scheduler, epoch) goes in a separate `*.state.safetensors` with its
+non-tensor parts as JSON metadata.
+
+`load_checkpoint` is the one door for weights: edgecnn's own files, timm's `.safetensors` and
+torchvision-style `.pth` state dicts (read with `torch.load(weights_only=True)`: tensors only,
+never code), all key-, shape- and dtype-checked against the model the same way.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from edgecnn.errors import CheckpointError
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 SIDECAR_SCHEMA = 1
+SAFETENSORS_SUFFIX = ".safetensors"
+TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")  # torch.save files: read as tensors only
 
 
 def sidecar_path(path: Path | str) -> Path:
     return Path(path).with_suffix(".json")
 
 
+def _cannot_write(path: Path, e: OSError) -> CheckpointError:
+    why = "the file system is read-only" if e.errno == errno.EROFS else (e.strerror or str(e))
+    return CheckpointError(f"cannot write {path} ({why}); choose a writable --out")
+
+
+def ensure_writable_dir(directory: Path) -> None:
+    """Fail now, with one line, if files cannot be created in `directory` (or its nearest existing parent).
+
+    Probing with a real temporary file catches read-only mounts that permission bits do not show.
+    """
+    existing = Path(directory).absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise CheckpointError(f"cannot write under {directory}: {existing} is a file, not a directory; "
+                              "choose another --out")
+    try:
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".edgecnn-write-probe.")
+    except OSError as e:
+        raise _cannot_write(Path(directory), e) from e
+    os.close(fd)
+    os.unlink(probe)
+
+
 def _atomic_write(path: Path, write: Any) -> None:
     """Write through a temp file in the same directory, then rename: no half-written file survives."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise _cannot_write(path, e) from e
     os.close(fd)
     try:
         write(tmp)
@@ -39,8 +75,10 @@ def _atomic_write(path: Path, write: Any) -> None:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a checkpoint is as readable as any file
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise _cannot_write(path, e) from e
         raise
 
 
@@ -58,6 +96,7 @@ def save_checkpoint(model: nn.Module, path: Path | str, metadata: dict[str, Any]
 
 
 def read_sidecar(path: Path | str) -> dict[str, Any]:
+    """The sidecar of an edgecnn checkpoint; empty when there is none."""
     side = sidecar_path(path)
     if not side.is_file():
         return {}
@@ -70,14 +109,77 @@ def read_sidecar(path: Path | str) -> dict[str, Any]:
     return meta
 
 
-def read_tensors(path: Path | str) -> dict[str, torch.Tensor]:
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} not found")
+def is_edgecnn_sidecar(path: Path | str) -> bool:
+    """Whether `path` is a sidecar edgecnn wrote (so `--force` may replace it)."""
+    try:
+        meta = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("schema") == SIDECAR_SCHEMA and "model" in meta and "torch" in meta
+
+
+def _safetensors_metadata(path: Path) -> dict[str, str] | None:
+    try:
+        with safe_open(str(path), "pt") as f:
+            return f.metadata() or {}
+    except (SafetensorError, OSError, ValueError):
+        return None
+
+
+def is_edgecnn_checkpoint(path: Path | str) -> bool:
+    """A safetensors checkpoint edgecnn saved: its header names the model and an edgecnn sidecar sits next to it."""
+    meta = _safetensors_metadata(Path(path))
+    return bool(meta and meta.get("model")) and is_edgecnn_sidecar(sidecar_path(path))
+
+
+def is_edgecnn_training_state(path: Path | str) -> bool:
+    meta = _safetensors_metadata(Path(path))
+    return bool(meta and "state" in meta)
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(path)
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({e}); re-train or re-copy it") from e
+
+
+def _read_torch_file(path: Path) -> dict[str, torch.Tensor]:
+    """A torch.save'd state dict (plain, or under "state_dict"/"model"), unpickled as tensors only."""
+    import pickle
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about pickle protocols it reads fine
+            obj = torch.load(path, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as e:
+        detail = next((line.strip() for line in str(e).splitlines() if "GLOBAL" in line or "Unsupported" in line),
+                      "objects other than tensors")
+        raise CheckpointError(f"checkpoint {path} holds more than tensors ({detail}); edgecnn loads only tensors "
+                              "from .pth files and never runs code from them") from e
+    except Exception as e:  # noqa: BLE001 - any other failure of torch.load means a damaged file
+        raise CheckpointError(f"checkpoint {path} is corrupt or not a torch.save file ({type(e).__name__}); "
+                              "re-download or re-copy it") from e
+    if isinstance(obj, dict) and not all(torch.is_tensor(v) for v in obj.values()):
+        obj = next((obj[k] for k in ("state_dict", "model") if isinstance(obj.get(k), dict)), obj)
+    if not isinstance(obj, dict) or not obj or not all(isinstance(k, str) and torch.is_tensor(v)
+                                                       for k, v in obj.items()):
+        raise CheckpointError(f"checkpoint {path} is not a state dict (a dict of tensors, possibly under "
+                              "'state_dict' or 'model'); save one with torch.save(model.state_dict(), path)")
+    return obj
+
+
+def read_tensors(path: Path | str) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint: safetensors, or a torch.save file read with weights_only."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} not found")
+    if path.suffix == SAFETENSORS_SUFFIX:
+        return _read_safetensors(path)
+    if path.suffix in TORCH_SUFFIXES:
+        return _read_torch_file(path)
+    raise CheckpointError(f"checkpoint {path}: unknown format {path.suffix or '(no suffix)'}; use a "
+                          f"{SAFETENSORS_SUFFIX} file or a torch state dict ({', '.join(TORCH_SUFFIXES)})")
 
 
 def load_checkpoint(model: nn.Module, path: Path | str) -> dict[str, Any]:
@@ -98,6 +200,12 @@ def load_checkpoint(model: nn.Module, path: Path | str) -> dict[str, Any]:
     if bad:
         raise CheckpointError(f"checkpoint {path} does not fit: {bad[0]} is {tuple(tensors[bad[0]].shape)}, "
                               f"the model wants {tuple(own[bad[0]].shape)} ({len(bad)} mismatches)")
+    wrong_kind = [k for k in own if own[k].is_floating_point() != tensors[k].is_floating_point()]
+    if wrong_kind:
+        k = wrong_kind[0]
+        raise CheckpointError(f"checkpoint {path} does not fit: {k} is {str(tensors[k].dtype).replace('torch.', '')}, "
+                              f"the model wants {str(own[k].dtype).replace('torch.', '')} ({len(wrong_kind)} "
+                              "tensors of the wrong kind); the file was not saved from this model's weights")
     nonfinite = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if nonfinite:
         raise CheckpointError(f"checkpoint {path} has NaN/Inf values in {nonfinite[0]}; it is unusable")
@@ -136,8 +244,6 @@ def save_training_state(path: Path | str, model: nn.Module, optimizer: torch.opt
 def load_training_state(path: Path | str, model: nn.Module, optimizer: torch.optim.Optimizer,
                         scheduler: Any) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Restore model/optimizer/scheduler in place; return (JSON metadata, RNG states)."""
-    from safetensors import safe_open
-
     tensors = read_tensors(path)
     try:
         with safe_open(str(path), "pt") as f:
