@@ -14,6 +14,7 @@ from typing import Any, Callable
 import torch.nn as nn
 
 from edgecnn.errors import UserError
+from edgecnn.validation import positive_int
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -90,6 +91,8 @@ def unknown_model_error(name: str) -> UserError:
 
 
 def get_config(name: str) -> ModelConfig:
+    if not isinstance(name, str):
+        raise UserError(f"a model name must be a string such as 'resnet18_fmnist', got {name!r}")
     _ensure_zoo_loaded()
     if name not in _MODELS:
         raise unknown_model_error(name)
@@ -111,8 +114,8 @@ def create_model(name: str, *, num_classes: int | None = None, in_chans: int | N
     """Build a registered model; `model.config` says what input it wants and how to preprocess it."""
     cfg = get_config(name)
     fn = _MODELS[name][0]
-    num_classes = cfg.num_classes if num_classes is None else num_classes
-    in_chans = cfg.input_size[0] if in_chans is None else in_chans
+    num_classes = cfg.num_classes if num_classes is None else positive_int("num_classes", num_classes)
+    in_chans = cfg.input_size[0] if in_chans is None else positive_int("in_chans", in_chans)
     model = fn(num_classes=num_classes, in_chans=in_chans, **kwargs)
     model.config = replace(cfg, num_classes=num_classes, input_size=(in_chans, *cfg.input_size[1:]),
                            class_names=cfg.class_names if num_classes == cfg.num_classes else None)

@@ -88,3 +88,19 @@ def test_create_model_overrides_classes_and_channels() -> None:
     model = edgecnn.create_model("resnet18", num_classes=7, in_chans=1)
     assert model.config.num_classes == 7 and model.config.input_size[0] == 1
     assert model.eval()(torch.randn(1, 1, 64, 64)).shape == (1, 7)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(num_classes=0), "num_classes must be at least 1, got 0"),
+    (dict(in_chans=0), "in_chans must be at least 1, got 0"),
+    (dict(num_classes=-3), "num_classes must be at least 1, got -3"),
+    (dict(num_classes="10"), "num_classes must be a whole number, got '10'"),
+    (dict(num_classes=2.5), "num_classes must be a whole number, got 2.5"),
+    (dict(in_chans=True), "in_chans must be a whole number, got True"),
+    (dict(name=None), "a model name must be a string such as 'resnet18_fmnist', got None"),
+])
+def test_create_model_refuses_bad_arguments_in_one_line(kwargs: dict, message: str) -> None:
+    kwargs = {"name": "lenet5_fmnist", **kwargs}
+    with pytest.raises(edgecnn.UserError, match=message) as info:
+        edgecnn.create_model(**kwargs)
+    assert "\n" not in str(info.value)
