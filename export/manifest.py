@@ -4,35 +4,53 @@ An artifact directory holds `manifest.json` and the model files. The manifest is
 runtimes, benchmarks and deploy bundles read; `read_manifest` is the one door, and it refuses
 anything that is not a complete, untampered artifact:
 
-- schema version known, required fields present (corrupt / truncated JSON → one clear line);
+- schema version known, every field present and of its type (corrupt / truncated JSON → one clear line);
+- `manifest_sha256`: the SHA-256 of the manifest's own canonical JSON (this field removed, keys sorted,
+  no whitespace), so a record edited after the export (a model file dropped from it) is detected;
 - every file in `files` present, of the recorded size and SHA-256;
 - never a staging directory: exports build in `.NAME.tmp-PID-XXXX` next to the target, write the
-  manifest last and rename the whole directory in one step, so an interrupted export leaves no
-  directory that passes as an artifact.
+  manifest last and rename the whole directory in one step, so an interrupted export (Ctrl-C or
+  SIGTERM cleans up; kill -9 leaves a hidden directory the next export removes) leaves no directory
+  that passes as an artifact.
+
+`--force` (overwrite=True) replaces only edgecnn's own output: an artifact (a readable manifest of
+edgecnn's kind naming every file there) or a dead export's staging leftover. Anything else, and the
+working directory, its parents and the home directory, are refused before any work is done.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
+import signal
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Iterator
 
 from edgecnn.errors import UserError
+from edgecnn.export.tensorrt import PLAN_FILE
+from edgecnn.registry import ModelConfig
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: manifest_sha256 and a typed schema
 MANIFEST_NAME = "manifest.json"
 ARTIFACT_KIND = "edgecnn-artifact"
+DIGEST_FIELD = "manifest_sha256"
 REQUIRED_FIELDS = ("schema_version", "kind", "model", "target", "precision", "input", "output",
                    "preprocessing", "class_names", "files", "model_files", "default_backend", "parity", "tools",
-                   "export")
+                   "export", DIGEST_FIELD)
 # Directories an export is still building (or has just replaced): never artifacts.
 _STAGING_NAME = re.compile(r"^\..+\.(tmp|old)-(\d+)-[^/]+$")
+# Files edgecnn's own scripts add to an artifact after the export (build_engine.py writes the engine).
+_ADDED_LATER = frozenset({PLAN_FILE})
+# Filesystem failures that are the destination's fault, said as one line instead of a traceback.
+_DESTINATION_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
 
 
 class ArtifactError(UserError):
@@ -53,18 +71,124 @@ def describe_files(directory: Path, names: list[str]) -> dict[str, dict[str, Any
             for name in sorted(names)}
 
 
+def manifest_digest(manifest: dict[str, Any]) -> str:
+    """SHA-256 of the manifest's canonical JSON without its own digest field (sorted keys, no whitespace)."""
+    body = {k: v for k, v in manifest.items() if k != DIGEST_FIELD}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 def write_manifest(directory: Path, manifest: dict[str, Any]) -> Path:
+    """Seal the manifest with its own digest and write it; exports call this last."""
+    manifest = {**manifest, DIGEST_FIELD: manifest_digest(manifest)}
     path = directory / MANIFEST_NAME
     path.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
     return path
 
 
+# ---------------------------------------------------------------- schema
+
+class _Spec:
+    """A JSON type: `check` returns None when `value` fits, else what it should have been."""
+    text = ""
+
+    def check(self, value: Any, where: str) -> str | None:
+        raise NotImplementedError
+
+
+class _Is(_Spec):
+    _NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false", dict: "an object",
+              list: "a list"}
+
+    def __init__(self, *types: type) -> None:
+        self.types = types
+        self.text = " or ".join(self._NAMES[t] for t in types)
+
+    def check(self, value: Any, where: str) -> str | None:
+        if isinstance(value, bool) and bool not in self.types:
+            return f"{where} must be {self.text}"
+        ok = isinstance(value, self.types) or (float in self.types and isinstance(value, int))
+        return None if ok else f"{where} must be {self.text}"
+
+
+class _Optional(_Spec):
+    def __init__(self, inner: _Spec) -> None:
+        self.inner, self.text = inner, f"{inner.text} or null"
+
+    def check(self, value: Any, where: str) -> str | None:
+        return None if value is None else self.inner.check(value, where) and f"{where} must be {self.text}"
+
+
+class _List(_Spec):
+    def __init__(self, item: _Spec, non_empty: bool = False) -> None:
+        self.item, self.non_empty = item, non_empty
+        self.text = f"a {'non-empty ' if non_empty else ''}list, each {item.text}"
+
+    def check(self, value: Any, where: str) -> str | None:
+        if not isinstance(value, list) or (self.non_empty and not value):
+            return f"{where} must be {self.text}"
+        return next((e for i, v in enumerate(value) if (e := self.item.check(v, f"{where}[{i}]"))), None)
+
+
+class _Map(_Spec):
+    """An object of string keys to one kind of value (files by name, model files by format)."""
+
+    def __init__(self, value: _Spec, text: str, non_empty: bool = False) -> None:
+        self.value, self.text, self.non_empty = value, text, non_empty
+
+    def check(self, value: Any, where: str) -> str | None:
+        if not isinstance(value, dict) or (self.non_empty and not value):
+            return f"{where} must be {self.text}"
+        return next((e for k, v in value.items() if (e := self.value.check(v, f"{where}[{k!r}]"))), None)
+
+
+class _Object(_Spec):
+    """An object with these required fields (more are allowed: later passes add their own records)."""
+
+    def __init__(self, **fields: _Spec) -> None:
+        self.fields, self.text = fields, f"an object with {', '.join(fields)}"
+
+    def check(self, value: Any, where: str) -> str | None:
+        if not isinstance(value, dict):
+            return f"{where} must be {self.text}"
+        missing = [f for f in self.fields if f not in value]
+        if missing:
+            return f"{where} lacks {', '.join(missing)}"
+        return next((e for f, spec in self.fields.items() if (e := spec.check(value[f], f"{where}.{f}"))), None)
+
+
+_STR, _INT, _NUM, _BOOL, _DICT = _Is(str), _Is(int), _Is(float), _Is(bool), _Is(dict)
+_TENSOR = _Object(name=_STR, shape=_List(_Is(int, str), non_empty=True), dtype=_STR)
+MANIFEST_SCHEMA = _Object(
+    schema_version=_INT, kind=_STR, target=_STR, precision=_STR, default_backend=_STR,
+    model=_Object(name=_STR, family=_STR, num_classes=_INT, in_chans=_INT, params=_INT,
+                  weights=_Object(source=_STR)),
+    input=_Object(name=_STR, shape=_List(_Is(int, str), non_empty=True), dtype=_STR, layout=_STR,
+                  dynamic_batch=_BOOL),
+    output=_TENSOR,
+    preprocessing=_Object(steps=_List(_STR), scale=_NUM, resize=_List(_INT), channels=_INT,
+                          mean=_List(_NUM), std=_List(_NUM)),
+    class_names=_Optional(_List(_STR, non_empty=True)),
+    files=_Map(_Object(bytes=_INT, sha256=_STR), "an object mapping each file name to its bytes and sha256"),
+    model_files=_Map(_STR, "a non-empty object mapping each model format to a file name", non_empty=True),
+    parity=_List(_Object(backend=_STR, samples=_INT, passed=_BOOL)),
+    passes=_List(_Object(name=_STR, seconds=_NUM)),
+    tools=_Map(_Optional(_STR), "an object mapping each tool to its version or null"),
+    export=_Object(created_utc=_STR, seconds=_NUM, host=_STR, cpu=_STR),
+    notes=_List(_STR), calibration=_Optional(_DICT), target_info=_DICT, manifest_sha256=_STR,
+)
+
+
+# ---------------------------------------------------------------- reading
+
 def read_manifest(directory: Path | str, verify: bool = True) -> dict[str, Any]:
-    """The validated manifest of an artifact directory; `verify=False` skips the SHA-256 pass."""
+    """The validated manifest of an artifact directory; `verify=False` skips the files' SHA-256 pass."""
     directory = Path(directory)
     if _STAGING_NAME.match(directory.name):
         raise ArtifactError(f"{directory} is an unfinished export's staging directory, not an artifact; "
                             "delete it and export again")
+    if directory.exists() and not directory.is_dir():
+        raise ArtifactError(f"{directory} is a file, not an artifact directory: give the directory an export "
+                            "wrote (the one holding manifest.json)")
     if not directory.is_dir():
         raise ArtifactError(f"artifact directory {directory} does not exist")
     path = directory / MANIFEST_NAME
@@ -83,10 +207,13 @@ def read_manifest(directory: Path | str, verify: bool = True) -> dict[str, Any]:
     missing = [f for f in REQUIRED_FIELDS if f not in manifest]
     if missing:
         raise ArtifactError(f"{path} lacks required fields {', '.join(missing)}; export again")
+    problem = MANIFEST_SCHEMA.check(manifest, "manifest")
+    if problem:
+        raise ArtifactError(f"{path} is damaged: {problem.removeprefix('manifest.')}; export again")
+    if manifest_digest(manifest) != manifest[DIGEST_FIELD]:
+        raise ArtifactError(f"{path} does not match its own {DIGEST_FIELD}: the manifest was edited after the "
+                            "export; export again")
     files = manifest["files"]
-    if not isinstance(files, dict) or not all(isinstance(v, dict) and "sha256" in v and "bytes" in v
-                                              for v in files.values()):
-        raise ArtifactError(f"{path}: 'files' must map each file name to its bytes and sha256; export again")
     for role, name in manifest["model_files"].items():
         if name not in files:
             raise ArtifactError(f"{path}: model file {name!r} ({role}) is not listed in 'files'; export again")
@@ -101,14 +228,19 @@ def _check_file(directory: Path, name: str, entry: dict[str, Any], verify: bool)
         raise ArtifactError(f"manifest in {directory} names {name!r}, which is outside the artifact")
     if not file.is_file():
         raise ArtifactError(f"{file} is named in the manifest but missing; the artifact is incomplete: export again")
-    size = file.stat().st_size
-    if size != entry["bytes"]:
-        raise ArtifactError(f"{file} is {size} bytes but the manifest records {entry['bytes']}: the file was "
-                            "truncated or replaced; export again")
+    size, recorded = file.stat().st_size, entry["bytes"]
+    if size < recorded:
+        raise ArtifactError(f"{file} is {size} bytes but the manifest records {recorded}: the file was truncated; "
+                            "export again")
+    if size > recorded:
+        raise ArtifactError(f"{file} is {size} bytes, {size - recorded} more than the manifest records: the file "
+                            "was modified or appended to; export again")
     if verify and sha256_file(file) != entry["sha256"]:
         raise ArtifactError(f"{file} does not match its SHA-256 in the manifest: the file was modified; "
                             "export again")
 
+
+# ---------------------------------------------------------------- writing
 
 def _pid_alive(pid: int) -> bool:
     try:
@@ -120,49 +252,187 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _dead_staging(path: Path) -> bool:
+    """A staging or replaced directory whose export process is gone."""
+    match = _STAGING_NAME.match(path.name)
+    return bool(match) and path.is_dir() and not path.is_symlink() and not _pid_alive(int(match.group(2)))
+
+
 def _remove_stale_staging(out: Path) -> None:
     """Staging directories left by killed exports to the same place (their process is gone)."""
     prefix = f".{out.name}."
     for entry in out.parent.glob(f"{glob.escape(prefix)}*"):
-        match = _STAGING_NAME.match(entry.name)
-        if match and entry.is_dir() and entry.name.startswith(prefix) and not _pid_alive(int(match.group(2))):
+        if entry.name.startswith(prefix) and _dead_staging(entry):
             shutil.rmtree(entry, ignore_errors=True)
+
+
+def _protected(out: Path) -> bool:
+    """The working directory, its parents and the home directory: never an export's target."""
+    cwd = Path.cwd().resolve()
+    protected = {cwd, *cwd.parents}
+    with contextlib.suppress(RuntimeError, KeyError):  # no home directory known
+        protected.add(Path.home().resolve())
+    return out.resolve() in protected
+
+
+def _foreign_entries(out: Path) -> list[str] | None:
+    """Entries of `out` edgecnn did not write; None when `out` is not an edgecnn artifact at all."""
+    try:
+        manifest = json.loads((out / MANIFEST_NAME).read_text())
+        entries = set(os.listdir(out))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict) or manifest.get("kind") != ARTIFACT_KIND:
+        return None
+    files = manifest.get("files")
+    ours = {MANIFEST_NAME, *_ADDED_LATER, *(files if isinstance(files, dict) else ())}
+    return sorted(entries - ours)
+
+
+def _check_replaceable(out: Path) -> None:
+    """Refuse, in one line, to replace anything but an edgecnn artifact or a dead export's leftover."""
+    if out.is_symlink():
+        raise UserError(f"{out} is a symbolic link; edgecnn replaces only directories it wrote: choose another --out")
+    if not out.is_dir():
+        raise UserError(f"{out} exists and is not a directory; choose another --out")
+    if _dead_staging(out):
+        return
+    foreign = _foreign_entries(out)
+    if foreign is None:
+        raise UserError(f"{out} exists and is not an edgecnn artifact (no readable {MANIFEST_NAME} of kind "
+                        f"{ARTIFACT_KIND!r}); --force replaces only edgecnn's own output: choose another --out")
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise UserError(f"{out} is an edgecnn artifact but also holds {shown}, which edgecnn did not write; "
+                        "move them out or choose another --out")
+
+
+def _check_writable(out: Path) -> None:
+    """The directory the artifact goes into (or its nearest existing ancestor) and `out` itself, if replaced."""
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write into {parent}: it is read-only (or not yours); choose another --out")
+    if out.is_dir() and not os.access(out, os.W_OK | os.X_OK):
+        raise UserError(f"{out} is read-only, so edgecnn cannot replace it; make it writable or choose another --out")
+
+
+def check_destination(out: Path | str, overwrite: bool = False) -> Path:
+    """Decide, before any work is done, whether an export may write `out`; its absolute path if so."""
+    out = Path(out).absolute()
+    if _protected(out):
+        raise UserError(f"{out} is the working directory, one of its parents or the home directory; an export "
+                        "never replaces those: choose a new directory, e.g. --out artifacts/NAME")
+    if out.exists() or out.is_symlink():
+        if not overwrite:
+            if _foreign_entries(out) is None and not _dead_staging(out):
+                raise UserError(f"{out} already exists and is not an edgecnn artifact; choose another --out")
+            raise UserError(f"{out} already exists; pass --force (overwrite=True) to replace it")
+        _check_replaceable(out)
+    _check_writable(out)
+    return out
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt (as Ctrl-C does), so cleanup runs; main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"terminated by signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def _destination_error(out: Path, e: OSError) -> UserError:
+    where = f" ({e.filename})" if e.filename else ""
+    return UserError(f"cannot write the artifact {out}: {e.strerror or e}{where}; choose another --out")
 
 
 @contextlib.contextmanager
 def staging_directory(out: Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield an empty directory next to `out`; on success it becomes `out` in one rename.
 
-    The caller writes the manifest last. On any exception the staging directory is removed; if
-    the process is killed, the staging directory (hidden, never readable as an artifact) is
-    cleaned up by the next export to the same place.
+    The caller writes the manifest last. On any exception (SIGTERM included) the staging directory
+    is removed; if the process is killed, the staging directory (hidden, never readable as an
+    artifact) is cleaned up by the next export to the same place.
     """
-    out = Path(out).absolute()
-    if out.exists() and not overwrite:
-        raise UserError(f"{out} already exists; pass --force (overwrite=True) to replace it")
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out} exists and is not a directory; choose another --out")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_staging(out)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-{os.getpid()}-"))
+    out = check_destination(out, overwrite)
+    with _sigterm_as_interrupt():
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            _remove_stale_staging(out)
+            staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-{os.getpid()}-"))
+        except OSError as e:
+            raise _destination_error(out, e) from e
+        try:
+            yield staging
+            os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes 0700; an artifact is as readable as any dir
+            _commit(staging, out, overwrite)
+        except OSError as e:
+            shutil.rmtree(staging, ignore_errors=True)
+            if e.errno in _DESTINATION_ERRNOS:
+                raise _destination_error(out, e) from e
+            raise
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+
+
+def _commit(staging: Path, out: Path, overwrite: bool) -> None:
+    """Rename `staging` to `out`, moving edgecnn's earlier artifact aside first (and back if that fails)."""
+    if not (out.exists() or out.is_symlink()):
+        os.replace(staging, out)
+        return
+    if not overwrite:  # another export got there while this one ran
+        raise UserError(f"{out} appeared while exporting; pass --force (overwrite=True) to replace it")
+    _check_replaceable(out)  # what is there now, not what was there when the export started
+    old = out.parent / f".{out.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
+    os.rename(out, old)
     try:
-        yield staging
-        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes 0700; an artifact is as readable as any dir
-        if out.exists() and not overwrite:  # another export got there while this one ran
-            raise UserError(f"{out} appeared while exporting; pass --force (overwrite=True) to replace it")
-        if out.exists():
-            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-{os.getpid()}-"))
-            os.replace(out, old / "artifact")
-            os.replace(staging, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, out)
+        os.rename(staging, out)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        os.rename(old, out)
         raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def preprocessing_record(config: ModelConfig, input_size: tuple[int, int, int]) -> dict[str, Any]:
+    """What `edgecnn.data.preprocess` does, step by step, so a third party can reproduce the inputs."""
+    c, h, w = input_size
+    mean, std = list(config.mean), list(config.std)
+    if len(mean) != c:  # as preprocess does: a mean/std of another channel count is averaged
+        mean, std = [sum(mean) / len(mean)] * c, [sum(std) / len(std)] * c
+    return {
+        "steps": ["x = uint8 pixels (N×C×H×W) as float32 / 255",
+                  f"channels to {c}: 1 → {c} repeats the grey channel; 3 → 1 is ITU-R BT.601 luma "
+                  f"0.299 R + 0.587 G + 0.114 B; {c} → {c} unchanged",
+                  f"resize to {h}×{w} unless already that size: bilinear, align_corners=False (half-pixel "
+                  "centres), antialiased only when the source is wider than the target "
+                  "(torch.nn.functional.interpolate antialias=True); after / 255, before normalisation",
+                  "x = (x - mean) / std per channel",
+                  "layout NCHW (input.dtype is what the graph takes)"],
+        "scale": 1 / 255,
+        "channels": c,
+        "channel_adaptation": {"grey_to_n": "repeat the single channel",
+                               "rgb_to_grey": {"standard": "ITU-R BT.601 luma", "weights": [0.299, 0.587, 0.114]}},
+        "resize": [h, w],
+        "resize_method": {"mode": "bilinear", "align_corners": False,
+                          "antialias": "only when the source width is larger than the target width",
+                          "order": "after scaling to [0, 1], before normalisation"},
+        "mean": mean, "std": std,
+        "implementation": "edgecnn.data.preprocess",
+    }

@@ -1,7 +1,8 @@
 """Parity: does an artifact compute what the PyTorch model computes?
 
-Inputs are real Fashion-MNIST test images for models trained on it (the first N of the test split,
-preprocessed as the manifest says) and seeded standard-normal tensors for everything else. A
+Inputs are the first N test images of the dataset the weights were trained on (the checkpoint
+sidecar's record; Fashion-MNIST for the zoo's committed weights), preprocessed as the manifest says,
+and seeded standard-normal tensors, said as such, when there is none or it is not readable here. A
 backend passes at FP32 when the largest logit difference is within 1e-4 × max |logit| (or 1e-4,
 whichever is larger) and every top-1 class agrees on 64 inputs; at FP16 when ≥ 99 % of top-1 classes
 agree on 512 inputs (enough for the 1 % to be more than zero flips).
@@ -23,11 +24,13 @@ from edgecnn.registry import ModelConfig
 PARITY_SAMPLES = 64
 # A top-1 bar below 100 % needs enough samples for one flip to fit under it: 99 % of 64 samples is all
 # 64, so a single near-tie flipped by half precision would fail a trained model. 512 allows 5.
-DEFAULT_SAMPLES = {"fp32": PARITY_SAMPLES, "fp16": 512}
+DEFAULT_SAMPLES = {"fp32": PARITY_SAMPLES, "fp16": 512, "int8": 512, "bf16": 512}
 PARITY_SEED = 0
 FP32_RELATIVE_TOL = 1e-4
 FP32_ABSOLUTE_TOL = 1e-4
-MIN_TOP1_AGREEMENT = {"fp32": 1.0, "fp16": 0.99}
+MIN_TOP1_AGREEMENT = {"fp32": 1.0, "fp16": 0.99, "int8": 0.98, "bf16": 0.98}
+# Precisions that cannot meet FP32's logits: parity also records test-split accuracy, FP32 beside them.
+QUANTIZED = ("int8", "bf16")
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 # A reference top-2 margin below this fraction of the logit scale is within FP16's accumulated error.
 NEAR_TIE_RELATIVE = 1e-2
@@ -37,21 +40,33 @@ def default_samples(precision: str) -> int:
     return DEFAULT_SAMPLES.get(precision, PARITY_SAMPLES)
 
 
-def parity_inputs(config: ModelConfig, input_size: tuple[int, int, int],
-                  samples: int = PARITY_SAMPLES) -> tuple[torch.Tensor, str]:
-    """The inputs parity runs on, and a line saying what they are (for the manifest)."""
-    if config.dataset == "fashion_mnist":
+def parity_inputs(config: ModelConfig, input_size: tuple[int, int, int], samples: int = PARITY_SAMPLES,
+                  dataset: dict[str, Any] | None = None) -> tuple[torch.Tensor, str]:
+    """The inputs parity runs on, and a line saying what they are (for the manifest).
+
+    `dataset` is the checkpoint sidecar's record of what the weights were trained on: its test split
+    is used when its path is readable here. Without it, the zoo's Fashion-MNIST models use that test
+    split; everything else gets seeded standard-normal inputs, and the line says why.
+    """
+    if isinstance(dataset, dict):
+        label = str(dataset.get("name") or dataset.get("path") or "the checkpoint's dataset")
+        source, why = dataset.get("path"), f"{label}, which the checkpoint was trained on, records no path"
+    elif config.dataset == "fashion_mnist":
+        label, source, why = "fashion_mnist", "fashion_mnist", ""
+    else:
+        label, source, why = "", None, "no dataset is recorded for these weights"
+    if source:
         try:
-            ds = load_dataset("fashion_mnist", split="test")
-        except DatasetError:
-            pass  # not installed here: fall through to random inputs, and say so
-        else:
+            ds = load_dataset(source, split="test")
             n = min(samples, len(ds))
-            images, _ = ds.get_batch(range(n))
-            return preprocess(images, replace(config, input_size=input_size)), f"fashion_mnist test[0:{n}]"
+            images, _ = ds.get_batch(range(n), size=input_size[1:])
+        except DatasetError as e:
+            why = f"the test split of {label} is not readable here: {e}"
+        else:
+            return preprocess(images, replace(config, input_size=input_size)), f"{label} test[0:{n}]"
     generator = torch.Generator().manual_seed(PARITY_SEED)
     return (torch.randn(samples, *input_size, generator=generator),
-            f"standard normal, seed {PARITY_SEED}, {samples} samples")
+            f"random inputs: standard normal, seed {PARITY_SEED}, {samples} samples ({why})")
 
 
 @torch.no_grad()
@@ -128,3 +143,21 @@ def compare(reference: np.ndarray, candidate: np.ndarray, precision: str) -> dic
         result["diagnosis"] = ("every top-1 disagreement is a near-tie (reference top-2 margin ≤ 1 % of the "
                                "largest logit), usual for random initial weights")
     return result
+
+
+def test_split_accuracy(reference: nn.Module, run: Callable[[np.ndarray], np.ndarray], config: ModelConfig,
+                        input_size: tuple[int, int, int], batch: int | None, precision: str) -> dict[str, Any]:
+    """For quantized precisions of Fashion-MNIST models: FP32 (PyTorch) and artifact accuracy on the whole test split."""
+    if precision not in QUANTIZED or config.dataset != "fashion_mnist":
+        return {}
+    try:
+        ds = load_dataset("fashion_mnist", split="test")
+    except DatasetError:
+        return {}
+    images, labels = ds.get_batch(range(len(ds)))
+    inputs = preprocess(images, replace(config, input_size=input_size))
+    fp32 = torch_logits(reference, inputs, chunk=256).argmax(1)
+    ours = run_in_batches(run, inputs.numpy(), batch or 256).argmax(1)
+    fp32_acc, acc = (float(100 * (p == labels.numpy()).mean()) for p in (fp32, ours))
+    return {"test_split": {"inputs": f"fashion_mnist test[0:{len(ds)}]", "fp32_accuracy": fp32_acc,
+                           "accuracy": acc, "drop": round(fp32_acc - acc, 4)}}

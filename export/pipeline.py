@@ -30,14 +30,15 @@ import edgecnn
 from edgecnn.errors import UserError
 from edgecnn.export import parity
 from edgecnn.export.fold import count_batchnorms, fold_batchnorm
-from edgecnn.export.manifest import (ARTIFACT_KIND, SCHEMA_VERSION, describe_files, read_manifest,
-                                     staging_directory, write_manifest)
+from edgecnn.export.manifest import (ARTIFACT_KIND, SCHEMA_VERSION, check_destination, describe_files,
+                                     preprocessing_record, read_manifest, staging_directory, write_manifest)
 from edgecnn.export.onnx_graph import BATCH_DIM, DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, ExportError
 from edgecnn.export.runtime import open_session
-from edgecnn.export.source import DEFAULT_SEED, load_source_model
+from edgecnn.export.source import DEFAULT_SEED, check_input_size, load_source_model
 from edgecnn.export.targets import Target, TargetOutput, get_target
 from edgecnn.layers import count_params
-from edgecnn.registry import ModelConfig
+from edgecnn.registry import ModelConfig, get_config
+from edgecnn.validation import non_negative_int, positive_int
 
 TOOLS = ("torch", "onnx", "onnxruntime", "onnxscript", "openvino", "tensorrt")
 PARITY_CHUNK = 16
@@ -101,7 +102,7 @@ class ExportContext:
             "schema_version": SCHEMA_VERSION,
             "kind": ARTIFACT_KIND,
             "model": {"name": cfg.name, "family": cfg.family, "description": cfg.description,
-                      "dataset": cfg.dataset, "zoo_version": edgecnn.ZOO_VERSION,
+                      "dataset": (self.weights.get("dataset") or {}).get("name") or cfg.dataset, "zoo_version": edgecnn.ZOO_VERSION,
                       "edgecnn_version": edgecnn.__version__, "num_classes": cfg.num_classes,
                       "in_chans": cfg.input_size[0], "params": count_params(self.reference),
                       "weights": self.weights},
@@ -112,10 +113,7 @@ class ExportContext:
                       "dynamic_batch": self.dynamic_batch},
             "output": {"name": OUTPUT_NAME, "shape": [self.input_shape[0], cfg.num_classes],
                        "dtype": self.io_dtype, "meaning": "logits (no softmax)"},
-            "preprocessing": {"steps": ["uint8 pixels / 255", "adapt channels", "resize (bilinear)",
-                                        "(x - mean) / std", "layout NCHW"],
-                              "scale": 1 / 255, "resize": list(self.input_size[1:]),
-                              "channels": self.input_size[0], "mean": list(cfg.mean), "std": list(cfg.std)},
+            "preprocessing": preprocessing_record(cfg, self.input_size),
             "class_names": list(cfg.class_names) if cfg.class_names else None,
             "files": files,
             "model_files": out.model_files,
@@ -185,7 +183,7 @@ class CheckParity(Pass):
 
     def run(self, ctx: ExportContext) -> dict[str, Any]:
         samples = ctx.parity_samples or parity.default_samples(ctx.precision)
-        inputs, description = parity.parity_inputs(ctx.config, ctx.input_size, samples)
+        inputs, description = parity.parity_inputs(ctx.config, ctx.input_size, samples, ctx.weights.get("dataset"))
         reference = parity.torch_logits(ctx.reference, inputs)
         feed = inputs.numpy().astype(ctx.io_dtype)
         chunk = PARITY_CHUNK if ctx.dynamic_batch else ctx.batch
@@ -194,7 +192,8 @@ class CheckParity(Pass):
             with open_session(ctx.staging, manifest, backend) as session:
                 logits = parity.run_in_batches(session.run, feed, chunk)
             ctx.parity.append({"backend": backend, "reference": "torch (eager, unfolded)", "inputs": description,
-                               "samples": len(inputs), **parity.compare(reference, logits, ctx.precision)})
+                               "samples": len(inputs), "measures": ctx.output.parity_measures.get(backend, ""),
+                               **parity.compare(reference, logits, ctx.precision)})
         return {"backends": list(ctx.output.parity_backends),
                 "passed": all(p["passed"] for p in ctx.parity)}
 
@@ -256,27 +255,50 @@ def export_model(model: nn.Module, target: str = "onnx", precision: str = "fp32"
                         + (" (INT8 is the quantization stage's)" if precision == "int8" else ""))
     if not keep_io_types and not (precision == "fp16" and target_obj.half_io):
         raise UserError("float16 inputs and outputs (--half-io, keep_io_types=False) apply to FP16 ONNX only")
-    if batch < 1:
-        raise UserError(f"--batch must be at least 1, got {batch}")
-    if parity_samples is not None and parity_samples < 1:
-        raise UserError(f"parity needs at least one sample, got {parity_samples}")
+    _check_numbers(batch, opset, parity_samples, input_size)
+    out = check_destination(out, overwrite)
+    if input_size:
+        check_input_size(config, input_size, batch, model)
     size = (config.input_size[0], *input_size) if input_size else tuple(config.input_size)
     ctx = ExportContext(reference=model.eval(), config=config, target=target_obj, precision=precision,
                         staging=Path(), input_size=size, batch=batch, dynamic_batch=dynamic_batch, opset=opset,
                         exporter=exporter, keep_io_types=keep_io_types, parity_samples=parity_samples,
                         weights=weights or {"source": "in_memory"})
     if ctx.weights["source"] == "random_init":
-        ctx.notes.append("exported with random initial weights (no checkpoint given and none committed): "
-                         "fine for latency, meaningless for accuracy")
+        ctx.notes.append("exported with random initial weights (no checkpoint given and none committed), "
+                         "BatchNorm statistics re-estimated on seeded standard-normal inputs: fine for latency, "
+                         "meaningless for accuracy")
     path = (pipeline or Pipeline()).run(ctx, Path(out), overwrite=overwrite, progress=progress)
     return ExportResult(path, read_manifest(path, verify=False))
 
 
 def export_registered(name: str, target: str = "onnx", precision: str = "fp32", out: Path | str = "artifact", *,
                       checkpoint: Path | str | None = None, seed: int = DEFAULT_SEED, **kwargs: Any) -> ExportResult:
-    """Export a registered model with its checkpoint, its committed weights, or its seeded random init."""
-    model, weights = load_source_model(name, checkpoint, seed)
+    """Export a registered model with its checkpoint, its committed weights, or its seeded random init.
+
+    The destination, the numbers and the input size are checked before the model is built.
+    """
+    non_negative_int("seed", seed)
+    _check_numbers(kwargs.get("batch", 1), kwargs.get("opset", DEFAULT_OPSET), kwargs.get("parity_samples"),
+                   kwargs.get("input_size"))
+    check_destination(out, kwargs.get("overwrite", False))
+    if kwargs.get("input_size"):
+        check_input_size(get_config(name), kwargs["input_size"], kwargs.get("batch", 1))
+    model, weights = load_source_model(name, checkpoint, seed, kwargs.get("input_size"))
     return export_model(model, target, precision, out, weights=weights, **kwargs)
+
+
+def _check_numbers(batch: int, opset: int, parity_samples: int | None, input_size: tuple[int, int] | None) -> None:
+    """The numeric options, with the CLI's wording (edgecnn.validation)."""
+    positive_int("batch", batch)
+    positive_int("opset", opset)
+    if parity_samples is not None:
+        positive_int("parity_samples", parity_samples)
+    if input_size is not None:
+        if not (isinstance(input_size, (tuple, list)) and len(input_size) == 2):
+            raise UserError(f"input_size must be (height, width), got {input_size!r}")
+        for side in input_size:
+            positive_int("input_size", side)
 
 
 def tool_versions() -> dict[str, str | None]:

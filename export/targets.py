@@ -30,6 +30,8 @@ class TargetOutput:
     info: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     io_dtype: str = "float32"             # of the graph's input and output
+    # backend → what its parity check runs when that is not simply the artifact at its precision
+    parity_measures: dict[str, str] = field(default_factory=dict)
 
 
 class Target:
@@ -166,4 +168,6 @@ class TensorRTTarget(Target):
                          f"(≤ {tensorrt.TENSORRT_MAX_OPSET}); use a newer TensorRT 10.x or --opset "
                          f"{tensorrt.TENSORRT_MAX_OPSET}")
         parity = ("tensorrt",) if buildable else ("onnxruntime",)
-        return TargetOutput(files, model_files, parity[0], parity, info, notes)
+        measures = {} if buildable else {"onnxruntime": f"the FP32 TensorRT-ready ONNX in ONNX Runtime, not a "
+                                                        f"{ctx.precision.upper()} TensorRT engine (none built here)"}
+        return TargetOutput(files, model_files, parity[0], parity, info, notes, parity_measures=measures)

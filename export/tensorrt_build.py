@@ -69,7 +69,13 @@ def main() -> int:
     try:
         build_engine(args.onnx, args.out, input_name=manifest["input"]["name"], input_shape=manifest["input"]["shape"],
                      fp16=args.fp16, max_batch=args.max_batch, workspace_mib=args.workspace_mib)
-    except (ImportError, RuntimeError) as e:
+    except ImportError as e:
+        print(f"build_engine: TensorRT's Python package is not importable here ({e}). Install TensorRT 10 on "
+              "the NVIDIA device that will run the engine: `pip install tensorrt` (needs an NVIDIA driver), or "
+              "on Jetson use the one JetPack ships (python3-libnvinfer); build_engine.sh does the same with "
+              "trtexec", file=sys.stderr)
+        return 1
+    except RuntimeError as e:
         print(f"build_engine: {e}", file=sys.stderr)
         return 1
     print(f"wrote {args.out}")

@@ -18,7 +18,7 @@ from edgecnn.cli import main
 from edgecnn.errors import UserError
 from edgecnn.export import ArtifactError, ExportContext, Pass, Pipeline, export_registered, read_manifest, runtime
 from edgecnn.export.pipeline import WriteTarget
-from edgecnn.export.manifest import REQUIRED_FIELDS, SCHEMA_VERSION, sha256_file
+from edgecnn.export.manifest import REQUIRED_FIELDS, SCHEMA_VERSION, sha256_file, write_manifest
 
 MODEL = "lenet5_fmnist"
 
@@ -35,11 +35,15 @@ def artifact(pristine: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(pristine, tmp_path / "artifact"))
 
 
-def _rewrite_manifest(directory: Path, edit) -> None:
+def _rewrite_manifest(directory: Path, edit, reseal: bool = True) -> None:
+    """Edit the manifest; `reseal` recomputes its own digest, so checks past the digest are reached."""
     path = directory / "manifest.json"
     manifest = json.loads(path.read_text())
     edit(manifest)
-    path.write_text(json.dumps(manifest))
+    if reseal:
+        write_manifest(directory, manifest)
+    else:
+        path.write_text(json.dumps(manifest))
 
 
 def test_manifest_records_what_the_issue_asks(artifact: Path) -> None:
@@ -64,7 +68,9 @@ def test_manifest_records_what_the_issue_asks(artifact: Path) -> None:
     (lambda d: (d / "manifest.json").write_text((d / "manifest.json").read_text()[:200]), "corrupt or truncated"),
     (lambda d: (d / "manifest.json").unlink(), "has no manifest.json"),
     (lambda d: (d / "model.onnx").unlink(), "missing"),
-    (lambda d: (d / "model.onnx").write_bytes((d / "model.onnx").read_bytes()[:1000]), "truncated or replaced"),
+    (lambda d: (d / "model.onnx").write_bytes((d / "model.onnx").read_bytes()[:1000]), "was truncated"),
+    (lambda d: (d / "model.onnx").open("ab").write(b"\0"), "1 more than the manifest records: the file was modified or "
+                                                            "appended to"),
     (lambda d: _flip_byte(d / "model.onnx"), "SHA-256"),
     (lambda d: _rewrite_manifest(d, lambda m: m.update(schema_version=99)), "schema version 99"),
     (lambda d: _rewrite_manifest(d, lambda m: m.pop("parity")), "lacks required fields parity"),

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from edgecnn.cli.table import format_table
+from edgecnn.validation import arg_type, non_negative_int, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,19 +26,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--target", choices=list(TARGETS), default="onnx", help="default: onnx")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="default: fp32")
     batch = p.add_mutually_exclusive_group()
-    batch.add_argument("--batch", type=int, default=1, help="static batch size of the graph (default: 1)")
+    batch.add_argument("--batch", type=arg_type(positive_int, "--batch"), default=1,
+                       help="static batch size of the graph (default: 1)")
     batch.add_argument("--dynamic-batch", action="store_true", help="symbolic batch axis instead")
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset, 17 or newer (default: {DEFAULT_OPSET})")
+    p.add_argument("--opset", type=arg_type(positive_int, "--opset"), default=DEFAULT_OPSET, help=f"ONNX opset, 17 or newer (default: {DEFAULT_OPSET})")
     p.add_argument("--exporter", choices=EXPORTERS, default="auto", help="torch's ONNX exporter; auto tries torchscript, then dynamo (default: auto)")
     p.add_argument("--input-size", metavar="HxW", type=_parse_hw,
                    help="spatial input size, if not the model's (e.g. 112x112)")
     p.add_argument("--half-io", action="store_true",
                    help="FP16 ONNX only: take and return float16 (default keeps float32 at the ends)")
-    p.add_argument("--parity-samples", type=int,
+    p.add_argument("--parity-samples", type=arg_type(positive_int, "--parity-samples"),
                    help="inputs parity is checked on (default: 64 at fp32, 512 at fp16)")
-    p.add_argument("--seed", type=int, default=0, help="init seed when there are no weights (default: 0)")
+    p.add_argument("--seed", type=arg_type(non_negative_int, "--seed"), default=0,
+                   help="init seed when there are no weights (default: 0)")
     p.add_argument("--out", type=Path, help="artifact directory (default: artifacts/NAME-TARGET-PRECISION)")
-    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.add_argument("--force", action="store_true",
+                   help="replace --out if it is an earlier edgecnn artifact (nothing else is ever replaced)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_export)
 
@@ -71,7 +75,8 @@ def _parity_rows(manifest: dict[str, Any]) -> list[list[Any]]:
     for p in manifest["parity"]:
         tol = f"≤ {p['tolerance']:.1e}" if "tolerance" in p else "—"
         diff = p.get("max_abs_diff")
-        rows.append([p["backend"], p["samples"], "non-finite" if diff is None else f"{diff:.2e}", tol,
+        backend = f"{p['backend']} ({p['measures']})" if p.get("measures") else p["backend"]
+        rows.append([backend, p["samples"], "non-finite" if diff is None else f"{diff:.2e}", tol,
                      f"{100 * p.get('top1_agreement', 0):.1f}%", "PASS" if p["passed"] else "FAIL"])
     return rows
 
@@ -109,6 +114,13 @@ def _format_shape(spec: dict[str, Any]) -> str:
     return f"{spec['name']}: {'×'.join(str(d) for d in spec['shape'])} {spec['dtype']} {spec.get('layout', '')}".strip()
 
 
+def _preprocessing_summary(pre: dict[str, Any]) -> str:
+    method = pre.get("resize_method") or {"mode": "bilinear"}
+    how = ", ".join(f"{k}={v}" for k, v in method.items() if k not in ("mode", "order"))
+    return (f"/255, {pre['channels']} channel(s), resize {'×'.join(map(str, pre['resize']))} {method['mode']}"
+            f"{f' ({how})' if how else ''}, then (x - mean) / std, mean {pre['mean']}, std {pre['std']}")
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     from edgecnn.export.manifest import read_manifest
 
@@ -128,7 +140,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         ["target / precision", f"{m['target']} / {m['precision']} (default backend: {m['default_backend']})"],
         ["input", _format_shape(m["input"])],
         ["output", _format_shape(m["output"])],
-        ["preprocessing", f"/255, resize {'×'.join(map(str, pre['resize']))}, mean {pre['mean']}, std {pre['std']}"],
+        ["preprocessing", _preprocessing_summary(pre)],
         ["classes", f"{len(classes)}: {', '.join(classes[:5])}{', …' if len(classes) > 5 else ''}" if classes
          else f"{model['num_classes']} (no names recorded)"],
         ["calibration", json.dumps(m["calibration"]) if m["calibration"] else "—"],
