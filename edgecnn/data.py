@@ -120,29 +120,53 @@ def load_fashion_mnist(root: Path | str | None = None, split: str = "train") -> 
 CIFAR_FILES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
 
 
-# The only globals a CIFAR-10 batch references: numpy arrays (numpy 1.x and 2.x module paths).
-_CIFAR_PICKLE_ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-                         ("numpy", "ndarray"), ("numpy", "dtype")}
+def _latin1_encode(text: str, encoding: str = "utf-8") -> bytes:
+    """`_codecs.encode` as protocols 0-2 use it: bytes written as latin-1 text, nothing else."""
+    if not isinstance(text, str) or encoding.replace("-", "").replace("_", "").lower() != "latin1":
+        raise pickle.UnpicklingError(f"_codecs.encode({type(text).__name__}, {encoding!r}) is not how a pickle "
+                                     "stores bytes")
+    return text.encode("latin-1")
+
+
+def _cifar_pickle_globals() -> dict[tuple[str, str], object]:
+    """Every global a pickled CIFAR-10 batch (numpy arrays, lists, bytes) references under protocols 0-5,
+    with numpy 1.x (`numpy.core`) and 2.x (`numpy._core`) module paths: array reconstruction (0-4),
+    out-of-band buffers (5), numpy scalars, and latin-1 bytes (0-2)."""
+    try:  # the installed numpy's own internals, whichever path a pickle names
+        from numpy._core import multiarray, numeric
+    except ImportError:  # numpy 1.x
+        from numpy.core import multiarray, numeric  # type: ignore[no-redef]
+    allowed: dict[tuple[str, str], object] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+                                              ("_codecs", "encode"): _latin1_encode}
+    for core in ("numpy.core", "numpy._core"):
+        allowed.update({(f"{core}.multiarray", "_reconstruct"): multiarray._reconstruct,
+                        (f"{core}.multiarray", "scalar"): multiarray.scalar,
+                        (f"{core}.numeric", "_frombuffer"): numeric._frombuffer})
+    return allowed
 
 
 def _read_cifar_batch(path: Path) -> dict:
     """CIFAR-10 ships as pickles; unpickle only the plain types a batch holds, never arbitrary objects."""
+    allowed = _cifar_pickle_globals()
 
     class _PlainUnpickler(pickle.Unpickler):
         def find_class(self, module: str, name: str):  # noqa: ANN201
-            if (module, name) in _CIFAR_PICKLE_ALLOWED:
-                return super().find_class(module, name)
+            if (module, name) in allowed:
+                return allowed[module, name]
             raise DatasetError(f"{path} contains a pickled {module}.{name}, which a CIFAR-10 batch never holds; "
                                "refusing to load it")
 
     try:
         with open(path, "rb") as f:
-            return _PlainUnpickler(f, encoding="bytes").load()
+            batch = _PlainUnpickler(f, encoding="bytes").load()
     except DatasetError:
         raise
     except Exception as e:  # any unpickling failure means a corrupt file
         raise DatasetError(f"cannot read CIFAR-10 batch {path} ({type(e).__name__}); the file is corrupt or "
                            "truncated: re-extract cifar-10-python.tar.gz") from e
+    if not isinstance(batch, dict):
+        raise DatasetError(f"{path} is not a CIFAR-10 batch (it holds a {type(batch).__name__}, not a dict)")
+    return batch
 
 
 def load_cifar10(root: Path | str, split: str = "train") -> ImageDataset:
@@ -158,8 +182,9 @@ def load_cifar10(root: Path | str, split: str = "train") -> ImageDataset:
     for p in paths:
         batch = _read_cifar_batch(p)
         data, lbl = batch.get(b"data"), batch.get(b"labels")
-        if not isinstance(data, np.ndarray) or lbl is None or data.shape[1:] != (3072,) or len(data) != len(lbl):
-            raise DatasetError(f"{p} is not a CIFAR-10 batch (expected 'data' N×3072 and 'labels')")
+        if (not isinstance(data, np.ndarray) or data.dtype != np.uint8 or lbl is None or data.ndim != 2
+                or data.shape[1:] != (3072,) or len(data) != len(lbl)):
+            raise DatasetError(f"{p} is not a CIFAR-10 batch (expected uint8 'data' N×3072 and 'labels')")
         images.append(data.reshape(-1, 3, 32, 32))
         labels.extend(lbl)
     return ImageDataset("cifar10", CIFAR10_CLASSES, torch.tensor(labels, dtype=torch.long),
@@ -173,6 +198,9 @@ def load_image_folder(root: Path | str, split: str = "train") -> ImageDataset:
     root = Path(root)
     if (root / split).is_dir():
         root = root / split
+    elif any((root / other).is_dir() for other in ("train", "test")):
+        raise DatasetError(f"{root} has {' and '.join(d for d in ('train', 'test') if (root / d).is_dir())}/ but no "
+                           f"{split}/ sub-folder: add {root / split}/ (one sub-folder per class)")
     classes = sorted(d.name for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
     if not classes:
         raise DatasetError(f"{root} has no class sub-folders: an image folder dataset needs one sub-folder per class")
