@@ -1,4 +1,25 @@
-"""edgecnn.calibration: what quantization learns from data (sample selection, range observers,
-calibration tables and their formats). Filled by the INT8 work; it sits between the models/data
-(`edgecnn`) and the export stage, and imports nothing from `edgecnn.export`.
+"""edgecnn.calibration: what quantization learns from data, and how edgecnn chooses among quantizers' results.
+
+    from edgecnn.calibration import CalibrationOptions, prepare_calibration
+    data = prepare_calibration(config, config.input_size, CalibrationOptions(samples=512))
+    data.calibration.inputs      # 512 preprocessed float32 images, class-balanced, from train minus validation
+    data.validation              # the validation split the calibrator choice and --max-drop are scored on
+
+Modules: `samples` (selection, checks, provenance hashes), `feed` (each quantizer's input format),
+`selection` (calibrator choice by accuracy, the float fallback search), `tensorrt_cache` (TensorRT's
+calibration cache and its model stamp). The calibrators themselves are ONNX Runtime's, NNCF's and
+ModelOpt's. It sits between the models/data (`edgecnn`) and the export stage, and imports nothing
+from `edgecnn.export`.
 """
+from edgecnn.calibration.feed import OnnxRuntimeFeed, as_modelopt_data, as_nncf_dataset
+from edgecnn.calibration.samples import (CALIBRATOR_NAMES, DEFAULT_SAMPLES, CalibrationData, CalibrationOptions,
+                                         SampleSet, balanced_indices, batches, check_inputs, from_arrays,
+                                         prepare_calibration)
+from edgecnn.calibration.selection import CalibratorChoice, FallbackResult, accuracy, choose_calibrator, \
+    fallback_to_float
+from edgecnn.calibration.tensorrt_cache import read_cache, write_cache
+
+__all__ = ["CALIBRATOR_NAMES", "DEFAULT_SAMPLES", "CalibrationData", "CalibrationOptions", "CalibratorChoice",
+           "FallbackResult", "OnnxRuntimeFeed", "SampleSet", "accuracy", "as_modelopt_data", "as_nncf_dataset",
+           "balanced_indices", "batches", "check_inputs", "choose_calibrator", "fallback_to_float", "from_arrays",
+           "prepare_calibration", "read_cache", "write_cache"]

@@ -27,6 +27,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 import edgecnn
+from edgecnn.calibration import CalibrationOptions
 from edgecnn.errors import UserError
 from edgecnn.export import parity
 from edgecnn.export.fold import count_batchnorms, fold_batchnorm
@@ -35,6 +36,7 @@ from edgecnn.export.manifest import (ARTIFACT_KIND, SCHEMA_VERSION, check_destin
 from edgecnn.export.onnx_graph import BATCH_DIM, DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, ExportError
 from edgecnn.export.runtime import open_session
 from edgecnn.export.source import DEFAULT_SEED, check_input_size, load_source_model
+from edgecnn.export.quantize import Quantize, check_int8
 from edgecnn.export.targets import Target, TargetOutput, get_target
 from edgecnn.layers import count_params
 from edgecnn.registry import ModelConfig, get_config
@@ -65,6 +67,8 @@ class ExportContext:
     passes: list[dict[str, Any]] = field(default_factory=list)
     parity: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    calibration: CalibrationOptions | None = None   # INT8 only
+    calibration_record: dict[str, Any] | None = None  # the manifest's `calibration`, from the quantize pass
 
     def __post_init__(self) -> None:
         if self.module is None:
@@ -118,7 +122,7 @@ class ExportContext:
             "files": files,
             "model_files": out.model_files,
             "default_backend": out.default_backend,
-            "calibration": None,
+            "calibration": self.calibration_record,
             "target_info": out.info,
             "passes": self.passes,
             "parity": self.parity,
@@ -132,6 +136,10 @@ class ExportContext:
 class Pass:
     """One step of the pipeline: transforms `ctx` and returns what it did, for the manifest."""
     name: str
+
+    def applies(self, ctx: ExportContext) -> bool:
+        """Whether this pass has work for this export (INT8 passes skip FP32 exports, and say nothing)."""
+        return True
 
     def run(self, ctx: ExportContext) -> dict[str, Any]:
         raise NotImplementedError
@@ -191,14 +199,16 @@ class CheckParity(Pass):
         for backend in ctx.output.parity_backends:
             with open_session(ctx.staging, manifest, backend) as session:
                 logits = parity.run_in_batches(session.run, feed, chunk)
+                accuracy = parity.test_split_accuracy(ctx.reference, session.run, ctx.config, ctx.input_size,
+                                                      chunk, ctx.precision)
             ctx.parity.append({"backend": backend, "reference": "torch (eager, unfolded)", "inputs": description,
                                "samples": len(inputs), "measures": ctx.output.parity_measures.get(backend, ""),
-                               **parity.compare(reference, logits, ctx.precision)})
+                               **parity.compare(reference, logits, ctx.precision), **accuracy})
         return {"backends": list(ctx.output.parity_backends),
                 "passed": all(p["passed"] for p in ctx.parity)}
 
 
-DEFAULT_PASSES: tuple[type[Pass], ...] = (PrepareForTarget, FoldBatchNorm, WriteTarget, CheckParity)
+DEFAULT_PASSES: tuple[type[Pass], ...] = (PrepareForTarget, FoldBatchNorm, WriteTarget, Quantize, CheckParity)
 
 
 class Pipeline:
@@ -214,6 +224,8 @@ class Pipeline:
             ctx.staging = staging
             bar = tqdm(self.passes, desc="export", unit="pass", disable=not progress, leave=False, file=sys.stderr)
             for p in bar:
+                if not p.applies(ctx):
+                    continue
                 bar.set_postfix_str(p.name)
                 t0 = time.perf_counter()
                 report = p.run(ctx)
@@ -239,11 +251,12 @@ def export_model(model: nn.Module, target: str = "onnx", precision: str = "fp32"
                  exporter: str = "auto", input_size: tuple[int, int] | None = None,
                  keep_io_types: bool = True, parity_samples: int | None = None,
                  weights: dict[str, Any] | None = None, overwrite: bool = False, progress: bool = False,
-                 pipeline: Pipeline | None = None) -> ExportResult:
+                 pipeline: Pipeline | None = None, calibration: CalibrationOptions | None = None) -> ExportResult:
     """Export `model` (which carries `.config`, as `edgecnn.create_model` gives it) to one artifact directory.
 
     `input_size` (H, W) overrides the config's spatial size (e.g. its `min_input_size` for fast checks);
-    `weights` is the record `load_source_model` returns, so the torch backend can rebuild the model.
+    `weights` is the record `load_source_model` returns, so the torch backend can rebuild the model;
+    `calibration` (INT8 only) says how to calibrate (default: auto, 512 samples, no accuracy bound).
     """
     config = getattr(model, "config", None)
     if not isinstance(config, ModelConfig):
@@ -251,8 +264,14 @@ def export_model(model: nn.Module, target: str = "onnx", precision: str = "fp32"
                         "(or attach one) so the export knows its input and preprocessing")
     target_obj = get_target(target)
     if precision not in target_obj.precisions:
-        raise UserError(f"target {target!r} exports precisions {', '.join(target_obj.precisions)}, not {precision!r}"
-                        + (" (INT8 is the quantization stage's)" if precision == "int8" else ""))
+        raise UserError(f"target {target!r} exports precisions {', '.join(target_obj.precisions)}, not {precision!r}")
+    target_obj.check_precision(precision)
+    if precision == "int8":
+        calibration = calibration or CalibrationOptions()
+        check_int8(target, calibration)
+    elif calibration is not None:
+        raise UserError(f"calibration options (--calibrator, --calib-samples, --calib-data, --max-drop) apply to "
+                        f"--precision int8, not {precision}")
     if not keep_io_types and not (precision == "fp16" and target_obj.half_io):
         raise UserError("float16 inputs and outputs (--half-io, keep_io_types=False) apply to FP16 ONNX only")
     _check_numbers(batch, opset, parity_samples, input_size)
@@ -263,7 +282,7 @@ def export_model(model: nn.Module, target: str = "onnx", precision: str = "fp32"
     ctx = ExportContext(reference=model.eval(), config=config, target=target_obj, precision=precision,
                         staging=Path(), input_size=size, batch=batch, dynamic_batch=dynamic_batch, opset=opset,
                         exporter=exporter, keep_io_types=keep_io_types, parity_samples=parity_samples,
-                        weights=weights or {"source": "in_memory"})
+                        weights=weights or {"source": "in_memory"}, calibration=calibration)
     if ctx.weights["source"] == "random_init":
         ctx.notes.append("exported with random initial weights (no checkpoint given and none committed), "
                          "BatchNorm statistics re-estimated on seeded standard-normal inputs: fine for latency, "

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from edgecnn.export.pipeline import ExportContext
 
 ONNX_FILE = "model.onnx"
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8", "bf16")  # every target's, for the CLI
 
 
 @dataclass
@@ -37,7 +37,7 @@ class TargetOutput:
 class Target:
     name: ClassVar[str]
     description: ClassVar[str]
-    precisions: ClassVar[tuple[str, ...]] = PRECISIONS
+    precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "int8")
     # Whether the target's runtime executes ONNX DeformConv; deformable layers read the target's name in
     # prepare_export and lower to GridSample + Conv where it does not.
     supports_deform_conv: ClassVar[bool] = False
@@ -46,6 +46,9 @@ class Target:
 
     def write(self, ctx: ExportContext) -> TargetOutput:
         raise NotImplementedError
+
+    def check_precision(self, precision: str) -> None:
+        """Refuse, before any work, a precision this machine cannot run (bf16 without BF16 hardware)."""
 
     def check_ops(self, ops: dict[str, int]) -> None:
         """Reject, with a specific message, ops the target's converter or runtime cannot take."""
@@ -94,7 +97,19 @@ class OnnxTarget(Target):
 @register_target
 class OpenVinoTarget(Target):
     name = "openvino"
-    description = "OpenVINO IR (.xml/.bin) converted by OpenVINO from the ONNX graph; FP16 compresses weights"
+    description = ("OpenVINO IR (.xml/.bin) converted by OpenVINO from the ONNX graph; FP16 compresses weights, "
+                   "BF16 is the FP32 IR run with INFERENCE_PRECISION_HINT=bf16")
+    precisions = PRECISIONS
+
+    def check_precision(self, precision: str) -> None:
+        if precision != "bf16":
+            return
+        import openvino as ov
+
+        if "BF16" not in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+            raise UserError(f"bf16 needs a CPU with AVX-512 BF16 or AMX, and this one "
+                            f"({ov.Core().get_property('CPU', 'FULL_DEVICE_NAME')}) has neither: OpenVINO would "
+                            "run it in f32. Export fp32, fp16 or int8 here, or export bf16 on such a CPU")
 
     def write(self, ctx: ExportContext) -> TargetOutput:
         import openvino as ov

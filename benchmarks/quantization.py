@@ -1,0 +1,313 @@
+"""INT8 bars of issue 9, measured here and written as JSON under benchmarks/results/.
+
+    .venv/bin/python benchmarks/quantization.py accuracy --threads 1   # 15 *_fmnist models × ORT/OpenVINO × calibrator
+    .venv/bin/python benchmarks/quantization.py speed --threads 2      # canonical resnet50, inception_v3, batch 1
+
+accuracy: each model's FP32 ONNX and IR (edgecnn exports, dynamic batch), then every calibrator of
+each runtime's quantizer on the same 512 calibration samples (edgecnn.calibration), scored on the
+validation split and on the full Fashion-MNIST test split. "edgecnn" is the calibrator
+`choose_calibrator` picks from the validation scores (what `--calibrator auto` does); the peers are
+`quantize_static` with its defaults and `nncf.quantize` with its defaults, fed the same samples.
+Each model's record is written as soon as it is done, so an interrupted run keeps its data.
+
+speed: ONNX Runtime FP32 / edgecnn INT8 / ORT U8S8 QDQ per-channel; OpenVINO f32 / edgecnn INT8 /
+NNCF default INT8 / bf16 (where the CPU has it), all loaded at once and timed in interleaved rounds.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Callable
+
+import numpy as np
+
+RESULTS = Path(__file__).parent / "results"
+FMNIST_MODELS = ("lenet5_fmnist", "resnet18_fmnist", "alexnet_fmnist", "vgg11_bn_fmnist", "vgg16_bn_fmnist",
+                 "googlenet_fmnist", "bn_inception_fmnist", "inception_v3_fmnist", "inception_v4_fmnist",
+                 "inception_resnet_v2_fmnist", "pyramidnet_fmnist", "fractalnet_fmnist", "densenet121_fmnist",
+                 "cliquenet_fmnist", "deform_resnet_fmnist")
+EVAL_CHUNK = 250
+
+
+def _write(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def _header(command: str, threads: int) -> dict[str, Any]:
+    from edgecnn.export.pipeline import host_info, tool_versions
+
+    return {"schema": 1, "command": command, "threads": threads, "machine": host_info(), "tools": tool_versions(),
+            "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def _ort_runner(path: Path, threads: int) -> Callable[[np.ndarray], np.ndarray]:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda x: session.run(None, {name: x})[0]
+
+
+def _ov_runner(path: Path | Any, threads: int, precision: str = "f32") -> Callable[[np.ndarray], np.ndarray]:
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(path if not isinstance(path, Path) else str(path), "CPU",
+                                       {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
+                                        "INFERENCE_PRECISION_HINT": precision})
+    request = compiled.create_infer_request()
+
+    def run(x: np.ndarray) -> np.ndarray:
+        request.infer({0: x})
+        return request.get_output_tensor(0).data.copy()
+    return run
+
+
+def _accuracy(run: Callable[[np.ndarray], np.ndarray], inputs: np.ndarray, labels: np.ndarray) -> float:
+    from edgecnn.calibration import accuracy
+
+    logits = np.concatenate([run(inputs[i:i + EVAL_CHUNK]) for i in range(0, len(inputs), EVAL_CHUNK)])
+    return accuracy(logits, labels)
+
+
+def _size(paths: list[Path]) -> int:
+    return sum(p.stat().st_size for p in paths)
+
+
+def accuracy_model(name: str, threads: int, samples: int, work: Path) -> dict[str, Any]:
+    import nncf
+    import openvino as ov
+    import torch
+    from onnxruntime.quantization import quantize_static
+
+    from edgecnn.calibration import CalibrationOptions, OnnxRuntimeFeed, as_nncf_dataset, choose_calibrator, \
+        prepare_calibration
+    from edgecnn.data import load_dataset, preprocess
+    from edgecnn.export.onnx_graph import INPUT_NAME
+    from edgecnn.export.pipeline import export_model
+    from edgecnn.export.quantize import CALIBRATION_CHUNK, QUANTIZERS
+    from edgecnn.export.source import load_source_model
+
+    torch.set_num_threads(threads)
+    started = time.perf_counter()
+    model, weights = load_source_model(name)
+    config = model.config
+    fp32 = {target: export_model(model, target, "fp32", work / f"{name}-{target}", dynamic_batch=True,
+                                 weights=weights, parity_samples=16).path for target in ("onnx", "openvino")}
+    data = prepare_calibration(config, tuple(config.input_size), CalibrationOptions(samples=samples))
+    test = load_dataset("fashion_mnist", split="test")
+    images, labels = test.get_batch(range(len(test)))
+    test_inputs, test_labels = preprocess(images, replace(config, input_size=tuple(config.input_size))).numpy(), \
+        labels.numpy()
+    val = data.validation
+    with torch.no_grad():
+        torch_test = _accuracy(lambda x: model(torch.from_numpy(x)).numpy(), test_inputs, test_labels)
+    ctx = SimpleNamespace(input_name=INPUT_NAME, batch=1, dynamic_batch=True)
+    record: dict[str, Any] = {"model": name, "torch_fp32_test_accuracy": torch_test,
+                              "calibration_samples": data.calibration.record(), "runtimes": {}}
+    runners = {"onnx": ("onnxruntime", _ort_runner, "model.onnx", ["model.onnx"]),
+               "openvino": ("openvino", _ov_runner, "model.xml", ["model.xml", "model.bin"])}
+    for target, (runtime, runner, model_file, files) in runners.items():
+        quantizer = QUANTIZERS[target]
+        fp32_file = fp32[target] / model_file
+        fp32_run = runner(fp32_file, threads)
+        rt = {"fp32_test_accuracy": _accuracy(fp32_run, test_inputs, test_labels),
+              "fp32_validation_accuracy": _accuracy(fp32_run, val.inputs, val.labels),
+              "fp32_bytes": _size([fp32[target] / f for f in files]), "calibrators": {}}
+        for calibrator, library in quantizer.calibrators.items():
+            out = work / f"{name}-{target}-{calibrator}" / model_file
+            out.parent.mkdir()
+            t0 = time.perf_counter()
+            quantizer.quantize(ctx, fp32_file, out, calibrator, data, [])
+            seconds = time.perf_counter() - t0
+            run = runner(out, threads)
+            test_acc = _accuracy(run, test_inputs, test_labels)
+            rt["calibrators"][calibrator] = {
+                "library": library, "validation_accuracy": _accuracy(run, val.inputs, val.labels),
+                "test_accuracy": test_acc, "test_drop": round(rt["fp32_test_accuracy"] - test_acc, 2),
+                "bytes": _size([out.parent / Path(f).name for f in files]), "quantize_seconds": round(seconds, 1)}
+        choice = choose_calibrator(list(quantizer.calibrators),
+                                   lambda c: rt["calibrators"][c]["validation_accuracy"])
+        chosen = rt["calibrators"][choice.best]
+        rt["edgecnn"] = {"calibrator": choice.best, "test_accuracy": chosen["test_accuracy"],
+                         "test_drop": chosen["test_drop"], "size_ratio": round(chosen["bytes"] / rt["fp32_bytes"], 3)}
+        peer = work / f"{name}-{target}-peer"
+        peer.mkdir()
+        if target == "onnx":
+            quantize_static(str(fp32_file), str(peer / model_file),
+                            OnnxRuntimeFeed(data.calibration, INPUT_NAME, CALIBRATION_CHUNK))
+            rt["peer_default"] = {"what": "onnxruntime quantize_static defaults (QDQ, S8S8, per-tensor, MinMax), "
+                                          "no quant_pre_process"}
+        else:
+            calibration = as_nncf_dataset(data.calibration, CALIBRATION_CHUNK)
+            quantized = nncf.quantize(ov.Core().read_model(str(fp32_file)), calibration,
+                                      subset_size=len(list(calibration.get_data())))
+            ov.save_model(quantized, str(peer / model_file), compress_to_fp16=False)
+            rt["peer_default"] = {"what": "nncf.quantize defaults (subset_size set to use the same samples)"}
+        peer_acc = _accuracy(runner(peer / model_file, threads), test_inputs, test_labels)
+        rt["peer_default"].update(test_accuracy=peer_acc, test_drop=round(rt["fp32_test_accuracy"] - peer_acc, 2))
+        rt["edgecnn_at_least_as_accurate_as_peer"] = chosen["test_accuracy"] >= peer_acc
+        record["runtimes"][runtime] = rt
+    record["seconds"] = round(time.perf_counter() - started, 1)
+    return record
+
+
+def run_accuracy(args: argparse.Namespace) -> None:
+    out = RESULTS / "quantization_accuracy.json"
+    payload = json.loads(out.read_text()) if out.exists() and args.resume else \
+        {**_header(" ".join(sys.argv), args.threads), "bar_drop_pt": 0.5, "models": {}}
+    for name in args.models or FMNIST_MODELS:
+        if name in payload["models"]:
+            continue
+        work = Path(tempfile.mkdtemp(prefix=f"qbench-{name}-"))
+        try:
+            record = accuracy_model(name, args.threads, args.samples, work)
+        except Exception as e:  # keep going: one model's failure is data too
+            record = {"model": name, "error": f"{type(e).__name__}: {e}"}
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        payload["models"][name] = record
+        payload["summary"] = _accuracy_summary(payload)
+        _write(out, payload)
+        print(json.dumps({name: payload["summary"]["per_model"].get(name)}), flush=True)
+
+
+def _accuracy_summary(payload: dict[str, Any]) -> dict[str, Any]:
+    per_model, all_ok, beats = {}, True, True
+    for name, rec in payload["models"].items():
+        if "error" in rec:
+            per_model[name] = rec["error"]
+            all_ok = beats = False
+            continue
+        row = {}
+        for runtime, rt in rec["runtimes"].items():
+            row[runtime] = {"calibrator": rt["edgecnn"]["calibrator"], "fp32": rt["fp32_test_accuracy"],
+                            "int8": rt["edgecnn"]["test_accuracy"], "drop": rt["edgecnn"]["test_drop"],
+                            "peer_drop": rt["peer_default"]["test_drop"], "size_ratio": rt["edgecnn"]["size_ratio"]}
+            all_ok &= rt["edgecnn"]["test_drop"] <= payload["bar_drop_pt"]
+            beats &= rt["edgecnn_at_least_as_accurate_as_peer"]
+        per_model[name] = row
+    return {"models_done": len(payload["models"]), "every_drop_within_bar": all_ok,
+            "edgecnn_at_least_as_accurate_as_peers": beats, "per_model": per_model}
+
+
+def _median_ms(runners: dict[str, Callable[[], Any]], rounds: int, iters: int) -> dict[str, float]:
+    times: dict[str, list[float]] = {k: [] for k in runners}
+    for fn in runners.values():  # warm-up
+        for _ in range(3):
+            fn()
+    for _ in range(rounds):
+        for key, fn in runners.items():
+            for _ in range(iters):
+                t0 = time.perf_counter()
+                fn()
+                times[key].append(1000 * (time.perf_counter() - t0))
+    return {k: round(statistics.median(v), 2) for k, v in times.items()}
+
+
+def speed_model(name: str, threads: int, rounds: int, iters: int, work: Path) -> dict[str, Any]:
+    import nncf
+    import openvino as ov
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    from edgecnn.calibration import CalibrationOptions, OnnxRuntimeFeed, as_nncf_dataset, prepare_calibration
+    from edgecnn.data import FMNIST_DEFAULT_ROOT
+    from edgecnn.export.onnx_graph import INPUT_NAME
+    from edgecnn.export.pipeline import export_registered
+
+    options = CalibrationOptions(calibrator="minmax", samples=64, data=FMNIST_DEFAULT_ROOT)
+    arts = {}
+    for target, precision in (("onnx", "fp32"), ("onnx", "int8"), ("openvino", "fp32"), ("openvino", "int8")):
+        arts[(target, precision)] = export_registered(
+            name, target, precision, work / f"{target}-{precision}", parity_samples=8,
+            calibration=options if precision == "int8" else None).path
+    from edgecnn.registry import get_config
+
+    config = get_config(name)
+    data = prepare_calibration(config, tuple(config.input_size), options)
+    peer_ort = work / "peer-ort.onnx"
+    quantize_static(str(arts[("onnx", "fp32")] / "model.onnx"), str(peer_ort),
+                    OnnxRuntimeFeed(data.calibration, INPUT_NAME, 1), quant_format=QuantFormat.QDQ,
+                    per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=CalibrationMethod.MinMax)
+    peer_nncf = work / "peer-nncf.xml"
+    ov.save_model(nncf.quantize(ov.Core().read_model(str(arts[("openvino", "fp32")] / "model.xml")),
+                                as_nncf_dataset(data.calibration, 1), subset_size=len(data.calibration)),
+                  str(peer_nncf), compress_to_fp16=False)
+    x = np.ascontiguousarray(data.calibration.inputs[:1])
+    runs = {"onnxruntime_fp32": _ort_runner(arts[("onnx", "fp32")] / "model.onnx", threads),
+            "onnxruntime_int8_edgecnn": _ort_runner(arts[("onnx", "int8")] / "model.onnx", threads),
+            "onnxruntime_int8_ort_u8s8_qdq_per_channel": _ort_runner(peer_ort, threads),
+            "openvino_f32": _ov_runner(arts[("openvino", "fp32")] / "model.xml", threads),
+            "openvino_int8_edgecnn": _ov_runner(arts[("openvino", "int8")] / "model.xml", threads),
+            "openvino_int8_nncf_default": _ov_runner(peer_nncf, threads)}
+    bf16 = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    if bf16:
+        runs["openvino_bf16"] = _ov_runner(arts[("openvino", "fp32")] / "model.xml", threads, "bf16")
+    ms = _median_ms({k: (lambda fn=fn: fn(x)) for k, fn in runs.items()}, rounds, iters)
+    sizes = {"onnx_fp32": _size([arts[("onnx", "fp32")] / "model.onnx"]),
+             "onnx_int8": _size([arts[("onnx", "int8")] / "model.onnx"]),
+             "openvino_fp32": _size([arts[("openvino", "fp32")] / f for f in ("model.xml", "model.bin")]),
+             "openvino_int8": _size([arts[("openvino", "int8")] / f for f in ("model.xml", "model.bin")])}
+    return {"model": name, "batch": 1, "median_ms": ms,
+            "bf16": "measured" if bf16 else "not measured: this CPU has no AVX-512 BF16 / AMX (OpenVINO "
+                                           "OPTIMIZATION_CAPABILITIES lacks BF16), edgecnn refuses bf16 here",
+            "bars": {"ort_int8_no_slower_than_ort_u8s8":
+                     ms["onnxruntime_int8_edgecnn"] <= ms["onnxruntime_int8_ort_u8s8_qdq_per_channel"],
+                     "ov_int8_no_slower_than_nncf_default":
+                     ms["openvino_int8_edgecnn"] <= ms["openvino_int8_nncf_default"],
+                     "ov_int8_speedup_vs_f32": round(ms["openvino_f32"] / ms["openvino_int8_edgecnn"], 2),
+                     "ov_int8_at_least_4x_f32": ms["openvino_f32"] / ms["openvino_int8_edgecnn"] >= 4},
+            "bytes": sizes, "size_ratio": {"onnx": round(sizes["onnx_int8"] / sizes["onnx_fp32"], 3),
+                                           "openvino": round(sizes["openvino_int8"] / sizes["openvino_fp32"], 3)}}
+
+
+def run_speed(args: argparse.Namespace) -> None:
+    out = RESULTS / "quantization_speed.json"
+    payload = {**_header(" ".join(sys.argv), args.threads), "rounds": args.rounds, "iters_per_round": args.iters,
+               "models": {}}
+    for name in args.models or ("resnet50", "inception_v3"):
+        work = Path(tempfile.mkdtemp(prefix=f"qspeed-{name}-"))
+        try:
+            payload["models"][name] = speed_model(name, args.threads, args.rounds, args.iters, work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        _write(out, payload)
+        print(json.dumps(payload["models"][name]), flush=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="what", required=True)
+    a = sub.add_parser("accuracy")
+    a.add_argument("--models", nargs="*")
+    a.add_argument("--samples", type=int, default=512)
+    a.add_argument("--threads", type=int, default=1)
+    a.add_argument("--resume", action="store_true", help="keep models already in the results file")
+    a.set_defaults(func=run_accuracy)
+    s = sub.add_parser("speed")
+    s.add_argument("--models", nargs="*")
+    s.add_argument("--threads", type=int, default=2)
+    s.add_argument("--rounds", type=int, default=10)
+    s.add_argument("--iters", type=int, default=10)
+    s.set_defaults(func=run_speed)
+    args = p.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""Choosing by accuracy: the calibrator that scores best, and the fewest nodes returned to float.
+
+Both are searches over quantizer runs that edgecnn orchestrates; the runs themselves (a quantizer
+call and a validation score) are callables the export stage passes in, so this module knows no
+runtime.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from edgecnn.errors import UserError
+
+
+def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Top-1 accuracy in percent."""
+    return round(float(100.0 * (np.asarray(logits).argmax(1) == np.asarray(labels)).mean()), 4)
+
+
+@dataclass
+class CalibratorChoice:
+    best: str
+    scores: dict[str, float]   # calibrator → validation accuracy (%), every one tried
+
+
+def choose_calibrator(candidates: Sequence[str], score: Callable[[str], float],
+                      progress: Callable[[str], None] | None = None) -> CalibratorChoice:
+    """Quantize-and-score each candidate; the best accuracy wins, ties go to the earlier candidate."""
+    if not candidates:
+        raise UserError("no calibrator to choose from")
+    scores: dict[str, float] = {}
+    for name in candidates:
+        if progress:
+            progress(name)
+        scores[name] = score(name)
+    best = max(candidates, key=lambda name: (scores[name], -candidates.index(name)))
+    return CalibratorChoice(best, scores)
+
+
+@dataclass
+class FallbackResult:
+    excluded: list[str]                       # nodes returned to float, most sensitive first
+    accuracy: float
+    steps: list[dict[str, Any]] = field(default_factory=list)
+
+
+def fallback_to_float(ranked: Sequence[str], score: Callable[[list[str]], float], fp32_accuracy: float,
+                      quantized_accuracy: float, max_drop: float) -> FallbackResult:
+    """Return the most sensitive nodes to float, doubling the count each step, until the drop fits.
+
+    `ranked` lists quantized nodes most sensitive first; `score(excluded)` re-quantizes without them
+    and returns the validation accuracy. Doubling bounds the search to log2(nodes) quantizer runs;
+    the last step narrows back between the two counts around the first that fits (bisection).
+    """
+    steps = [{"excluded": 0, "accuracy": quantized_accuracy, "drop": fp32_accuracy - quantized_accuracy}]
+    if fp32_accuracy - quantized_accuracy <= max_drop:
+        return FallbackResult([], quantized_accuracy, steps)
+    results: dict[int, float] = {0: quantized_accuracy}
+
+    def trial(k: int) -> float:
+        if k not in results:
+            results[k] = score(list(ranked[:k]))
+            steps.append({"excluded": k, "accuracy": results[k], "drop": fp32_accuracy - results[k]})
+        return results[k]
+
+    fits = lambda k: fp32_accuracy - trial(k) <= max_drop  # noqa: E731
+    low, high = 0, 1
+    while high < len(ranked) and not fits(high):
+        low, high = high, min(2 * high, len(ranked))
+    if high >= len(ranked):
+        raise UserError(f"every quantized node is too sensitive: the accuracy drop stays above {max_drop:g} pt "
+                        f"until all {len(ranked)} are back in float, which is the FP32 model. Nothing was "
+                        "written; raise --max-drop, try another --calibrator, or export fp32/fp16")
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (low, mid) if fits(mid) else (mid, high)
+    return FallbackResult(list(ranked[:high]), results[high], steps)

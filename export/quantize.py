@@ -1,0 +1,435 @@
+"""The INT8 pass of the export pipeline: the FP32 files the target wrote become INT8, by each runtime's own tool.
+
+    export_registered("resnet18_fmnist", target="openvino", precision="int8", out="artifacts/r18-int8",
+                      calibration=CalibrationOptions(calibrator="auto", samples=512, max_drop=0.5))
+
+One quantizer per target, registered in one place (`QUANTIZERS`):
+
+- onnx: ONNX Runtime `quant_pre_process` then `quantize_static`, QDQ, U8 activations, S8 per-channel
+  weights (the fast static flow on x86 CPUs); calibrators MinMax, Entropy, Percentile. With `max_drop`
+  the most sensitive nodes (ranked by ONNX Runtime's QDQ debugger, lowest SQNR first) go back to float
+  through `nodes_to_exclude` until the validation drop fits.
+- openvino: NNCF `nncf.quantize` on the OpenVINO model (`quantize_with_accuracy_control` with `max_drop`);
+  calibrators are NNCF range estimators (MINMAX, MEAN_QUANTILE, HISTOGRAM, the MSE-optimal one).
+- tensorrt: NVIDIA ModelOpt `modelopt.onnx.quantization.quantize` (S8 symmetric, per-channel, explicit
+  Q/DQ placed for TensorRT), plus a TensorRT calibration cache stamped with the FP32 model's hash.
+
+Samples, the calibrator choice, the float fallback search and the provenance record are
+`edgecnn.calibration`'s; this module runs the libraries and scores candidates with the runtime sessions.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import shutil
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Iterator
+
+import numpy as np
+from onnxruntime.quantization import CalibrationMethod
+
+from edgecnn.calibration import (CalibrationData, CalibrationOptions, OnnxRuntimeFeed, accuracy, as_modelopt_data,
+                                 as_nncf_dataset, batches, choose_calibrator, fallback_to_float, prepare_calibration,
+                                 write_cache)
+from edgecnn.errors import UserError
+from edgecnn.export import parity
+from edgecnn.export.manifest import sha256_file
+from edgecnn.export.runtime import open_session
+
+if TYPE_CHECKING:
+    from edgecnn.export.pipeline import ExportContext
+
+FP32_DIR = ".fp32"           # inside the staging directory; removed before the artifact is renamed into place
+SENSITIVITY_SAMPLES = 64     # images ONNX Runtime's QDQ debugger compares float and INT8 activations on
+TRT_CACHE = "calibration.cache"
+SCORE_CHUNK = 64
+CALIBRATION_CHUNK = 16
+MODELOPT_HINT = ("pip install 'edgecnn[tensorrt-int8]' (NVIDIA ModelOpt without its CUDA extras: "
+                 "nvidia-modelopt, onnx-graphsurgeon, onnxslim, polygraphy, pulp, omegaconf, pydantic, nvidia-ml-py)")
+
+
+class Quantizer:
+    """Turns the target's FP32 model files into INT8 ones in place; each calibrator maps to a library setting."""
+    target: ClassVar[str]
+    tool: ClassVar[str]
+    calibrators: ClassVar[dict[str, str]]    # edgecnn's name → what the library calls it (for the manifest)
+    model_format: ClassVar[str]              # the key of model_files this quantizer rewrites
+
+    def available(self) -> str | None:
+        """None when the quantizer's library imports, else what to install."""
+        return None
+
+    def quantize(self, ctx: ExportContext, fp32: Path, out: Path, calibrator: str, data: CalibrationData,
+                 exclude: list[str]) -> None:
+        raise NotImplementedError
+
+    def files(self, ctx: ExportContext) -> list[str]:
+        """The staging files the FP32 model consists of (the model file plus any weights file beside it)."""
+        return [ctx.output.model_files[self.model_format]]
+
+    def sensitivity(self, ctx: ExportContext, fp32: Path, data: CalibrationData) -> list[str]:
+        """Quantized nodes, most sensitive first (for the float fallback); empty if the library decides itself."""
+        raise UserError(f"--max-drop is not supported for the {self.target} target")
+
+    def accuracy_control(self, ctx: ExportContext, fp32: Path, out: Path, calibrator: str, data: CalibrationData,
+                         fp32_accuracy: float, max_drop: float) -> dict[str, Any] | None:
+        """Quantize within `max_drop` with the library's own accuracy control; None if edgecnn's fallback applies."""
+        return None
+
+    def float_nodes(self, model: Path) -> list[str]:
+        """Compute nodes the quantized model still runs in float (for the manifest)."""
+        return []
+
+    def extra_files(self, ctx: ExportContext, fp32: Path, data: CalibrationData, calibrator: str) -> list[str]:
+        """Files besides the model this target's INT8 artifact carries (a TensorRT calibration cache)."""
+        return []
+
+
+QUANTIZERS: dict[str, Quantizer] = {}
+
+
+def register_quantizer(cls: type[Quantizer]) -> type[Quantizer]:
+    QUANTIZERS[cls.target] = cls()
+    return cls
+
+
+def get_quantizer(target: str) -> Quantizer:
+    if target not in QUANTIZERS:
+        raise UserError(f"the {target} target has no INT8 quantizer; INT8 exports to {', '.join(QUANTIZERS)}")
+    return QUANTIZERS[target]
+
+
+def check_int8(target: str, options: CalibrationOptions) -> None:
+    """Refuse, before any export work, a target or calibrator the quantizer cannot honour."""
+    quantizer = get_quantizer(target)
+    missing = quantizer.available()
+    if missing:
+        raise UserError(f"INT8 for the {target} target needs {quantizer.tool}, which is not installed: {missing}")
+    if options.calibrator != "auto" and options.calibrator not in quantizer.calibrators:
+        raise UserError(f"calibrator {options.calibrator!r} does not exist for the {target} target "
+                        f"({quantizer.tool}); choose auto or {', '.join(quantizer.calibrators)}")
+
+
+# ---------------------------------------------------------------- ONNX Runtime
+
+def _onnx_input_batch(ctx: ExportContext) -> int:
+    """The batch calibration feeds: the graph's static one, or CALIBRATION_CHUNK for a dynamic batch axis."""
+    return CALIBRATION_CHUNK if ctx.dynamic_batch else ctx.batch
+
+
+@contextmanager
+def _quiet_stdout() -> Iterator[None]:
+    """ONNX Runtime's calibrators print progress with print(); the CLI's stdout is the export report."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        yield
+
+
+@register_quantizer
+class OnnxRuntimeQuantizer(Quantizer):
+    target = "onnx"
+    tool = "onnxruntime.quantization"
+    calibrators = {"minmax": "CalibrationMethod.MinMax", "entropy": "CalibrationMethod.Entropy",
+                   "percentile": "CalibrationMethod.Percentile (99.999)"}
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+    model_format = "onnx"
+
+    def _preprocessed(self, fp32: Path) -> Path:
+        """`quant_pre_process` (shape inference + graph optimisation) once per FP32 model."""
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        pre = fp32.with_name(fp32.stem + ".pre.onnx")
+        if not pre.exists():
+            quant_pre_process(str(fp32), str(pre))
+        return pre
+
+    def quantize(self, ctx: ExportContext, fp32: Path, out: Path, calibrator: str, data: CalibrationData,
+                 exclude: list[str], **library_options: Any) -> None:
+        from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+        with _quiet_stdout():
+            quantize_static(str(self._preprocessed(fp32)), str(out),
+                            OnnxRuntimeFeed(data.calibration, ctx.input_name, _onnx_input_batch(ctx)),
+                            quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
+                            weight_type=QuantType.QInt8, calibrate_method=self.methods[calibrator],
+                            nodes_to_exclude=exclude or None, **library_options)
+
+    def sensitivity(self, ctx: ExportContext, fp32: Path, data: CalibrationData) -> list[str]:
+        """Nodes whose quantized inputs lose the most (lowest SQNR of activation or weight), ONNX Runtime's QDQ debugger."""
+        import onnx
+        from onnxruntime.quantization import qdq_loss_debug as dbg
+
+        quantized = fp32.with_name("sensitivity.qdq.onnx")
+        self.quantize(ctx, fp32, quantized, "minmax", data, [], extra_options={"DedicatedQDQPair": True})
+        subset = data.calibration.inputs[:SENSITIVITY_SAMPLES]
+        activations = {}
+        for name, model in (("float", self._preprocessed(fp32)), ("qdq", quantized)):
+            augmented = fp32.with_name(f"sensitivity.{name}.aug.onnx")
+            dbg.modify_model_output_intermediate_tensors(str(model), str(augmented))
+            activations[name] = dbg.collect_activations(str(augmented),
+                                                        OnnxRuntimeFeed(subset, ctx.input_name,
+                                                                        _onnx_input_batch(ctx)))
+        errors = dbg.compute_activation_error(dbg.create_activation_matching(activations["qdq"], activations["float"]))
+        weights = dbg.compute_weight_error(dbg.create_weight_matching(str(self._preprocessed(fp32)), str(quantized)))
+        graph = onnx.load(str(self._preprocessed(fp32)), load_external_data=False).graph
+        scores = {}
+        for node in graph.node:
+            sqnr = [errors[i]["qdq_err"] for i in node.input if i in errors]
+            sqnr += [weights[i] for i in node.input if i in weights]
+            if sqnr and node.name:
+                scores[node.name] = min(sqnr)
+        return sorted(scores, key=scores.get)
+
+    def float_nodes(self, model: Path) -> list[str]:
+        import onnx
+
+        graph = onnx.load(str(model), load_external_data=False).graph
+        dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+        return [n.name for n in graph.node if n.op_type in ("Conv", "Gemm", "MatMul", "ConvTranspose")
+                and n.input and n.input[0] not in dequantized]
+
+
+# ---------------------------------------------------------------- OpenVINO + NNCF
+
+@contextmanager
+def _quiet_nncf() -> Iterator[None]:
+    logger = logging.getLogger("nncf")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+@register_quantizer
+class NncfQuantizer(Quantizer):
+    target = "openvino"
+    tool = "nncf"
+    calibrators = {"minmax": "RangeEstimatorParametersSet.MINMAX",
+                   "percentile": "RangeEstimatorParametersSet.MEAN_QUANTILE",
+                   "mse": "RangeEstimatorParametersSet.HISTOGRAM (minimises the quantization error)"}
+    model_format = "openvino"
+
+    def available(self) -> str | None:
+        try:
+            import nncf  # noqa: F401
+        except ImportError:
+            return "pip install 'edgecnn[openvino]'"
+        return None
+
+    def files(self, ctx: ExportContext) -> list[str]:
+        xml = ctx.output.model_files[self.model_format]
+        return [xml, str(Path(xml).with_suffix(".bin"))]
+
+    def _parameters(self, calibrator: str, data: CalibrationData, batch: int | None) -> dict[str, Any]:
+        import nncf
+        from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+        from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+
+        estimator = getattr(RangeEstimatorParametersSet, self.calibrators[calibrator].split(".")[1].split()[0])
+        calibration = as_nncf_dataset(data.calibration, batch)
+        return {"calibration_dataset": calibration, "subset_size": len(batches(data.calibration.inputs, batch)),
+                "preset": nncf.QuantizationPreset.PERFORMANCE,
+                "advanced_parameters": AdvancedQuantizationParameters(activations_range_estimator_params=estimator)}
+
+    def quantize(self, ctx: ExportContext, fp32: Path, out: Path, calibrator: str, data: CalibrationData,
+                 exclude: list[str]) -> None:
+        import nncf
+        import openvino as ov
+
+        params = self._parameters(calibrator, data, _onnx_input_batch(ctx))
+        ignored = nncf.IgnoredScope(names=exclude) if exclude else None
+        with _quiet_nncf():
+            quantized = nncf.quantize(ov.Core().read_model(str(fp32)), params.pop("calibration_dataset"),
+                                      ignored_scope=ignored, **params)
+        ov.save_model(quantized, str(out), compress_to_fp16=False)
+
+    def accuracy_control(self, ctx: ExportContext, fp32: Path, out: Path, calibrator: str, data: CalibrationData,
+                         fp32_accuracy: float, max_drop: float) -> dict[str, Any]:
+        import nncf
+        import openvino as ov
+
+        batch = _onnx_input_batch(ctx)
+        params = self._parameters(calibrator, data, batch)
+        val = data.validation
+        items = list(zip(batches(val.inputs, batch), _label_batches(val.labels, batch)))
+
+        def validate(compiled: Any, items: Any) -> tuple[float, list[float]]:
+            correct: list[float] = []
+            for x, y in items:
+                logits = compiled(x)[0]
+                correct.extend((np.asarray(logits).argmax(1)[:len(y)] == y).astype(float).tolist())
+            return float(100 * np.mean(correct)), correct
+
+        with _quiet_nncf():
+            quantized = nncf.quantize_with_accuracy_control(
+                ov.Core().read_model(str(fp32)), params.pop("calibration_dataset"),
+                nncf.Dataset(items, lambda item: item[0]), validate, max_drop=max_drop,
+                drop_type=nncf.DropType.ABSOLUTE, **params)
+        ov.save_model(quantized, str(out), compress_to_fp16=False)
+        return {"method": "nncf.quantize_with_accuracy_control", "drop_type": "absolute"}
+
+    def float_nodes(self, model: Path) -> list[str]:
+        import openvino as ov
+
+        names = []
+        for op in ov.Core().read_model(str(model)).get_ordered_ops():
+            if op.get_type_name() in ("Convolution", "GroupConvolution", "MatMul"):
+                producer = op.input_value(0).get_node()
+                if producer.get_type_name() != "FakeQuantize":
+                    names.append(op.get_friendly_name())
+        return names
+
+
+def _label_batches(labels: np.ndarray, batch: int) -> list[np.ndarray]:
+    return [labels[i:i + batch] for i in range(0, len(labels), batch)]
+
+
+# ---------------------------------------------------------------- TensorRT (ModelOpt)
+
+@register_quantizer
+class ModelOptQuantizer(Quantizer):
+    target = "tensorrt"
+    tool = "NVIDIA ModelOpt (modelopt.onnx.quantization)"
+    calibrators = {"entropy": "calibration_method='entropy'", "minmax": "calibration_method='max'"}
+    model_format = "onnx"
+
+    def available(self) -> str | None:
+        try:
+            import modelopt.onnx.quantization  # noqa: F401
+        except Exception:  # ImportError, or a missing optional dependency it imports eagerly
+            return MODELOPT_HINT
+        return None
+
+    def quantize(self, ctx: ExportContext, fp32: Path, out: Path, calibrator: str, data: CalibrationData,
+                 exclude: list[str]) -> None:
+        from modelopt.onnx.quantization import quantize
+
+        method = "max" if calibrator == "minmax" else calibrator
+        quantize(str(fp32), quantize_mode="int8", calibration_data=as_modelopt_data(data.calibration, ctx.input_name),
+                 calibration_method=method, calibration_eps=["cpu"], output_path=str(out),
+                 nodes_to_exclude=exclude or None, high_precision_dtype="fp32")
+
+    def extra_files(self, ctx: ExportContext, fp32: Path, data: CalibrationData, calibrator: str) -> list[str]:
+        """A TensorRT EntropyCalibration2-format cache (ranges from ONNX Runtime's calibrator) for implicit INT8/DLA."""
+        from onnxruntime.quantization.calibrate import create_calibrator
+
+        method = CalibrationMethod.Entropy if calibrator == "entropy" else CalibrationMethod.MinMax
+        calib = create_calibrator(str(fp32), augmented_model_path=str(fp32.with_name("augmented.onnx")),
+                                  calibrate_method=method, extra_options={"symmetric": True})
+        with _quiet_stdout():
+            calib.collect_data(OnnxRuntimeFeed(data.calibration, ctx.input_name, _onnx_input_batch(ctx)))
+            ranges = calib.compute_data()
+        amax = {name: float(max(abs(float(np.max(r.range_value[0]))), abs(float(np.max(r.range_value[1])))))
+                for name, r in ranges.data.items()}
+        written = write_cache(ctx.staging / TRT_CACHE, amax, sha256_file(fp32), _tensorrt_version())
+        return [p.name for p in written]
+
+
+def _tensorrt_version() -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("tensorrt")
+    except importlib.metadata.PackageNotFoundError:
+        return "10.0.0"  # the TensorRT generation whose Q/DQ rules the artifact follows
+
+
+# ---------------------------------------------------------------- the pass
+
+class Quantize:
+    """Pipeline pass: calibrate, quantize the target's FP32 files with its quantizer, record the provenance."""
+    name = "quantize_int8"
+
+    def applies(self, ctx: ExportContext) -> bool:
+        return ctx.precision == "int8"
+
+    def run(self, ctx: ExportContext) -> dict[str, Any]:
+        options = ctx.calibration or CalibrationOptions()
+        quantizer = get_quantizer(ctx.target.name)
+        check_int8(ctx.target.name, options)
+        data = prepare_calibration(ctx.config, ctx.input_size, options)
+        files = quantizer.files(ctx)
+        model = ctx.staging / files[0]
+        fp32_dir = ctx.staging / FP32_DIR
+        fp32_dir.mkdir()
+        for name in files:
+            shutil.copy2(ctx.staging / name, fp32_dir / Path(name).name)
+        fp32 = fp32_dir / Path(files[0]).name
+        fp32_hash = sha256_file(fp32)
+        try:
+            record = self._quantize(ctx, quantizer, options, data, fp32, model)
+            extra = quantizer.extra_files(ctx, fp32, data, record["calibrator"])
+        finally:
+            shutil.rmtree(fp32_dir, ignore_errors=True)
+        ctx.output.files.extend(extra)
+        record.update({"tool": quantizer.tool, "target": ctx.target.name, "fp32_model_sha256": fp32_hash,
+                       "calibration_samples": data.calibration.record(),
+                       "validation_samples": data.validation.record() if data.validation else None,
+                       "float_nodes": quantizer.float_nodes(model), "extra_files": extra})
+        ctx.calibration_record = record
+        return {"calibrator": record["calibrator"], "samples": len(data.calibration),
+                "validation_drop": record.get("validation_drop")}
+
+    def _quantize(self, ctx: ExportContext, quantizer: Quantizer, options: CalibrationOptions,
+                  data: CalibrationData, fp32: Path, model: Path) -> dict[str, Any]:
+        labelled = data.validation is not None
+        fp32_accuracy = self._score(ctx, data) if labelled else None
+        candidates = list(quantizer.calibrators) if options.calibrator == "auto" else [options.calibrator]
+
+        def quantize_and_score(calibrator: str, exclude: list[str] = ()) -> float:
+            quantizer.quantize(ctx, fp32, model, calibrator, data, list(exclude))
+            return self._score(ctx, data) if labelled else float("nan")
+
+        started = time.perf_counter()
+        if len(candidates) > 1:
+            choice = choose_calibrator(candidates, quantize_and_score)
+            best, scores = choice.best, choice.scores
+            if best != candidates[-1]:  # the model file holds the last candidate's result
+                quantize_and_score(best)
+        else:
+            best = candidates[0]
+            scores = {best: quantize_and_score(best)}
+        record: dict[str, Any] = {
+            "calibrator": best, "library_calibrator": quantizer.calibrators[best], "requested": options.calibrator,
+            "seed": options.seed, "scores_validation_accuracy": scores if labelled else None,
+            "fp32_validation_accuracy": fp32_accuracy, "int8_validation_accuracy": scores[best] if labelled else None,
+            "max_drop": options.max_drop, "nodes_to_exclude": [], "fallback": None}
+        if options.max_drop is not None and fp32_accuracy - scores[best] > options.max_drop:
+            controlled = quantizer.accuracy_control(ctx, fp32, model, best, data, fp32_accuracy, options.max_drop)
+            if controlled is not None:
+                accuracy_now = self._score(ctx, data)
+                if fp32_accuracy - accuracy_now > options.max_drop:
+                    raise UserError(f"{quantizer.tool} could not bring the INT8 drop within --max-drop "
+                                    f"{options.max_drop:g} pt (best {fp32_accuracy - accuracy_now:.2f} pt): every "
+                                    "node is too sensitive. Nothing was written; raise --max-drop or export fp32")
+                record.update(fallback=controlled, int8_validation_accuracy=accuracy_now)
+            else:
+                ranked = quantizer.sensitivity(ctx, fp32, data)
+                result = fallback_to_float(ranked, lambda exclude: quantize_and_score(best, exclude), fp32_accuracy,
+                                           scores[best], options.max_drop)
+                quantize_and_score(best, result.excluded)
+                record.update(nodes_to_exclude=result.excluded, int8_validation_accuracy=result.accuracy,
+                              fallback={"method": "edgecnn: most sensitive first (ONNX Runtime QDQ debugger "
+                                                  "SQNR), doubling, then bisection", "ranked_nodes": len(ranked),
+                                        "steps": result.steps})
+        if labelled:
+            record["validation_drop"] = round(fp32_accuracy - record["int8_validation_accuracy"], 2)
+        record["seconds"] = round(time.perf_counter() - started, 2)
+        return record
+
+    @staticmethod
+    def _score(ctx: ExportContext, data: CalibrationData) -> float:
+        """Validation accuracy (%) of whatever the staging directory's model file holds now, on its runtime."""
+        manifest = ctx.manifest(time.perf_counter(), hash_files=False)
+        with open_session(ctx.staging, manifest, ctx.output.default_backend) as session:
+            logits = parity.run_in_batches(session.run, data.validation.inputs,
+                                           SCORE_CHUNK if ctx.dynamic_batch else ctx.batch)
+        return accuracy(logits, data.validation.labels)
+
+
+__all__ = ["QUANTIZERS", "Quantize", "Quantizer", "check_int8", "get_quantizer", "register_quantizer"]
