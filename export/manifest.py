@@ -14,8 +14,9 @@ anything that is not a complete, untampered artifact:
   that passes as an artifact.
 
 `--force` (overwrite=True) replaces only edgecnn's own output: an artifact (a readable manifest of
-edgecnn's kind naming every file there) or a dead export's staging leftover. Anything else, and the
-working directory, its parents and the home directory, are refused before any work is done.
+edgecnn's kind naming every file there); dead exports' staging leftovers next to it are removed.
+Anything else, and the working directory, its parents and the home directory, are refused before
+any work is done.
 """
 from __future__ import annotations
 
@@ -295,8 +296,6 @@ def _check_replaceable(out: Path) -> None:
         raise UserError(f"{out} is a symbolic link; edgecnn replaces only directories it wrote: choose another --out")
     if not out.is_dir():
         raise UserError(f"{out} exists and is not a directory; choose another --out")
-    if _dead_staging(out):
-        return
     foreign = _foreign_entries(out)
     if foreign is None:
         raise UserError(f"{out} exists and is not an edgecnn artifact (no readable {MANIFEST_NAME} of kind "
@@ -324,9 +323,13 @@ def check_destination(out: Path | str, overwrite: bool = False) -> Path:
     if _protected(out):
         raise UserError(f"{out} is the working directory, one of its parents or the home directory; an export "
                         "never replaces those: choose a new directory, e.g. --out artifacts/NAME")
+    if _STAGING_NAME.match(out.name):
+        raise UserError(f"{out.name} is named like an export's staging directory, which is never read as an "
+                        "artifact; choose another --out (leftovers of killed exports are removed by the next "
+                        "export next to them)")
     if out.exists() or out.is_symlink():
         if not overwrite:
-            if _foreign_entries(out) is None and not _dead_staging(out):
+            if _foreign_entries(out) is None:
                 raise UserError(f"{out} already exists and is not an edgecnn artifact; choose another --out")
             raise UserError(f"{out} already exists; pass --force (overwrite=True) to replace it")
         _check_replaceable(out)
