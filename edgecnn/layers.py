@@ -3,7 +3,9 @@
 Conventions:
 - `forward` in eval mode returns logits only, so export never sees training-only branches.
 - Auxiliary classifiers subclass `AuxHead`; in training mode a model with aux heads returns
-  `AuxOutputs(logits, aux)` and the trainer weights each aux loss by `config.aux_weight`.
+  `AuxOutputs(logits, aux)` and the trainer weights each aux loss by `config.aux_weight`; a model
+  whose outputs carry their own `weights` (one per output, aux first, logits last: a multi-exit
+  BranchyNet) is weighted by those instead.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import torch.nn as nn
 class AuxOutputs(NamedTuple):
     logits: torch.Tensor
     aux: tuple[torch.Tensor, ...]
+    weights: tuple[float, ...] | None = None  # loss weight per output (aux..., logits); None: config.aux_weight
 
 
 class AuxHead(nn.Module):

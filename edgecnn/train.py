@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from edgecnn.checkpoint import load_training_state, save_checkpoint, save_training_state
+from edgecnn.branchynet import MultiExitNet, exit_accuracies
 from edgecnn.data import ImageDataset, load_dataset, preprocess, train_val_split
 from edgecnn.errors import UserError
 from edgecnn.layers import AuxOutputs, logits_of
@@ -137,11 +138,11 @@ def lr_factor(recipe: Recipe, epochs: int, steps_per_epoch: int) -> Callable[[in
 
 def loss_fn(output: torch.Tensor | AuxOutputs, target: torch.Tensor, aux_weight: float,
             label_smoothing: float) -> torch.Tensor:
-    loss = F.cross_entropy(logits_of(output), target, label_smoothing=label_smoothing)
-    if isinstance(output, AuxOutputs):
-        for aux in output.aux:
-            loss = loss + aux_weight * F.cross_entropy(aux, target, label_smoothing=label_smoothing)
-    return loss
+    if not isinstance(output, AuxOutputs):
+        return F.cross_entropy(output, target, label_smoothing=label_smoothing)
+    weights = output.weights or (aux_weight,) * len(output.aux) + (1.0,)
+    return sum(w * F.cross_entropy(head, target, label_smoothing=label_smoothing)
+               for w, head in zip(weights, (*output.aux, output.logits)))
 
 
 @torch.no_grad()
@@ -289,7 +290,10 @@ def train(name: str, *, epochs: int | None = None, batch_size: int | None = None
     result = TrainResult(name, str(out), epochs, history[-1]["val_acc"] if history else float("nan"),
                          round(test_acc, 2), round(wall, 1))
     if rank == 0:
-        save_checkpoint(model, out, {
+        exits = ({"exit_accuracy": {"val": exit_accuracies(model, val_ds), "test": exit_accuracies(model, test_ds),
+                                    "exit_weights": list(model.exit_weights)}}
+                 if isinstance(model, MultiExitNet) else {})
+        save_checkpoint(model, out, {**exits,
             "model": name, "config": config.to_dict(), "epochs": epochs, "val_accuracy": result.val_accuracy,
             "test_accuracy": result.test_accuracy, "wall_time_s": result.wall_time_s,
             "data_fingerprint": full.fingerprint, "train": run_args, "history": history,

@@ -4,3 +4,4 @@ from edgecnn.zoo import alexnet, googlenet, lenet, vgg  # noqa: F401
 from edgecnn.zoo import deformable  # noqa: F401
 from edgecnn.zoo import cliquenet, densenet, fractalnet, pyramidnet  # noqa: F401
 from edgecnn.zoo import bn_inception, inception_resnet_v2, inception_v3, inception_v4  # noqa: F401
+from edgecnn.zoo import branchynet  # noqa: F401  (after the trunk families it builds on)
