@@ -13,7 +13,7 @@ import sys
 from edgecnn.errors import UserError
 
 # Modules that add commands, in the order their commands appear in --help.
-COMMAND_MODULES = ["edgecnn.cli.models", "edgecnn.cli.training", "edgecnn.cli.export"]
+COMMAND_MODULES = ["edgecnn.cli.models", "edgecnn.cli.training", "edgecnn.cli.export", "edgecnn.cli.bench"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,21 @@
+"""edgecnn.benchmarks: latency against accuracy, measured, reported and queried.
+
+    from edgecnn.benchmarks import SweepSettings, run_sweep, read_results, write_report, pick
+    results = run_sweep(SweepSettings(models=["resnet18_fmnist"], runtimes=["onnxruntime", "openvino"]),
+                        out="bench.json")
+    write_report([results], "report/")
+    answer = pick([results], budget_ms=2.0, max_drop=0.5)
+
+`harness` times artifacts (exported through `edgecnn.export`, cached and reused) in interleaved
+rounds and measures their accuracy; `peers` builds what a user would pick instead from the same
+FP32 ONNX; `schema` is the results file (versioned, written atomically after each model);
+`report` turns results from any machines into Markdown + PNG; `pick` answers "which
+configuration meets my budget with the least accuracy lost?". Committed results live in
+`results/`, the report generated from them in `report/`.
+"""
+from edgecnn.benchmarks.harness import SweepSettings, run_sweep
+from edgecnn.benchmarks.pick import pick
+from edgecnn.benchmarks.report import write_report
+from edgecnn.benchmarks.schema import read_results
+
+__all__ = ["SweepSettings", "pick", "read_results", "run_sweep", "write_report"]

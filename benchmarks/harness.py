@@ -1,0 +1,623 @@
+"""The benchmark harness: export (or reuse) artifacts, time them in interleaved rounds, measure accuracy.
+
+    from edgecnn.benchmarks import SweepSettings, run_sweep
+    results = run_sweep(SweepSettings(models=["resnet18_fmnist"], runtimes=["onnxruntime", "openvino"],
+                                      precisions=["fp32", "fp16"], batches=[1, 8], iters=200), out="r18.json")
+
+A configuration is model × runtime × precision × batch × threads (× peer). Runtimes run the
+artifacts of one export target each (`RUNTIMES`); which precisions a runtime can do comes from its
+target's registry entry, so a precision a target gains is benchmarked without touching this file,
+and a combination it lacks is listed as skipped with the reason. The configurations of one model
+and batch are opened together and timed in rounds (A B C A B C …) so drift on a shared machine hits
+all alike; threads are pinned through each runtime's own option. Results are written after every
+(model, batch), atomically, so Ctrl-C keeps what finished.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import resource
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from edgecnn.benchmarks import peers as peer_builders
+from edgecnn.benchmarks.machine import all_tool_versions, machine_info
+from edgecnn.benchmarks.schema import RESULTS_KIND, SCHEMA_VERSION, check_output, write_results
+from edgecnn.benchmarks.stats import latency_stats, round_spread
+from edgecnn.errors import UserError
+from edgecnn.validation import non_negative_float, positive_float, positive_int
+
+DEFAULT_CACHE = Path("artifacts/bench")
+DEFAULT_ROUNDS = 5
+REFERENCE_BATCH = 256   # batch of the eager PyTorch FP32 pass that gives the reference predictions
+
+
+def _needs(module: str, hint: str) -> Callable[[], str | None]:
+    def unavailable() -> str | None:
+        try:
+            __import__(module)
+        except ImportError:
+            return f"{module} is not installed here ({hint})"
+        return None
+    return unavailable
+
+
+def _tensorrt_unavailable() -> str | None:
+    from edgecnn.export.tensorrt import engine_buildable_here
+
+    buildable, reason = engine_buildable_here()
+    return None if buildable else reason
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """A runtime backend and the export target whose artifacts it runs (None: the PyTorch reference)."""
+    name: str
+    target: str | None
+    unavailable: Callable[[], str | None]
+
+    @property
+    def precisions(self) -> tuple[str, ...]:
+        from edgecnn.export.targets import TARGETS
+
+        return TARGETS[self.target].precisions if self.target else ("fp32",)
+
+    def precision_missing(self, precision: str) -> str | None:
+        if precision in self.precisions:
+            return None
+        if self.target is None:
+            return "torch is the eager FP32 reference; it runs fp32 only"
+        return f"the {self.target} target exports {', '.join(self.precisions)}, not {precision}"
+
+
+RUNTIMES: dict[str, Runtime] = {r.name: r for r in (
+    Runtime("torch", None, lambda: None),
+    Runtime("onnxruntime", "onnx", _needs("onnxruntime", "pip install onnxruntime")),
+    Runtime("openvino", "openvino", _needs("openvino", "pip install 'edgecnn[openvino]'")),
+    Runtime("tensorrt", "tensorrt", _tensorrt_unavailable),
+)}
+# The torch reference rebuilds the model from the weight record of this target's FP32 artifact.
+REFERENCE_TARGET = "onnx"
+
+# Extra measurements for artifacts that are more than one graph, keyed by the manifest section that marks
+# them: fn(session, config, inputs) -> fields merged into the record. The early-exit stage registers
+# "early_exit" here (mean per-sample latency, exit fractions, accuracy at the stored thresholds, vs the
+# trunk); the harness itself stays the same.
+RECORD_EXTENSIONS: dict[str, Callable[..., dict[str, Any]]] = {}
+
+
+def register_record_extension(section: str) -> Callable[[Callable[..., dict[str, Any]]], Callable[..., dict[str, Any]]]:
+    def wrap(fn: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+        RECORD_EXTENSIONS[section] = fn
+        return fn
+    return wrap
+
+
+def all_precisions() -> list[str]:
+    """Every precision some runtime can run, fp32 first (the reference every other is compared with)."""
+    found = {p for r in RUNTIMES.values() for p in r.precisions}
+    return ["fp32"] + sorted(found - {"fp32"})
+
+
+@dataclass
+class SweepSettings:
+    models: Sequence[str]                      # names or shell patterns ('*_fmnist')
+    runtimes: Sequence[str] = tuple(RUNTIMES)
+    precisions: Sequence[str] | None = None    # None: every precision some target exports
+    batches: Sequence[int] = (1,)
+    threads: Sequence[int] | None = None       # None: one setting, all logical cores
+    warmup_s: float = 2.0
+    duration_s: float | None = 10.0            # timed seconds per configuration, split over the rounds
+    iters: int | None = None                   # or timed calls per configuration (replaces duration_s)
+    rounds: int = DEFAULT_ROUNDS
+    peers: bool = False
+    data: str | None = None                    # accuracy dataset; default Fashion-MNIST for *_fmnist models
+    data_root: str | None = None
+    accuracy_samples: int | None = None        # None: the whole test split
+    calibration_samples: int = peer_builders.DEFAULT_CALIBRATION_SAMPLES
+    cache_dir: Path = DEFAULT_CACHE
+
+    def validated(self) -> SweepSettings:
+        """The settings with patterns expanded and every name and number checked (one UserError each)."""
+        from edgecnn.registry import get_config, list_models
+
+        models: list[str] = []
+        for entry in self.models:
+            if any(c in entry for c in "*?["):
+                matched = list_models(entry)
+                if not matched:
+                    raise UserError(f"no model matches {entry!r}; run `edgecnn list` to see the zoo")
+            else:
+                get_config(entry)  # unknown model: one clear line with suggestions
+                matched = [entry]
+            models += [m for m in matched if m not in models]
+        if not models:
+            raise UserError("name at least one model to benchmark (e.g. resnet18_fmnist or '*_fmnist')")
+        unknown = [r for r in self.runtimes if r not in RUNTIMES]
+        if unknown or not self.runtimes:
+            raise UserError(f"unknown runtime {', '.join(map(repr, unknown)) or '(none given)'} in --targets; "
+                            f"choose from {', '.join(RUNTIMES)}")
+        precisions = list(self.precisions) if self.precisions else all_precisions()
+        bad = [p for p in precisions if p not in all_precisions()]
+        if bad:
+            raise UserError(f"unknown precision {', '.join(map(repr, bad))}; the targets here export "
+                            f"{', '.join(all_precisions())}")
+        if self.iters is not None and self.duration_s is not None:
+            raise UserError("give --duration-s or --iters, not both")
+        if self.iters is None and self.duration_s is None:
+            raise UserError("give --duration-s or --iters: how long to time each configuration")
+        return replace(
+            self, models=models, runtimes=list(dict.fromkeys(self.runtimes)),
+            precisions=list(dict.fromkeys(precisions)),
+            batches=sorted({positive_int("--batch", b) for b in self.batches}, reverse=True),
+            threads=sorted({positive_int("--threads", t) for t in (self.threads or [os.cpu_count() or 1])}),
+            warmup_s=non_negative_float("--warmup-s", self.warmup_s),
+            duration_s=None if self.duration_s is None else positive_float("--duration-s", self.duration_s),
+            iters=None if self.iters is None else positive_int("--iters", self.iters),
+            rounds=positive_int("--rounds", self.rounds),
+            accuracy_samples=None if self.accuracy_samples is None
+            else positive_int("--accuracy-samples", self.accuracy_samples),
+            calibration_samples=positive_int("--calibration-samples", self.calibration_samples),
+            cache_dir=Path(self.cache_dir))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+
+
+@dataclass
+class Config:
+    """One timed configuration and what was measured on it."""
+    model: str
+    runtime: str
+    precision: str
+    batch: int
+    threads: int
+    artifact: Path
+    flow: str = "edgecnn"
+    peer: dict[str, Any] | None = None
+    options: dict[str, Any] = field(default_factory=dict)   # extra runtime.load options (peers)
+    reused: bool = False
+    session: Any = None
+    rss_delta_mb: float = 0.0
+    load_s: float = 0.0
+    rounds: list[list[float]] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        name = self.peer["name"] if self.peer else f"{self.runtime} {self.precision}"
+        return f"{self.model} {name} b{self.batch} t{self.threads}"
+
+    @property
+    def accuracy_key(self) -> tuple[Any, ...]:
+        """Accuracy depends on the artifact and runtime, not on batch or threads: measured once per key."""
+        return self.model, self.runtime, self.precision, self.peer["name"] if self.peer else None
+
+
+def _skip(model: str, runtime: str, precision: str, batches: Sequence[int], threads: Sequence[int], reason: str,
+          flow: str = "edgecnn") -> dict[str, Any]:
+    return {"model": model, "runtime": runtime, "precision": precision, "batch": sorted(batches),
+            "threads": list(threads), "flow": flow, "reason": reason}
+
+
+def _rss_mb() -> float:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+
+
+def _timed_calls(run: Callable[[np.ndarray], Any], x: np.ndarray, seconds: float | None = None,
+                 iters: int | None = None) -> list[float]:
+    """Seconds per call, for `iters` calls or until `seconds` have passed (at least one call)."""
+    clock = time.perf_counter
+    times: list[float] = []
+    deadline = clock() + seconds if seconds is not None else None
+    while True:
+        t0 = clock()
+        run(x)
+        t1 = clock()
+        times.append(t1 - t0)
+        if (iters is not None and len(times) >= iters) or (deadline is not None and t1 >= deadline):
+            return times
+
+
+class AccuracyData:
+    """Test images of one dataset, preprocessed per model in chunks, and the PyTorch FP32 reference."""
+
+    def __init__(self, data: str, root: str | None, samples: int | None) -> None:
+        from edgecnn.data import load_dataset
+
+        self.test = load_dataset(data, "test", root)
+        self.data, self.root = data, root
+        self.count = min(samples or len(self.test), len(self.test))
+        self.labels = self.test.labels[:self.count].numpy()
+
+    def batches(self, config: Any, batch: int) -> Iterator[tuple[np.ndarray, int]]:
+        """(input, real rows): static-batch artifacts get the last chunk padded with zeros."""
+        from edgecnn.data import preprocess
+
+        for start in range(0, self.count, batch):
+            stop = min(start + batch, self.count)
+            images, _ = self.test.get_batch(range(start, stop), size=tuple(config.input_size[1:]))
+            x = preprocess(images, config).numpy()
+            if len(x) < batch:
+                x = np.concatenate([x, np.zeros((batch - len(x), *x.shape[1:]), x.dtype)])
+            yield np.ascontiguousarray(x), stop - start
+
+    def predictions(self, run: Callable[[np.ndarray], np.ndarray], config: Any, batch: int) -> np.ndarray:
+        out = [np.asarray(run(x))[:rows].argmax(axis=1) for x, rows in self.batches(config, batch)]
+        return np.concatenate(out)
+
+    def top1(self, predictions: np.ndarray) -> float:
+        return round(float((predictions == self.labels).mean() * 100), 3)
+
+
+class Sweep:
+    """The state of one run: settings, artifacts built so far, reference predictions, accuracies, results."""
+
+    def __init__(self, settings: SweepSettings, out: Path, command: str, progress: bool) -> None:
+        self.s, self.out = settings, out
+        self.progress = progress
+        self.artifacts: dict[tuple[Any, ...], tuple[Path, bool] | UserError] = {}
+        self.datasets: dict[tuple[Any, ...], AccuracyData] = {}
+        self.references: dict[str, tuple[np.ndarray, float] | None] = {}
+        self.accuracy: dict[tuple[Any, ...], dict[str, Any]] = {}
+        self.results: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION, "kind": RESULTS_KIND, "command": command,
+            "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "complete": False,
+            "machine": machine_info(), "tools": all_tool_versions(), "settings": settings.to_dict(),
+            "timing": {"clock": "time.perf_counter around Session.run (input validation included)",
+                       "latency": "milliseconds per call (one batch); throughput = batch / mean",
+                       "order": "configurations of one model and batch interleaved in rounds",
+                       "memory": "rss_delta_mb: process RSS after the session's load and first run minus "
+                                 "before; process_peak_rss_mb: the process's high-water mark so far"},
+            "records": [], "skipped": []}
+
+    # ------------------------------------------------------------------ planning
+
+    def plan(self) -> list[tuple[str, int, list[tuple[str, str, int]]]]:
+        """(model, batch, [(runtime, precision, threads)]) groups; impossible combinations become skips."""
+        s, skipped = self.s, self.results["skipped"]
+        runnable: list[tuple[str, str]] = []
+        for name in s.runtimes:
+            rt = RUNTIMES[name]
+            reason = rt.unavailable()
+            for precision in s.precisions:
+                why = reason or rt.precision_missing(precision)
+                if why:
+                    skipped += [_skip(m, name, precision, s.batches, s.threads, why) for m in s.models]
+                else:
+                    runnable.append((name, precision))
+        return [(m, b, [(r, p, t) for r, p in runnable for t in s.threads]) for m in s.models for b in s.batches]
+
+    # ------------------------------------------------------------------ artifacts
+
+    def artifact(self, model: str, target: str, precision: str, batch: int) -> tuple[Path, bool]:
+        """The cached artifact (reused when its manifest matches) or a fresh export; failures are remembered."""
+        key = (model, target, precision, batch)
+        if key not in self.artifacts:
+            try:
+                self.artifacts[key] = ensure_artifact(model, target, precision, batch, self.s.cache_dir)
+            except UserError as e:
+                self.artifacts[key] = e
+        found = self.artifacts[key]
+        if isinstance(found, UserError):
+            raise found
+        return found
+
+    def configs(self, model: str, batch: int, entries: list[tuple[str, str, int]], bar: tqdm) -> list[Config]:
+        configs: list[Config] = []
+        for runtime, precision, threads in entries:
+            target = RUNTIMES[runtime].target or REFERENCE_TARGET
+            bar.set_postfix_str(f"export {model} {target} {precision} b{batch}")
+            try:
+                path, reused = self.artifact(model, target, precision, batch)
+            except UserError as e:
+                self._skip_once(model, runtime, precision, batch, threads, str(e))
+                continue
+            configs.append(Config(model, runtime, precision, batch, threads, path, reused=reused))
+        if self.s.peers:
+            configs += self.peer_configs(model, batch, bar)
+        return configs
+
+    def _skip_once(self, model: str, runtime: str, precision: str, batch: int, threads: int, reason: str,
+                   flow: str = "edgecnn") -> None:
+        """One skip entry per (model, runtime, precision, reason), listing every batch and thread count."""
+        for entry in self.results["skipped"]:
+            if (entry["model"], entry["runtime"], entry["precision"], entry["reason"], entry["flow"]) == \
+                    (model, runtime, precision, reason, flow):
+                entry["batch"] = sorted(set(entry["batch"]) | {batch})
+                entry["threads"] = sorted(set(entry["threads"]) | {threads})
+                return
+        self.results["skipped"].append(_skip(model, runtime, precision, [batch], [threads], reason, flow))
+
+    def peer_configs(self, model: str, batch: int, bar: tqdm) -> list[Config]:
+        """What a user would pick instead, built by the libraries alone from the same FP32 ONNX."""
+        configs: list[Config] = []
+        data = self.dataset(model)
+        for peer in peer_builders.PEERS:
+            if peer.runtime not in self.s.runtimes:
+                continue
+            reason = RUNTIMES[peer.runtime].unavailable()
+            try:
+                if reason:
+                    raise UserError(reason)
+                source, _ = self.artifact(model, REFERENCE_TARGET, "fp32", batch)
+                bar.set_postfix_str(f"peer {model} {peer.name} b{batch}")
+                path, reused = peer_builders.peer_artifact(peer, source, self.s.cache_dir, data,
+                                                           self.s.calibration_samples)
+            except UserError as e:
+                for threads in self.s.threads:
+                    self._skip_once(model, peer.runtime, peer.precision, batch, threads, str(e), flow="peer")
+                continue
+            configs += [Config(model, peer.runtime, peer.precision, batch, threads, path, flow="peer",
+                               peer=peer.describe(self.s.calibration_samples), options=peer.load_options(),
+                               reused=reused) for threads in self.s.threads]
+        return configs
+
+    # ------------------------------------------------------------------ accuracy
+
+    def dataset(self, model: str) -> AccuracyData | None:
+        """The accuracy dataset for `model`: --data, or Fashion-MNIST for models trained on it."""
+        from edgecnn.registry import get_config
+
+        config = get_config(model)
+        data = self.s.data or ("fashion_mnist" if config.dataset == "fashion_mnist" else None)
+        if data is None:
+            return None
+        key = (data, self.s.data_root)
+        if key not in self.datasets:
+            self.datasets[key] = AccuracyData(data, self.s.data_root, self.s.accuracy_samples)
+        found = self.datasets[key]
+        return found if len(found.test.class_names) == config.num_classes else None
+
+    def reference(self, model: str) -> tuple[np.ndarray, float] | None:
+        """Predictions and top-1 of the eager PyTorch FP32 model (the artifacts' own weights), once per model."""
+        if model not in self.references:
+            data = self.dataset(model)
+            self.references[model] = None if data is None else _reference_predictions(model, data, max(self.s.threads))
+        return self.references[model]
+
+    def measure_accuracy(self, config: Config) -> dict[str, Any] | None:
+        if config.accuracy_key not in self.accuracy:
+            reference = self.reference(config.model)
+            if reference is None:
+                return None
+            data = self.dataset(config.model)
+            preds = data.predictions(config.session.run, _model_config(config.session), config.batch)
+            ref_preds, ref_top1 = reference
+            top1 = data.top1(preds)
+            self.accuracy[config.accuracy_key] = {
+                "dataset": data.test.name, "split": "test", "samples": data.count, "top1": top1,
+                "reference_top1": ref_top1, "drop": round(ref_top1 - top1, 3),
+                "agreement_vs_torch_fp32": round(float((preds == ref_preds).mean() * 100), 3),
+                "measured_at_batch": config.batch}
+        return self.accuracy[config.accuracy_key]
+
+    # ------------------------------------------------------------------ timing
+
+    def open(self, config: Config) -> None:
+        from edgecnn.export import runtime
+
+        before = _rss_mb()
+        t0 = time.perf_counter()
+        config.session = runtime.load(config.artifact, backend=config.runtime, threads=config.threads,
+                                      **config.options)
+        config.session.run(self.input_for(config))
+        config.load_s = time.perf_counter() - t0
+        config.rss_delta_mb = max(0.0, _rss_mb() - before)
+
+    def input_for(self, config: Config) -> np.ndarray:
+        """Real test images where the model has a dataset (timing does not depend on them), else seeded noise."""
+        spec = config.session.input_spec
+        data = self.dataset(config.model)
+        if data is not None:
+            x, _ = next(data.batches(_model_config(config.session), config.batch))
+        else:
+            x = np.random.default_rng(0).standard_normal((config.batch, *spec.shape[1:]), dtype=np.float32)
+        return x.astype(spec.dtype)
+
+    def measure_group(self, model: str, batch: int, entries: list[tuple[str, str, int]], bar: tqdm) -> None:
+        s = self.s
+        configs = self.configs(model, batch, entries, bar)
+        opened: list[Config] = []
+        try:
+            for c in configs:
+                bar.set_postfix_str(f"load {c.label}")
+                try:
+                    self.open(c)
+                    opened.append(c)
+                except Exception as e:  # noqa: BLE001 (a runtime refusing one artifact must not end the sweep)
+                    self._skip_once(model, c.runtime, c.precision, batch, c.threads, _first_line(e), c.flow)
+                    bar.update(s.rounds + 1)
+            inputs = {id(c): self.input_for(c) for c in opened}
+            for c in opened:
+                bar.set_postfix_str(f"warm-up {c.label}")
+                _timed_calls(c.session.run, inputs[id(c)], seconds=s.warmup_s)
+                bar.update(1)
+            per_round_s = s.duration_s / s.rounds if s.duration_s else None
+            per_round_iters = -(-s.iters // s.rounds) if s.iters else None
+            for r in range(s.rounds):
+                for c in opened:  # A B C A B C …: drift on a shared machine hits every configuration alike
+                    bar.set_postfix_str(f"round {r + 1}/{s.rounds} {c.label}")
+                    c.rounds.append(_timed_calls(c.session.run, inputs[id(c)], per_round_s, per_round_iters))
+                    bar.update(1)
+            records = []
+            for c in opened:
+                bar.set_postfix_str(f"accuracy {c.label}")
+                records.append(self.record(c, inputs[id(c)]))
+            self.results["records"] += records
+        finally:
+            for c in opened:
+                c.session.close()
+
+    def record(self, c: Config, x: np.ndarray) -> dict[str, Any]:
+        times = [t for r in c.rounds for t in r]
+        info = c.session.info()
+        manifest = c.session.manifest
+        stats = latency_stats(times, c.batch)
+        record = {
+            "model": c.model, "family": manifest["model"]["family"], "runtime": c.runtime,
+            "target": manifest["target"] if c.runtime != "torch" else None, "precision": c.precision,
+            "executed_precision": info.get("executed_precision") or getattr(c.session, "executed_precision", None),
+            "batch": c.batch, "threads": c.threads, "flow": c.flow, "peer": c.peer,
+            "input_shape": manifest["input"]["shape"],
+            "latency_ms": {k: v for k, v in stats.items() if k not in ("throughput", "iterations")},
+            "throughput": stats["throughput"], "iterations": stats["iterations"], "rounds": len(c.rounds),
+            **round_spread(c.rounds),
+            "memory": {"rss_delta_mb": round(c.rss_delta_mb, 1), "process_peak_rss_mb": round(_peak_rss_mb(), 1)},
+            "load_seconds": round(c.load_s, 3),
+            "artifact": {"path": str(c.artifact), "reused": c.reused, "bytes": _artifact_bytes(c.session),
+                         "parity_passed": all(p.get("passed", False) for p in manifest["parity"])
+                         if manifest["parity"] else None},
+            "weights": manifest["model"]["weights"].get("source"),
+            "accuracy": self.measure_accuracy(c), "session": _jsonable(info)}
+        for section, extension in RECORD_EXTENSIONS.items():
+            if manifest.get(section):
+                record.update(extension(c.session, c, x))
+        return record
+
+    # ------------------------------------------------------------------ the run
+
+    def run(self) -> dict[str, Any]:
+        groups = self.plan()
+        write_results(self.out, self.results)
+        peers_per_group = sum(p.runtime in self.s.runtimes for p in peer_builders.PEERS) * len(self.s.threads) \
+            if self.s.peers else 0
+        total = sum((len(entries) + peers_per_group) * (self.s.rounds + 1) for _, _, entries in groups)
+        bar = tqdm(total=total, desc="bench", unit="step", disable=not self.progress, file=sys.stderr,
+                   dynamic_ncols=True)
+        try:
+            for model, batch, entries in groups:
+                self.measure_group(model, batch, entries, bar)
+                write_results(self.out, self.results)
+            self.results["complete"] = True
+        except KeyboardInterrupt:
+            self.results["interrupted"] = "stopped with Ctrl-C; the records of every finished (model, batch) are kept"
+            write_results(self.out, self.results)
+            raise
+        finally:
+            bar.close()
+        write_results(self.out, self.results)
+        return self.results
+
+
+def run_sweep(settings: SweepSettings, out: Path | str, *, command: str | None = None, force: bool = False,
+              progress: bool = False) -> dict[str, Any]:
+    """Run the sweep and write its results to `out` (JSON), rewritten after every (model, batch)."""
+    settings = settings.validated()
+    out = Path(out)
+    check_output(out, force)
+    command = command or " ".join(shlex.quote(a) for a in sys.argv)
+    return Sweep(settings, out, command, progress).run()
+
+
+# ---------------------------------------------------------------------- artifacts on disk
+
+def expected_weights(model: str) -> dict[str, Any]:
+    """The weight record an export of `model` would carry now (committed checkpoint hash, or seeded init)."""
+    from edgecnn.checkpoint import committed_checkpoint
+    from edgecnn.export.manifest import sha256_file
+    from edgecnn.export.source import DEFAULT_SEED
+
+    path = committed_checkpoint(model)
+    return {"source": "checkpoint", "sha256": sha256_file(path)} if path else \
+        {"source": "random_init", "seed": DEFAULT_SEED}
+
+
+def _matches(manifest: dict[str, Any], model: str, target: str, precision: str, batch: int) -> bool:
+    from edgecnn.registry import get_config
+
+    weights = manifest["model"]["weights"]
+    expected = expected_weights(model)
+    return (manifest["model"]["name"] == model and manifest["target"] == target
+            and manifest["precision"] == precision
+            and manifest["input"]["shape"] == [batch, *get_config(model).input_size]
+            and all(weights.get(k) == v for k, v in expected.items()))
+
+
+def cached_manifest(path: Path) -> dict[str, Any] | None:
+    """The manifest of an edgecnn artifact at `path` (None if it is corrupt, so it may be rebuilt);
+    a UserError if something that is not edgecnn's sits there."""
+    from edgecnn.export.manifest import ARTIFACT_KIND, MANIFEST_NAME, ArtifactError, read_manifest
+
+    try:
+        return read_manifest(path)
+    except ArtifactError:
+        try:
+            ours = json.loads((path / MANIFEST_NAME).read_text()).get("kind") == ARTIFACT_KIND
+        except (OSError, ValueError, AttributeError):
+            ours = False
+        if not ours:
+            raise UserError(f"{path} exists and is not an edgecnn artifact; move it or choose another --cache "
+                            "(edgecnn never overwrites what it did not write)") from None
+        return None
+
+
+def ensure_artifact(model: str, target: str, precision: str, batch: int, cache_dir: Path) -> tuple[Path, bool]:
+    """(path, reused): the artifact for this combination, exported unless a matching one is cached."""
+    from edgecnn.export import export_registered
+
+    path = Path(cache_dir) / f"{model}-{target}-{precision}-b{batch}"
+    if path.exists():
+        manifest = cached_manifest(path)
+        if manifest is not None and _matches(manifest, model, target, precision, batch):
+            return path, True
+    export_registered(model, target, precision, path, batch=batch, overwrite=path.exists())
+    return path, False
+
+
+def _reference_predictions(model: str, data: AccuracyData, threads: int) -> tuple[np.ndarray, float]:
+    import torch
+
+    from edgecnn.export.source import load_source_model
+
+    module, _ = load_source_model(model)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.no_grad():
+            preds = data.predictions(lambda x: module(torch.from_numpy(x)).numpy(), module.config, REFERENCE_BATCH)
+    finally:
+        torch.set_num_threads(previous)
+    return preds, data.top1(preds)
+
+
+def _model_config(session: Any) -> Any:
+    from edgecnn.registry import get_config
+
+    return get_config(session.manifest["model"]["name"])
+
+
+def _artifact_bytes(session: Any) -> int:
+    manifest = session.manifest
+    if session.name == "torch":
+        path = Path(manifest["model"]["weights"].get("path") or "")
+        return path.stat().st_size if path.is_file() else 0
+    return sum(f["bytes"] for f in manifest["files"].values())
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+
+
+def _jsonable(info: dict[str, Any]) -> dict[str, Any]:
+    return {k: v if isinstance(v, (str, int, float, bool, type(None))) else str(v) for k, v in info.items()}
+
+
+__all__ = ["Config", "RECORD_EXTENSIONS", "RUNTIMES", "Runtime", "SweepSettings", "all_precisions",
+           "ensure_artifact", "register_record_extension", "run_sweep"]

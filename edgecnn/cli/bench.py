@@ -1,0 +1,168 @@
+"""`edgecnn bench` (time artifacts against accuracy), `edgecnn report` (Markdown + PNG) and `edgecnn pick`.
+
+The heavy modules (the harness, runtimes, matplotlib) are imported inside the command functions, so
+building the parser stays cheap.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+from edgecnn.validation import arg_type, non_negative_float, positive_float, positive_int
+
+DEFAULT_TARGETS = "torch,onnxruntime,openvino,tensorrt"
+
+
+def _list_of(check: Callable[[str], Any] | None = None) -> Callable[[str], list[Any]]:
+    """An argparse type for comma-separated values, each parsed by `check` (e.g. `--batch 1,8`)."""
+    def parse(text: str) -> list[Any]:
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
+        return [check(t) for t in items] if check else items
+
+    parse.__name__ = f"list of {check.__name__}" if check else "list"
+    return parse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench", help="time models on runtimes × precisions against their accuracy",
+        description="Export (or reuse) each model's artifact per runtime, precision and batch, time every "
+                    "configuration after warm-up in interleaved rounds (A B C A B C …) with threads pinned "
+                    "through each runtime's own option, measure test accuracy and top-1 agreement with PyTorch "
+                    "FP32, and write one results JSON (rewritten after every model and batch, so Ctrl-C keeps "
+                    "what finished). Combinations a runtime cannot do here are listed as skipped with the reason.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("models", nargs="+", metavar="MODEL", help="zoo names or shell patterns such as '*_fmnist'")
+    p.add_argument("--targets", type=_list_of(), default=DEFAULT_TARGETS.split(","), metavar="RUNTIMES",
+                   help=f"runtimes, comma-separated: {DEFAULT_TARGETS} (torch is the eager FP32 reference)")
+    p.add_argument("--precisions", type=_list_of(), metavar="LIST",
+                   help="comma-separated (default: every precision some target exports)")
+    p.add_argument("--batch", type=_list_of(arg_type(positive_int, "--batch")), default=[1], metavar="LIST",
+                   help="batch sizes, comma-separated (one static-batch artifact each)")
+    p.add_argument("--threads", type=_list_of(arg_type(positive_int, "--threads")), metavar="LIST",
+                   help=f"intra-op threads, comma-separated (default: all {os.cpu_count()} logical cores)")
+    p.add_argument("--warmup-s", type=arg_type(non_negative_float, "--warmup-s"), default=2.0,
+                   help="seconds of untimed calls per configuration before the rounds")
+    timing = p.add_mutually_exclusive_group()
+    timing.add_argument("--duration-s", type=arg_type(positive_float, "--duration-s"),
+                        help="timed seconds per configuration, split over the rounds (default: 10)")
+    timing.add_argument("--iters", type=arg_type(positive_int, "--iters"),
+                        help="timed calls per configuration instead of a duration")
+    p.add_argument("--rounds", type=arg_type(positive_int, "--rounds"), default=5,
+                   help="interleaved rounds the timing is split into")
+    p.add_argument("--peers", action="store_true",
+                   help="also time what a user would pick instead, built from the same FP32 ONNX: "
+                        "ONNX Runtime quantize_static and NNCF defaults, OpenVINO reading the ONNX")
+    p.add_argument("--data", help="accuracy dataset (default: Fashion-MNIST test for *_fmnist models; "
+                                  "canonical models are timed only)")
+    p.add_argument("--data-root", help="where the named dataset lives")
+    p.add_argument("--accuracy-samples", type=arg_type(positive_int, "--accuracy-samples"),
+                   help="test images for accuracy (default: the whole test split)")
+    p.add_argument("--calibration-samples", type=arg_type(positive_int, "--calibration-samples"), default=300,
+                   help="train images the peers calibrate on (300 is NNCF's default subset)")
+    p.add_argument("--cache", type=Path, default=Path("artifacts/bench"),
+                   help="artifact cache; an artifact whose manifest matches is reused")
+    p.add_argument("--out", type=Path, required=True, metavar="FILE.json", help="results file to write")
+    p.add_argument("--force", action="store_true", help="replace --out if it holds earlier edgecnn results")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser(
+        "report", help="turn benchmark results into Markdown + PNG plots",
+        description="Merge results files (from any machines; the machine becomes a column) into DIR/README.md "
+                    "with latency-vs-accuracy plots and their Pareto fronts per architecture, latency bars with "
+                    "their spread, FP16/BF16/INT8 speed-up and accuracy-drop tables and the peers beside edgecnn.")
+    p.add_argument("results", nargs="+", type=Path, metavar="RESULTS.json")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="report directory")
+    p.add_argument("--force", action="store_true", help="replace an earlier report in DIR")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser(
+        "pick", help="which configuration meets a latency budget with the least accuracy lost",
+        description="Rank the measured configurations within --budget-ms (per call at --batch) by accuracy, "
+                    "and say why every other one is excluded. Without --results it reads the committed results "
+                    "for this machine's CPU.")
+    p.add_argument("--budget-ms", type=arg_type(positive_float, "--budget-ms"), required=True,
+                   help="latency budget per call, in milliseconds")
+    p.add_argument("--max-drop", type=arg_type(non_negative_float, "--max-drop"),
+                   help="most accuracy (points) a candidate may lose against its model's PyTorch FP32")
+    p.add_argument("--batch", type=arg_type(positive_int, "--batch"), default=1, help="batch size (default: 1)")
+    p.add_argument("--statistic", choices=("mean", "p50", "p90", "p99"), default="p50",
+                   help="latency statistic held to the budget (default: p50)")
+    p.add_argument("--results", type=Path, nargs="+", metavar="FILE", help="results files (default: committed)")
+    p.add_argument("--any-machine", action="store_true",
+                   help="use results measured on another machine (otherwise they are refused or excluded)")
+    p.add_argument("--top", type=arg_type(positive_int, "--top"), default=10, help="candidates to list")
+    p.set_defaults(func=cmd_pick)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from edgecnn.benchmarks.harness import SweepSettings, run_sweep
+
+    settings = SweepSettings(
+        models=args.models, runtimes=args.targets, precisions=args.precisions, batches=args.batch,
+        threads=args.threads, warmup_s=args.warmup_s,
+        duration_s=None if args.iters else (args.duration_s or 10.0), iters=args.iters, rounds=args.rounds,
+        peers=args.peers, data=args.data, data_root=args.data_root, accuracy_samples=args.accuracy_samples,
+        calibration_samples=args.calibration_samples, cache_dir=args.cache)
+    results = run_sweep(settings, args.out, force=args.force, progress=not args.no_progress)
+    _print_records(results)
+    print(f"{len(results['records'])} configurations measured, {len(results['skipped'])} skipped → {args.out}")
+    return 0
+
+
+def _print_records(results: dict[str, Any]) -> None:
+    from edgecnn.cli.table import format_table
+
+    rows = []
+    for r in results["records"]:
+        acc = r["accuracy"]
+        rows.append([r["model"], r["peer"]["name"] if r["peer"] else "edgecnn", r["runtime"], r["precision"],
+                     r["executed_precision"] or "?", r["batch"], r["threads"], f"{r['latency_ms']['p50']:.3f}",
+                     f"{r['latency_ms']['p90']:.3f}", f"{r['spread_pct']:.1f}%", f"{r['throughput']:.0f}",
+                     f"{acc['top1']:.2f}%" if acc else "—", f"{acc['agreement_vs_torch_fp32']:.1f}%" if acc else "—"])
+    if rows:
+        print(format_table(rows, ["model", "flow", "runtime", "precision", "executed", "batch", "threads",
+                                  "p50 ms", "p90 ms", "spread", "samples/s", "top-1", "agree"]))
+    for s in results["skipped"]:
+        print(f"skipped: {s['model']} {s['runtime']} {s['precision']}: {s['reason']}")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from edgecnn.benchmarks.report import write_report
+    from edgecnn.benchmarks.schema import read_results
+
+    results = [read_results(p) for p in args.results]
+    index = write_report(results, args.out, force=args.force)
+    print(f"report → {index}")
+    return 0
+
+
+def cmd_pick(args: argparse.Namespace) -> int:
+    from edgecnn.benchmarks.pick import load_for_pick, pick
+    from edgecnn.cli.table import format_table
+
+    results = load_for_pick(args.results, any_machine=args.any_machine)
+    answer = pick(results, args.budget_ms, args.max_drop, args.batch, args.statistic, args.any_machine)
+    drop = f", at most {answer.max_drop:g} pt below FP32" if answer.max_drop is not None else ""
+    print(f"budget {answer.budget_ms:g} ms ({answer.statistic} per call, batch {answer.batch}){drop}; "
+          f"results: {', '.join(answer.sources)}")
+    if answer.chosen:
+        rows = [[i + 1, c.record["model"], c.record["runtime"], c.record["precision"], c.record["threads"],
+                 f"{c.latency_ms:.3f}", f"{c.accuracy:.2f}%", f"{c.drop:+.2f}" if c.drop is not None else "—",
+                 c.machine] for i, c in enumerate(answer.chosen[:args.top])]
+        print(format_table(rows, ["rank", "model", "runtime", "precision", "threads", f"{answer.statistic} ms",
+                                  "top-1", "drop pt", "machine"]))
+        best = answer.chosen[0]
+        print(f"pick: {best.label}, {best.latency_ms:.3f} ms, {best.accuracy:.2f}% top-1")
+    else:
+        print("nothing meets the budget: raise --budget-ms or --max-drop, or measure a smaller model")
+    if answer.excluded:
+        print(f"\nexcluded ({len(answer.excluded)}):")
+        for c in answer.excluded:
+            print(f"  {c.label}: {c.reason}")
+    return 0 if answer.chosen else 1
