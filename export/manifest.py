@@ -116,7 +116,8 @@ class _Optional(_Spec):
         self.inner, self.text = inner, f"{inner.text} or null"
 
     def check(self, value: Any, where: str) -> str | None:
-        return None if value is None else self.inner.check(value, where) and f"{where} must be {self.text}"
+        problem = None if value is None else self.inner.check(value, where)
+        return f"{where} must be {self.text}" if problem == f"{where} must be {self.inner.text}" else problem
 
 
 class _List(_Spec):

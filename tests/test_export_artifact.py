@@ -213,3 +213,65 @@ def test_cli_export_prints_files_and_parity(tmp_path: Path, capsys: pytest.Captu
     assert "build_engine.py" in text and "PASS" in text and "no TensorRT engine was built" in text
     assert main(["export", MODEL, "--out", str(out)]) == 2
     assert "--force" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda m: m.update(model_files=[]), "model_files must be a non-empty object"),
+    (lambda m: m.update(model_files={}), "model_files must be a non-empty object"),
+    (lambda m: m.update(files={}, model_files={}), "model_files must be a non-empty object"),
+    (lambda m: m.update(input=None), "input must be an object"),
+    (lambda m: m.update(parity="yes"), "parity must be a list"),
+    (lambda m: m["parity"][0].update(passed="yes"), r"parity\[0\]\.passed must be true or false"),
+    (lambda m: m["input"].update(shape=[1, None, 28, 28]), r"input\.shape\[1\] must be an integer or a string"),
+    (lambda m: m["files"]["model.onnx"].update(bytes="many"), r"files\['model.onnx'\]\.bytes must be an integer"),
+    (lambda m: m.update(class_names=[1, 2]), r"class_names\[0\] must be a string"),
+    (lambda m: m["model"].pop("weights"), "model lacks weights"),
+])
+def test_manifest_schema_is_checked_on_read(artifact: Path, edit, message: str,
+                                            capsys: pytest.CaptureFixture) -> None:
+    _rewrite_manifest(artifact, edit)
+    with pytest.raises(ArtifactError, match=message) as info:
+        read_manifest(artifact)
+    assert "\n" not in str(info.value) and "export again" in str(info.value)
+    assert main(["inspect", str(artifact)]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+@pytest.mark.parametrize("edit", [
+    lambda m: m.update(precision="fp16"),
+    lambda m: m["parity"][0].update(passed=False),
+    lambda m: m["notes"].append("harmless?"),
+], ids=["precision", "parity-verdict", "notes"])
+def test_a_manifest_edited_after_export_is_detected(artifact: Path, edit) -> None:
+    _rewrite_manifest(artifact, edit, reseal=False)
+    with pytest.raises(ArtifactError, match="does not match its own manifest_sha256: the manifest was edited"):
+        read_manifest(artifact)
+
+
+def test_a_model_file_dropped_from_the_record_is_detected(tmp_path: Path) -> None:
+    out = tmp_path / "trt"
+    export_registered(MODEL, "tensorrt", "fp32", out, parity_samples=4)
+
+    def drop(m: dict) -> None:
+        del m["files"]["build_engine.sh"]
+    _rewrite_manifest(out, drop, reseal=False)
+    with pytest.raises(ArtifactError, match="manifest was edited after the export"):
+        read_manifest(out)
+
+
+def test_manifest_digest_is_over_its_canonical_json(artifact: Path) -> None:
+    """A third party can check it: SHA-256 of the JSON without the field, keys sorted, no whitespace."""
+    import hashlib
+
+    m = json.loads((artifact / "manifest.json").read_text())
+    digest = m.pop("manifest_sha256")
+    assert hashlib.sha256(json.dumps(m, sort_keys=True, separators=(",", ":")).encode()).hexdigest() == digest
+
+
+def test_inspect_of_a_file_says_it_is_not_an_artifact_directory(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture) -> None:
+    file = tmp_path / "passwd"
+    file.write_text("root:x:0:0::/root:/bin/sh\n")
+    assert main(["inspect", str(file)]) == 2
+    err = capsys.readouterr().err
+    assert "is a file, not an artifact directory" in err and "does not exist" not in err
