@@ -183,6 +183,6 @@ class TensorRTTarget(Target):
                          f"(≤ {tensorrt.TENSORRT_MAX_OPSET}); use a newer TensorRT 10.x or --opset "
                          f"{tensorrt.TENSORRT_MAX_OPSET}")
         parity = ("tensorrt",) if buildable else ("onnxruntime",)
-        measures = {} if buildable else {"onnxruntime": f"the FP32 TensorRT-ready ONNX in ONNX Runtime, not a "
-                                                        f"{ctx.precision.upper()} TensorRT engine (none built here)"}
+        measures = {} if buildable else {"onnxruntime": f"the FP32 TensorRT-ready ONNX in ONNX Runtime; no "
+                                                        f"{ctx.precision.upper()} TensorRT engine is built here"}
         return TargetOutput(files, model_files, parity[0], parity, info, notes, parity_measures=measures)

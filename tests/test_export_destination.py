@@ -178,3 +178,24 @@ def test_read_only_destination_is_one_line_and_leaves_nothing(read_only: Path,
         assert err.count("\n") == 0 and "read-only" in err, err
     assert (sorted(os.listdir(read_only)), sorted(os.listdir(read_only / "art"))) == before
     assert read_manifest(read_only / "art")
+
+
+@pytest.mark.parametrize("name,size,message", [
+    ("inception_v3", (32, 32), "below inception_v3's smallest input 75x75"),
+    ("lenet5", (4, 4), "below lenet5's smallest input 32x32"),
+    (MODEL, (100_000, 100_000), "100000x100000 is too large: an export at that size needs about"),
+])
+def test_input_size_is_refused_before_the_model_is_built(tmp_path: Path, no_model_build: None, name: str,
+                                                         size: tuple[int, int], message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        export_registered(name, out=tmp_path / "a", input_size=size)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_input_size_below_what_a_model_takes_says_its_smallest(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture) -> None:
+    """Models without a recorded minimum are probed: the smallest side that runs is found and said."""
+    assert main(["export", MODEL, "--input-size", "4x4", "--out", str(tmp_path / "a"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "4x4 is too small for lenet5_fmnist: its smallest input is 28x28" in err
+    assert list(tmp_path.iterdir()) == []

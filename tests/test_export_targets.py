@@ -168,3 +168,28 @@ def test_tensorrt_engine_builds_and_runs(tmp_path: Path) -> None:
     assert m["target_info"]["engine_built"] and "model.plan" in m["files"]
     assert m["parity"][0]["backend"] == "tensorrt" and m["parity"][0]["passed"]
     assert read_manifest(tmp_path / "trt")["default_backend"] == "tensorrt"
+
+
+def test_build_engine_without_tensorrt_says_what_to_install(tmp_path: Path) -> None:
+    if tensorrt.engine_buildable_here()[0] or _tensorrt_importable():
+        pytest.skip("tensorrt is installed here")
+    out = tmp_path / "trt"
+    export_registered(MODEL, "tensorrt", "fp16", out, parity_samples=8)
+    run = subprocess.run([sys.executable, str(out / "build_engine.py")], capture_output=True, text=True)
+    assert run.returncode != 0 and not (out / "model.plan").exists()
+    assert "pip install tensorrt" in run.stderr and "JetPack" in run.stderr and "Traceback" not in run.stderr
+
+
+def _tensorrt_importable() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("tensorrt") is not None
+
+
+def test_tensorrt_target_of_a_deformable_model(tmp_path: Path) -> None:
+    """TensorRT gets the GridSample + Conv lowering (no DeformConv plugin needed), checked op by op."""
+    m = export_registered("deform_resnet_fmnist", "tensorrt", "fp32", tmp_path / "trt", parity_samples=16).manifest
+    ops = m["target_info"]["onnx"]["ops"]
+    assert "DeformConv" not in ops and "GridSample" in ops and m["target_info"]["unsupported_ops"] == []
+    assert not tensorrt.unsupported_ops(ops) and m["passes"][0]["modules_prepared"] > 0
+    assert m["parity"][0]["passed"]
