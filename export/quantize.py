@@ -311,7 +311,7 @@ class ModelOptQuantizer(Quantizer):
 
         method = "max" if calibrator == "minmax" else calibrator
         quantize(str(fp32), quantize_mode="int8", calibration_data=as_modelopt_data(data.calibration, ctx.input_name),
-                 calibration_method=method, calibration_eps=["cpu"], output_path=str(out),
+                 calibration_method=method, calibration_eps=["cpu"], output_path=str(out), log_level="WARNING",
                  nodes_to_exclude=exclude or None, high_precision_dtype="fp32")
 
     def extra_files(self, ctx: ExportContext, fp32: Path, data: CalibrationData, calibrator: str) -> list[str]:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from edgecnn.cli.table import format_table
-from edgecnn.validation import arg_type, non_negative_int, positive_int
+from edgecnn.validation import arg_type, non_negative_float, non_negative_int, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,7 +24,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("name", metavar="NAME")
     p.add_argument("--checkpoint", help="a .safetensors checkpoint (default: the committed weights, if any)")
     p.add_argument("--target", choices=list(TARGETS), default="onnx", help="default: onnx")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="default: fp32")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="default: fp32; int8 calibrates on data (options below); bf16: openvino, on CPUs with "
+                        "AVX-512 BF16 or AMX")
+    _add_calibration_arguments(p)
     batch = p.add_mutually_exclusive_group()
     batch.add_argument("--batch", type=arg_type(positive_int, "--batch"), default=1,
                        help="static batch size of the graph (default: 1)")
@@ -51,6 +54,55 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("directory", type=Path, metavar="DIR")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON instead")
     p.set_defaults(func=cmd_inspect)
+
+
+def _add_calibration_arguments(p: argparse.ArgumentParser) -> None:
+    from edgecnn.calibration import CALIBRATOR_NAMES, DEFAULT_SAMPLES
+
+    g = p.add_argument_group("INT8 calibration (--precision int8)")
+    g.add_argument("--calibrator", choices=CALIBRATOR_NAMES,
+                   help="range calibrator of the target's quantizer; auto tries each and keeps the most accurate "
+                        "on the validation split (default: auto)")
+    g.add_argument("--calib-samples", type=arg_type(positive_int, "--calib-samples"), metavar="N",
+                   help=f"calibration images, class-balanced, from the training split minus validation "
+                        f"(default: {DEFAULT_SAMPLES})")
+    g.add_argument("--calib-data", type=Path, metavar="DIR",
+                   help="calibrate on this folder (one sub-folder per class) instead of the model's dataset")
+    g.add_argument("--max-drop", type=arg_type(non_negative_float, "--max-drop"), metavar="PT",
+                   help="largest validation top-1 drop allowed, in points: ONNX returns the most sensitive nodes to "
+                        "float, OpenVINO uses NNCF's accuracy control (default: no bound)")
+
+
+def _calibration_options(args: argparse.Namespace) -> Any:
+    """CalibrationOptions for int8; None otherwise (calibration flags on another precision are refused)."""
+    from edgecnn.calibration import CalibrationOptions
+
+    given = {k: v for k, v in (("calibrator", args.calibrator), ("samples", args.calib_samples),
+                               ("data", args.calib_data), ("max_drop", args.max_drop)) if v is not None}
+    if args.precision != "int8" and not given:
+        return None
+    return CalibrationOptions(**given)
+
+
+def _calibration_lines(m: dict[str, Any]) -> list[str]:
+    c = m.get("calibration")
+    if not c:
+        return []
+    samples = c["calibration_samples"]
+    lines = [f"calibration: {c['calibrator']} ({c['library_calibrator']}, {c['tool']}) on {samples['samples']} "
+             f"samples of {samples['source']}"]
+    if c.get("fp32_validation_accuracy") is not None:
+        scores = ", ".join(f"{k} {v:.2f}%" for k, v in (c["scores_validation_accuracy"] or {}).items())
+        lines.append(f"validation top-1: FP32 {c['fp32_validation_accuracy']:.2f}% → INT8 "
+                     f"{c['int8_validation_accuracy']:.2f}% (drop {c['validation_drop']:.2f} pt; tried {scores})")
+    if c.get("nodes_to_exclude"):
+        lines.append(f"returned to float for --max-drop: {', '.join(c['nodes_to_exclude'])}")
+    for p in m["parity"]:
+        if "test_split" in p:
+            t = p["test_split"]
+            lines.append(f"{p['backend']} test split ({t['inputs']}): FP32 {t['fp32_accuracy']:.2f}% → "
+                         f"{m['precision'].upper()} {t['accuracy']:.2f}% (drop {t['drop']:.2f} pt)")
+    return lines
 
 
 def _parse_hw(text: str) -> tuple[int, int]:
@@ -92,7 +144,8 @@ def cmd_export(args: argparse.Namespace) -> int:
                                seed=args.seed, batch=args.batch, dynamic_batch=args.dynamic_batch,
                                opset=args.opset, exporter=args.exporter, input_size=args.input_size,
                                keep_io_types=not args.half_io, parity_samples=args.parity_samples,
-                               overwrite=args.force, progress=not args.no_progress)
+                               overwrite=args.force, progress=not args.no_progress,
+                               calibration=_calibration_options(args))
     m = result.manifest
     fold = next(p for p in m["passes"] if p["name"] == "fold_batchnorm")
     print(f"{m['model']['name']} → {m['target']} {m['precision']}: {result.path}  "
@@ -101,6 +154,8 @@ def cmd_export(args: argparse.Namespace) -> int:
                        ["file", "size", "sha256"]))
     print()
     print(format_table(_parity_rows(m), PARITY_HEADERS))
+    for line in _calibration_lines(m):
+        print(line)
     for note in m["notes"] + [f"{p['backend']}: {p['diagnosis']}" for p in m["parity"] if "diagnosis" in p]:
         print(f"note: {note}")
     if not result.parity_passed:
