@@ -2,6 +2,8 @@
 
 The papers' recipes are named presets (`RECIPES`); a model's config names its default one. The
 validation split is carved from train with a fixed seed; the test set is only ever reported.
+Everything a run will write is checked before any data is read: a run never replaces a file
+edgecnn did not write, and replaces its own earlier output only with `force=True`.
 """
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -21,12 +24,22 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from edgecnn.checkpoint import load_training_state, save_checkpoint, save_training_state
+from edgecnn.checkpoint import (SAFETENSORS_SUFFIX, ensure_writable_dir, is_edgecnn_checkpoint,
+                                is_edgecnn_sidecar, is_edgecnn_training_state, load_training_state,
+                                save_checkpoint, save_training_state, sidecar_path)
 from edgecnn.branchynet import MultiExitNet, exit_accuracies
 from edgecnn.data import ImageDataset, load_dataset, preprocess, train_val_split
 from edgecnn.errors import UserError
 from edgecnn.layers import AuxOutputs, logits_of
 from edgecnn.registry import create_model
+from edgecnn.validation import non_negative_int, positive_float, positive_int
+
+AUGMENTATIONS = ("none", "crop", "crop+flip")
+# Without --epochs a run gets its recipe's epochs, raised on small data so it takes at least
+# MIN_DEFAULT_STEPS optimizer steps (a 1,294-image folder at batch 128 is 9 steps an epoch: the
+# recipe's 15 epochs would be 135 steps), but never more than MAX_DEFAULT_EPOCHS epochs.
+MIN_DEFAULT_STEPS = 2000
+MAX_DEFAULT_EPOCHS = 300
 
 
 @dataclass(frozen=True)
@@ -43,7 +56,7 @@ class Recipe:
     nesterov: bool = False
     rmsprop_alpha: float = 0.9   # RMSProp decay
     rmsprop_eps: float = 1.0
-    augment: bool = True         # random crop (pad 2) + horizontal flip
+    augment: str = "crop+flip"   # one of AUGMENTATIONS: random crop (pad 2), then horizontal flip
     label_smoothing: float | None = None  # None: the model config's value
     source: str = ""
 
@@ -98,13 +111,24 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def augment(images: torch.Tensor, generator: torch.Generator, pad: int = 2) -> torch.Tensor:
-    """Random crop after zero padding, and horizontal flip, on a uint8 batch."""
+def check_augment(mode: str) -> str:
+    if mode not in AUGMENTATIONS:
+        raise UserError(f"--augment must be one of {', '.join(AUGMENTATIONS)}, got {mode!r}")
+    return mode
+
+
+def augment_batch(images: torch.Tensor, mode: str, generator: torch.Generator, pad: int = 2) -> torch.Tensor:
+    """A uint8 batch as `mode` says: untouched ("none"), randomly cropped after zero padding ("crop"),
+    then also flipped horizontally half the time ("crop+flip"; wrong for digits and text)."""
+    if mode == "none":
+        return images
     n, _, h, w = images.shape
     padded = F.pad(images, (pad, pad, pad, pad))
     dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
     dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
     out = torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
+    if mode == "crop":
+        return out
     flip = torch.rand(n, generator=generator) < 0.5
     return torch.where(flip.view(-1, 1, 1, 1), out.flip(-1), out)
 
@@ -136,6 +160,19 @@ def lr_factor(recipe: Recipe, epochs: int, steps_per_epoch: int) -> Callable[[in
     return step_decay
 
 
+def default_epochs(recipe_epochs: int, steps_per_epoch: int) -> int:
+    """Epochs when the user gives none: the recipe's, or enough for MIN_DEFAULT_STEPS optimizer steps on
+    small data, whichever is more, capped at MAX_DEFAULT_EPOCHS (the cap never lowers the recipe's)."""
+    needed = math.ceil(MIN_DEFAULT_STEPS / steps_per_epoch)
+    return max(recipe_epochs, min(needed, MAX_DEFAULT_EPOCHS))
+
+
+def _progress(iterable: Any, desc: str, enabled: bool) -> Any:
+    """A tqdm bar on a terminal only: redirected output would hold a bar frozen at 0/N, so it gets the
+    per-epoch log lines alone."""
+    return tqdm(iterable, desc=desc, leave=False, mininterval=1.0, disable=not (enabled and sys.stderr.isatty()))
+
+
 def loss_fn(output: torch.Tensor | AuxOutputs, target: torch.Tensor, aux_weight: float,
             label_smoothing: float) -> torch.Tensor:
     if not isinstance(output, AuxOutputs):
@@ -149,12 +186,12 @@ def loss_fn(output: torch.Tensor | AuxOutputs, target: torch.Tensor, aux_weight:
 def evaluate(model: nn.Module, ds: ImageDataset, batch_size: int = 500, rank: int = 0, world: int = 1,
              progress: bool = False) -> float:
     """Top-1 accuracy in percent; under DDP each rank scores a shard and the counts are summed."""
+    positive_int("batch_size", batch_size)
     model.eval()
     config = getattr(model, "module", model).config
     indices = torch.arange(rank, len(ds), world)
     correct = 0
-    for start in tqdm(range(0, len(indices), batch_size), desc="eval", leave=False,
-                      disable=not progress or rank != 0):
+    for start in _progress(range(0, len(indices), batch_size), "eval", progress and rank == 0):
         images, labels = ds.get_batch(indices[start:start + batch_size], size=config.input_size[1:])
         x = preprocess(images, config).contiguous(memory_format=torch.channels_last)
         correct += (logits_of(model(x)).argmax(1) == labels).sum().item()
@@ -174,35 +211,100 @@ class TrainResult:
     wall_time_s: float
 
 
+def _is_training_log(path: Path) -> bool:
+    """A log edgecnn wrote: JSON lines, one per epoch plus a final one (small; a user's file is not)."""
+    try:
+        if path.stat().st_size > 1 << 20:
+            return False
+        entries = [json.loads(line) for line in path.read_text().splitlines()]
+    except (OSError, ValueError):
+        return False
+    return all(isinstance(e, dict) and ("epoch" in e or "final" in e) for e in entries)
+
+
+def run_files(out: Path) -> dict[str, Path]:
+    """Every file a run writes for the checkpoint `out`."""
+    return {"checkpoint": out, "sidecar": sidecar_path(out), "log": out.with_suffix(".log"),
+            "state": out.with_name(out.stem + ".state.safetensors")}
+
+
+def check_outputs(out: Path, *, resume: bool, force: bool) -> None:
+    """Refuse, before any data is read, every way this run could replace what it should not.
+
+    A file that is there must be edgecnn's own output (checkpoint with an edgecnn sidecar, training log,
+    training state), and even that is replaced only with `force` (or continued with `resume`).
+    """
+    if out.suffix != SAFETENSORS_SUFFIX:
+        raise UserError(f"--out {out}: a checkpoint path ends in {SAFETENSORS_SUFFIX} "
+                        f"(e.g. {out.with_suffix(SAFETENSORS_SUFFIX)})")
+    files = run_files(out)
+    if resume and not files["state"].is_file():
+        raise UserError(f"--resume: there is no saved training state {files['state']}, so there is nothing to "
+                        "resume; run without --resume to start from scratch")
+    ours = {"checkpoint": is_edgecnn_checkpoint, "sidecar": is_edgecnn_sidecar, "log": _is_training_log,
+            "state": is_edgecnn_training_state}
+    for kind, path in files.items():
+        if not path.exists():
+            continue
+        if not path.is_file() or not ours[kind](path):
+            raise UserError(f"{path} exists and is not an edgecnn {kind}; edgecnn never replaces it, "
+                            "whatever the flags: choose another --out")
+        if not (force or resume):
+            hint = ("pass --resume to continue that run, or --force to start over" if kind == "state"
+                    else "pass --force to replace that earlier run, or choose another --out")
+            raise UserError(f"{path} exists (an earlier edgecnn run); {hint}")
+    ensure_writable_dir(out.parent)
+
+
+def _dataset_path(data: str, data_root: str | None) -> str | None:
+    """Where the data was read from; None for a named dataset in its default place."""
+    if data_root is not None:
+        return str(Path(data_root).resolve())
+    return str(Path(data).resolve()) if Path(data).is_dir() else None
+
+
 def train(name: str, *, epochs: int | None = None, batch_size: int | None = None, lr: float | None = None,
           recipe: str | None = None, data: str = "fashion_mnist", data_root: str | None = None,
-          out: str | Path | None = None, seed: int = 0, resume: bool = False, threads: int | None = None,
-          limit: int | None = None, save_dtype: torch.dtype = torch.float32,
-          progress: bool = True, model_kwargs: dict[str, Any] | None = None) -> TrainResult:
+          out: str | Path | None = None, seed: int = 0, resume: bool = False, force: bool = False,
+          threads: int | None = None, limit: int | None = None, augment: str | None = None,
+          save_dtype: torch.dtype = torch.float32, progress: bool = True,
+          model_kwargs: dict[str, Any] | None = None) -> TrainResult:
     """Train a registered model; write `out` (.safetensors + .json sidecar + .log) and return the result.
 
+    `None` means the recipe's value (epochs: see `default_epochs`); zero and negative numbers are errors.
     `limit` trains on the first N training images (smoke tests); the val/test sets stay whole.
+    `force` replaces an earlier run's files at `out`; files edgecnn did not write are never replaced.
     """
+    epochs = None if epochs is None else positive_int("epochs", epochs)
+    batch_size = None if batch_size is None else positive_int("batch_size", batch_size)
+    lr = None if lr is None else positive_float("lr", lr)
+    seed = non_negative_int("seed", seed)
+    limit = None if limit is None else positive_int("limit", limit)
+    augment = None if augment is None else check_augment(augment)
+    if threads is not None:
+        torch.set_num_threads(positive_int("threads", threads))
+    out = Path(out) if out is not None else Path("runs") / name / f"{name}.safetensors"
     rank, world = _world()
-    if threads:
-        torch.set_num_threads(threads)
     seed_everything(seed + rank)
     model = create_model(name, **(model_kwargs or {}))
     config = model.config
-    rcp = get_recipe(recipe or config.recipe)
-    epochs = epochs or rcp.epochs
-    batch_size = batch_size or rcp.batch_size
+    recipe = config.recipe if recipe is None else recipe
+    rcp = get_recipe(recipe)
+    check_outputs(out, resume=resume, force=force)
+    if world > 1:
+        dist.barrier()  # every rank has checked the outputs before rank 0 writes any
+    batch_size = rcp.batch_size if batch_size is None else batch_size
     if batch_size % world:
         raise UserError(f"--batch-size {batch_size} must divide evenly over {world} processes")
-    lr = lr if lr is not None else rcp.lr * batch_size / rcp.batch_size
+    lr = rcp.lr * batch_size / rcp.batch_size if lr is None else lr
+    augment = rcp.augment if augment is None else augment
     smoothing = config.label_smoothing if rcp.label_smoothing is None else rcp.label_smoothing
-    out = Path(out or Path("runs") / name / f"{name}.safetensors")
-    state_path = out.with_name(out.stem + ".state.safetensors")
-    log_path = out.with_suffix(".log")
+    files = run_files(out)
+    state_path, log_path = files["state"], files["log"]
 
     full = load_dataset(data, "train", data_root)
     train_ds, val_ds = train_val_split(full)
-    if limit:
+    if limit is not None:
         train_ds = train_ds.subset(torch.arange(min(limit, len(train_ds))))
     test_ds = load_dataset(data, "test", data_root)
     if len(train_ds.class_names) != config.num_classes:
@@ -221,10 +323,19 @@ def train(name: str, *, epochs: int | None = None, batch_size: int | None = None
     steps_per_epoch = len(sampler) // per_rank
     if steps_per_epoch == 0:
         raise UserError(f"only {len(train_ds)} training images: fewer than one batch of {batch_size}")
+    if epochs is None:
+        epochs = default_epochs(rcp.epochs, steps_per_epoch)
+        epochs_from = "recipe" if epochs == rcp.epochs else f"minimum of {MIN_DEFAULT_STEPS} optimizer steps"
+    else:
+        epochs_from = "--epochs"
+    schedule = {"epochs": epochs, "epochs_from": epochs_from, "steps_per_epoch": steps_per_epoch,
+                "optimizer_steps": epochs * steps_per_epoch,
+                "rule": f"without --epochs: the recipe's {rcp.epochs} epochs, raised to reach {MIN_DEFAULT_STEPS} "
+                        f"optimizer steps, at most {MAX_DEFAULT_EPOCHS} epochs"}
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(rcp, epochs, steps_per_epoch))
     start_epoch, history = 0, []
     gen = torch.Generator().manual_seed(seed * 1000 + rank)
-    if resume and state_path.is_file():
+    if resume:
         meta, rng = load_training_state(state_path, model, optimizer, scheduler)
         start_epoch, history = meta["epoch"], meta["history"]
         if rng:  # states written before RNG capture resume with fresh streams (not bit-identical)
@@ -233,9 +344,10 @@ def train(name: str, *, epochs: int | None = None, batch_size: int | None = None
     elif rank == 0:
         out.parent.mkdir(parents=True, exist_ok=True)
         log_path.write_text("")
-    run_args = dict(epochs=epochs, batch_size=batch_size, lr=lr, recipe=recipe or config.recipe, seed=seed,
+    run_args = dict(epochs=epochs, batch_size=batch_size, lr=lr, recipe=recipe, seed=seed,
                     world_size=world, label_smoothing=smoothing, aux_weight=config.aux_weight, data=data,
-                    train_images=len(train_ds), val_images=len(val_ds))
+                    augment=augment, train_images=len(train_ds), val_images=len(val_ds),
+                    model_kwargs=model_kwargs or {})
     t0 = time.time() - sum(h["epoch_time_s"] for h in history)
     for epoch in range(start_epoch, epochs):
         te = time.time()
@@ -243,13 +355,11 @@ def train(name: str, *, epochs: int | None = None, batch_size: int | None = None
         net.train()
         order = torch.tensor(list(sampler))
         seen = correct = loss_sum = 0.0
-        bar = tqdm(range(steps_per_epoch), desc=f"{name} {epoch + 1}/{epochs}", leave=False,
-                   disable=not progress or rank != 0, mininterval=1.0 if os.isatty(2) else 30.0)
+        bar = _progress(range(steps_per_epoch), f"{name} {epoch + 1}/{epochs}", progress and rank == 0)
         for step in bar:
             images, labels = train_ds.get_batch(order[step * per_rank:(step + 1) * per_rank],
                                                 size=config.input_size[1:])
-            if rcp.augment:
-                images = augment(images, gen)
+            images = augment_batch(images, augment, gen)
             output = net(preprocess(images, config).contiguous(memory_format=torch.channels_last))
             loss = loss_fn(output, labels, config.aux_weight, smoothing)
             if not torch.isfinite(loss):
@@ -276,10 +386,10 @@ def train(name: str, *, epochs: int | None = None, batch_size: int | None = None
             save_training_state(state_path, model, optimizer, scheduler,
                                 {"epoch": epoch + 1, "history": history, "args": run_args},
                                 rng={"augment": gen.get_state(), "torch": torch.get_rng_state()})
-            if progress:
+            if progress:  # on stderr with the bar, so stdout holds only the result line
                 tqdm.write(f"{name} epoch {epoch + 1}/{epochs}: loss {entry['train_loss']:.4f} "
                            f"train {entry['train_acc']:.2f}% val {entry['val_acc']:.2f}% "
-                           f"({entry['epoch_time_s']:.0f}s)")
+                           f"({entry['epoch_time_s']:.0f}s)", file=sys.stderr)
     if save_dtype != torch.float32:  # report the accuracy of the weights as they will be saved
         with torch.no_grad():
             for v in model.state_dict().values():
@@ -290,14 +400,18 @@ def train(name: str, *, epochs: int | None = None, batch_size: int | None = None
     result = TrainResult(name, str(out), epochs, history[-1]["val_acc"] if history else float("nan"),
                          round(test_acc, 2), round(wall, 1))
     if rank == 0:
+        class_names = list(train_ds.class_names)
         exits = ({"exit_accuracy": {"val": exit_accuracies(model, val_ds), "test": exit_accuracies(model, test_ds),
                                     "exit_weights": list(model.exit_weights)}}
                  if isinstance(model, MultiExitNet) else {})
         save_checkpoint(model, out, {**exits,
-            "model": name, "config": config.to_dict(), "epochs": epochs, "val_accuracy": result.val_accuracy,
+            "model": name, "config": {**config.to_dict(), "class_names": class_names, "dataset": full.name},
+            "epochs": epochs, "val_accuracy": result.val_accuracy,
             "test_accuracy": result.test_accuracy, "wall_time_s": result.wall_time_s,
-            "data_fingerprint": full.fingerprint, "train": run_args, "history": history,
-            "recipe": asdict(replace(rcp, epochs=epochs, batch_size=batch_size, lr=lr)),
+            "class_names": class_names,
+            "dataset": {"name": full.name, "path": _dataset_path(data, data_root), "fingerprint": full.fingerprint},
+            "data_fingerprint": full.fingerprint, "train": run_args, "history": history, "schedule": schedule,
+            "recipe": asdict(replace(rcp, epochs=epochs, batch_size=batch_size, lr=lr, augment=augment)),
         }, dtype=save_dtype)
         with open(log_path, "a") as f:
             f.write(json.dumps({"final": True, "test_acc": result.test_accuracy, "wall_time_s": result.wall_time_s})

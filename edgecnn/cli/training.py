@@ -7,29 +7,45 @@ import torch
 
 from edgecnn.checkpoint import committed_checkpoint, load_checkpoint
 from edgecnn.errors import UserError
+from edgecnn.validation import arg_type, non_negative_int, positive_float, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from edgecnn.train import RECIPES
+    from edgecnn.train import AUGMENTATIONS, MAX_DEFAULT_EPOCHS, MIN_DEFAULT_STEPS, RECIPES
 
     p = sub.add_parser(
         "train", help="train a zoo model (Fashion-MNIST by default)",
         description="Train a registered model with its default recipe (or --recipe). The validation split "
-                    "is carved from train; the test set is only reported. For 2 processes on one machine: "
-                    "torchrun --nproc_per_node=2 --no-python edgecnn train NAME ...",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "is carved from train; the test set is only reported. Files already at --out are never "
+                    "replaced unless they are an earlier edgecnn run and --force is given. For 2 processes on "
+                    "one machine: torchrun --nproc_per_node=2 --no-python edgecnn train NAME ...")
     p.add_argument("name", metavar="NAME")
-    p.add_argument("--epochs", type=int, help="default: the recipe's")
-    p.add_argument("--batch-size", type=int, help="global batch size; default: the recipe's")
-    p.add_argument("--lr", type=float, help="default: the recipe's, scaled linearly with the batch size")
+    p.add_argument("--epochs", type=arg_type(positive_int, "--epochs"),
+                   help=f"default: the recipe's, raised on small data to reach {MIN_DEFAULT_STEPS} optimizer "
+                        f"steps (at most {MAX_DEFAULT_EPOCHS} epochs)")
+    p.add_argument("--batch-size", type=arg_type(positive_int, "--batch-size"),
+                   help="global batch size; default: the recipe's")
+    p.add_argument("--lr", type=arg_type(positive_float, "--lr"),
+                   help="default: the recipe's, scaled linearly with the batch size")
     p.add_argument("--recipe", choices=sorted(RECIPES), help="default: the model's (see `edgecnn info`)")
-    p.add_argument("--data", default="fashion_mnist", help="fashion_mnist, cifar10 or a dataset directory")
-    p.add_argument("--data-root", help="where the named dataset lives (Fashion-MNIST: Debian's package path)")
-    p.add_argument("--out", help="checkpoint path (.safetensors); default runs/NAME/NAME.safetensors")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--augment", choices=AUGMENTATIONS,
+                   help="random crop (pad 2) and horizontal flip of training images; default: the recipe's "
+                        "(fmnist: crop+flip; use crop or none for digits and text)")
+    p.add_argument("--data", default="fashion_mnist",
+                   help="fashion_mnist (default), cifar10 or a dataset directory (IDX, CIFAR-10 batches or one "
+                        "sub-folder per class)")
+    p.add_argument("--data-root", help="where the named dataset lives; default for Fashion-MNIST: Debian's "
+                                       "package path")
+    p.add_argument("--out", help="checkpoint path ending in .safetensors (a .json sidecar and a .log go next "
+                                 "to it); default: runs/NAME/NAME.safetensors")
+    p.add_argument("--force", action="store_true",
+                   help="replace an earlier edgecnn run at --out (never a file edgecnn did not write)")
+    p.add_argument("--seed", type=arg_type(non_negative_int, "--seed"), default=0, help="default: 0")
     p.add_argument("--resume", action="store_true", help="continue from the training state next to --out")
-    p.add_argument("--threads", type=int, help="intra-op threads per process")
-    p.add_argument("--limit", type=int, help="train on the first N images only (smoke runs)")
+    p.add_argument("--threads", type=arg_type(positive_int, "--threads"),
+                   help="intra-op threads per process; default: torch's")
+    p.add_argument("--limit", type=arg_type(positive_int, "--limit"),
+                   help="train on the first N images only (smoke runs)")
     p.add_argument("--fp16-weights", action="store_true", help="save weights in fp16 (half the size)")
     p.set_defaults(func=cmd_train)
 
@@ -37,10 +53,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Print top-1 accuracy on the test split. Without --checkpoint the committed "
                                    "weights are used.")
     p.add_argument("name", metavar="NAME")
-    p.add_argument("--checkpoint", help="a .safetensors checkpoint (default: the committed weights)")
-    p.add_argument("--data", default="fashion_mnist")
-    p.add_argument("--data-root")
-    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--checkpoint", help="an edgecnn or timm .safetensors file, or a torchvision-style .pth "
+                                        "state dict (tensors only); default: the committed weights")
+    p.add_argument("--data", default="fashion_mnist",
+                   help="fashion_mnist (default), cifar10 or a dataset directory; its test split is scored")
+    p.add_argument("--data-root", help="where the named dataset lives; default for Fashion-MNIST: Debian's "
+                                       "package path")
+    p.add_argument("--batch-size", type=arg_type(positive_int, "--batch-size"), default=500,
+                   help="images per forward pass (default: 500)")
     p.set_defaults(func=cmd_eval)
 
 
@@ -49,7 +69,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     result = train(args.name, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, recipe=args.recipe,
                    data=args.data, data_root=args.data_root, out=args.out, seed=args.seed, resume=args.resume,
-                   threads=args.threads, limit=args.limit,
+                   force=args.force, threads=args.threads, limit=args.limit, augment=args.augment,
                    save_dtype=torch.float16 if args.fp16_weights else torch.float32)
     import torch.distributed as dist
 
