@@ -37,15 +37,15 @@ EXIT_RULE = "exit at stage k when entropy < thresholds[k]"
 
 
 class ExitHead(nn.Sequential):
-    """A small classifier on a stage's features: 3×3 ConvBNReLU layers (the first strided), average
+    """A small classifier on a stage's features: 3×3 ConvBNReLU layers (each with `stride`), average
     pooling to a `pool`×`pool` grid, one linear layer — the shape of the paper's branches."""
 
     def __init__(self, in_shape: tuple[int, int, int], num_classes: int, widths: Sequence[int] = (32,),
                  stride: int = 2, pool: int = 2) -> None:
         channels = in_shape[0]
         layers: list[nn.Module] = []
-        for i, width in enumerate(widths):
-            layers.append(ConvBNAct(channels, width, 3, stride=stride if i == 0 else 1))
+        for width in widths:
+            layers.append(ConvBNAct(channels, width, 3, stride=stride))
             channels = width
         layers += [nn.AdaptiveAvgPool2d(pool), nn.Flatten(1), nn.Linear(channels * pool * pool, num_classes)]
         super().__init__(*layers)
@@ -69,7 +69,7 @@ class MultiExitNet(nn.Module):
     logits); `exits[k]` classifies stage k's features. Eval-mode forward is the trunk alone."""
 
     def __init__(self, stages: Sequence[nn.Module], exits: Sequence[nn.Module], stage_names: Sequence[str],
-                 exit_weights: Sequence[float] | None = None) -> None:
+                 exit_weights: Sequence[float] | None = None, freeze_trunk: bool = False) -> None:
         super().__init__()
         if len(exits) != len(stages) - 1:
             raise ValueError(f"{len(stages)} stages need {len(stages) - 1} exit heads, got {len(exits)}")
@@ -81,6 +81,16 @@ class MultiExitNet(nn.Module):
             raise UserError(f"exit weights must be {self.num_exits} positive numbers (one per exit, final "
                             f"last), got {list(weights)}")
         self.exit_weights = weights
+        self.freeze_trunk = freeze_trunk
+        if freeze_trunk:
+            self.stages.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> MultiExitNet:
+        """A frozen trunk stays in eval mode (BatchNorm statistics and dropout untouched) while exits train."""
+        super().train(mode)
+        if self.freeze_trunk:
+            self.stages.eval()
+        return self
 
     @property
     def num_exits(self) -> int:
@@ -226,14 +236,15 @@ def split_stages(model: nn.Module, after: Sequence[str]) -> list[fx.GraphModule]
 
 
 def attach_exits(model: nn.Module, after: Sequence[str], head: HeadFactory | Sequence[HeadFactory] | None = None,
-                 exit_weights: Sequence[float] | None = None,
-                 input_size: tuple[int, int, int] | None = None) -> MultiExitNet:
+                 exit_weights: Sequence[float] | None = None, input_size: tuple[int, int, int] | None = None,
+                 freeze_trunk: bool = False) -> MultiExitNet:
     """Turn a zoo model into a BranchyNet with an exit after each module named in `after`.
 
     `head(feature_shape, num_classes)` builds each exit, or a list of such factories one per exit (default:
     `exit_head()`); `exit_weights` gives each
     exit's loss weight, first to final (default: `default_exit_weights`). The trunk's weights are shared,
-    not copied; the result carries the model's config.
+    not copied; the result carries the model's config. `freeze_trunk` trains the exits only, on a trunk
+    that already has its weights (it keeps its accuracy exactly; the final exit's loss then adds nothing).
     """
     if not after:
         raise UserError("attach_exits needs at least one module name to put an exit after")
@@ -259,7 +270,7 @@ def attach_exits(model: nn.Module, after: Sequence[str], head: HeadFactory | Seq
                                 f"{tuple(x.shape)}")
             exits.append(make_head(tuple(x.shape[1:]), num_classes))
         model.train(was_training)
-    net = MultiExitNet(stages, exits, after, exit_weights).to(device)
+    net = MultiExitNet(stages, exits, after, exit_weights, freeze_trunk).to(device)
     if config is not None:
         net.config = config
     return net.train(was_training)

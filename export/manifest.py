@@ -178,6 +178,13 @@ MANIFEST_SCHEMA = _Object(
     export=_Object(created_utc=_STR, seconds=_NUM, host=_STR, cpu=_STR),
     notes=_List(_STR), calibration=_Optional(_DICT), target_info=_DICT, manifest_sha256=_STR,
 )
+# Optional: only a multi-exit (BranchyNet) artifact has it; written by edgecnn.export.early_exit.
+EARLY_EXIT_SCHEMA = _Object(
+    stages=_List(_Object(file=_STR, outputs=_Object(logits=_STR, features=_Optional(_STR)),
+                         input=_TENSOR, model_files=_Map(_STR, "an object mapping each model format to a file name",
+                                                         non_empty=True)), non_empty=True),
+    trunk=_Object(file=_STR), thresholds=_List(_NUM), exit_entropy=_STR, exit_rule=_STR, per_precision=_DICT,
+)
 
 
 # ---------------------------------------------------------------- reading
@@ -210,6 +217,8 @@ def read_manifest(directory: Path | str, verify: bool = True) -> dict[str, Any]:
     if missing:
         raise ArtifactError(f"{path} lacks required fields {', '.join(missing)}; export again")
     problem = MANIFEST_SCHEMA.check(manifest, "manifest")
+    if problem is None and "early_exit" in manifest:
+        problem = EARLY_EXIT_SCHEMA.check(manifest["early_exit"], "manifest.early_exit")
     if problem:
         raise ArtifactError(f"{path} is damaged: {problem.removeprefix('manifest.')}; export again")
     if manifest_digest(manifest) != manifest[DIGEST_FIELD]:

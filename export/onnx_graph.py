@@ -21,7 +21,7 @@ import time
 import warnings
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import onnx
 import torch
@@ -50,10 +50,11 @@ class HalfPrecision(nn.Module):
         self.module = copy.deepcopy(module).half()
         self.keep_io_types = keep_io_types
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         if not self.keep_io_types:
             return self.module(x)
-        return self.module(x.half()).float()
+        out = self.module(x.half())
+        return tuple(o.float() for o in out) if isinstance(out, tuple) else out.float()
 
 
 @contextlib.contextmanager
@@ -86,7 +87,7 @@ def _first_line(e: BaseException) -> str:
 
 
 def _run_exporter(module: nn.Module, example: torch.Tensor, path: Path, opset: int, dynamic_batch: bool,
-                  exporter: str) -> None:
+                  exporter: str, output_names: Sequence[str]) -> None:
     min_opset = DYNAMO_MIN_OPSET if exporter == "dynamo" else MIN_OPSET
     if not min_opset <= opset <= onnx.defs.onnx_opset_version():
         raise UserError(f"opset {opset} is outside what the {exporter} exporter writes "
@@ -94,16 +95,16 @@ def _run_exporter(module: nn.Module, example: torch.Tensor, path: Path, opset: i
     try:
         with _quiet_exporter(), torch.no_grad():
             if exporter == "torchscript":
-                axes = {INPUT_NAME: {0: BATCH_DIM}, OUTPUT_NAME: {0: BATCH_DIM}} if dynamic_batch else None
+                axes = {name: {0: BATCH_DIM} for name in (INPUT_NAME, *output_names)} if dynamic_batch else None
                 torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=opset,
-                                  input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_axes=axes,
+                                  input_names=[INPUT_NAME], output_names=list(output_names), dynamic_axes=axes,
                                   do_constant_folding=True)
             else:
                 shapes = ({0: torch.export.Dim(BATCH_DIM)},) if dynamic_batch else None
                 if dynamic_batch and example.shape[0] == 1:
                     example = example.expand(2, *example.shape[1:]).contiguous()  # torch.export pins size-1 dims
                 torch.onnx.export(module, (example,), str(path), dynamo=True, opset_version=opset,
-                                  input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_shapes=shapes,
+                                  input_names=[INPUT_NAME], output_names=list(output_names), dynamic_shapes=shapes,
                                   external_data=False, optimize=True)
     except UserError:
         raise
@@ -112,8 +113,11 @@ def _run_exporter(module: nn.Module, example: torch.Tensor, path: Path, opset: i
 
 
 def export_onnx(module: nn.Module, example: torch.Tensor, path: Path, *, opset: int = DEFAULT_OPSET,
-                dynamic_batch: bool = False, exporter: str = "auto") -> dict[str, Any]:
+                dynamic_batch: bool = False, exporter: str = "auto",
+                output_names: Sequence[str] = (OUTPUT_NAME,)) -> dict[str, Any]:
     """Write `module` (eval mode) as ONNX at `path`, check it fully and store the shape-inferred graph.
+
+    `output_names` names the graph's outputs in order (a BranchyNet stage returns several).
 
     `exporter="auto"` tries the TorchScript exporter and falls back to torch.export's for graphs the
     former cannot express (e.g. adaptive pooling to a size that does not divide its input).
@@ -125,21 +129,22 @@ def export_onnx(module: nn.Module, example: torch.Tensor, path: Path, *, opset: 
     report: dict[str, Any] = {}
     if exporter == "auto":
         try:
-            _run_exporter(module, example, path, opset, dynamic_batch, "torchscript")
+            _run_exporter(module, example, path, opset, dynamic_batch, "torchscript", output_names)
             exporter = "torchscript"
         except ExportError as e:
             if opset < DYNAMO_MIN_OPSET:
                 raise
             report["torchscript_failed"] = str(e)
             exporter = "dynamo"
-            _run_exporter(module, example, path, opset, dynamic_batch, exporter)
+            _run_exporter(module, example, path, opset, dynamic_batch, exporter, output_names)
     else:
-        _run_exporter(module, example, path, opset, dynamic_batch, exporter)
+        _run_exporter(module, example, path, opset, dynamic_batch, exporter, output_names)
     exported = time.perf_counter() - started
     model = check_onnx(path)
-    if len(model.graph.input) != 1 or len(model.graph.output) != 1:
+    if len(model.graph.input) != 1 or len(model.graph.output) != len(output_names):
         raise ExportError(f"the exported graph has {len(model.graph.input)} inputs and {len(model.graph.output)} "
-                          "outputs; an edgecnn model takes one image batch and returns logits only in eval mode")
+                          f"outputs, not 1 and {len(output_names)}; an edgecnn model takes one image batch and "
+                          "returns logits only in eval mode")
     if dynamic_batch:
         _name_batch_dim(model)
     onnx.save(model, str(path))

@@ -6,7 +6,8 @@
 
 Default passes: prepare the model for the target (`prepare_export(target_name)` on every module
 that has it, e.g. deformable layers picking their lowering) → fold BatchNorm → write the target's
-files → check parity of each of the target's backends against the PyTorch model. Every pass
+files → check parity of each of the target's backends against the PyTorch model → for a multi-exit
+(BranchyNet) model, write one graph per stage and tune its exit thresholds (`early_exit`). Every pass
 records what it did in the manifest, which is written last into a staging directory that then
 becomes the artifact in one rename.
 """
@@ -30,6 +31,7 @@ import edgecnn
 from edgecnn.calibration import CalibrationOptions
 from edgecnn.errors import UserError
 from edgecnn.export import parity
+from edgecnn.export.early_exit import EarlyExitStages
 from edgecnn.export.fold import count_batchnorms, fold_batchnorm
 from edgecnn.export.manifest import (ARTIFACT_KIND, SCHEMA_VERSION, check_destination, describe_files,
                                      preprocessing_record, read_manifest, staging_directory, write_manifest)
@@ -69,6 +71,8 @@ class ExportContext:
     notes: list[str] = field(default_factory=list)
     calibration: CalibrationOptions | None = None   # INT8 only
     calibration_record: dict[str, Any] | None = None  # the manifest's `calibration`, from the quantize pass
+    output_names: tuple[str, ...] = (OUTPUT_NAME,)   # of the graph the target writes
+    early_exit: dict[str, Any] | None = None          # the manifest's `early_exit`, from the early-exit pass
 
     def __post_init__(self) -> None:
         if self.module is None:
@@ -130,6 +134,7 @@ class ExportContext:
             "export": {"created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                        "seconds": round(time.perf_counter() - started, 2), **host_info()},
             "notes": self.notes,
+            **({"early_exit": self.early_exit} if self.early_exit else {}),
         }
 
 
@@ -208,7 +213,8 @@ class CheckParity(Pass):
                 "passed": all(p["passed"] for p in ctx.parity)}
 
 
-DEFAULT_PASSES: tuple[type[Pass], ...] = (PrepareForTarget, FoldBatchNorm, WriteTarget, Quantize, CheckParity)
+DEFAULT_PASSES: tuple[type[Pass], ...] = (PrepareForTarget, FoldBatchNorm, WriteTarget, Quantize, CheckParity,
+                                          EarlyExitStages)
 
 
 class Pipeline:

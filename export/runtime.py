@@ -133,6 +133,7 @@ class Session:
 
     name: ClassVar[str]
     formats: ClassVar[tuple[str, ...]]   # keys of the manifest's model_files this backend reads
+    runs_early_exit: ClassVar[bool] = False  # runs a BranchyNet artifact's stage loop (early_exit.py)
 
     def __init__(self, directory: Path, manifest: dict[str, Any], model_format: str, *,
                  check_finite: bool = True) -> None:
@@ -175,6 +176,10 @@ class Session:
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         raise NotImplementedError
+
+    def _run_all(self, batch: np.ndarray) -> list[np.ndarray]:
+        """Every output of the graph, in order, for an already validated batch (multi-output stage graphs)."""
+        return [self._run(batch)]
 
     @functools.cached_property
     def executed_precision(self) -> str:
@@ -276,6 +281,9 @@ class OnnxRuntimeSession(Session):
     def _run(self, batch: np.ndarray) -> np.ndarray:
         return self._session.run([self._output], {self.input_spec.name: batch})[0]
 
+    def _run_all(self, batch: np.ndarray) -> list[np.ndarray]:
+        return self._session.run(None, {self.input_spec.name: batch})
+
     def _executed_precision(self) -> str:
         """Read from the graph ONNX Runtime actually runs after its optimisations: on a CPU without FP16
         kernels it casts an fp16 graph's weights to fp32 and computes in fp32, and it fuses QDQ into
@@ -367,6 +375,10 @@ class OpenVinoSession(Session):
     def _run(self, batch: np.ndarray) -> np.ndarray:
         self._request.infer({self.input_spec.name: batch})
         return self._request.get_output_tensor(0).data.copy()
+
+    def _run_all(self, batch: np.ndarray) -> list[np.ndarray]:
+        self._request.infer({self.input_spec.name: batch})
+        return [self._request.get_output_tensor(i).data.copy() for i in range(len(self._compiled.outputs))]
 
     def _executed_precision(self) -> str:
         """Read from the compiled model's runtime graph: the element type entering each compute layer (an
@@ -502,6 +514,10 @@ def open_session(directory: Path | str, manifest: dict[str, Any], backend: str |
     cls = BACKENDS.get(backend)
     if cls is None:
         raise UserError(f"unknown backend {backend!r}; choose one of {', '.join(sorted(BACKENDS))}")
+    if "early_exit" in manifest and not cls.runs_early_exit and not options.pop("trunk", False):
+        raise UserError(f"{directory} is an early-exit artifact ({len(manifest['early_exit']['stages'])} stages): "
+                        f"load it with backend='early_exit' (runtime={backend!r}), or pass trunk=True to run "
+                        "the plain network")
     unknown = sorted(set(options) - set(cls.options()))
     if unknown:
         raise UserError(f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} for the "
@@ -523,3 +539,6 @@ def load(directory: Path | str, backend: str | None = None, threads: int | None 
     backend's own (OpenVINO: `performance_hint`, `inference_precision`); `Session.options()` lists them.
     """
     return open_session(directory, read_manifest(directory), backend, threads, **options)
+
+
+from edgecnn.export import early_exit  # noqa: E402,F401  (registers the early_exit backend)

@@ -61,7 +61,7 @@ class Target:
         module = HalfPrecision(ctx.module, ctx.keep_io_types) if half else ctx.module
         example = ctx.example.half() if half and not ctx.keep_io_types else ctx.example
         report = export_onnx(module, example, ctx.staging / name, opset=ctx.opset,
-                             dynamic_batch=ctx.dynamic_batch, exporter=ctx.exporter)
+                             dynamic_batch=ctx.dynamic_batch, exporter=ctx.exporter, output_names=ctx.output_names)
         self.check_ops(report["ops"])
         return report
 

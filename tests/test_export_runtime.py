@@ -34,7 +34,7 @@ def _batch(n: int, seed: int = 0) -> np.ndarray:
 
 
 def test_backends_registered_in_one_place() -> None:
-    assert set(BACKENDS) == {"torch", "onnxruntime", "openvino", "tensorrt"}
+    assert set(BACKENDS) == {"torch", "onnxruntime", "openvino", "tensorrt", "early_exit"}
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino", "torch"])

@@ -1,0 +1,433 @@
+"""BranchyNet early exit on the device: per-stage graphs, thresholds tuned on the artifact, the exit loop.
+
+Export (the `early_exit` pass of the pipeline, for a `MultiExitNet`): the pipeline's own passes write the
+trunk (the final-exit path as one graph, `model.onnx` / `model.xml`), and this pass writes one graph per
+stage through the same target into `stageK/`: stage k < N takes the previous stage's features and returns
+`logits`, `entropy` (softmax, natural log, computed in the graph in float32) and `features`; the last stage
+returns `logits`. It then measures each stage's cost on the target's runtime at this precision, runs the
+validation split (never the test split) through the exported stages, and picks the N-1 thresholds that
+minimise expected latency within an accuracy budget (default 0.5 pt below the final exit alone).
+
+    with runtime.load("artifacts/b_resnet", backend="early_exit") as s:   # runtime: the target's backend
+        result = s.classify(batch)        # .logits of each sample's exit, .exits (0-based stage index)
+
+The manifest's `early_exit` section is enough to run the loop without edgecnn: stage files in order, their
+output names, the trunk file, the thresholds, the entropy definition and the rule.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from edgecnn.branchynet import EXIT_ENTROPY, EXIT_RULE, MultiExitNet, check_thresholds, softmax_entropy
+from edgecnn.data import load_dataset, preprocess, train_val_split
+from edgecnn.errors import DatasetError, UserError
+from edgecnn.export.fold import fold_batchnorm
+from edgecnn.export.onnx_graph import BATCH_DIM, INPUT_NAME, OUTPUT_NAME, ExportError
+from edgecnn.export.runtime import BACKENDS, InputSpec, Session, open_session, register_backend
+
+if TYPE_CHECKING:
+    from edgecnn.export.pipeline import ExportContext
+
+STAGE_OUTPUTS = (OUTPUT_NAME, "entropy", "features")
+DEFAULT_BUDGET_PT = 0.5
+EARLY_EXIT_PRECISIONS = ("fp32", "fp16")
+CANDIDATES_PER_EXIT = 40      # entropy quantiles tried per exit (plus "nobody leaves" and "everybody leaves")
+COST_REPEATS = 300            # batch-1 calls timed per stage
+
+
+class StageGraph(nn.Module):
+    """What one stage's graph computes: features → (exit logits, their entropy, features), or the final logits."""
+
+    def __init__(self, stage: nn.Module, head: nn.Module | None) -> None:
+        super().__init__()
+        self.stage, self.head = stage, head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        features = self.stage(x)
+        if self.head is None:
+            return features
+        logits = self.head(features)
+        return logits, softmax_entropy(logits).to(logits.dtype), features
+
+
+def stage_graphs(net: MultiExitNet) -> list[StageGraph]:
+    heads: list[nn.Module | None] = [*net.exits, None]
+    return [StageGraph(stage, head).eval() for stage, head in zip(net.stages, heads)]
+
+
+def _feature_shapes(net: MultiExitNet, input_size: tuple[int, int, int]) -> list[tuple[int, ...]]:
+    """The input shape (C, H, W) of each stage."""
+    shapes, x = [], torch.zeros(1, *input_size)
+    with torch.no_grad():
+        for stage in net.stages:
+            shapes.append(tuple(x.shape[1:]))
+            x = stage(x)
+    return shapes
+
+
+# ---------------------------------------------------------------- thresholds
+
+class Setting(NamedTuple):
+    thresholds: tuple[float, ...]
+    accuracy: float               # percent, on the validation split
+    expected_ms: float            # mean per-sample latency at batch 1 from the measured stage costs
+    exit_fractions: tuple[float, ...]
+
+
+def evaluate_setting(thresholds: Sequence[float], entropies: np.ndarray, predictions: np.ndarray,
+                     labels: np.ndarray, stage_ms: Sequence[float]) -> Setting:
+    """Accuracy, exit fractions and expected latency of one threshold setting on precomputed exit outputs:
+    `entropies` (exits-1, S), `predictions` (exits, S); a sample pays every stage up to its exit."""
+    n_exits, n = predictions.shape
+    exit_at = np.full(n, n_exits - 1)
+    for k in reversed(range(n_exits - 1)):
+        exit_at[entropies[k] < thresholds[k]] = k
+    correct = predictions[exit_at, np.arange(n)] == labels
+    fractions = np.bincount(exit_at, minlength=n_exits) / n
+    reach = 1.0 - np.concatenate([[0.0], np.cumsum(fractions)[:-1]])
+    return Setting(tuple(float(t) for t in thresholds), float(100 * correct.mean()),
+                   float(np.dot(reach, stage_ms)), tuple(float(f) for f in fractions))
+
+
+def candidate_thresholds(entropy: np.ndarray, count: int = CANDIDATES_PER_EXIT) -> list[float]:
+    """0 (nobody leaves), entropy quantiles of the split (as midpoints, so each is a real cut), ln C + 1."""
+    qs = np.quantile(entropy, np.linspace(0, 1, count + 1)[1:-1])
+    return sorted({0.0, *(round(float(q), 6) for q in qs), round(float(entropy.max()) + 1.0, 6)})
+
+
+def sweep(entropies: np.ndarray, predictions: np.ndarray, labels: np.ndarray,
+          stage_ms: Sequence[float]) -> list[Setting]:
+    """Every combination of candidate thresholds, evaluated."""
+    grids = [candidate_thresholds(e) for e in entropies]
+    return [evaluate_setting(t, entropies, predictions, labels, stage_ms) for t in itertools.product(*grids)]
+
+
+def pareto(settings: Sequence[Setting]) -> list[Setting]:
+    """The settings no other beats on both accuracy and expected latency, fastest first."""
+    front: list[Setting] = []
+    for s in sorted(settings, key=lambda s: (s.expected_ms, -s.accuracy)):
+        if not front or s.accuracy > front[-1].accuracy:
+            front.append(s)
+    return front
+
+
+def choose(settings: Sequence[Setting], final_accuracy: float, budget_pt: float) -> Setting:
+    """The fastest setting at most `budget_pt` below the final exit's accuracy (ties: the more accurate)."""
+    floor = final_accuracy - budget_pt
+    allowed = [s for s in settings if s.accuracy >= floor - 1e-9]
+    return min(allowed, key=lambda s: (s.expected_ms, -s.accuracy))
+
+
+def tune(entropies: np.ndarray, predictions: np.ndarray, labels: np.ndarray, stage_ms: Sequence[float],
+         budget_pt: float = DEFAULT_BUDGET_PT) -> tuple[Setting, list[Setting], float]:
+    """(chosen setting, Pareto sweep, final exit's accuracy) on one split's exit outputs."""
+    if not (math.isfinite(budget_pt) and budget_pt >= 0):
+        raise UserError(f"the accuracy budget is {budget_pt} points; give a finite number ≥ 0")
+    final = float(100 * (predictions[-1] == labels).mean())
+    settings = sweep(entropies, predictions, labels, stage_ms)
+    return choose(settings, final, budget_pt), pareto(settings), final
+
+
+# ---------------------------------------------------------------- the session
+
+class EarlyExitResult(NamedTuple):
+    logits: np.ndarray   # N×classes, float32: each sample's logits at the exit it took
+    exits: np.ndarray    # N, int: the 0-based stage each sample left at
+
+
+def _stage_manifest(manifest: dict[str, Any], stage: dict[str, Any], fmt: str) -> dict[str, Any]:
+    """A plain manifest for one stage graph, so any registered backend opens it."""
+    body = {k: v for k, v in manifest.items() if k != "early_exit"}
+    return {**body, "input": stage["input"], "model_files": {fmt: stage["model_files"][fmt]}}
+
+
+@register_backend
+class EarlyExitSession(Session):
+    """Runs stage 1 on the batch; samples whose exit entropy is at or above the threshold go on, the rest
+    leave with that exit's logits; the next stage runs on the shrunken batch only, and so on.
+
+    Options: `runtime` (the backend each stage runs on; default the artifact's), `thresholds` (override the
+    tuned ones), `threads`, `check_finite`.
+    """
+
+    name = "early_exit"
+    formats = ("early_exit",)
+    runs_early_exit = True
+
+    def __init__(self, directory: Path, manifest: dict[str, Any], model_format: str, threads: int | None = None,
+                 runtime: str | None = None, thresholds: Sequence[float] | None = None, **common: Any) -> None:
+        super().__init__(directory, manifest, model_format, **common)
+        section = manifest["early_exit"]
+        self.runtime = runtime or manifest["default_backend"]
+        inner = BACKENDS.get(self.runtime)
+        if inner is None or inner.runs_early_exit:
+            runtimes = sorted(n for n, c in BACKENDS.items() if not c.runs_early_exit)
+            raise UserError(f"runtime={self.runtime!r} cannot run early-exit stages; choose one of {', '.join(runtimes)}")
+        self.stage_records = section["stages"]
+        # Stage 1 takes the images at any batch size (the loop shrinks batches), whatever the trunk was exported for.
+        self.input_spec = InputSpec.from_manifest({"input": {**self.stage_records[0]["input"], "layout": "NCHW"}})
+        self.thresholds = check_thresholds(section["thresholds"] if thresholds is None else thresholds,
+                                           len(self.stage_records))
+        self.threads = threads
+        self._stages: list[Session] = []
+        try:
+            for k, stage in enumerate(self.stage_records):
+                fmt = inner.pick_format({"model_files": stage["model_files"]})
+                if fmt is None:
+                    raise UserError(f"stage {k + 1} has no {' or '.join(inner.formats)} graph for runtime "
+                                    f"{self.runtime!r}; use runtime={manifest['default_backend']!r}")
+                _check_stage_file(directory, manifest, stage, fmt, k)
+                self._stages.append(open_session(directory, _stage_manifest(manifest, stage, fmt), self.runtime,
+                                                 threads, **common))
+            self._check_chain()
+        except BaseException:
+            self.close()
+            raise
+
+    @classmethod
+    def pick_format(cls, manifest: dict[str, Any]) -> str | None:
+        if "early_exit" not in manifest:
+            raise UserError(f"this {manifest['target']} artifact of {manifest['model']['name']} has no early_exit "
+                            "section (it is a plain network): load it with backend="
+                            f"{manifest['default_backend']!r}, or export a multi-exit model (e.g. b_resnet_fmnist)")
+        return "early_exit"
+
+    @property
+    def model_path(self) -> Path:
+        return self.directory / self.manifest["early_exit"]["stages"][0]["file"]
+
+    def _check_chain(self) -> None:
+        """Feed zeros through the stages in order: each must take the previous one's features (a swapped or
+        foreign stage file fails here, in one line, instead of inside the loop); warms the runtimes up."""
+        x = np.zeros([1, *self.stage_records[0]["input"]["shape"][1:]], dtype=self.input_spec.dtype)
+        classes = self.manifest["model"]["num_classes"]
+        for k, (stage, record) in enumerate(zip(self._stages, self.stage_records)):
+            expected = (1, *record["input"]["shape"][1:])
+            what = f"stage {k + 1} ({record['file']})"
+            if x.shape != expected:
+                raise UserError(f"{what} takes {_dims(expected)} features but stage {k} gives {_dims(x.shape)}: the "
+                                "stage files are swapped or come from another export; export again")
+            try:
+                outputs = stage._run_all(x)
+            except Exception as e:  # runtimes raise their own types for a graph fed the wrong shape
+                raise UserError(f"{what} rejects the features of stage {k} ({str(e).splitlines()[0][:120]}): the "
+                                "stage files are swapped or come from another export; export again") from e
+            last = k == len(self._stages) - 1
+            if len(outputs) != (1 if last else len(STAGE_OUTPUTS)) or outputs[0].shape != (1, classes):
+                raise UserError(f"{what} returns {len(outputs)} output(s) of shapes "
+                                f"{[_dims(o.shape) for o in outputs]}, not what stage {k + 1} of {len(self._stages)} "
+                                "returns: the stage files are swapped or come from another export; export again")
+            x = outputs[-1] if not last else x
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        return self._classify(batch).logits
+
+    def classify(self, batch: Any) -> EarlyExitResult:
+        """Each sample's logits at its exit, and the exit (0-based stage index)."""
+        if self._closed:
+            raise UserError(f"the {self.name} session of {self.directory} is closed")
+        return self._classify(self.input_spec.validate(batch, self.check_finite))
+
+    def _classify(self, x: np.ndarray) -> EarlyExitResult:
+        n = x.shape[0]
+        last = len(self._stages) - 1
+        logits = np.empty((n, self.manifest["model"]["num_classes"]), dtype=np.float32)
+        exits = np.full(n, last)
+        index = np.arange(n)
+        for k, stage in enumerate(self._stages):
+            if k == last:
+                logits[index] = stage._run_all(x)[0]
+                break
+            exit_logits, entropy, features = stage._run_all(x)
+            leave = entropy < self.thresholds[k]
+            if leave.all():
+                logits[index], exits[index] = exit_logits, k
+                break
+            if leave.any():
+                logits[index[leave]], exits[index[leave]] = exit_logits[leave], k
+                stay = ~leave
+                index, features = index[stay], features[stay]
+            x = features
+        return EarlyExitResult(logits, exits)
+
+    def exit_outputs(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Every exit for the whole batch, as the threshold search needs: (entropies (exits-1, N), logits
+        (exits, N, classes)); no sample leaves."""
+        x, entropies, logits = self.input_spec.validate(batch, self.check_finite), [], []
+        for k, stage in enumerate(self._stages):
+            outputs = stage._run_all(x)
+            logits.append(outputs[0].astype(np.float32))
+            if k < len(self._stages) - 1:
+                entropies.append(outputs[1].astype(np.float32))
+                x = outputs[2]
+        return np.stack(entropies), np.stack(logits)
+
+    def stage_costs(self, sample: np.ndarray, repeats: int = COST_REPEATS) -> list[float]:
+        """Milliseconds each stage adds for one sample at batch 1, as the loop runs it (session call and the
+        exit decision included): the median over `repeats` calls after a warm-up."""
+        x = self.input_spec.validate(sample[:1], self.check_finite)
+        costs = []
+        for k, stage in enumerate(self._stages):
+            times = []
+            for i in range(repeats + 10):
+                t0 = time.perf_counter()
+                outputs = stage._run_all(x)
+                if k < len(self._stages) - 1:
+                    bool(outputs[1][0] < self.thresholds[k])
+                times.append(time.perf_counter() - t0)
+            costs.append(1000 * float(np.median(times[10:])))
+            x = outputs[-1]
+        return costs
+
+    def info(self) -> dict[str, Any]:
+        inner = self._stages[0].info() if self._stages else {}
+        return {**super().info(), "runtime": self.runtime, "stages": len(self.stage_records),
+                "thresholds": self.thresholds, "threads": self.threads or "default",
+                "runtime_info": {k: v for k, v in inner.items() if k not in ("backend", "model_file")}}
+
+    def _executed_precision(self) -> str:
+        return self._stages[0].executed_precision
+
+    def close(self) -> None:
+        for stage in self._stages:
+            stage.close()
+        self._stages = []
+        super().close()
+
+
+def _dims(shape: Sequence[Any]) -> str:
+    return "×".join(str(d) for d in shape)
+
+
+def _check_stage_file(directory: Path, manifest: dict[str, Any], stage: dict[str, Any], fmt: str, k: int) -> None:
+    name = stage["model_files"][fmt]
+    if name not in manifest["files"]:
+        raise UserError(f"stage {k + 1}'s graph {name!r} is not among the artifact's files; the manifest is "
+                        "damaged: export again")
+    if not (Path(directory) / name).is_file():
+        raise UserError(f"stage {k + 1}'s graph {Path(directory) / name} is missing; the artifact is incomplete: "
+                        "export again")
+
+
+# ---------------------------------------------------------------- the export pass
+
+def validation_inputs(ctx: ExportContext, limit: int | None = None) -> tuple[torch.Tensor, np.ndarray] | None:
+    """The validation split of the weights' dataset (carved from train, as training did), preprocessed."""
+    record = ctx.weights.get("dataset")
+    source = (record or {}).get("path") if isinstance(record, dict) else None
+    source = source or ("fashion_mnist" if ctx.config.dataset == "fashion_mnist" else None)
+    if source is None:
+        return None
+    try:
+        _, val = train_val_split(load_dataset(source, split="train"))
+    except DatasetError:
+        return None
+    n = min(limit or len(val), len(val))
+    images, labels = val.get_batch(range(n), size=ctx.input_size[1:])
+    return preprocess(images, dataclasses.replace(ctx.config, input_size=ctx.input_size)), labels.numpy()
+
+
+class EarlyExitStages:
+    """The pipeline pass that makes a multi-exit model's artifact an early-exit one (see the module doc)."""
+
+    name = "early_exit"
+
+    def __init__(self, budget_pt: float = DEFAULT_BUDGET_PT, val_samples: int | None = None,
+                 cost_repeats: int = COST_REPEATS) -> None:
+        self.budget_pt, self.val_samples, self.cost_repeats = budget_pt, val_samples, cost_repeats
+
+    def applies(self, ctx: ExportContext) -> bool:
+        return isinstance(ctx.reference, MultiExitNet)
+
+    def run(self, ctx: ExportContext) -> dict[str, Any]:
+        if ctx.precision not in EARLY_EXIT_PRECISIONS:
+            raise ExportError(f"early-exit stages export {', '.join(EARLY_EXIT_PRECISIONS)}; {ctx.precision} stage "
+                              "graphs are not supported yet: export the multi-exit model at fp32 or fp16")
+        net: MultiExitNet = ctx.reference
+        shapes = _feature_shapes(net, ctx.input_size)
+        stages, folds = [], []
+        for k, (graph, shape) in enumerate(zip(stage_graphs(net), shapes)):
+            stages.append(self._write_stage(ctx, graph, shape, k, folds))
+        section = {"stages": stages, "trunk": {"file": ctx.output.model_files[_trunk_format(ctx)]},
+                   "thresholds": [0.0] * (len(stages) - 1), "exit_entropy": EXIT_ENTROPY, "exit_rule": EXIT_RULE,
+                   "per_precision": {}}
+        ctx.early_exit = section
+        tuning = self._tune(ctx, net)
+        section["thresholds"] = list(tuning["thresholds"])
+        section["per_precision"] = {ctx.precision: tuning}
+        return {"stages": len(stages), "bn_folded": folds, "thresholds": section["thresholds"],
+                "exit_fractions_val": tuning.get("exit_fractions"), "runtime": tuning.get("runtime")}
+
+    def _write_stage(self, ctx: ExportContext, graph: StageGraph, shape: tuple[int, ...], k: int,
+                     folds: list[int]) -> dict[str, Any]:
+        folded, report = fold_batchnorm(graph)
+        folds.append(report.folded)
+        last = graph.head is None
+        directory = f"stage{k + 1}"
+        (ctx.staging / directory).mkdir()
+        sub = dataclasses.replace(ctx, reference=graph, module=folded, staging=ctx.staging / directory,
+                                  input_size=shape, dynamic_batch=True, batch=1, passes=[], parity=[], notes=[],
+                                  output=None, early_exit=None,
+                                  output_names=(OUTPUT_NAME,) if last else STAGE_OUTPUTS)
+        out = ctx.target.write(sub)
+        ctx.output.files.extend(f"{directory}/{f}" for f in out.files)
+        model_files = {fmt: f"{directory}/{f}" for fmt, f in out.model_files.items()}
+        return {"file": model_files[_trunk_format(ctx)],
+                "outputs": {"logits": OUTPUT_NAME, "entropy": None if last else "entropy",
+                            "features": None if last else "features"},
+                "input": {"name": INPUT_NAME, "shape": [BATCH_DIM, *shape], "dtype": ctx.io_dtype},
+                "model_files": model_files}
+
+    def _tune(self, ctx: ExportContext, net: MultiExitNet) -> dict[str, Any]:
+        manifest = ctx.manifest(time.perf_counter(), hash_files=False)
+        runtime = ctx.output.default_backend
+        data = validation_inputs(ctx, self.val_samples)
+        with open_session(ctx.staging, manifest, "early_exit", runtime=runtime) as session:
+            if data is None:
+                ctx.notes.append("early exit: no validation split for these weights' dataset, so no sample exits "
+                                 "early (thresholds 0); pass thresholds= to the early_exit session")
+                return {"thresholds": [0.0] * (net.num_exits - 1), "runtime": runtime,
+                        "tuned_on": "nothing (no validation split readable here)"}
+            inputs, labels = data
+            feed = inputs.numpy().astype(ctx.io_dtype)
+            chunks = [session.exit_outputs(feed[i:i + 256]) for i in range(0, len(feed), 256)]
+            entropies = np.concatenate([c[0] for c in chunks], axis=1)
+            logits = np.concatenate([c[1] for c in chunks], axis=1)
+            stage_ms = session.stage_costs(feed[:1], self.cost_repeats)
+            executed = session.executed_precision
+        with torch.no_grad():
+            reference = [torch.cat(parts).numpy() for parts in zip(*(
+                net.eval().forward_exits(inputs[i:i + 256]) for i in range(0, len(inputs), 256)))]
+        predictions = logits.argmax(2)
+        chosen, front, final = tune(entropies, predictions, labels, stage_ms, self.budget_pt)
+        return {
+            "thresholds": list(chosen.thresholds), "runtime": runtime, "executed_precision": executed,
+            "tuned_on": f"validation split ({len(labels)} images, carved from train; never the test split)",
+            "accuracy_budget_pt": self.budget_pt, "final_exit_accuracy": round(final, 3),
+            "accuracy": round(chosen.accuracy, 3), "exit_fractions": [round(f, 4) for f in chosen.exit_fractions],
+            "stage_ms": [round(c, 5) for c in stage_ms], "expected_ms": round(chosen.expected_ms, 5),
+            "exit_accuracy": [round(float(100 * (p == labels).mean()), 3) for p in predictions],
+            "exit_agreement_vs_torch": [round(float((p == r.argmax(1)).mean()), 5)
+                                        for p, r in zip(predictions, reference)],
+            "exit_logits_max_abs_diff_vs_torch": [float(np.abs(l - r).max()) for l, r in zip(logits, reference)],
+            "sweep": [s._asdict() for s in front],
+        }
+
+
+def _trunk_format(ctx: ExportContext) -> str:
+    """The model format the target's default backend reads (the file the manifest names for each graph)."""
+    return BACKENDS[ctx.output.default_backend].pick_format({"model_files": ctx.output.model_files}) \
+        or next(iter(ctx.output.model_files))
+
+
+__all__ = ["EarlyExitResult", "EarlyExitSession", "EarlyExitStages", "Setting", "StageGraph", "candidate_thresholds",
+           "choose", "evaluate_setting", "pareto", "stage_graphs", "sweep", "tune", "validation_inputs"]

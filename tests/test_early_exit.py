@@ -1,0 +1,187 @@
+"""Early-exit artifacts: per-stage graphs + trunk, the manifest section, the exit loop vs PyTorch, thresholds,
+and every bad input said in one line. One small b_lenet export (ONNX Runtime) serves the module."""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import edgecnn
+from edgecnn.branchynet import softmax_entropy
+from edgecnn.export import runtime
+from edgecnn.export.early_exit import EarlyExitStages, choose, evaluate_setting, pareto, sweep, tune
+from edgecnn.export.manifest import read_manifest
+from edgecnn.export.pipeline import CheckParity, FoldBatchNorm, Pipeline, PrepareForTarget, WriteTarget, export_model
+
+VAL = 300
+
+
+def _pipeline() -> Pipeline:
+    return Pipeline([PrepareForTarget(), FoldBatchNorm(), WriteTarget(), CheckParity(),
+                     EarlyExitStages(val_samples=VAL, cost_repeats=5)])
+
+
+@pytest.fixture(scope="module")
+def net() -> edgecnn.branchynet.MultiExitNet:
+    torch.manual_seed(0)
+    return edgecnn.create_model("b_lenet_fmnist", trunk_weights="committed").eval()
+
+
+@pytest.fixture(scope="module")
+def artifact(net, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ee") / "b_lenet"
+    export_model(net, "onnx", "fp32", out, parity_samples=8, pipeline=_pipeline())
+    return out
+
+
+def _images(n: int, seed: int = 0) -> torch.Tensor:
+    from edgecnn.data import load_dataset, preprocess
+    ds = load_dataset("fashion_mnist", "test")
+    images, _ = ds.get_batch(range(seed, seed + n))
+    return preprocess(images, edgecnn.get_config("b_lenet_fmnist"))
+
+
+def test_manifest_section_is_complete_and_validated(artifact: Path) -> None:
+    m = read_manifest(artifact)
+    ee = m["early_exit"]
+    assert [s["file"] for s in ee["stages"]] == ["stage1/model.onnx", "stage2/model.onnx"]
+    assert ee["stages"][0]["outputs"] == {"logits": "logits", "entropy": "entropy", "features": "features"}
+    assert ee["stages"][1]["outputs"]["features"] is None
+    assert ee["trunk"] == {"file": "model.onnx"} and len(ee["thresholds"]) == 1
+    assert ee["exit_entropy"] == "softmax, natural log"
+    assert ee["exit_rule"] == "exit at stage k when entropy < thresholds[k]"
+    tuning = ee["per_precision"]["fp32"]
+    assert tuning["thresholds"] == ee["thresholds"] and tuning["runtime"] == "onnxruntime"
+    assert "never the test split" in tuning["tuned_on"] and f"{VAL} images" in tuning["tuned_on"]
+    assert math.isclose(sum(tuning["exit_fractions"]), 1.0, abs_tol=1e-6)
+    assert tuning["accuracy"] >= tuning["final_exit_accuracy"] - tuning["accuracy_budget_pt"]
+    assert all(c > 0 for c in tuning["stage_ms"]) and tuning["exit_agreement_vs_torch"] == [1.0, 1.0]
+    for stage in ee["stages"]:  # each stage graph is one of the artifact's hashed files
+        assert stage["file"] in m["files"]
+        import onnx
+        graph = onnx.load(str(artifact / stage["file"])).graph
+        assert len(graph.input) == 1 and [o.name for o in graph.output] == \
+            [n for n in (stage["outputs"]["logits"], stage["outputs"]["entropy"], stage["outputs"]["features"]) if n]
+
+
+@pytest.mark.parametrize("batch", [1, 7])
+def test_session_matches_pytorch_multi_exit_model(artifact: Path, net, batch: int) -> None:
+    x = _images(28)
+    with torch.no_grad():
+        h = softmax_entropy(net.forward_exits(x)[0]).numpy()
+    # A threshold in the widest gap near the median entropy: some samples leave, and no sample sits on it.
+    s = np.sort(h)
+    gaps = [(s[i + 1] - s[i], i) for i in range(len(s) // 4, 3 * len(s) // 4)]
+    _, i = max(gaps)
+    threshold = float((s[i] + s[i + 1]) / 2)
+    expected, expected_exit = net.early_exit(x, [threshold])
+    assert 0 < int((expected_exit == 0).sum()) < len(x)
+    with runtime.load(artifact, backend="early_exit", thresholds=[threshold]) as session:
+        results = [session.classify(x[i:i + batch].numpy()) for i in range(0, len(x), batch)]
+    predictions = np.concatenate([r.logits.argmax(1) for r in results])
+    exits = np.concatenate([r.exits for r in results])
+    np.testing.assert_array_equal(exits, expected_exit.numpy())
+    np.testing.assert_array_equal(predictions, expected.numpy())
+
+
+def test_session_uses_tuned_thresholds_and_reports_them(artifact: Path) -> None:
+    m = read_manifest(artifact)
+    with runtime.load(artifact, backend="early_exit") as session:
+        assert session.thresholds == m["early_exit"]["thresholds"]
+        logits = session.run(_images(3).numpy())
+        info = session.info()
+    assert logits.shape == (3, 10) and info["stages"] == 2 and info["runtime"] == "onnxruntime"
+
+
+def test_trunk_is_the_plain_network(artifact: Path, net) -> None:
+    x = _images(4)
+    with runtime.load(artifact, backend="onnxruntime", trunk=True) as trunk:
+        got = np.concatenate([trunk.run(x[i:i + 1].numpy()) for i in range(4)])
+    np.testing.assert_allclose(got, net(x).detach().numpy(), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("thresholds, message", [
+    ([0.5, 0.5], "2 exits take 1 entropy threshold"), ([], "2 exits take 1"), ([-1.0], "threshold 0 is -1.0"),
+    ([float("nan")], "threshold 0 is nan"),
+])
+def test_bad_thresholds_are_one_line(artifact: Path, thresholds: list, message: str) -> None:
+    with pytest.raises(edgecnn.UserError, match=message):
+        runtime.load(artifact, backend="early_exit", thresholds=thresholds)
+
+
+def test_plain_session_on_early_exit_artifact_and_the_reverse(artifact: Path, tmp_path: Path) -> None:
+    with pytest.raises(edgecnn.UserError, match="early-exit artifact .*backend='early_exit'.*trunk=True"):
+        runtime.load(artifact, backend="onnxruntime")
+    plain = tmp_path / "plain"
+    export_model(edgecnn.create_model("lenet5_fmnist"), "onnx", "fp32", plain, parity_samples=4)
+    with pytest.raises(edgecnn.UserError, match="has no early_exit section .*plain network"):
+        runtime.load(plain, backend="early_exit")
+
+
+def test_missing_stage_file(artifact: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(artifact, broken)
+    (broken / "stage2" / "model.onnx").unlink()
+    with pytest.raises(edgecnn.UserError, match="stage2/model.onnx is named in the manifest but missing"):
+        runtime.load(broken, backend="early_exit")
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    with pytest.raises(edgecnn.UserError, match="stage 2's graph .* is missing"):
+        runtime.open_session(broken, manifest, "early_exit")
+
+
+def test_swapped_stage_files(artifact: Path) -> None:
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    stages = manifest["early_exit"]["stages"]
+    for key in ("file", "model_files"):  # the records keep their order, the graphs they name are swapped
+        stages[0][key], stages[1][key] = stages[1][key], stages[0][key]
+    with pytest.raises(edgecnn.UserError, match="swapped or come from another export"):
+        runtime.open_session(artifact, manifest, "early_exit")
+
+
+def test_int8_early_exit_is_refused(net, tmp_path: Path) -> None:
+    from edgecnn.export.early_exit import EarlyExitStages as Pass
+    from edgecnn.export.pipeline import ExportContext
+    from edgecnn.export.targets import get_target
+    ctx = ExportContext(reference=net, config=net.config, target=get_target("onnx"), precision="int8",
+                        staging=tmp_path, input_size=(1, 28, 28))
+    with pytest.raises(edgecnn.UserError, match="fp32, fp16; int8 stage graphs are not supported"):
+        Pass().run(ctx)
+
+
+# ---------------------------------------------------------------- the threshold search, on made-up exits
+
+def _exits(n: int = 1000, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exit 1 is right when confident (low entropy), wrong otherwise; the final exit is always right."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, n)
+    entropy = rng.uniform(0, 2, n)
+    first = np.where(entropy < 1.0, labels, (labels + 1) % 10)
+    return entropy[None], np.stack([first, labels]), labels
+
+
+def test_expected_latency_and_fractions() -> None:
+    entropies, predictions, labels = _exits()
+    s = evaluate_setting([1.0], entropies, predictions, labels, [1.0, 3.0])
+    leave = float((entropies[0] < 1.0).mean())
+    assert s.exit_fractions == pytest.approx((leave, 1 - leave))
+    assert s.expected_ms == pytest.approx(1.0 + (1 - leave) * 3.0) and s.accuracy == 100.0
+
+
+def test_tune_picks_fastest_within_budget() -> None:
+    entropies, predictions, labels = _exits()
+    chosen, front, final = tune(entropies, predictions, labels, [1.0, 3.0], budget_pt=0.0)
+    assert final == 100.0 and chosen.accuracy == 100.0
+    assert 0.9 <= chosen.thresholds[0] <= 1.0, "the cut is where exit 1 starts being wrong"
+    loose, _, _ = tune(entropies, predictions, labels, [1.0, 3.0], budget_pt=10.0)
+    assert loose.expected_ms < chosen.expected_ms and loose.accuracy >= 90.0
+    assert [s.expected_ms for s in front] == sorted(s.expected_ms for s in front)
+    assert [s.accuracy for s in front] == sorted(s.accuracy for s in front)
+    with pytest.raises(edgecnn.UserError, match="budget"):
+        tune(entropies, predictions, labels, [1.0, 3.0], budget_pt=float("nan"))
+    assert choose(sweep(entropies, predictions, labels, [1.0, 3.0]), final, 0.0) == chosen
+    assert pareto([chosen]) == [chosen]
