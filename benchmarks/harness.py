@@ -327,6 +327,7 @@ class Sweep:
                 path, reused = self.artifact(model, target, precision, batch)
             except UserError as e:
                 self._skip_once(model, runtime, precision, batch, threads, str(e))
+                bar.update(self.s.rounds + 1)
                 continue
             configs.append(Config(model, runtime, precision, batch, threads, path, reused=reused))
         if self.s.peers:
@@ -362,6 +363,7 @@ class Sweep:
             except UserError as e:
                 for threads in self.s.threads:
                     self._skip_once(model, peer.runtime, peer.precision, batch, threads, str(e), flow="peer")
+                bar.update((self.s.rounds + 1) * len(self.s.threads))
                 continue
             configs += [Config(model, peer.runtime, peer.precision, batch, threads, path, flow="peer",
                                peer=peer.describe(self.s.calibration_samples), options=peer.load_options(),

@@ -17,10 +17,12 @@ same way; it is reused while its source ONNX and calibration settings match.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 
@@ -95,6 +97,20 @@ PEERS: tuple[Peer, ...] = (
 )
 
 
+@contextlib.contextmanager
+def _quiet_libraries() -> Iterator[None]:
+    """The quantizers log advice (pre-processing, subset sizes) that is about their defaults, i.e. the point."""
+    loggers = [logging.getLogger(), logging.getLogger("nncf")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
 @functools.lru_cache(maxsize=4)
 def _train_split(data: str, root: str | None) -> Any:
     from edgecnn.data import load_dataset
@@ -145,7 +161,8 @@ def peer_artifact(peer: Peer, source: Path, cache_dir: Path, data: AccuracyData 
     batches = calibration_batches(data, get_config(manifest["model"]["name"]), batch, samples)
     with staging_directory(path, overwrite=path.exists()) as staging:
         try:
-            model_files = peer.build(source, staging, batches, manifest["input"]["name"])
+            with _quiet_libraries():
+                model_files = peer.build(source, staging, batches, manifest["input"]["name"])
         except Exception as e:  # noqa: BLE001 (a library that cannot quantize this graph: a skip, not a crash)
             text = str(e).strip()
             raise UserError(f"{peer.name} could not be built: {type(e).__name__}"

@@ -1,0 +1,120 @@
+"""A real quick sweep: lenet5_fmnist + resnet18_fmnist on ONNX Runtime and OpenVINO, FP32, few iterations.
+
+Asserts structure and sanity (ordering of the statistics, accuracy against PyTorch, reuse of artifacts,
+skips with reasons, Ctrl-C keeping what finished), never absolute times.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from edgecnn.benchmarks import harness
+from edgecnn.benchmarks.harness import SweepSettings, run_sweep
+from edgecnn.benchmarks.schema import SCHEMA_VERSION, read_results
+from edgecnn.cli import main
+from edgecnn.errors import UserError
+
+MODELS = ["lenet5_fmnist", "resnet18_fmnist"]
+
+
+def quick(cache: Path, **overrides) -> SweepSettings:
+    settings = dict(models=MODELS, runtimes=["onnxruntime", "openvino", "tensorrt"], precisions=["fp32"],
+                    batches=[1], threads=[1], warmup_s=0.05, duration_s=None, iters=12, rounds=3,
+                    accuracy_samples=256, cache_dir=cache)
+    return SweepSettings(**{**settings, **overrides})
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path, Path]:
+    root = tmp_path_factory.mktemp("bench")
+    out = root / "bench.json"
+    return run_sweep(quick(root / "cache"), out, command="pytest quick sweep"), out, root / "cache"
+
+
+def test_results_file_is_versioned_and_complete(sweep: tuple[dict, Path, Path]) -> None:
+    results, out, _ = sweep
+    on_disk = read_results(out)
+    assert on_disk["schema_version"] == SCHEMA_VERSION and on_disk["complete"] is True
+    assert on_disk["command"] == "pytest quick sweep"
+    machine = on_disk["machine"]
+    assert machine["cpu"] and machine["logical_cores"] >= 1 and "avx512_vnni" in machine["cpu_flags"]
+    assert on_disk["tools"]["onnxruntime"] and on_disk["tools"]["openvino"]
+    assert len(on_disk["records"]) == len(results["records"]) == 4
+
+
+def test_every_record_is_sane(sweep: tuple[dict, Path, Path]) -> None:
+    results, _, _ = sweep
+    assert {(r["model"], r["runtime"]) for r in results["records"]} == \
+        {(m, rt) for m in MODELS for rt in ("onnxruntime", "openvino")}
+    for r in results["records"]:
+        lat = r["latency_ms"]
+        assert 0 < lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
+        assert lat["min"] <= lat["mean"] <= lat["max"] and lat["std"] >= 0
+        assert r["iterations"] == 12 and r["rounds"] == len(r["round_p50_ms"]) == 3
+        assert r["throughput"] == pytest.approx(r["batch"] * 1000 / lat["mean"], rel=0.01)
+        assert r["executed_precision"] == "fp32" and r["flow"] == "edgecnn" and r["threads"] == 1
+        assert r["artifact"]["bytes"] > 0 and r["artifact"]["parity_passed"] is True
+        acc = r["accuracy"]
+        assert acc["samples"] == 256 and acc["dataset"] == "fashion_mnist"
+        # FP32 artifacts match PyTorch FP32 on real images, so accuracy equals the reference's
+        assert acc["agreement_vs_torch_fp32"] >= 99.0 and abs(acc["drop"]) <= 1.0
+        assert 60.0 < acc["top1"] <= 100.0
+
+
+def test_impossible_combinations_are_skipped_with_their_reason(sweep: tuple[dict, Path, Path]) -> None:
+    skipped = sweep[0]["skipped"]
+    assert {(s["model"], s["runtime"]) for s in skipped} == {(m, "tensorrt") for m in MODELS}
+    assert all("tensorrt" in s["reason"] or "GPU" in s["reason"] for s in skipped)
+
+
+def test_matching_artifacts_are_reused_and_ctrl_c_keeps_what_finished(sweep: tuple[dict, Path, Path],
+                                                                      tmp_path: Path, monkeypatch) -> None:
+    _, _, cache = sweep
+    real = harness._timed_calls
+    calls = {"n": 0}
+
+    def interrupt_in_second_model(run, x, seconds=None, iters=None):  # the runtimes still run for real
+        calls["n"] += 1
+        if calls["n"] > 8:  # 2 warm-ups + 2 × 3 rounds of the first model
+            raise KeyboardInterrupt
+        return real(run, x, seconds, iters)
+
+    monkeypatch.setattr(harness, "_timed_calls", interrupt_in_second_model)
+    out = tmp_path / "interrupted.json"
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(quick(cache, runtimes=["onnxruntime", "openvino"]), out)
+    kept = read_results(out)
+    assert kept["complete"] is False and "Ctrl-C" in kept["interrupted"]
+    assert {r["model"] for r in kept["records"]} == {"lenet5_fmnist"}
+    assert all(r["artifact"]["reused"] for r in kept["records"])
+
+
+def test_out_file_is_never_one_edgecnn_did_not_write(tmp_path: Path) -> None:
+    notes = tmp_path / "notes.json"
+    notes.write_text('{"mine": true}\n')
+    with pytest.raises(UserError, match="not an edgecnn results file"):
+        run_sweep(quick(tmp_path / "cache"), notes, force=True)
+    assert notes.read_text() == '{"mine": true}\n'
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["bench", "nope_fmnist"], "unknown model 'nope_fmnist'"),
+    (["bench", "lenet5_fmnist", "--targets", "onnx"], "unknown runtime 'onnx' in --targets"),
+    (["bench", "lenet5_fmnist", "--precisions", "fp8"], "unknown precision 'fp8'"),
+    (["bench", "zzz*"], "no model matches"),
+])
+def test_cli_bad_names_are_one_line(argv: list[str], message: str, tmp_path: Path, capsys) -> None:
+    assert main([*argv, "--out", str(tmp_path / "r.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_cli_bad_numbers_are_refused_by_argparse(tmp_path: Path, capsys) -> None:
+    for flag, value in (("--batch", "1,0"), ("--iters", "0"), ("--duration-s", "-1"), ("--threads", "x")):
+        with pytest.raises(SystemExit):
+            main(["bench", "lenet5_fmnist", flag, value, "--out", str(tmp_path / "r.json")])
+        assert flag in capsys.readouterr().err
+    assert json.dumps(list(tmp_path.iterdir())) == "[]"

@@ -1,0 +1,123 @@
+"""`edgecnn pick` on crafted results: ranking, ties, nothing within budget, missing accuracy, other machines."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edgecnn.benchmarks.machine import machine_info
+from edgecnn.benchmarks.pick import load_for_pick, pick
+from edgecnn.benchmarks.schema import RESULTS_KIND, SCHEMA_VERSION, read_results
+from edgecnn.cli import main
+from edgecnn.errors import UserError
+
+ELSEWHERE = {"name": "Jetson Orin ×6", "cpu": "ARMv8 Processor rev 1 (v8l)", "logical_cores": 6}
+
+
+def record(model: str, runtime: str, precision: str, p50: float, top1: float | None, reference: float = 92.0,
+           batch: int = 1, flow: str = "edgecnn") -> dict[str, Any]:
+    accuracy = None if top1 is None else {"top1": top1, "reference_top1": reference,
+                                          "drop": round(reference - top1, 3), "agreement_vs_torch_fp32": 99.0}
+    return {"model": model, "runtime": runtime, "precision": precision, "batch": batch, "threads": 1, "flow": flow,
+            "peer": {"name": "nncf-quantize"} if flow == "peer" else None,
+            "latency_ms": {"mean": p50, "p50": p50, "p90": p50 * 1.1, "p99": p50 * 1.3, "min": p50 * 0.9,
+                           "max": p50 * 1.5, "std": 0.01}, "accuracy": accuracy}
+
+
+def results(records: list[dict[str, Any]], machine: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"schema_version": SCHEMA_VERSION, "kind": RESULTS_KIND, "machine": machine or machine_info(),
+            "tools": {}, "command": "edgecnn bench (crafted)", "settings": {}, "records": records, "skipped": [],
+            "source": "crafted.json"}
+
+
+def labels(candidates: list[Any]) -> list[str]:
+    return [f"{c.record['model']} {c.record['runtime']} {c.record['precision']}" for c in candidates]
+
+
+def test_ranks_by_accuracy_then_latency_and_says_why_the_others_are_out() -> None:
+    answer = pick([results([
+        record("resnet18_fmnist", "openvino", "int8", 0.9, 93.8, reference=94.2),
+        record("resnet18_fmnist", "onnxruntime", "fp32", 1.8, 94.2, reference=94.2),
+        record("resnet18_fmnist", "torch", "fp32", 4.0, 94.2, reference=94.2),
+        record("lenet5_fmnist", "onnxruntime", "int8", 0.1, 89.0, reference=91.1),
+        record("lenet5_fmnist", "onnxruntime", "fp32", 0.2, 91.1, reference=91.1),
+        record("resnet18_fmnist", "openvino", "int8", 0.5, 93.0, reference=94.2, batch=8),
+        record("resnet18_fmnist", "openvino", "int8", 0.5, 94.0, reference=94.2, flow="peer")])],
+        budget_ms=2.0, max_drop=0.5)
+    assert labels(answer.chosen) == ["resnet18_fmnist onnxruntime fp32", "resnet18_fmnist openvino int8",
+                                     "lenet5_fmnist onnxruntime fp32"]
+    reasons = {c.label: c.reason for c in answer.excluded}
+    assert reasons["resnet18_fmnist torch fp32 (threads 1)"].startswith("over budget")
+    assert reasons["lenet5_fmnist onnxruntime int8 (threads 1)"].startswith("over the drop: 2.10 pt")
+    assert len(answer.excluded) == 2  # the batch-8 record and the peer are not candidates at batch 1
+
+
+def test_ties_in_accuracy_rank_the_faster_first_and_keep_both() -> None:
+    answer = pick([results([record("a_fmnist", "openvino", "fp32", 1.5, 92.0),
+                            record("a_fmnist", "onnxruntime", "fp32", 1.2, 92.0)])], budget_ms=2.0)
+    assert labels(answer.chosen) == ["a_fmnist onnxruntime fp32", "a_fmnist openvino fp32"]
+
+
+def test_nothing_within_budget_leaves_every_candidate_excluded_over_budget() -> None:
+    answer = pick([results([record("a_fmnist", "onnxruntime", "fp32", 3.0, 92.0),
+                            record("a_fmnist", "openvino", "int8", 2.5, 91.9)])], budget_ms=1.0)
+    assert answer.chosen == []
+    assert [c.reason.split(":")[0] for c in answer.excluded] == ["over budget", "over budget"]
+
+
+def test_missing_accuracy_excludes_with_its_reason_and_a_statistic_can_be_chosen() -> None:
+    answer = pick([results([record("resnet50", "onnxruntime", "fp32", 40.0, None)])], budget_ms=50.0)
+    assert answer.chosen == [] and "no accuracy measured" in answer.excluded[0].reason
+    answer = pick([results([record("a_fmnist", "onnxruntime", "fp32", 1.0, 92.0)])], budget_ms=1.2,
+                  statistic="p99")  # p99 = 1.3 ms
+    assert answer.chosen == [] and "p99 1.3 ms" in answer.excluded[0].reason
+
+
+def test_results_from_another_machine_are_refused_unless_asked_and_excluded_when_mixed(tmp_path: Path) -> None:
+    other = tmp_path / "jetson.json"
+    other.write_text(json.dumps(results([record("a_fmnist", "tensorrt", "int8", 0.3, 91.8)], ELSEWHERE)))
+    with pytest.raises(UserError, match="not this machine.*--any-machine"):
+        load_for_pick([other])
+    assert len(load_for_pick([other], any_machine=True)) == 1
+    here = tmp_path / "here.json"
+    here.write_text(json.dumps(results([record("a_fmnist", "onnxruntime", "fp32", 1.0, 92.0)])))
+    answer = pick(load_for_pick([here, other]), budget_ms=2.0)
+    assert labels(answer.chosen) == ["a_fmnist onnxruntime fp32"]
+    assert answer.excluded[0].reason.startswith("not measured on this machine (measured on Jetson Orin ×6)")
+
+
+@pytest.mark.parametrize("kwargs, message", [({"budget_ms": 0}, "--budget-ms must be greater than 0"),
+                                             ({"budget_ms": -1}, "--budget-ms must be greater than 0"),
+                                             ({"budget_ms": 1, "max_drop": -0.1}, "--max-drop must be 0 or more"),
+                                             ({"budget_ms": 1, "statistic": "p42"}, "unknown latency statistic")])
+def test_bad_numbers_are_one_user_error(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        pick([results([])], **kwargs)
+
+
+def test_cli_pick_prints_the_answer_and_exits_1_when_nothing_fits(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(results([record("a_fmnist", "onnxruntime", "fp32", 1.0, 92.0),
+                                        record("a_fmnist", "torch", "fp32", 3.0, 92.0)])))
+    assert main(["pick", "--budget-ms", "2", "--results", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "pick: a_fmnist onnxruntime fp32" in out and "a_fmnist torch fp32 (threads 1): over budget" in out
+    assert main(["pick", "--budget-ms", "0.5", "--results", str(path)]) == 1
+    assert "nothing meets the budget" in capsys.readouterr().out
+
+
+def test_cli_bad_input_is_one_line(tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["pick", "--budget-ms", "0"])
+    assert e.value.code == 2 and "--budget-ms: must be greater than 0, got 0" in capsys.readouterr().err
+    future = tmp_path / "v2.json"
+    future.write_text(json.dumps({**results([]), "schema_version": SCHEMA_VERSION + 1}))
+    assert main(["pick", "--budget-ms", "1", "--results", str(future)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("edgecnn: error:") and "schema version 2" in err and len(err.splitlines()) == 1
+    foreign = tmp_path / "other.json"
+    foreign.write_text(json.dumps({"benchmark": "export_time"}))
+    with pytest.raises(UserError, match="not an edgecnn benchmark results file"):
+        read_results(foreign)

@@ -1,0 +1,93 @@
+"""`edgecnn report` renders from a small committed results file (a real lenet5_fmnist sweep with peers)."""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from edgecnn.benchmarks.report import MARKER, write_report
+from edgecnn.benchmarks.schema import read_results
+from edgecnn.cli import main
+from edgecnn.errors import UserError
+
+SMALL = Path(__file__).parent / "data" / "bench_small.json"
+
+
+@pytest.fixture(scope="module")
+def merged(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """One report from the committed file and a copy relabelled as a second machine (rendered once: plots are slow)."""
+    here = read_results(SMALL)
+    other = copy.deepcopy(here)
+    other["machine"].update(name="Jetson Orin ×6", cpu="ARMv8", logical_cores=6)
+    return write_report([here, other], tmp_path_factory.mktemp("report") / "r"), here
+
+
+def test_report_has_every_section_and_readable_plots(merged: tuple[Path, dict]) -> None:
+    index, _ = merged
+    text = index.read_text()
+    assert text.startswith(MARKER)
+    for heading in ("## Machines and runs", "## Headline", "## FP16 against FP32", "## Peers beside edgecnn",
+                    "## Everything measured", "## Skipped"):
+        assert heading in text
+    assert "nncf-quantize" in text and "ort-quantize_static" in text
+    assert "tensorrt" in text.split("## Skipped")[1]  # no GPU here: listed with its reason
+    images = sorted(p.name for p in index.parent.glob("*.png"))
+    assert images == sorted(f"{kind}-{machine}-b{batch}.png" for kind in ("latency", "pareto")
+                            for machine in ("amd-epyc-2", "jetson-orin-6") for batch in (1, 8))
+    for name in images:
+        assert f"]({name})" in text
+        with Image.open(index.parent / name) as im:
+            assert im.format == "PNG" and im.width >= 800
+
+
+def test_two_machines_merge_with_the_machine_as_a_column(merged: tuple[Path, dict]) -> None:
+    headline = merged[0].read_text().split("## Headline")[1].split("##")[0]
+    assert "AMD EPYC ×2 | lenet5_fmnist" in headline and "Jetson Orin ×6 | lenet5_fmnist" in headline
+
+
+def test_fp16_speedup_is_against_fp32_of_the_same_runtime_and_batch(merged: tuple[Path, dict]) -> None:
+    index, results = merged
+    rows = [line for line in index.read_text().split("## FP16 against FP32")[1].split("##")[0].splitlines()
+            if line.startswith("| AMD")]
+    by = {(r["runtime"], r["precision"], r["batch"]): r["latency_ms"]["p50"] for r in results["records"]
+          if r["flow"] == "edgecnn"}
+    assert len(rows) == 4  # onnxruntime and openvino × batch 1 and 8
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        runtime, batch, speedup = cells[2], int(cells[4]), float(cells[8].rstrip("×"))
+        assert speedup == pytest.approx(by[(runtime, "fp32", batch)] / by[(runtime, "fp16", batch)], abs=0.01)
+
+
+def _tiny() -> dict:
+    """Two records at one batch: one plot pair, enough for the file-safety checks."""
+    results = read_results(SMALL)
+    results["records"] = [r for r in results["records"] if r["batch"] == 1 and r["runtime"] == "onnxruntime"
+                          and r["flow"] == "edgecnn"]
+    return results
+
+
+def test_never_replaces_a_directory_it_did_not_write(tmp_path: Path) -> None:
+    mine = tmp_path / "notes"
+    mine.mkdir()
+    (mine / "README.md").write_text("my own notes\n")
+    with pytest.raises(UserError, match="not a report edgecnn wrote"):
+        write_report([_tiny()], mine, force=True)
+    assert (mine / "README.md").read_text() == "my own notes\n"
+    out = tmp_path / "report"
+    write_report([_tiny()], out)
+    with pytest.raises(UserError, match="pass --force"):
+        write_report([_tiny()], out)
+    write_report([_tiny()], out, force=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes", "report"]  # no staging left behind
+
+
+def test_cli_report_refuses_another_schema_version_in_one_line(tmp_path: Path, capsys) -> None:
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({**json.loads(SMALL.read_text()), "schema_version": 0}))
+    assert main(["report", str(old), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "schema version 0" in err and "edgecnn bench" in err
+    assert not (tmp_path / "r").exists()
