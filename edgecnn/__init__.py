@@ -1,11 +1,32 @@
-"""edgecnn: which architecture, at which precision, on which runtime, meets the latency budget."""
-from edgecnn.errors import UserError
-from edgecnn.layers import count_params
-from edgecnn.registry import ModelConfig, create_model, get_config, list_models, register_model
-from edgecnn.stats import count_macs
+"""edgecnn: which architecture, at which precision, on which runtime, meets the latency budget.
+
+The public names load on first use (PEP 562), so `edgecnn --help` and other light imports of the
+package do not pay for importing torch.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 ZOO_VERSION = "1"
+
+_PUBLIC = {"UserError": "edgecnn.errors", "count_params": "edgecnn.layers", "ModelConfig": "edgecnn.registry",
+           "create_model": "edgecnn.registry", "get_config": "edgecnn.registry", "list_models": "edgecnn.registry",
+           "register_model": "edgecnn.registry", "count_macs": "edgecnn.stats"}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'edgecnn' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_PUBLIC[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_PUBLIC])
+
 
 __all__ = ["ModelConfig", "UserError", "ZOO_VERSION", "count_macs", "count_params", "create_model",
            "get_config", "list_models", "register_model", "__version__"]

@@ -1,5 +1,14 @@
-"""Model statistics: parameters and multiply-accumulates (MACs) for one input sample."""
+"""Model statistics: parameters and multiply-accumulates (MACs) for one input sample.
+
+Counting means building the model, so the zoo's figures are cached in `zoo_stats.json` (keyed by
+model name under the zoo version; `python -m edgecnn.stats` rewrites it, and a test checks every
+entry against a fresh count). Models the cache does not know are counted on the spot.
+"""
 from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -51,7 +60,43 @@ def count_macs(model: nn.Module, input_size: tuple[int, int, int] | None = None)
     return total
 
 
+STATS_CACHE = Path(__file__).with_name("zoo_stats.json")
+
+
 def model_stats(name: str) -> tuple[int, int]:
+    """(parameters, MACs) of a registered model at its default configuration: cached, else counted."""
+    cached = cached_stats().get(name)
+    return cached if cached is not None else count_model_stats(name)
+
+
+@functools.cache
+def cached_stats() -> dict[str, tuple[int, int]]:
+    """The cache's entries, or none when it is missing, unreadable or written for another zoo version."""
+    from edgecnn import ZOO_VERSION
+
+    try:
+        data = json.loads(STATS_CACHE.read_text())
+        if data["zoo_version"] != ZOO_VERSION:
+            return {}
+        return {name: (int(entry["params"]), int(entry["macs"])) for name, entry in data["models"].items()}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def write_stats_cache(path: Path = STATS_CACHE) -> dict[str, tuple[int, int]]:
+    """Count every registered model afresh and write the cache."""
+    from edgecnn import ZOO_VERSION
+    from edgecnn.registry import list_models
+
+    stats = {name: count_model_stats(name) for name in list_models()}
+    data = {"zoo_version": ZOO_VERSION, "note": "written by `python -m edgecnn.stats`; checked by tests/test_zoo.py",
+            "models": {name: {"params": p, "macs": m} for name, (p, m) in stats.items()}}
+    path.write_text(json.dumps(data, indent=1) + "\n")
+    cached_stats.cache_clear()
+    return stats
+
+
+def count_model_stats(name: str) -> tuple[int, int]:
     """(parameters, MACs) of a registered model, built on the meta device so no memory or compute is spent."""
     from edgecnn.registry import create_model
 
@@ -64,4 +109,8 @@ def model_stats(name: str) -> tuple[int, int]:
         return count_params(model), count_macs(model)
 
 
-__all__ = ["count_macs", "count_params", "model_stats"]
+__all__ = ["cached_stats", "count_macs", "count_model_stats", "count_params", "model_stats", "write_stats_cache"]
+
+
+if __name__ == "__main__":
+    print(f"{len(write_stats_cache())} models → {STATS_CACHE}")

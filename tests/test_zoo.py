@@ -9,6 +9,7 @@ import torch
 
 import edgecnn
 from edgecnn.layers import AuxOutputs, logits_of
+from edgecnn.stats import cached_stats
 
 MODELS = edgecnn.list_models()
 FIXTURES = Path(__file__).parent / "data" / "reference_state_dicts"
@@ -58,7 +59,10 @@ def test_parameter_count_matches_reference(name: str) -> None:
     assert edgecnn.count_params(model) == cfg.reference_params
     if cfg.reference_params_with_aux is not None:
         assert edgecnn.count_params(model, include_aux=True) == cfg.reference_params_with_aux
-    assert edgecnn.count_macs(model) > 0
+    macs = edgecnn.count_macs(model)
+    assert macs > 0
+    assert cached_stats().get(name) == (cfg.reference_params, macs), \
+        f"edgecnn/zoo_stats.json is stale for {name}: run `python -m edgecnn.stats`"
 
 
 @pytest.mark.parametrize("name", WITH_FIXTURE)

@@ -10,8 +10,9 @@ from edgecnn.stats import model_stats
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("list", help="list the model zoo (name, family, input, params, GMACs)",
-                       description="List registered models. MACs are per image at the model's input size.")
+    p = sub.add_parser("list", help="list the model zoo (name, family, input, params, MACs)",
+                       description="List registered models. MACs (multiply-accumulates, k/M/G = 10^3/10^6/10^9) "
+                                   "are per image at the model's input size.")
     p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'resnet*' or '*_fmnist'")
     p.add_argument("--family", help="only this family (e.g. resnet, inception_v3)")
     p.set_defaults(func=cmd_list)
@@ -33,9 +34,9 @@ def cmd_list(args: argparse.Namespace) -> int:
         params, macs = model_stats(n)
         weights = committed_checkpoint(n)
         acc = read_sidecar(weights).get("test_accuracy") if weights else None
-        rows.append([n, cfg.family, "×".join(map(str, cfg.input_size)), f"{params:,}", f"{macs / 1e9:.3f}",
+        rows.append([n, cfg.family, "×".join(map(str, cfg.input_size)), f"{params:,}", human_count(macs),
                      f"{acc:.2f}%" if acc is not None else ""])
-    print(format_table(rows, ["name", "family", "input", "params", "GMACs", "test acc"]))
+    print(format_table(rows, ["name", "family", "input", "params", "MACs", "test acc"]))
     return 0
 
 

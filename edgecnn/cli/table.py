@@ -17,13 +17,14 @@ def format_table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
 
 def _is_number(text: str) -> bool:
     try:
-        float(text.replace(",", "").rstrip("%"))
+        float(text.replace(",", "").rstrip("%kMG"))
         return True
     except ValueError:
         return False
 
 
 def human_count(n: int | float) -> str:
+    """1234 → 1.23k, 416520 → 416.52k, 4089184256 → 4.09G: the largest unit the number reaches, two decimals."""
     for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(n) >= div:
             return f"{n / div:.2f}{unit}"
