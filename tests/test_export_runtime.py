@@ -258,3 +258,24 @@ def test_torch_backend_checkpoint_gone_or_changed(tmp_path: Path) -> None:
     checkpoint.unlink()
     with pytest.raises(UserError, match="lenet.safetensors the artifact was exported from is gone"):
         runtime.load(path, backend="torch")
+
+
+@pytest.mark.slow
+def test_openvino_int8_ir_is_read_as_int8(artifacts: dict[str, Path], tmp_path: Path) -> None:
+    """An NNCF INT8 IR runs integer kernels: the compiled runtime graph says so, whatever the hint (f32)."""
+    import nncf
+    import openvino as ov
+
+    from edgecnn.export.manifest import read_manifest
+    from edgecnn.export.runtime import open_session
+
+    source = artifacts["static_openvino"]
+    manifest = read_manifest(source)
+    quantized = nncf.quantize(ov.Core().read_model(str(source / manifest["model_files"]["openvino"])),
+                              nncf.Dataset([_batch(2, seed) for seed in range(8)]), subset_size=8)
+    ov.save_model(quantized, str(tmp_path / "int8.xml"))
+    manifest = {**manifest, "precision": "int8", "model_files": {"openvino": "int8.xml"}}
+    with open_session(tmp_path, manifest, "openvino") as session:
+        assert session.info()["inference_precision"] == "f32"
+        assert session.executed_precision.startswith("int8")
+        assert session.run(_batch(2)).shape == (2, 10)
