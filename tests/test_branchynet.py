@@ -140,3 +140,21 @@ def test_training_records_each_exits_accuracy(fmnist_dir: Path, tmp_path: Path) 
     acc = meta["exit_accuracy"]
     assert len(acc["val"]) == len(acc["test"]) == 2 and acc["exit_weights"] == [1.0, 0.5]
     assert acc["test"][-1] == pytest.approx(result.test_accuracy, abs=0.01), "the final exit is the trunk"
+
+
+def test_committed_trunk_is_frozen_and_keeps_its_outputs() -> None:
+    from edgecnn.checkpoint import committed_checkpoint, load_checkpoint
+    lenet = edgecnn.create_model("lenet5_fmnist").eval()
+    load_checkpoint(lenet, committed_checkpoint("lenet5_fmnist"))
+    net = edgecnn.create_model("b_lenet_fmnist", trunk_weights="committed").train()
+    assert not any(m.training for m in net.stages.modules()) and all(m.training for m in net.exits.modules())
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    optimizer = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=0.1)
+    loss_fn(net(_x(8)), torch.arange(8), 0.0, 0.0).backward()
+    optimizer.step()
+    changed = {k for k, v in net.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and all(k.startswith("exits.") for k in changed), "only the exits train on a frozen trunk"
+    with torch.no_grad():
+        torch.testing.assert_close(net.eval()(_x()), lenet(_x()))
+    with pytest.raises(edgecnn.UserError, match="trunk_weights='imagenet'"):
+        edgecnn.create_model("b_lenet_fmnist", trunk_weights="imagenet")

@@ -185,3 +185,13 @@ def test_tune_picks_fastest_within_budget() -> None:
         tune(entropies, predictions, labels, [1.0, 3.0], budget_pt=float("nan"))
     assert choose(sweep(entropies, predictions, labels, [1.0, 3.0]), final, 0.0) == chosen
     assert pareto([chosen]) == [chosen]
+
+
+def test_inspect_shows_stages_thresholds_and_exit_fractions(artifact: Path, capsys: pytest.CaptureFixture) -> None:
+    from edgecnn.cli import main
+    assert main(["inspect", str(artifact)]) == 0
+    out = capsys.readouterr().out
+    tuning = read_manifest(artifact)["early_exit"]["per_precision"]["fp32"]
+    assert "stage1/model.onnx" in out and "stage2/model.onnx" in out and "exit (val)" in out
+    assert f"{100 * tuning['exit_fractions'][0]:.1f}%" in out and f"{tuning['thresholds'][0]:.4g}" in out
+    assert "early exit on the validation split" in out

@@ -176,6 +176,29 @@ def _preprocessing_summary(pre: dict[str, Any]) -> str:
             f"{f' ({how})' if how else ''}, then (x - mean) / std, mean {pre['mean']}, std {pre['std']}")
 
 
+def _print_early_exit(m: dict) -> None:
+    """The stages of a BranchyNet artifact, with what the validation split did at the tuned thresholds."""
+    ee = m["early_exit"]
+    tuning = ee["per_precision"].get(m["precision"], {})
+    fractions, accuracy, costs = (tuning.get(k) or [None] * len(ee["stages"])
+                                  for k in ("exit_fractions", "exit_accuracy", "stage_ms"))
+    thresholds = [*ee["thresholds"], None]
+    rows = [[str(k + 1), stage["file"], "×".join(map(str, stage["input"]["shape"])),
+             ", ".join(n for n in stage["outputs"].values() if n),
+             "—" if t is None else f"{t:.4g}", "—" if f is None else f"{100 * f:.1f}%",
+             "—" if a is None else f"{a:.2f}%", "—" if c is None else f"{c:.4f}"]
+            for k, (stage, t, f, a, c) in enumerate(zip(ee["stages"], thresholds, fractions, accuracy, costs))]
+    print(format_table(rows, ["stage", "file", "input", "outputs", "threshold", "exit (val)", "exit alone acc",
+                              "stage ms"]))
+    if tuning.get("accuracy") is not None:
+        print(f"early exit on the validation split ({tuning['runtime']}, {m['precision']}): accuracy "
+              f"{tuning['accuracy']:.2f}% vs final exit {tuning['final_exit_accuracy']:.2f}% (budget "
+              f"{tuning['accuracy_budget_pt']} pt), expected {tuning['expected_ms']:.4f} ms/sample at batch 1 "
+              f"vs {sum(tuning['stage_ms']):.4f} ms through every stage; trunk: {ee['trunk']['file']}; "
+              f"rule: {ee['exit_rule']} ({ee['exit_entropy']})")
+    print()
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     from edgecnn.export.manifest import read_manifest
 
@@ -214,6 +237,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     print()
     print(format_table(_parity_rows(m), PARITY_HEADERS))
     print()
+    if "early_exit" in m:
+        _print_early_exit(m)
     print(format_table([[p["name"], f"{p['seconds']:.2f}"] for p in m["passes"]], ["pass", "seconds"]))
     for note in m.get("notes", []):
         print(f"note: {note}")
