@@ -54,7 +54,7 @@ def fallback_to_float(ranked: Sequence[str], score: Callable[[list[str]], float]
     and returns the validation accuracy. Doubling bounds the search to log2(nodes) quantizer runs;
     the last step narrows back between the two counts around the first that fits (bisection).
     """
-    steps = [{"excluded": 0, "accuracy": quantized_accuracy, "drop": fp32_accuracy - quantized_accuracy}]
+    steps = [{"excluded": 0, "accuracy": quantized_accuracy, "drop": round(fp32_accuracy - quantized_accuracy, 4)}]
     if fp32_accuracy - quantized_accuracy <= max_drop:
         return FallbackResult([], quantized_accuracy, steps)
     results: dict[int, float] = {0: quantized_accuracy}
@@ -62,18 +62,18 @@ def fallback_to_float(ranked: Sequence[str], score: Callable[[list[str]], float]
     def trial(k: int) -> float:
         if k not in results:
             results[k] = score(list(ranked[:k]))
-            steps.append({"excluded": k, "accuracy": results[k], "drop": fp32_accuracy - results[k]})
+            steps.append({"excluded": k, "accuracy": results[k], "drop": round(fp32_accuracy - results[k], 4)})
         return results[k]
 
     fits = lambda k: fp32_accuracy - trial(k) <= max_drop  # noqa: E731
     low, high = 0, 1
     while high < len(ranked) and not fits(high):
         low, high = high, min(2 * high, len(ranked))
+    while high - low > 1:  # the smallest count that fits lies in (low, high]; all of them is the FP32 model
+        mid = (low + high) // 2
+        low, high = (low, mid) if fits(mid) else (mid, high)
     if high >= len(ranked):
         raise UserError(f"every quantized node is too sensitive: the accuracy drop stays above {max_drop:g} pt "
                         f"until all {len(ranked)} are back in float, which is the FP32 model. Nothing was "
                         "written; raise --max-drop, try another --calibrator, or export fp32/fp16")
-    while high - low > 1:
-        mid = (low + high) // 2
-        low, high = (low, mid) if fits(mid) else (mid, high)
     return FallbackResult(list(ranked[:high]), results[high], steps)

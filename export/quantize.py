@@ -83,8 +83,8 @@ class Quantizer:
         """Compute nodes the quantized model still runs in float (for the manifest)."""
         return []
 
-    def extra_files(self, ctx: ExportContext, fp32: Path, data: CalibrationData, calibrator: str) -> list[str]:
-        """Files besides the model this target's INT8 artifact carries (a TensorRT calibration cache)."""
+    def finish(self, ctx: ExportContext, fp32: Path, calibrator: str) -> list[str]:
+        """Write what the target's INT8 artifact carries besides the model (a TensorRT cache); returns the files."""
         return []
 
 
@@ -188,8 +188,9 @@ class OnnxRuntimeQuantizer(Quantizer):
 
         graph = onnx.load(str(model), load_external_data=False).graph
         dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+        # Quantized compute reads both its activation and its weights through DequantizeLinear.
         return [n.name for n in graph.node if n.op_type in ("Conv", "Gemm", "MatMul", "ConvTranspose")
-                and n.input and n.input[0] not in dequantized]
+                and not all(i in dequantized for i in n.input[:2])]
 
 
 # ---------------------------------------------------------------- OpenVINO + NNCF
@@ -310,23 +311,36 @@ class ModelOptQuantizer(Quantizer):
         from modelopt.onnx.quantization import quantize
 
         method = "max" if calibrator == "minmax" else calibrator
-        quantize(str(fp32), quantize_mode="int8", calibration_data=as_modelopt_data(data.calibration, ctx.input_name),
-                 calibration_method=method, calibration_eps=["cpu"], output_path=str(out), log_level="WARNING",
-                 nodes_to_exclude=exclude or None, high_precision_dtype="fp32")
-
-    def extra_files(self, ctx: ExportContext, fp32: Path, data: CalibrationData, calibrator: str) -> list[str]:
-        """A TensorRT EntropyCalibration2-format cache (ranges from ONNX Runtime's calibrator) for implicit INT8/DLA."""
-        from onnxruntime.quantization.calibrate import create_calibrator
-
-        method = CalibrationMethod.Entropy if calibrator == "entropy" else CalibrationMethod.MinMax
-        calib = create_calibrator(str(fp32), augmented_model_path=str(fp32.with_name("augmented.onnx")),
-                                  calibrate_method=method, extra_options={"symmetric": True})
         with _quiet_stdout():
-            calib.collect_data(OnnxRuntimeFeed(data.calibration, ctx.input_name, _onnx_input_batch(ctx)))
-            ranges = calib.compute_data()
-        amax = {name: float(max(abs(float(np.max(r.range_value[0]))), abs(float(np.max(r.range_value[1])))))
-                for name, r in ranges.data.items()}
+            quantize(str(fp32), quantize_mode="int8", calibration_data=as_modelopt_data(data.calibration, ctx.input_name),
+                     calibration_method=method, calibration_eps=["cpu"], output_path=str(out), log_level="WARNING",
+                     nodes_to_exclude=exclude or None, high_precision_dtype="fp32", dq_only=True)
+
+    def finish(self, ctx: ExportContext, fp32: Path, calibrator: str) -> list[str]:
+        """A TensorRT EntropyCalibration2-format cache for implicit INT8 / DLA users: the explicit model's own scales.
+
+        Each activation QuantizeLinear ModelOpt placed carries a symmetric S8 scale (zero point 0), which is
+        exactly the dynamic range TensorRT's implicit quantization wants for that tensor.
+        """
+        import onnx
+        from onnx import numpy_helper
+
+        graph = onnx.load(str(ctx.staging / ctx.output.model_files["onnx"]), load_external_data=False).graph
+        constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+        constants.update({n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in graph.node
+                          if n.op_type == "Constant" and n.attribute and n.attribute[0].type == onnx.AttributeProto.TENSOR})
+        amax = {}
+        for node in graph.node:
+            if node.op_type == "QuantizeLinear" and node.input[0] not in constants and node.input[1] in constants:
+                scale = constants[node.input[1]]
+                if scale.size == 1:
+                    amax[node.input[0]] = float(scale.reshape(())) * 127.0
         written = write_cache(ctx.staging / TRT_CACHE, amax, sha256_file(fp32), _tensorrt_version())
+        ctx.output.parity_measures = {b: "the INT8 Q/DQ ONNX in ONNX Runtime (CPU), not a TensorRT engine"
+                                      for b in ctx.output.parity_backends if b != "tensorrt"}
+        ctx.notes.append(f"INT8 engine: trtexec --onnx=model.onnx --int8 (explicit Q/DQ, TensorRT 10); implicit "
+                         f"quantization or DLA: trtexec --onnx=model.onnx --int8 --calib={TRT_CACHE} (check its stamp "
+                         f"first: edgecnn.calibration.read_cache('{TRT_CACHE}', fp32_model_sha256))")
         return [p.name for p in written]
 
 
@@ -363,7 +377,7 @@ class Quantize:
         fp32_hash = sha256_file(fp32)
         try:
             record = self._quantize(ctx, quantizer, options, data, fp32, model)
-            extra = quantizer.extra_files(ctx, fp32, data, record["calibrator"])
+            extra = quantizer.finish(ctx, fp32, record["calibrator"])
         finally:
             shutil.rmtree(fp32_dir, ignore_errors=True)
         ctx.output.files.extend(extra)

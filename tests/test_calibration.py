@@ -135,6 +135,14 @@ def test_fallback_returns_the_fewest_most_sensitive_nodes() -> None:
     assert len(result.steps) <= 1 + 2 * 5  # doubling then bisection, not one run per node
 
 
+def test_fallback_finds_a_count_between_the_last_doubling_and_all_nodes() -> None:
+    # Regression: doubling 1, 2, 4 then 8 = all nodes used to give up without trying 5..7.
+    ranked = [f"n{i}" for i in range(8)]
+    score = _accuracy_without({f"n{i}" for i in range(6)})
+    result = fallback_to_float(ranked, score, 90.0, score([]), max_drop=0.5)
+    assert result.excluded == ranked[:6]
+
+
 def test_fallback_does_nothing_when_the_drop_already_fits() -> None:
     result = fallback_to_float(["a", "b"], lambda ex: pytest.fail("must not re-quantize"), 90.0, 89.8, 0.5)
     assert result.excluded == []

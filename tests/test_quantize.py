@@ -1,0 +1,134 @@
+"""INT8 through the export pipeline on the real quantizers (ONNX Runtime, NNCF, ModelOpt), kept small: lenet5_fmnist,
+tens of calibration samples, dynamic batch so validation scoring runs in chunks."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from edgecnn.calibration import CalibrationOptions, read_cache
+from edgecnn.cli import main
+from edgecnn.errors import UserError
+from edgecnn.export import export_registered
+from edgecnn.export.quantize import QUANTIZERS
+from edgecnn.layers import count_params
+from edgecnn.registry import create_model
+
+MODEL = "lenet5_fmnist"
+pytestmark = pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
+                                reason="needs Fashion-MNIST (apt-get install dataset-fashion-mnist)")
+
+
+def _export(tmp_path: Path, target: str, **options) -> dict:
+    calibration = CalibrationOptions(**{"samples": 32, **options})
+    return export_registered(MODEL, target, "int8", tmp_path / target, dynamic_batch=True,
+                             calibration=calibration).manifest
+
+
+def _initializers(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
+    return {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+
+
+def test_onnx_int8_is_qdq_u8_activations_s8_per_channel_weights_with_provenance(tmp_path: Path) -> None:
+    m = _export(tmp_path, "onnx", calibrator="auto")
+    c = m["calibration"]
+    assert m["precision"] == "int8" and c["tool"] == "onnxruntime.quantization"
+    assert set(c["scores_validation_accuracy"]) == set(QUANTIZERS["onnx"].calibrators)
+    assert c["scores_validation_accuracy"][c["calibrator"]] == max(c["scores_validation_accuracy"].values())
+    assert c["calibration_samples"]["samples"] == 32 and len(c["calibration_samples"]["indices_sha256"]) == 64
+    assert c["validation_samples"]["samples"] == 5000
+    assert c["fp32_model_sha256"] != m["files"]["model.onnx"]["sha256"]
+    assert abs(c["validation_drop"] - (c["fp32_validation_accuracy"] - c["int8_validation_accuracy"])) < 1e-6
+
+    graph = onnx.load(str(tmp_path / "onnx" / "model.onnx")).graph
+    init = _initializers(graph)
+    weights = {n.output[0]: n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in init
+               and init[n.input[0]].ndim == 4}
+    assert weights and all(init[n.input[0]].dtype == np.int8 and init[n.input[1]].size > 1  # per channel
+                           for n in weights.values())
+    activations = [n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in init]
+    assert activations and all(init[n.input[2]].dtype == np.uint8 for n in activations)
+    assert (tmp_path / "onnx" / "model.onnx").stat().st_size < 0.35 * 4 * count_params(create_model(MODEL))
+
+    parity = m["parity"][0]
+    assert parity["passed"] and parity["required_top1_agreement"] == 0.98 and parity["samples"] == 512
+    split = parity["test_split"]
+    assert split["inputs"] == "fashion_mnist test[0:10000]" and split["drop"] <= 1.0
+
+
+def test_openvino_int8_is_an_nncf_fake_quantize_ir(tmp_path: Path) -> None:
+    import openvino as ov
+
+    m = _export(tmp_path, "openvino", calibrator="mse")
+    c = m["calibration"]
+    assert c["tool"] == "nncf" and "HISTOGRAM" in c["library_calibrator"] and c["validation_samples"] is None
+    ops = [op.get_type_name() for op in ov.Core().read_model(str(tmp_path / "openvino" / "model.xml")).get_ops()]
+    assert ops.count("FakeQuantize") >= 3
+    assert m["parity"][0]["passed"] and m["parity"][0]["test_split"]["drop"] <= 1.0
+
+
+def test_max_drop_returns_the_most_sensitive_nodes_to_float(tmp_path: Path) -> None:
+    # Ranges from one image clip the others' activations: the drop is over budget until nodes go back.
+    m = _export(tmp_path, "onnx", calibrator="minmax", samples=1, max_drop=0.5)
+    c = m["calibration"]
+    assert c["fallback"]["steps"][0]["drop"] > 0.5, "the test needs a first INT8 model over budget"
+    assert c["nodes_to_exclude"] and c["validation_drop"] <= 0.5
+    graph = onnx.load(str(tmp_path / "onnx" / "model.onnx")).graph
+    names = {n.name for n in graph.node}
+    assert set(c["nodes_to_exclude"]) <= names
+    compute_excluded = {n for n in c["nodes_to_exclude"] if n.endswith(("Conv", "Gemm", "MatMul"))}
+    assert compute_excluded and compute_excluded <= set(c["float_nodes"])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--precision", "fp32", "--calibrator", "minmax"], "apply to --precision int8, not fp32"),
+    (["--target", "openvino", "--precision", "int8", "--calibrator", "entropy"],
+     "calibrator 'entropy' does not exist for the openvino target"),
+    (["--precision", "int8", "--calib-samples", "70000"], "fewer than the 70000 calibration samples"),
+])
+def test_bad_int8_requests_are_one_line_and_write_nothing(tmp_path: Path, capsys, argv: list[str],
+                                                          message: str) -> None:
+    out = tmp_path / "art"
+    assert main(["export", MODEL, "--out", str(out), "--no-progress", *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+    assert not out.exists() and not [p for p in tmp_path.iterdir()]
+
+
+def test_bad_max_drop_on_the_command_line(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["export", MODEL, "--precision", "int8", "--max-drop", "-0.5"])
+    assert exit_.value.code == 2 and "must be 0 or more" in capsys.readouterr().err
+
+
+def _modelopt_missing() -> bool:
+    return QUANTIZERS["tensorrt"].available() is not None
+
+
+@pytest.mark.skipif(not _modelopt_missing(), reason="ModelOpt is installed here")
+def test_tensorrt_int8_without_modelopt_says_what_to_install(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"needs NVIDIA ModelOpt .* pip install 'edgecnn\[tensorrt-int8\]'"):
+        _export(tmp_path, "tensorrt", calibrator="entropy")
+    assert not (tmp_path / "tensorrt").exists()
+
+
+@pytest.mark.skipif(_modelopt_missing(), reason="needs NVIDIA ModelOpt: pip install 'edgecnn[tensorrt-int8]'")
+def test_tensorrt_int8_is_symmetric_s8_qdq_with_a_stamped_cache(tmp_path: Path) -> None:
+    m = _export(tmp_path, "tensorrt", calibrator="entropy")
+    art = tmp_path / "tensorrt"
+    graph = onnx.load(str(art / "model.onnx")).graph
+    init = _initializers(graph)
+    zero_points = [init[n.input[2]] for n in graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2
+                   and n.input[2] in init]
+    assert zero_points and all(z.dtype == np.int8 and not z.any() for z in zero_points)  # S8 symmetric
+    assert {"calibration.cache", "calibration.cache.json"} <= set(m["files"])
+    scales = read_cache(art / "calibration.cache", m["calibration"]["fp32_model_sha256"])
+    assert scales and all(s > 0 for s in scales.values())
+    assert json.loads((art / "calibration.cache.json").read_text())["model_sha256"] == \
+        m["calibration"]["fp32_model_sha256"]
+    with pytest.raises(UserError, match="stale"):
+        read_cache(art / "calibration.cache", m["files"]["model.onnx"]["sha256"])
