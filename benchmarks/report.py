@@ -217,7 +217,7 @@ def _headline_rows(records: list[dict[str, Any]], max_drop: float = 0.5) -> list
         mine = [r for r in mine if r["batch"] == batch]
         ok = [r for r in mine if (r.get("accuracy") or {}).get("drop") is None or r["accuracy"]["drop"] <= max_drop]
         best = min(ok or mine, key=lambda r: r["latency_ms"]["p50"])
-        torch_fp32 = next((r for r in mine if r["runtime"] == "torch" and r["threads"] == best["threads"]), None)
+        torch_fp32 = next((r for r in mine if r.get("target", "") is None and r["threads"] == best["threads"]), None)
         speedup = f"{torch_fp32['latency_ms']['p50'] / best['latency_ms']['p50']:.2f}×" if torch_fp32 else "—"
         reference = (best.get("accuracy") or {}).get("reference_top1")
         rows.append([machine, model, batch, f"{best['runtime']} {best['precision']} t{best['threads']}",
