@@ -537,6 +537,8 @@ def load(directory: Path | str, backend: str | None = None, threads: int | None 
 
     Options: `threads` (every backend), `check_finite` (default True: refuse NaN/inf inputs), and the
     backend's own (OpenVINO: `performance_hint`, `inference_precision`); `Session.options()` lists them.
+    An early-exit (BranchyNet) artifact runs on `backend="early_exit"` (its stages on `runtime=`); a plain
+    backend runs its trunk only when asked with `trunk=True`.
     """
     return open_session(directory, read_manifest(directory), backend, threads, **options)
 

@@ -1,11 +1,13 @@
-"""The Fashion-MNIST weights committed with edgecnn: they load, and they are as good as their sidecars say.
+"""The Fashion-MNIST weights committed with edgecnn: they load, and they score what their sidecars say.
 
-Needs the real Fashion-MNIST test set (Debian's dataset-fashion-mnist, installed by the README's commands).
+Each is re-measured on the full 10,000-image test split: the figure must equal the sidecar's to
+±0.05 pt (5 images) and meet its bar. The models that take under ~20 s of one core run by default;
+the rest are `slow`. Needs the real Fashion-MNIST test set (Debian's dataset-fashion-mnist,
+installed by the README's commands).
 """
 from __future__ import annotations
 
 import pytest
-import torch
 
 import edgecnn
 from edgecnn.checkpoint import WEIGHTS_DIR, load_checkpoint, read_sidecar
@@ -14,29 +16,34 @@ from edgecnn.train import evaluate
 
 COMMITTED = sorted(p.stem for p in WEIGHTS_DIR.glob("*.safetensors") if not p.stem.endswith(".state"))
 # Accuracy bars from the issues (published Fashion-MNIST results for scale: VGG16 93.5 %, ResNet-18 94.9 %).
-BARS = {"lenet5_fmnist": 90.5, "resnet18_fmnist": 93.5, "densenet121_fmnist": 94.0}
+BARS = {"lenet5_fmnist": 90.5, "resnet18_fmnist": 93.5, "densenet121_fmnist": 94.0,
+        "b_lenet_fmnist": 90.5, "b_resnet_fmnist": 93.5}  # B-models: the final exit is the zoo trunk
 DEFAULT_BAR = 92.0
-SUBSET = 1000
+TOLERANCE = 0.05  # percentage points: the sidecar's figure is this evaluation, so only float noise may differ
+# CPU seconds to score the full test split on one thread (measured, Dec 2026): lenet5 0.9, vgg16_bn 13.4,
+# vgg11_bn 15.4, alexnet 16.1, resnet18 22.5; every other committed model 28-60 s, so those are `slow`.
+QUICK = {"lenet5_fmnist", "vgg16_bn_fmnist", "vgg11_bn_fmnist", "alexnet_fmnist", "resnet18_fmnist"}
 
 
 def test_there_are_committed_weights() -> None:
     assert "resnet18_fmnist" in COMMITTED and "lenet5_fmnist" in COMMITTED
+    assert QUICK <= set(COMMITTED), "a default-run model lost its weights"
 
 
 @pytest.fixture(scope="module")
-def fmnist_test_subset():
-    test = load_dataset("fashion_mnist", "test")
-    return test.subset(torch.arange(SUBSET))
+def fmnist_test():
+    return load_dataset("fashion_mnist", "test")
 
 
-@pytest.mark.parametrize("name", COMMITTED)
-def test_committed_weights_meet_their_bar(name: str, fmnist_test_subset) -> None:
+@pytest.mark.parametrize("name", [pytest.param(n, marks=() if n in QUICK else pytest.mark.slow) for n in COMMITTED])
+def test_committed_weights_score_what_their_sidecar_says(name: str, fmnist_test) -> None:  # noqa: ANN001
     meta = read_sidecar(WEIGHTS_DIR / f"{name}.safetensors")
     assert meta["model"] == name and meta["dtype"] == "float16"
-    assert meta["test_accuracy"] >= BARS.get(name, DEFAULT_BAR)
     assert (WEIGHTS_DIR / f"{name}.log").is_file(), "the training log is committed with the weights"
     model = edgecnn.create_model(name)
     load_checkpoint(model, WEIGHTS_DIR / f"{name}.safetensors")
-    acc = evaluate(model, fmnist_test_subset)
-    # 1,000 of the 10,000 test images: within 3 points of the full-set figure the sidecar reports.
-    assert abs(acc - meta["test_accuracy"]) < 3.0, f"{name}: {acc:.2f}% on {SUBSET} images vs {meta['test_accuracy']}%"
+    assert len(fmnist_test) == 10_000
+    acc = evaluate(model, fmnist_test)
+    assert acc >= BARS.get(name, DEFAULT_BAR), f"{name}: {acc:.2f}% is under its bar"
+    assert abs(acc - meta["test_accuracy"]) <= TOLERANCE + 1e-9, \
+        f"{name}: {acc:.2f}% on the full test split, its sidecar says {meta['test_accuracy']}%"

@@ -195,3 +195,21 @@ def test_inspect_shows_stages_thresholds_and_exit_fractions(artifact: Path, caps
     assert "stage1/model.onnx" in out and "stage2/model.onnx" in out and "exit (val)" in out
     assert f"{100 * tuning['exit_fractions'][0]:.1f}%" in out and f"{tuning['thresholds'][0]:.4g}" in out
     assert "early exit on the validation split" in out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target, precision", [("onnx", "fp16"), ("openvino", "fp32"), ("openvino", "fp16")])
+def test_each_target_and_precision_tunes_its_own_thresholds(net, tmp_path: Path, target: str, precision: str) -> None:
+    out = tmp_path / f"{target}-{precision}"
+    export_model(net, target, precision, out, parity_samples=8, pipeline=_pipeline())
+    m = read_manifest(out)
+    tuning = m["early_exit"]["per_precision"]
+    assert list(tuning) == [precision], "thresholds are tuned on this artifact, for its precision only"
+    assert tuning[precision]["runtime"] == m["default_backend"]
+    assert tuning[precision]["thresholds"] == m["early_exit"]["thresholds"]
+    x = _images(9).numpy()
+    with runtime.load(out, backend="early_exit") as session:
+        one = [session.classify(x[i:i + 1]) for i in range(9)]
+        many = session.classify(x)
+    np.testing.assert_array_equal(np.concatenate([r.exits for r in one]), many.exits)
+    np.testing.assert_array_equal(np.concatenate([r.logits.argmax(1) for r in one]), many.logits.argmax(1))

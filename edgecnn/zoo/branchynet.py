@@ -1,7 +1,8 @@
 """BranchyNet models (Teerapittayanon et al. 2016) on Fashion-MNIST: zoo trunks with exit heads attached
 by `edgecnn.branchynet.attach_exits`, where the paper puts them.
 
-- `b_lenet_fmnist`: lenet5_fmnist with one exit after conv1 (+ pool): one conv and one linear layer, as the paper's.
+- `b_lenet_fmnist`: lenet5_fmnist with one exit after conv1 (+ pool): one strided conv and one linear layer, as
+  the paper's branch (one conv + linear).
 - `b_alexnet_fmnist`: alexnet_fmnist with exits after conv1 (two convs + linear) and conv2 (one conv +
   linear), the paper's two branches.
 - `b_resnet_fmnist`: resnet18_fmnist with an early exit after layer1 and a mid-network one after layer2.
@@ -34,10 +35,10 @@ def _branchy(trunk_name: str, after: list[str], heads: list[HeadFactory], num_cl
     return attach_exits(trunk, after=after, head=heads, freeze_trunk=bool(trunk_weights))
 
 
-@register_model(dataset="fashion_mnist", reference_params=63_876, reference_source="edgecnn (ours)")
+@register_model(dataset="fashion_mnist", reference_params=67_176, reference_source="edgecnn (ours)")
 def b_lenet_fmnist(num_classes: int = 10, in_chans: int = 1, trunk_weights: str | None = None) -> MultiExitNet:
     """B-LeNet: lenet5_fmnist with an exit after conv1."""
-    return _branchy("lenet5_fmnist", ["features.2"], [exit_head(widths=(10,), stride=1, pool=4)],
+    return _branchy("lenet5_fmnist", ["features.2"], [exit_head(widths=(10,), stride=2, pool=7)],
                     num_classes, in_chans, trunk_weights)
 
 
