@@ -9,6 +9,7 @@ agree on 512 inputs (enough for the 1 % to be more than zero flips).
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 from dataclasses import replace
 from typing import Any, Callable, Iterable
@@ -27,6 +28,11 @@ PARITY_SAMPLES = 64
 DEFAULT_SAMPLES = {"fp32": PARITY_SAMPLES, "fp16": 512, "int8": 512, "bf16": 512}
 PARITY_SEED = 0
 FP32_RELATIVE_TOL = 1e-4
+# Randomly initialised deep nets (BatchNorm statistics re-estimated) are numerically chaotic: PyTorch's own
+# FP32 logits of Inception v4 differ from its FP64 ones by ~4e-4 of their scale. For them the FP32 bar is
+# at least this multiple of that rounding noise, measured on a few parity inputs; an export bug is far above.
+FP32_NOISE_MULTIPLE = 4.0
+NOISE_SAMPLES = 4
 FP32_ABSOLUTE_TOL = 1e-4
 MIN_TOP1_AGREEMENT = {"fp32": 1.0, "fp16": 0.99, "int8": 0.98, "bf16": 0.98}
 # Precisions that cannot meet FP32's logits: parity also records test-split accuracy, FP32 beside them.
@@ -111,12 +117,22 @@ def torch_logits(model: nn.Module, inputs: torch.Tensor, chunk: int = 16) -> np.
     return _REFERENCE_CACHE[key].copy()
 
 
-def compare(reference: np.ndarray, candidate: np.ndarray, precision: str) -> dict[str, Any]:
+@torch.no_grad()
+def fp32_noise(model: nn.Module, inputs: torch.Tensor) -> float:
+    """How far PyTorch's own FP32 logits are from FP64's on a few inputs: the rounding the model amplifies."""
+    x = inputs[:NOISE_SAMPLES]
+    double = copy.deepcopy(model).double().eval()
+    return float((model.eval()(x).double() - double(x.double())).abs().max())
+
+
+def compare(reference: np.ndarray, candidate: np.ndarray, precision: str, noise: float = 0.0) -> dict[str, Any]:
     """Max abs difference, top-1 agreement and the verdict against this precision's bar.
 
     A failure carries a `diagnosis` when the cause is visible in the numbers: reference logits beyond
     float16's range, or disagreements only where the reference's top two classes are within 1 % of the
-    logit scale of each other (near-ties, typical of randomly initialised models).
+    logit scale of each other (near-ties, typical of randomly initialised models). `noise` is the
+    reference's own FP32 rounding noise (`fp32_noise`, measured for random-init weights): the FP32 bar
+    is at least FP32_NOISE_MULTIPLE times it.
     """
     if candidate.shape != reference.shape:
         return {"passed": False, "error": f"output shape {candidate.shape} != reference {reference.shape}"}
@@ -133,7 +149,9 @@ def compare(reference: np.ndarray, candidate: np.ndarray, precision: str) -> dic
                               "all_finite": finite, "near_tie_disagreements": near_ties}
     passed = finite and result["top1_agreement"] >= result["required_top1_agreement"]
     if precision == "fp32":
-        result["tolerance"] = max(FP32_RELATIVE_TOL * max_abs_logit, FP32_ABSOLUTE_TOL)
+        result["tolerance"] = max(FP32_RELATIVE_TOL * max_abs_logit, FP32_ABSOLUTE_TOL, FP32_NOISE_MULTIPLE * noise)
+        if noise:
+            result["reference_fp32_noise"] = noise
         passed = passed and max_abs_diff <= result["tolerance"]
     result["passed"] = bool(passed)
     if not passed and precision == "fp16" and max_abs_logit > FLOAT16_MAX:

@@ -198,6 +198,8 @@ class CheckParity(Pass):
         samples = ctx.parity_samples or parity.default_samples(ctx.precision)
         inputs, description = parity.parity_inputs(ctx.config, ctx.input_size, samples, ctx.weights.get("dataset"))
         reference = parity.torch_logits(ctx.reference, inputs)
+        chaotic = ctx.precision == "fp32" and ctx.weights.get("source") == "random_init"
+        noise = parity.fp32_noise(ctx.reference, inputs) if chaotic else 0.0
         feed = inputs.numpy().astype(ctx.io_dtype)
         chunk = PARITY_CHUNK if ctx.dynamic_batch else ctx.batch
         manifest = ctx.manifest(time.perf_counter(), hash_files=False)
@@ -208,7 +210,7 @@ class CheckParity(Pass):
                                                       chunk, ctx.precision)
             ctx.parity.append({"backend": backend, "reference": "torch (eager, unfolded)", "inputs": description,
                                "samples": len(inputs), "measures": ctx.output.parity_measures.get(backend, ""),
-                               **parity.compare(reference, logits, ctx.precision), **accuracy})
+                               **parity.compare(reference, logits, ctx.precision, noise), **accuracy})
         return {"backends": list(ctx.output.parity_backends),
                 "passed": all(p["passed"] for p in ctx.parity)}
 
