@@ -84,11 +84,23 @@ def test_max_drop_returns_the_most_sensitive_nodes_to_float(tmp_path: Path) -> N
     assert compute_excluded and compute_excluded <= set(c["float_nodes"])
 
 
+def test_openvino_max_drop_uses_nncf_accuracy_control(tmp_path: Path) -> None:
+    m = _export(tmp_path, "openvino", calibrator="minmax", samples=1, max_drop=0.3)
+    c = m["calibration"]
+    assert c["validation_drop"] <= 0.3
+    first_drop = c["fp32_validation_accuracy"] - c["scores_validation_accuracy"]["minmax"]
+    if first_drop > 0.3:
+        assert c["fallback"]["method"] == "nncf.quantize_with_accuracy_control" and c["float_nodes"]
+    else:
+        assert c["fallback"] is None
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--precision", "fp32", "--calibrator", "minmax"], "apply to --precision int8, not fp32"),
     (["--target", "openvino", "--precision", "int8", "--calibrator", "entropy"],
      "calibrator 'entropy' does not exist for the openvino target"),
     (["--precision", "int8", "--calib-samples", "70000"], "fewer than the 70000 calibration samples"),
+    (["--target", "tensorrt", "--precision", "int8", "--max-drop", "1"], "--max-drop is not supported"),
 ])
 def test_bad_int8_requests_are_one_line_and_write_nothing(tmp_path: Path, capsys, argv: list[str],
                                                           message: str) -> None:
