@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from edgecnn.errors import UserError
-from edgecnn.export.tensorrt import PLAN_FILE
+from edgecnn.export.tensorrt import BUILD_LOG, ENGINE_RECORD, PLAN_FILE, TIMING_CACHE
 from edgecnn.registry import ModelConfig
 
 SCHEMA_VERSION = 2  # 2: manifest_sha256 and a typed schema
@@ -48,8 +48,9 @@ REQUIRED_FIELDS = ("schema_version", "kind", "model", "target", "precision", "in
                    "export", DIGEST_FIELD)
 # Directories an export is still building (or has just replaced): never artifacts.
 _STAGING_NAME = re.compile(r"^\..+\.(tmp|old)-(\d+)-[^/]+$")
-# Files edgecnn's own scripts add to an artifact after the export (build_engine.py writes the engine).
-_ADDED_LATER = frozenset({PLAN_FILE})
+# Files edgecnn's own scripts add to an artifact after the export (build_engine.py/.sh write the engine, its
+# record, the timing cache and the trtexec log).
+_ADDED_LATER = frozenset({PLAN_FILE, ENGINE_RECORD, TIMING_CACHE, BUILD_LOG})
 # Filesystem failures that are the destination's fault, said as one line instead of a traceback.
 _DESTINATION_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
 
@@ -296,7 +297,8 @@ def _foreign_entries(out: Path) -> list[str] | None:
     if not isinstance(manifest, dict) or manifest.get("kind") != ARTIFACT_KIND:
         return None
     files = manifest.get("files")
-    ours = {MANIFEST_NAME, *_ADDED_LATER, *(files if isinstance(files, dict) else ())}
+    # a file in a sub-directory (an early-exit stage's stageK/model.onnx) makes that directory edgecnn's
+    ours = {MANIFEST_NAME, *_ADDED_LATER, *(Path(f).parts[0] for f in (files if isinstance(files, dict) else ()))}
     return sorted(entries - ours)
 
 

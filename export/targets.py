@@ -159,7 +159,7 @@ class TensorRTTarget(Target):
         report = self._write_onnx(ctx, ONNX_FILE, half=False)
         fp16 = ctx.precision == "fp16"
         files = [ONNX_FILE] + tensorrt.write_build_scripts(ctx.staging, ONNX_FILE, ctx.input_name,
-                                                           ctx.input_shape, fp16)
+                                                           ctx.input_shape, ctx.precision)
         model_files = {"onnx": ONNX_FILE}
         buildable, reason = tensorrt.engine_buildable_here()
         if buildable:
@@ -167,7 +167,7 @@ class TensorRTTarget(Target):
 
             build_engine(ctx.staging / ONNX_FILE, ctx.staging / tensorrt.PLAN_FILE, input_name=ctx.input_name,
                          input_shape=ctx.input_shape, fp16=fp16)
-            files.append(tensorrt.PLAN_FILE)
+            files += [tensorrt.PLAN_FILE, tensorrt.ENGINE_RECORD]
             model_files["tensorrt_plan"] = tensorrt.PLAN_FILE
         info = {"onnx": report, "engine_built": buildable,
                 "builder_precision": "fp16 (BuilderFlag.FP16)" if fp16 else "fp32",

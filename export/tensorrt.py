@@ -33,6 +33,9 @@ Transpose Trilu Unsqueeze Upsample Where Xor
 BUILD_SCRIPT = "build_engine.py"
 TRTEXEC_SCRIPT = "build_engine.sh"
 PLAN_FILE = "model.plan"
+ENGINE_RECORD = "engine.json"   # what built the engine (tensorrt_build.ENGINE_RECORD; that file is standalone)
+TIMING_CACHE = "timing.cache"
+BUILD_LOG = "build_engine.log"
 
 
 def unsupported_ops(ops: Iterable[str]) -> list[str]:
@@ -52,29 +55,55 @@ def engine_buildable_here() -> tuple[bool, str]:
     return True, ""
 
 
-def trtexec_script(onnx_name: str, input_name: str, input_shape: list[Any], fp16: bool,
-                   max_batch: int = 32, workspace_mib: int = 1024) -> str:
-    """A POSIX shell script that builds model.plan with trtexec; extra arguments pass through."""
-    args = [f"--onnx={onnx_name}", f"--saveEngine={PLAN_FILE}", f"--memPoolSize=workspace:{workspace_mib}M"]
-    if fp16:
-        args.append("--fp16")
+# Builder flags per artifact precision: INT8 is the explicit Q/DQ graph's own scales (no calibrator).
+TRTEXEC_PRECISION_FLAGS = {"fp32": [], "fp16": ["--fp16"], "int8": ["--int8"]}
+
+
+def trtexec_script(onnx_name: str, input_name: str, input_shape: list[Any], precision: str,
+                   batch: int = 1, max_batch: int = 32, workspace_mib: int = 1024) -> str:
+    """A POSIX shell script that builds model.plan with trtexec (a timing cache beside it) and writes the engine
+    record (engine.json: GPU, compute capability, TensorRT version, read from trtexec's log).
+
+    A dynamic batch axis gets an optimization profile, min 1 / opt BATCH / max MAX_BATCH (environment,
+    defaults `batch` / `max_batch`); WORKSPACE_MIB the builder's workspace; TRTEXEC names the binary; extra arguments pass through to trtexec.
+    """
+    args = [f"--onnx={onnx_name}", f"--saveEngine={PLAN_FILE}", f"--timingCacheFile={TIMING_CACHE}"]
+    args += TRTEXEC_PRECISION_FLAGS[precision]
+    lines = ["#!/bin/sh",
+             "# Build model.plan from the TensorRT-ready ONNX with trtexec, on the device that will run it",
+             "# (engines are tied to the GPU and TensorRT version that built them), and record what built it.",
+             "#     sh build_engine.sh [trtexec options, e.g. --useDLACore=0 --allowGPUFallback]",
+             "set -eu",
+             'cd "$(dirname "$0")"',
+             'TRTEXEC=${TRTEXEC:-$(command -v trtexec || echo /usr/src/tensorrt/bin/trtexec)}',
+             f'set -- "--memPoolSize=workspace:${{WORKSPACE_MIB:-{workspace_mib}}}M" "$@"']
+    quoted = [shlex.quote(a) for a in args]
     if not isinstance(input_shape[0], int):
         chw = "x".join(str(d) for d in input_shape[1:])
-        args += [f"--minShapes={input_name}:1x{chw}", f"--optShapes={input_name}:{max_batch}x{chw}",
-                 f"--maxShapes={input_name}:{max_batch}x{chw}"]
-    command = " \\\n    ".join(["trtexec"] + [shlex.quote(a) for a in args] + ['"$@"'])
-    return ("#!/bin/sh\n"
-            "# Build model.plan from the TensorRT-ready ONNX with trtexec, on the device that will run it\n"
-            "# (engines are tied to the GPU and TensorRT version that built them).\n"
-            "set -e\n"
-            'cd "$(dirname "$0")"\n'
-            f"{command}\n")
+        lines += [f"BATCH=${{BATCH:-{batch}}}", f"MAX_BATCH=${{MAX_BATCH:-{max_batch}}}",
+                  'if [ "$BATCH" -gt "$MAX_BATCH" ]; then echo "build_engine.sh: BATCH $BATCH is larger than '
+                  'MAX_BATCH $MAX_BATCH" >&2; exit 2; fi']
+        quoted += [f'"--minShapes={input_name}:1x{chw}"', f'"--optShapes={input_name}:${{BATCH}}x{chw}"',
+                   f'"--maxShapes={input_name}:${{MAX_BATCH}}x{chw}"']
+    command = " \\\n    ".join(['"$TRTEXEC"'] + quoted + ['"$@"', "2>&1 | tee build_engine.log"])
+    record = ("field() { sed -n \"s/.*$1: *//p\" build_engine.log | head -n 1 | tr -d '\\r'; }\n"
+              "status=$(grep -c 'PASSED' build_engine.log || true)\n"
+              'if [ "$status" = 0 ] || [ ! -s model.plan ]; then echo "build_engine.sh: trtexec did not build '
+              'model.plan; see build_engine.log" >&2; exit 1; fi\n'
+              f"cat > {ENGINE_RECORD} <<RECORD\n"
+              '{"kind": "edgecnn-tensorrt-engine", "tensorrt": "$(field "TensorRT version")", '
+              '"gpu": "$(field "Selected Device")", "compute_capability": "$(field "Compute Capability")", '
+              '"built_utc": "$(date -u +%Y-%m-%dT%H:%M:%S+00:00)", "build": {"builder": "trtexec", '
+              f'"precision": "{precision}"}}}}\n'
+              "RECORD\n"
+              f'echo "wrote model.plan and {ENGINE_RECORD}"\n')
+    return "\n".join(lines) + "\n" + command + "\n" + record
 
 
 def write_build_scripts(directory: Path, onnx_name: str, input_name: str, input_shape: list[Any],
-                        fp16: bool) -> list[str]:
+                        precision: str) -> list[str]:
     (directory / BUILD_SCRIPT).write_text((Path(__file__).with_name("tensorrt_build.py")).read_text())
-    (directory / TRTEXEC_SCRIPT).write_text(trtexec_script(onnx_name, input_name, input_shape, fp16))
+    (directory / TRTEXEC_SCRIPT).write_text(trtexec_script(onnx_name, input_name, input_shape, precision))
     for name in (BUILD_SCRIPT, TRTEXEC_SCRIPT):
         (directory / name).chmod(0o755)
     return [BUILD_SCRIPT, TRTEXEC_SCRIPT]

@@ -20,7 +20,8 @@ from typing import Sequence
 from edgecnn.errors import UserError
 
 # Modules that add commands, in the order their commands appear in --help.
-COMMAND_MODULES = ["edgecnn.cli.models", "edgecnn.cli.training", "edgecnn.cli.export", "edgecnn.cli.bench"]
+COMMAND_MODULES = ["edgecnn.cli.models", "edgecnn.cli.training", "edgecnn.cli.export", "edgecnn.cli.bench",
+                   "edgecnn.cli.deploy"]
 
 
 def declared_commands(module: str) -> list[tuple[str, str | None]] | None:

@@ -1,0 +1,236 @@
+"""Deploy bundles: one folder a person copies to the device and runs there, with nothing of edgecnn installed.
+
+    from edgecnn.export.deploy import build_bundle
+    bundle = build_bundle("resnet18_fmnist", target="jetson", precision="fp16", out="bundle/")
+
+A bundle is the artifact the export pipeline writes for the bundle's export target (jetson → tensorrt,
+openvino → openvino, onnxruntime → onnx), plus `setup.sh` (checks the device, builds a TensorRT engine
+on a Jetson), `run.py` (top-k classes of images), `bench.py`/`bench.sh` (results in edgecnn's bench
+schema), `README.md` and `requirements.txt`, all of them named with their SHA-256 in the artifact's
+`manifest.json`, whose `bundle` section marks the folder as a bundle. So the bundle is still an artifact
+(`edgecnn inspect` and `runtime.load` read it), run.py checks every file before it loads a model, and
+`--force` replaces only a bundle edgecnn wrote. The bundle's Python code lives once, in templates/
+(`edgecnn_bundle.py`: manifest and hash checks, preprocessing, one runner class per runtime, the
+early-exit loop, benchmark statistics); deploy targets differ in data only.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgecnn.errors import UserError
+
+BUNDLE_KIND = "edgecnn-deploy-bundle"
+TEMPLATES = Path(__file__).with_name("templates")
+SHARED_FILES = ("edgecnn_bundle.py", "run.py", "bench.py", "bench.sh")
+EXECUTABLE = ("run.py", "bench.py", "bench.sh", "setup.sh")
+EXPORT_SUBDIR = "export"  # inside the staging directory: where the pipeline writes its artifact first
+
+
+@dataclass(frozen=True)
+class DeployTarget:
+    """A kind of device: which export target it runs, on which runtime, and how setup.sh checks it."""
+    name: str
+    export_target: str
+    backend: str                  # the runtime run.py uses (edgecnn_bundle.RUNNERS)
+    fallback: str                 # the one it uses when `backend` cannot run yet (no engine built)
+    setup_template: str
+    requirements: tuple[str, ...]
+    description: str
+    module: str = ""              # the runtime's Python module and distribution, for setup.sh
+    distribution: str = ""
+    cpu_flags: tuple[str, ...] = ()                       # shown by setup.sh
+    required_flags: tuple[tuple[str, str], ...] = ()      # (precision, flag) the precision cannot run without
+
+    @property
+    def precisions(self) -> tuple[str, ...]:
+        from edgecnn.export.targets import get_target
+
+        return get_target(self.export_target).precisions
+
+    def check_precision(self, precision: str) -> None:
+        if precision not in self.precisions:
+            raise UserError(f"the {self.name} target deploys {', '.join(self.precisions)}, not {precision!r}")
+
+
+DEPLOY_TARGETS: dict[str, DeployTarget] = {}
+
+
+def register_deploy_target(target: DeployTarget) -> DeployTarget:
+    DEPLOY_TARGETS[target.name] = target
+    return target
+
+
+def get_deploy_target(name: str) -> DeployTarget:
+    if name not in DEPLOY_TARGETS:
+        raise UserError(f"unknown deploy target {name!r}; choose one of {', '.join(DEPLOY_TARGETS)}")
+    return DEPLOY_TARGETS[name]
+
+
+register_deploy_target(DeployTarget(
+    "jetson", "tensorrt", "tensorrt", "onnxruntime", "setup_jetson.sh",
+    ("numpy>=1.21", "pillow>=8", "onnxruntime>=1.16  # CPU fallback only; TensorRT comes with JetPack "
+     "(python3-libnvinfer), never from pip on a Jetson"),
+    "NVIDIA Jetson: TensorRT engine built on the device from the TensorRT-ready ONNX (ONNX Runtime on the CPU "
+    "until it is built)"))
+register_deploy_target(DeployTarget(
+    "openvino", "openvino", "openvino", "openvino", "setup_cpu.sh",
+    ("numpy>=1.21", "pillow>=8", "openvino>=2024.4"), "Intel CPUs: OpenVINO IR on the OpenVINO CPU plugin",
+    module="openvino", distribution="openvino",
+    cpu_flags=("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8"),
+    required_flags=(("bf16", "avx512_bf16"),)))
+register_deploy_target(DeployTarget(
+    "onnxruntime", "onnx", "onnxruntime", "onnxruntime", "setup_cpu.sh",
+    ("numpy>=1.21", "pillow>=8", "onnxruntime>=1.16"), "any CPU (x86-64, ARM): ONNX on ONNX Runtime's CPU provider",
+    module="onnxruntime", distribution="onnxruntime",
+    cpu_flags=("avx2", "avx512f", "avx512_vnni", "avx_vnni", "asimd", "asimddp", "fphp")))
+
+
+@dataclass
+class BundleResult:
+    path: Path
+    manifest: dict[str, Any]
+
+
+def check_bundle_destination(out: Path | str, force: bool) -> Path:
+    """As exports do (edgecnn's own output only, with --force), and an export artifact is not a bundle."""
+    from edgecnn.export.manifest import MANIFEST_NAME, check_destination
+
+    out = check_destination(out, force)
+    if out.exists():
+        manifest = json.loads((out / MANIFEST_NAME).read_text())  # check_destination read it already
+        if (manifest.get("bundle") or {}).get("kind") != BUNDLE_KIND:
+            raise UserError(f"{out} is an edgecnn export artifact, not a deploy bundle; --force replaces only an "
+                            "earlier bundle: choose another --out")
+    return out
+
+
+def build_bundle(name: str, target: str, precision: str = "fp32", out: Path | str = "bundle", *,
+                 checkpoint: Path | str | None = None, force: bool = False, progress: bool = False,
+                 **export_options: Any) -> BundleResult:
+    """Export `name` for the device kind `target` and write the bundle into `out`, atomically.
+
+    `export_options` go to `export_registered` (batch, dynamic_batch, input_size, calibration, ...). A bundle
+    whose parity check failed is not written.
+    """
+    from edgecnn.export.manifest import describe_files, read_manifest, staging_directory, write_manifest
+    from edgecnn.export.pipeline import export_registered
+
+    deploy = get_deploy_target(target)
+    deploy.check_precision(precision)
+    out = check_bundle_destination(out, force)
+    with staging_directory(out, force) as staging:
+        result = export_registered(name, deploy.export_target, precision, staging / EXPORT_SUBDIR,
+                                   checkpoint=checkpoint, progress=progress, **export_options)
+        if not result.parity_passed:
+            failed = [p["backend"] for p in result.manifest["parity"] if not p["passed"]]
+            raise UserError(f"the {deploy.export_target} {precision} export of {name} failed its parity check on "
+                            f"{', '.join(failed)}; no bundle was written (`edgecnn export` shows the details)")
+        for entry in os.listdir(result.path):
+            os.replace(result.path / entry, staging / entry)
+        result.path.rmdir()
+        manifest = result.manifest
+        written = _write_bundle_files(staging, deploy, manifest)
+        manifest["bundle"] = {"kind": BUNDLE_KIND, "target": deploy.name, "description": deploy.description,
+                              "backend": deploy.backend, "fallback": deploy.fallback, "files": written,
+                              "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+        manifest["files"].update(describe_files(staging, written))
+        write_manifest(staging, manifest)
+    return BundleResult(out, read_manifest(out))
+
+
+def _write_bundle_files(directory: Path, deploy: DeployTarget, manifest: dict[str, Any]) -> list[str]:
+    for name in SHARED_FILES:
+        shutil.copyfile(TEMPLATES / name, directory / name)
+    (directory / "setup.sh").write_text(render_setup(deploy, manifest))
+    (directory / "requirements.txt").write_text(
+        f"# runtime side of this {deploy.name} bundle: pip install -r requirements.txt\n"
+        + "".join(f"{line}\n" for line in deploy.requirements))
+    (directory / "README.md").write_text(render_readme(deploy, manifest))
+    for name in EXECUTABLE:
+        (directory / name).chmod(0o755)
+    return [*SHARED_FILES, "setup.sh", "requirements.txt", "README.md"]
+
+
+def _stage_onnx_files(manifest: dict[str, Any]) -> list[str]:
+    section = manifest.get("early_exit")
+    if section:
+        return [stage["model_files"]["onnx"] for stage in section["stages"]]
+    return [manifest["model_files"]["onnx"]]
+
+
+def render_setup(deploy: DeployTarget, manifest: dict[str, Any]) -> str:
+    text = (TEMPLATES / deploy.setup_template).read_text()
+    required = " ".join(flag for precision, flag in deploy.required_flags if precision == manifest["precision"])
+    values = {"@@RUNTIME@@": deploy.distribution or deploy.backend, "@@MODULE@@": deploy.module,
+              "@@DIST@@": deploy.distribution, "@@CPU_FLAGS@@": " ".join(deploy.cpu_flags),
+              "@@REQUIRED_FLAGS@@": f" {required}" if required else "", "@@PRECISION@@": manifest["precision"]}
+    if "@@STAGES@@" in text:
+        values["@@STAGES@@"] = f'onnx_files="{" ".join(_stage_onnx_files(manifest))}"'
+    for key, value in values.items():
+        text = text.replace(key, value)
+    return text
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"
+
+
+def render_readme(deploy: DeployTarget, m: dict[str, Any]) -> str:
+    """What is inside, how to run it, and what was measured where (the export's parity and accuracy)."""
+    model, export = m["model"], m["export"]
+    shape = "×".join(str(d) for d in m["input"]["shape"])
+    lines = [f"# {model['name']} — {deploy.name} bundle ({m['precision']})", "",
+             f"{deploy.description}. Made by edgecnn {model['edgecnn_version']} on {export['host']} "
+             f"({export['cpu']}) at {export['created_utc']}; weights: {model['weights']['source']}.", "",
+             "## Run it", "", "```sh", "./setup.sh                       # checks this device, says what is missing"
+             + (", builds the TensorRT engine (--dla-core N for a DLA)" if deploy.backend == "tensorrt" else ""),
+             "python3 run.py IMAGE_OR_FOLDER --top-k 5",
+             "./bench.sh --iters 200           # latency p50/p90/p99 + throughput → bench-HOST-....json"
+             + (" (--power: tegrastats energy)" if deploy.backend == "tensorrt" else ""),
+             "```", "",
+             f"Input: `{m['input']['name']}` {shape} {m['input']['dtype']} NCHW; run.py preprocesses images exactly as "
+             "manifest.json's `preprocessing` says (numpy + Pillow only):", ""]
+    lines += [f"- {step}" for step in m["preprocessing"]["steps"]]
+    lines += ["", f"mean {m['preprocessing']['mean']}, std {m['preprocessing']['std']}; classes: "
+              f"{', '.join(m['class_names']) if m['class_names'] else 'class indices'}.", ""]
+    if deploy.backend == "tensorrt":
+        lines += ["On a Jetson without a built engine (and on any other machine) run.py says so and runs the ONNX "
+                  "model on ONNX Runtime's CPU provider. The engine is built here, on the device, because TensorRT "
+                  "engines are tied to the GPU and TensorRT version that built them; engine.json records both and "
+                  "run.py refuses an engine built elsewhere.", ""]
+    if m.get("early_exit"):
+        section = m["early_exit"]
+        lines += [f"Early exit: {len(section['stages'])} stage graphs; a sample leaves at stage k when the softmax "
+                  f"entropy of its exit is below thresholds[k] = {section['thresholds']} (tuned on the validation "
+                  "split); run.py prints each image's exit.", ""]
+    lines += ["`bench.sh` writes edgecnn's benchmark results schema: merge it with other machines' results in "
+              "`edgecnn report a.json device.json --out report/`.", "",
+              "## What was measured where", "",
+              f"At export, on {export['host']} ({export['cpu']}), each parity check against the eager PyTorch model:",
+              "", "| backend | what it ran | samples | top-1 agreement | max abs diff | passed | test top-1 |",
+              "|---|---|---|---|---|---|---|"]
+    for p in m["parity"]:
+        test = (p.get("test_split") or {}).get("accuracy")
+        lines.append(f"| {p['backend']} | {p.get('measures') or 'the artifact'} | {p['samples']} | "
+                     f"{p.get('top1_agreement', 0) * 100:.1f}% | {p.get('max_abs_diff', float('nan')):.2e} | "
+                     f"{'yes' if p['passed'] else 'NO'} | {'—' if test is None else f'{test}%'} |")
+    lines += ["", "Nothing was measured on the device yet: run ./bench.sh there.", "", "## Files", "",
+              "Every file below is checked against its SHA-256 in manifest.json before run.py loads a model; an "
+              "altered file is refused. setup.sh may add model.plan, engine.json, timing.cache and "
+              "build_engine.log (and stageK/model.plan for early-exit stages).", "", "| file | size |", "|---|---|"]
+    lines += [f"| {name} | {_size(entry['bytes'])} |" for name, entry in sorted(m["files"].items())]
+    lines += ["| setup.sh, run.py, bench.py, bench.sh, edgecnn_bundle.py, README.md, requirements.txt | "
+              "the bundle's own |", ""]
+    for note in m["notes"]:
+        lines.append(f"Note: {note}")
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["BUNDLE_KIND", "BundleResult", "DEPLOY_TARGETS", "DeployTarget", "build_bundle", "get_deploy_target",
+           "register_deploy_target"]

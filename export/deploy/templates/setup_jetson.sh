@@ -1,0 +1,90 @@
+#!/bin/sh
+# Check this Jetson (L4T / JetPack release, TensorRT, CUDA, free memory), say exactly what is missing, then build
+# the TensorRT engine here with the artifact's build script (engines are tied to the GPU and TensorRT version that
+# build them) and check the bundle with python3 run.py --check.
+#     ./setup.sh [--dla-core N] [--workspace-mib MIB] [--batch N] [--max-batch N] [--rebuild]
+# The timing cache (timing.cache) is kept beside the engine, so a rebuild takes seconds.
+set -u
+cd "$(dirname "$0")" || exit 1
+PY=${PYTHON:-python3}
+RELEASE=${EDGECNN_TEGRA_RELEASE:-/etc/nv_tegra_release}
+dla="" workspace=1024 batch="" max_batch="" rebuild=0
+need_value() { [ $# -ge 2 ] || { echo "setup.sh: $1 needs a value" >&2; exit 2; }; }
+number() {  # name value minimum
+    case $2 in ''|*[!0-9]*) echo "setup.sh: $1 must be an integer of at least $3, got '$2'" >&2; exit 2 ;; esac
+    [ "$2" -ge "$3" ] || { echo "setup.sh: $1 must be at least $3, got $2" >&2; exit 2; }
+}
+while [ $# -gt 0 ]; do
+    case $1 in
+        --dla-core) need_value "$@"; number --dla-core "$2" 0; dla=$2; shift 2 ;;
+        --workspace-mib) need_value "$@"; number --workspace-mib "$2" 1; workspace=$2; shift 2 ;;
+        --batch) need_value "$@"; number --batch "$2" 1; batch=$2; shift 2 ;;
+        --max-batch) need_value "$@"; number --max-batch "$2" 1; max_batch=$2; shift 2 ;;
+        --rebuild) rebuild=1; shift ;;
+        -h|--help) sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "setup.sh: unknown option $1 (see ./setup.sh --help)" >&2; exit 2 ;;
+    esac
+done
+if [ ! -f "$RELEASE" ]; then
+    echo "setup.sh: this is not a Jetson ($RELEASE is missing): copy the bundle to the Jetson and run ./setup.sh there; on this machine run.py runs the ONNX model on ONNX Runtime (CPU) instead" >&2
+    exit 1
+fi
+missing=""
+l4t=$(head -n 1 "$RELEASE")
+major=$(echo "$l4t" | sed -n 's/^# R\([0-9][0-9]*\).*/\1/p')
+revision=$(echo "$l4t" | sed -n 's/.*REVISION: \([0-9.][0-9.]*\).*/\1/p')
+case $major in
+    32) jetpack="4.x" ;; 34|35) jetpack="5.x" ;; 36) jetpack="6.x" ;; *) jetpack="unknown to this script" ;;
+esac
+echo "L4T: R$major.$revision (JetPack $jetpack)"
+trt_python=$("$PY" -c 'import tensorrt; print(tensorrt.__version__)' 2>/dev/null || true)
+trtexec=$(command -v trtexec || { [ -x /usr/src/tensorrt/bin/trtexec ] && echo /usr/src/tensorrt/bin/trtexec; } || true)
+echo "TensorRT: python ${trt_python:-not importable}; trtexec ${trtexec:-not found}"
+if [ -z "$trt_python" ] && [ -z "$trtexec" ]; then
+    missing="$missing TensorRT(sudo apt install nvidia-tensorrt python3-libnvinfer, part of nvidia-jetpack)"
+fi
+case $trt_python in [0-9].*) echo "note: TensorRT $trt_python is older than 10; the ONNX may use ops or opsets it lacks" ;; esac
+cuda=""
+for v in /usr/local/cuda/version.json /usr/local/cuda/version.txt; do
+    [ -f "$v" ] && cuda=$(grep -m1 -o '[0-9][0-9]*\.[0-9][0-9.]*' "$v") && break
+done
+[ -z "$cuda" ] && command -v nvcc >/dev/null 2>&1 && cuda=$(nvcc --version | sed -n 's/.*release \([0-9.]*\).*/\1/p')
+echo "CUDA: ${cuda:-not found}"
+[ -z "$cuda" ] && missing="$missing CUDA(sudo apt install nvidia-cuda, part of nvidia-jetpack)"
+free_mib=$(awk '/^MemAvailable:/ {print int($2 / 1024)}' /proc/meminfo 2>/dev/null)
+echo "memory: ${free_mib:-?} MiB available (shared by CPU and GPU)"
+if [ -n "$free_mib" ] && [ "$free_mib" -lt $((workspace + 512)) ]; then
+    missing="$missing memory(${free_mib}MiB free; the build wants ~$((workspace + 512))MiB: close programs or pass a smaller --workspace-mib)"
+fi
+for pair in numpy:numpy PIL:pillow; do
+    module=${pair%%:*}
+    "$PY" -c "import $module" 2>/dev/null || missing="$missing $PY-package:${pair#*:}"
+done
+if [ -n "$missing" ]; then
+    echo "setup.sh: missing:$missing" >&2
+    exit 1
+fi
+@@STAGES@@
+for onnx in $onnx_files; do
+    plan="${onnx%.onnx}.plan"
+    if [ -f "$plan" ] && [ "$rebuild" = 0 ]; then
+        echo "engine $plan exists (--rebuild to build it again)"
+        continue
+    fi
+    if [ -n "$trt_python" ]; then
+        set -- --onnx "$onnx" --out "$plan" --workspace-mib "$workspace" --timing-cache timing.cache
+        [ -n "$batch" ] && set -- "$@" --batch "$batch"
+        [ -n "$max_batch" ] && set -- "$@" --max-batch "$max_batch"
+        [ -n "$dla" ] && set -- "$@" --dla-core "$dla"
+        "$PY" -B build_engine.py "$@" || exit 1
+    elif [ "$onnx" = model.onnx ]; then
+        set --
+        [ -n "$dla" ] && set -- "--useDLACore=$dla" --allowGPUFallback
+        TRTEXEC="$trtexec" WORKSPACE_MIB="$workspace" BATCH="${batch:-1}" MAX_BATCH="${max_batch:-32}" \
+            sh build_engine.sh "$@" || exit 1
+    else
+        echo "setup.sh: missing: TensorRT's Python package, which builds the early-exit stage $onnx (trtexec builds model.onnx only)" >&2
+        exit 1
+    fi
+done
+exec "$PY" -B run.py --check
