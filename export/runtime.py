@@ -474,6 +474,12 @@ class TensorRTSession(Session):
                             "on an NVIDIA device, or use backend='onnxruntime'") from e
         if not torch.cuda.is_available():
             raise UserError("the tensorrt backend needs a CUDA GPU, and torch sees none here")
+        from edgecnn.export.tensorrt_build import EngineMismatch, check_engine_record
+
+        try:  # before deserialising: an engine from another GPU or TensorRT version crashes or misbehaves there
+            check_engine_record(self.model_path, trt.__version__, _torch_cuda_device())
+        except EngineMismatch as e:
+            raise ArtifactError(str(e)) from None
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self._engine = runtime.deserialize_cuda_engine(self.model_path.read_bytes())
         if self._engine is None:
@@ -505,6 +511,14 @@ class TensorRTSession(Session):
     def close(self) -> None:
         self._context = self._engine = None
         super().close()
+
+
+def _torch_cuda_device() -> dict[str, str]:
+    """The current CUDA device as tensorrt_build's engine record names it (name, compute capability)."""
+    import torch
+
+    major, minor = torch.cuda.get_device_capability()
+    return {"gpu": torch.cuda.get_device_name(), "compute_capability": f"{major}.{minor}"}
 
 
 def open_session(directory: Path | str, manifest: dict[str, Any], backend: str | None = None,
