@@ -144,3 +144,19 @@ def test_tensorrt_int8_is_symmetric_s8_qdq_with_a_stamped_cache(tmp_path: Path) 
         m["calibration"]["fp32_model_sha256"]
     with pytest.raises(UserError, match="stale"):
         read_cache(art / "calibration.cache", m["files"]["model.onnx"]["sha256"])
+
+
+def test_bf16_is_refused_without_bf16_hardware_and_runs_fp32_ir_with_it(tmp_path: Path) -> None:
+    import openvino as ov
+
+    has_bf16 = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    if not has_bf16:
+        with pytest.raises(UserError, match="bf16 needs a CPU with AVX-512 BF16 or AMX"):
+            export_registered(MODEL, "openvino", "bf16", tmp_path / "bf16")
+        assert not (tmp_path / "bf16").exists()
+        with pytest.raises(UserError, match="exports precisions fp32, fp16, int8, not 'bf16'"):
+            export_registered(MODEL, "onnx", "bf16", tmp_path / "bf16")
+        return
+    m = export_registered(MODEL, "openvino", "bf16", tmp_path / "bf16").manifest
+    assert m["precision"] == "bf16" and not m["target_info"]["compressed_to_fp16"]
+    assert m["parity"][0]["passed"] and "test_split" in m["parity"][0]
