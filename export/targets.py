@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from edgecnn.errors import UserError
@@ -50,8 +51,9 @@ class Target:
     def check_precision(self, precision: str) -> None:
         """Refuse, before any work, a precision this machine cannot run (bf16 without BF16 hardware)."""
 
-    def check_ops(self, ops: dict[str, int]) -> None:
-        """Reject, with a specific message, ops the target's converter or runtime cannot take."""
+    def check_ops(self, ops: dict[str, int], graph: Path | None = None) -> None:
+        """Reject, with a specific message (naming the nodes when `graph`, the ONNX file, is given), ops the
+        target's converter or runtime cannot take."""
         if "DeformConv" in ops and not self.supports_deform_conv:
             raise ExportError(f"the graph has {ops['DeformConv']} DeformConv node(s), which the {self.name} target "
                               "cannot run: the model's deformable layers must lower to GridSample + Conv in "
@@ -62,7 +64,7 @@ class Target:
         example = ctx.example.half() if half and not ctx.keep_io_types else ctx.example
         report = export_onnx(module, example, ctx.staging / name, opset=ctx.opset,
                              dynamic_batch=ctx.dynamic_batch, exporter=ctx.exporter, output_names=ctx.output_names)
-        self.check_ops(report["ops"])
+        self.check_ops(report["ops"], ctx.staging / name)
         return report
 
 
@@ -148,12 +150,14 @@ class TensorRTTarget(Target):
     description = ("TensorRT-ready ONNX (FP32 weights; FP16 is a builder flag) + build_engine.py/.sh; "
                    "the engine is built where TensorRT and a GPU exist")
 
-    def check_ops(self, ops: dict[str, int]) -> None:
-        super().check_ops(ops)
+    def check_ops(self, ops: dict[str, int], graph: Path | None = None) -> None:
+        super().check_ops(ops, graph)
         missing = tensorrt.unsupported_ops(ops)
         if missing:
-            raise ExportError(f"TensorRT's ONNX parser does not support {', '.join(missing)} "
-                              f"({tensorrt.TENSORRT_OPS_SOURCE}); the model cannot be built as a TensorRT engine")
+            nodes = tensorrt.describe_nodes(graph, missing) if graph is not None else ""
+            raise ExportError(f"TensorRT's ONNX parser does not support {', '.join(missing)}{nodes} "
+                              f"({tensorrt.TENSORRT_OPS_SOURCE}); the model cannot be built as a TensorRT engine: "
+                              f"{tensorrt.way_out(missing)}")
 
     def write(self, ctx: ExportContext) -> TargetOutput:
         report = self._write_onnx(ctx, ONNX_FILE, half=False)

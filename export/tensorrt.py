@@ -42,6 +42,30 @@ def unsupported_ops(ops: Iterable[str]) -> list[str]:
     return sorted(op for op in set(ops) if op not in TENSORRT_ONNX_OPS)
 
 
+# What to do about an op TensorRT's parser lacks; any other gets GENERIC_WAY_OUT.
+_INTEGER_OPS_WAY_OUT = ("integer-operator INT8 graphs are ONNX Runtime's format; TensorRT takes float graphs with "
+                        "explicit QuantizeLinear/DequantizeLinear: export the float model with --target tensorrt "
+                        "--precision int8")
+WAYS_OUT = {op: _INTEGER_OPS_WAY_OUT for op in ("QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger")}
+GENERIC_WAY_OUT = ("replace that layer with operators TensorRT parses, give TensorRT a plugin for it, or deploy "
+                   "this model with --target onnx or --target openvino, whose runtimes run it")
+
+
+def describe_nodes(graph: Path, ops: Iterable[str], shown: int = 3) -> str:
+    """` (node 'name' (Op), ...)`: where in the ONNX graph the given ops are."""
+    import onnx
+
+    wanted = set(ops)
+    nodes = [f"{n.name or n.output[0]!r} ({n.op_type})"
+             for n in onnx.load(str(graph), load_external_data=False).graph.node if n.op_type in wanted]
+    more = f" and {len(nodes) - shown} more" if len(nodes) > shown else ""
+    return f" (node{'s' if len(nodes) > 1 else ''} {', '.join(nodes[:shown])}{more})" if nodes else ""
+
+
+def way_out(ops: Iterable[str]) -> str:
+    return "; ".join(dict.fromkeys(WAYS_OUT.get(op, GENERIC_WAY_OUT) for op in ops))
+
+
 def engine_buildable_here() -> tuple[bool, str]:
     """Whether this machine can build an engine, and if not, why (said in the CLI and manifest)."""
     try:

@@ -9,6 +9,7 @@ Needs numpy, Pillow and the runtime in requirements.txt; nothing from edgecnn, n
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 sys.dont_write_bytecode = True  # the bundle stays exactly the files edgecnn wrote
@@ -66,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     except BundleError as e:
         print(f"run.py: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # piped into head and the like: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     return 0
 
 
