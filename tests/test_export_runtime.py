@@ -234,7 +234,8 @@ def test_openvino_bf16_on_this_cpu(artifacts: dict[str, Path]) -> None:
 
     if "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
         with runtime.load(artifacts["static_openvino"], inference_precision="bf16") as session:
-            assert session.executed_precision == "bf16" and session.info()["inference_precision"] == "bf16"
+            assert session.executed_precision.startswith("bf16")  # most compute layers; a few may stay fp32
+            assert session.info()["inference_precision"] == "bf16"
     else:
         with pytest.raises(UserError, match="inference_precision='bf16' needs a CPU with BF16 arithmetic"):
             runtime.load(artifacts["static_openvino"], inference_precision="bf16")
