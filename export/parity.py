@@ -51,12 +51,13 @@ def parity_inputs(config: ModelConfig, input_size: tuple[int, int, int], samples
     """The inputs parity runs on, and a line saying what they are (for the manifest).
 
     `dataset` is the checkpoint sidecar's record of what the weights were trained on: its test split
-    is used when its path is readable here. Without it, the zoo's Fashion-MNIST models use that test
+    is used when its path (or, without one, its name) is readable here. Without it, the zoo's Fashion-MNIST models use that test
     split; everything else gets seeded standard-normal inputs, and the line says why.
     """
     if isinstance(dataset, dict):
         label = str(dataset.get("name") or dataset.get("path") or "the checkpoint's dataset")
-        source, why = dataset.get("path"), f"{label}, which the checkpoint was trained on, records no path"
+        # no path: a named dataset (fashion_mnist) read from its default place
+        source, why = dataset.get("path") or dataset.get("name"), f"the checkpoint's dataset records no name or path"
     elif config.dataset == "fashion_mnist":
         label, source, why = "fashion_mnist", "fashion_mnist", ""
     else:

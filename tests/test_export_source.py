@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 
 import edgecnn
+import edgecnn.data
+import edgecnn.errors
 from edgecnn.checkpoint import save_checkpoint
 from edgecnn.data import preprocess
 from edgecnn.export import export_registered, read_manifest, runtime
@@ -125,3 +127,16 @@ def test_random_init_artifact_matches_the_torch_backends_rebuild(tmp_path: Path)
         reference, ours = torch_session.run(x), ort.run(x)
     scale = np.abs(reference).max()
     assert np.abs(reference - ours).max() <= 1e-2 * scale and read_manifest(tmp_path / "art")
+
+
+def test_a_named_dataset_without_a_path_is_read_by_its_name(tmp_path: Path) -> None:
+    """train() records path None for Fashion-MNIST in its default place: parity still uses its test split."""
+    path = tmp_path / "fm.safetensors"
+    save_checkpoint(edgecnn.create_model(MODEL), path,
+                    {"model": MODEL, "dataset": {"name": "fashion_mnist", "path": None, "fingerprint": "x"}})
+    try:
+        edgecnn.data.load_dataset("fashion_mnist", split="test")
+    except edgecnn.errors.DatasetError:
+        pytest.skip("Fashion-MNIST is not installed here")
+    m = export_registered(MODEL, "onnx", "fp32", tmp_path / "art", checkpoint=path, parity_samples=8).manifest
+    assert m["parity"][0]["inputs"] == "fashion_mnist test[0:8]" and m["model"]["dataset"] == "fashion_mnist"
