@@ -8,13 +8,15 @@ import pytest
 import torch
 
 import edgecnn.train as train_mod
+from edgecnn.cli import main
 from edgecnn.data import load_dataset, train_val_split
 from edgecnn.train import MAX_DEFAULT_EPOCHS, MIN_DEFAULT_STEPS, RECIPES, augment_batch, default_epochs, train
 
 NAME = "lenet5_fmnist"
 
 
-def test_image_folder_run_records_its_classes_and_dataset(image_folder: Path, tmp_path: Path) -> None:
+def test_image_folder_run_records_its_classes_and_dataset(image_folder: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "run" / "ck.safetensors"
     train(NAME, data=str(image_folder), out=out, epochs=1, batch_size=8, threads=1, progress=False,
           model_kwargs={"num_classes": 3})
@@ -23,6 +25,9 @@ def test_image_folder_run_records_its_classes_and_dataset(image_folder: Path, tm
     assert meta["dataset"] == {"name": "folder", "path": str(image_folder.resolve()),
                                "fingerprint": load_dataset(image_folder).fingerprint}
     assert meta["config"]["dataset"] == "folder" and meta["config"]["num_classes"] == 3
+    # and `edgecnn eval` scores it on its own data: the 3-class model is rebuilt from the sidecar
+    assert main(["eval", NAME, "--checkpoint", str(out), "--data", str(image_folder)]) == 0
+    assert "on 12 folder images" in capsys.readouterr().out
 
 
 def test_fashion_mnist_run_records_its_classes(fmnist_dir: Path, tmp_path: Path) -> None:

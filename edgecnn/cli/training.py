@@ -5,7 +5,7 @@ import argparse
 
 import torch
 
-from edgecnn.checkpoint import committed_checkpoint, load_checkpoint
+from edgecnn.checkpoint import committed_checkpoint, load_checkpoint, read_sidecar
 from edgecnn.errors import UserError
 from edgecnn.validation import arg_type, non_negative_int, positive_float, positive_int
 
@@ -84,11 +84,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from edgecnn.registry import create_model
     from edgecnn.train import evaluate
 
-    model = create_model(args.name)
     path = args.checkpoint or committed_checkpoint(args.name)
     if path is None:
         raise UserError(f"{args.name} has no committed weights; pass --checkpoint PATH (train one with "
                         f"`edgecnn train {args.name}`)")
+    # a model trained on the user's own data may predict other classes from other channels than the zoo's
+    trained = read_sidecar(path).get("config") or {}
+    model = create_model(args.name, num_classes=trained.get("num_classes"),
+                         in_chans=(trained.get("input_size") or [None])[0])
     load_checkpoint(model, path)
     ds = load_dataset(args.data, "test", args.data_root)
     if len(ds.class_names) != model.config.num_classes:
