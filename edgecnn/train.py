@@ -326,6 +326,10 @@ def train(name: str, *, epochs: int | None = None, batch_size: int | None = None
     if epochs is None:
         epochs = default_epochs(rcp.epochs, steps_per_epoch)
         epochs_from = "recipe" if epochs == rcp.epochs else f"minimum of {MIN_DEFAULT_STEPS} optimizer steps"
+        if epochs != rcp.epochs and progress and rank == 0:
+            print(f"{name}: {len(train_ds)} training images are {steps_per_epoch} steps an epoch; training "
+                  f"{epochs} epochs instead of the recipe's {rcp.epochs} to reach {MIN_DEFAULT_STEPS} steps "
+                  "(--epochs sets them)", file=sys.stderr)
     else:
         epochs_from = "--epochs"
     schedule = {"epochs": epochs, "epochs_from": epochs_from, "steps_per_epoch": steps_per_epoch,

@@ -110,12 +110,13 @@ def test_default_epochs_rule(recipe_epochs: int, steps_per_epoch: int, expected:
         assert epochs * steps_per_epoch >= MIN_DEFAULT_STEPS > (epochs - 1) * steps_per_epoch
 
 
-def test_small_data_default_schedule_is_recorded(fmnist_dir: Path, tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    """Without --epochs the run follows the rule (scaled down here to keep the test quick) and records it."""
+def test_small_data_default_schedule_is_recorded(fmnist_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture) -> None:
+    """Without --epochs the run follows the rule (scaled down here to keep the test quick), says so, records it."""
     monkeypatch.setattr(train_mod, "MIN_DEFAULT_STEPS", 200)
     out = tmp_path / "run" / "ck.safetensors"
-    result = train(NAME, data=str(fmnist_dir), out=out, batch_size=2, limit=20, threads=1, progress=False)
+    result = train(NAME, data=str(fmnist_dir), out=out, batch_size=2, limit=20, threads=1)
+    assert "training 20 epochs instead of the recipe's 15 to reach 200 steps" in capsys.readouterr().err
     meta = json.loads(out.with_suffix(".json").read_text())
     schedule = meta["schedule"]
     assert schedule["steps_per_epoch"] == 10 and schedule["epochs"] == 20 == result.epochs == meta["epochs"]
