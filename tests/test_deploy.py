@@ -319,3 +319,7 @@ def test_early_exit_bundle_runs_the_stage_loop(tmp_path: Path, pngs: tuple[Path,
     logits, exits = model.classify(x)
     np.testing.assert_array_equal(exits, reference.exits)
     np.testing.assert_allclose(logits, reference.logits, atol=1e-5)
+
+    # the stage folders are edgecnn's too: --force replaces the bundle (a foreign file in one would be refused)
+    build_bundle("b_lenet_fmnist", "onnxruntime", out=out, dynamic_batch=True, parity_samples=8, force=True)
+    assert read_manifest(out)["early_exit"]
