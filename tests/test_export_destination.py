@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from edgecnn.cli import main
 from edgecnn.errors import UserError
 from edgecnn.export import export_registered, read_manifest
 from edgecnn.export import pipeline as pipeline_module
+from tests.test_export_artifact import _start_export
 
 MODEL = "lenet5_fmnist"
 
@@ -99,41 +99,23 @@ def test_symlink_is_not_followed_or_replaced(tmp_path: Path) -> None:
     _assert_intact(folder, files)
 
 
-HANGING_EXPORT = textwrap.dedent("""
-    import sys, time
-    from pathlib import Path
-    from edgecnn.export.pipeline import DEFAULT_PASSES, Pass, Pipeline, export_registered
-
-    class Hang(Pass):
-        name = "hang"
-        def run(self, ctx):
-            (Path(sys.argv[2]) / "ready").write_text(str(ctx.staging))
-            time.sleep(600)
-
-    passes = [p() for p in DEFAULT_PASSES]
-    passes.insert(3, Hang())
-    export_registered("lenet5_fmnist", "openvino", "fp32", sys.argv[1], pipeline=Pipeline(passes))
-""")
-
-
 def test_sigterm_during_an_export_removes_its_staging_directory(tmp_path: Path) -> None:
     out, markers = tmp_path / "art", tmp_path / "markers"
     markers.mkdir()
-    proc = subprocess.Popen([sys.executable, "-c", HANGING_EXPORT, str(out), str(markers)],
-                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stderr=subprocess.PIPE, text=True)
+    proc = _start_export(out, markers, hang_at=3)
     try:
         deadline = time.monotonic() + 120
         while not (markers / "ready").exists():
-            assert proc.poll() is None, f"the export died early: {proc.stderr.read()}"
+            assert proc.poll() is None, "the export died before reaching the hang"
             assert time.monotonic() < deadline, "the export never reached the hang"
             time.sleep(0.1)
         staging = Path((markers / "ready").read_text())
         assert (staging / "model.xml").exists()
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
+        proc.wait(timeout=60)
     finally:
         proc.kill()
-    assert proc.returncode != 0 and "KeyboardInterrupt" in err
+    assert proc.returncode != -signal.SIGTERM, "SIGTERM killed the export without cleanup"
     assert not staging.exists(), "SIGTERM left the staging directory behind"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["markers"]
 
