@@ -323,3 +323,30 @@ def test_early_exit_bundle_runs_the_stage_loop(tmp_path: Path, pngs: tuple[Path,
     # the stage folders are edgecnn's too: --force replaces the bundle (a foreign file in one would be refused)
     build_bundle("b_lenet_fmnist", "onnxruntime", out=out, dynamic_batch=True, parity_samples=8, force=True)
     assert read_manifest(out)["early_exit"]
+
+
+def test_tegrastats_power_is_read_from_every_jetson_format() -> None:
+    b = _bundle_module()
+    orin = ("RAM 2448/7620MB (lfb 1x4MB) CPU [1%@729,0%@729] GR3D_FREQ 0% cpu@47.5C VDD_IN 5101mW/5101mW "
+            "VDD_CPU_GPU_CV 477mW/477mW VDD_SOC 1433mW/1433mW")
+    nano = "RAM 1587/3956MB CPU [5%@102,off,off,3%@102] GR3D_FREQ 0%@76 POM_5V_IN 2110/2110 POM_5V_GPU 0/0"
+    assert b.tegrastats_power_mw([orin, orin.replace("5101mW/5101mW", "6101mW/5601mW")]) == 5601.0
+    assert b.tegrastats_power_mw([nano]) == 2110.0
+    assert b.tegrastats_power_mw(["RAM 1587/3956MB CPU [5%@102]"]) is None
+
+
+def test_cli_lists_deploy_and_jetson_int8_needs_modelopt(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from edgecnn.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "deploy" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["deploy", "--help"])
+    text = capsys.readouterr().out
+    assert "--target" in text and "jetson" in text and "--force" in text
+    if importlib.util.find_spec("modelopt") is None:
+        assert main(["deploy", MODEL, "--target", "jetson", "--precision", "int8", "--out", str(tmp_path / "b")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "INT8 for the tensorrt target needs NVIDIA ModelOpt" in err
+        assert not list(tmp_path.iterdir())
