@@ -350,3 +350,19 @@ def test_cli_lists_deploy_and_jetson_int8_needs_modelopt(tmp_path: Path, capsys:
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "INT8 for the tensorrt target needs NVIDIA ModelOpt" in err
         assert not list(tmp_path.iterdir())
+
+
+def test_bundle_statistics_and_machine_record_are_edgecnns() -> None:
+    """The bundle cannot import edgecnn, so it carries its own copies: they must not drift from the originals."""
+    from edgecnn.benchmarks.machine import CPU_FLAGS, machine_info
+    from edgecnn.benchmarks.schema import SCHEMA_VERSION
+    from edgecnn.benchmarks.stats import latency_stats, round_spread
+
+    b = _bundle_module()
+    seconds = list(np.random.default_rng(3).gamma(2.0, 0.004, 101))
+    assert b.latency_stats(seconds, 4) == latency_stats(seconds, 4)
+    rounds = [seconds[:50], seconds[50:]]
+    assert b.percent_spread(rounds) == round_spread(rounds)
+    assert set(machine_info()) <= set(b.machine_info()) and set(CPU_FLAGS) <= set(b.CPU_FLAGS)
+    assert b.machine_info()["name"] == machine_info()["name"]
+    assert b.RESULTS_SCHEMA_VERSION == SCHEMA_VERSION

@@ -274,9 +274,12 @@ class TensorRTRunner(Runner):
         super().__init__(path, input_name, threads)
         import tensorrt as trt
 
-        from build_engine import check_engine_record  # the artifact's own build script, beside this file
+        import build_engine  # the artifact's own build script, beside this file
 
-        check_engine_record(path)
+        try:  # before deserialising: an engine built for another GPU or TensorRT fails there, or worse
+            build_engine.check_engine_record(path)
+        except build_engine.EngineMismatch as e:
+            raise BundleError(str(e)) from None
         self.trt, self.cuda = trt, _Cuda()
         self._engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(path.read_bytes())
         if self._engine is None:
