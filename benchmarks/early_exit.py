@@ -183,7 +183,8 @@ def main() -> int:
     p.add_argument("--timed", type=int, default=400, help="test images timed per round at batch 1")
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--sweep-points", type=int, default=8)
-    p.add_argument("--out", type=Path, default=RESULTS / "early_exit.json")
+    p.add_argument("--out", type=Path, default=RESULTS / "early_exit.json",
+                   help="results JSON (runs of other models/configs already in it are kept); the PNG goes next to it")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
@@ -201,13 +202,21 @@ def main() -> int:
                 r = bench_artifact(art, name, args.threads, images, labels.numpy(), args.timed, args.rounds,
                                    args.sweep_points)
                 r["export_s"] = round(export_s, 1)
+                r["loadavg_1_5_15"] = [round(x, 2) for x in os.getloadavg()]  # the machine is shared: say how busy
                 results.append(r)
                 print(f"{name} {config}: {r['speedup_vs_trunk']:.2f}× (early exit {r['latency_ms']['early_exit']:.4f} "
                       f"ms vs trunk {r['latency_ms']['trunk']:.4f} ms), accuracy {r['accuracy']['early_exit']:.2f}% "
                       f"vs trunk {r['accuracy']['trunk']:.2f}%, exits {r['exit_fractions']}", flush=True)
     for rt in sorted({r["runtime"] for r in results}):
         overhead[rt] = round(call_overhead_ms(rt, args.threads), 5)
-    record = {"benchmark": "early_exit", "command": "python benchmarks/early_exit.py " +
+    # Runs of other models/configs already in the file stay (one run per model × target × precision).
+    if args.out.is_file():
+        earlier = json.loads(args.out.read_text())
+        fresh = {(r["model"], r["target"], r["precision"]) for r in results}
+        results = [r for r in earlier.get("results", []) if (r["model"], r["target"], r["precision"]) not in fresh] \
+            + results
+        overhead = {**earlier.get("session_call_overhead_ms", {}), **overhead}
+    record = {"benchmark": "early_exit", "last_command": "python benchmarks/early_exit.py " +
               " ".join(f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
                        for k, v in vars(args).items() if k != "out"),
               "bars": {"paper_gain": PAPER_GAIN, "b_resnet_fmnist_onnxruntime_min": 1.9, "max_loss_pt": 0.5},

@@ -408,11 +408,12 @@ class EarlyExitStages:
             reference = [torch.cat(parts).numpy() for parts in zip(*(
                 net.eval().forward_exits(inputs[i:i + 256]) for i in range(0, len(inputs), 256)))]
         predictions = logits.argmax(2)
-        chosen, front, final = tune(entropies, predictions, labels, stage_ms, self.budget_pt)
+        budget = self.budget_pt if ctx.exit_budget_pt is None else ctx.exit_budget_pt
+        chosen, front, final = tune(entropies, predictions, labels, stage_ms, budget)
         return {
             "thresholds": list(chosen.thresholds), "runtime": runtime, "executed_precision": executed,
             "tuned_on": f"validation split ({len(labels)} images, carved from train; never the test split)",
-            "accuracy_budget_pt": self.budget_pt, "final_exit_accuracy": round(final, 3),
+            "accuracy_budget_pt": budget, "final_exit_accuracy": round(final, 3),
             "accuracy": round(chosen.accuracy, 3), "exit_fractions": [round(f, 4) for f in chosen.exit_fractions],
             "stage_ms": [round(c, 5) for c in stage_ms], "expected_ms": round(chosen.expected_ms, 5),
             "exit_accuracy": [round(float(100 * (p == labels).mean()), 3) for p in predictions],

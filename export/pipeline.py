@@ -42,7 +42,7 @@ from edgecnn.export.quantize import Quantize, check_int8
 from edgecnn.export.targets import Target, TargetOutput, get_target
 from edgecnn.layers import count_params
 from edgecnn.registry import ModelConfig, get_config
-from edgecnn.validation import non_negative_int, positive_int
+from edgecnn.validation import non_negative_float, non_negative_int, positive_int
 
 TOOLS = ("torch", "onnx", "onnxruntime", "onnxscript", "openvino", "tensorrt")
 PARITY_CHUNK = 16
@@ -73,6 +73,7 @@ class ExportContext:
     calibration_record: dict[str, Any] | None = None  # the manifest's `calibration`, from the quantize pass
     output_names: tuple[str, ...] = (OUTPUT_NAME,)   # of the graph the target writes
     early_exit: dict[str, Any] | None = None          # the manifest's `early_exit`, from the early-exit pass
+    exit_budget_pt: float | None = None               # early-exit accuracy budget; None: the pass's default
 
     def __post_init__(self) -> None:
         if self.module is None:
@@ -259,12 +260,15 @@ def export_model(model: nn.Module, target: str = "onnx", precision: str = "fp32"
                  exporter: str = "auto", input_size: tuple[int, int] | None = None,
                  keep_io_types: bool = True, parity_samples: int | None = None,
                  weights: dict[str, Any] | None = None, overwrite: bool = False, progress: bool = False,
-                 pipeline: Pipeline | None = None, calibration: CalibrationOptions | None = None) -> ExportResult:
+                 pipeline: Pipeline | None = None, calibration: CalibrationOptions | None = None,
+                 exit_budget_pt: float | None = None) -> ExportResult:
     """Export `model` (which carries `.config`, as `edgecnn.create_model` gives it) to one artifact directory.
 
     `input_size` (H, W) overrides the config's spatial size (e.g. its `min_input_size` for fast checks);
     `weights` is the record `load_source_model` returns, so the torch backend can rebuild the model;
-    `calibration` (INT8 only) says how to calibrate (default: auto, 512 samples, no accuracy bound).
+    `calibration` (INT8 only) says how to calibrate (default: auto, 512 samples, no accuracy bound);
+    `exit_budget_pt` (multi-exit models only) is the validation accuracy the exit thresholds may give up
+    against the final exit alone (default 0.5 points).
     """
     config = getattr(model, "config", None)
     if not isinstance(config, ModelConfig):
@@ -283,6 +287,8 @@ def export_model(model: nn.Module, target: str = "onnx", precision: str = "fp32"
     if not keep_io_types and not (precision == "fp16" and target_obj.half_io):
         raise UserError("float16 inputs and outputs (--half-io, keep_io_types=False) apply to FP16 ONNX only")
     _check_numbers(batch, opset, parity_samples, input_size)
+    if exit_budget_pt is not None:
+        non_negative_float("exit_budget_pt", exit_budget_pt)
     out = check_destination(out, overwrite)
     if input_size:
         check_input_size(config, input_size, batch, model)
@@ -290,7 +296,8 @@ def export_model(model: nn.Module, target: str = "onnx", precision: str = "fp32"
     ctx = ExportContext(reference=model.eval(), config=config, target=target_obj, precision=precision,
                         staging=Path(), input_size=size, batch=batch, dynamic_batch=dynamic_batch, opset=opset,
                         exporter=exporter, keep_io_types=keep_io_types, parity_samples=parity_samples,
-                        weights=weights or {"source": "in_memory"}, calibration=calibration)
+                        weights=weights or {"source": "in_memory"}, calibration=calibration,
+                        exit_budget_pt=exit_budget_pt)
     if ctx.weights["source"] == "random_init":
         ctx.notes.append("exported with random initial weights (no checkpoint given and none committed), "
                          "BatchNorm statistics re-estimated on seeded standard-normal inputs: fine for latency, "

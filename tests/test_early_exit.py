@@ -213,3 +213,11 @@ def test_each_target_and_precision_tunes_its_own_thresholds(net, tmp_path: Path,
         many = session.classify(x)
     np.testing.assert_array_equal(np.concatenate([r.exits for r in one]), many.exits)
     np.testing.assert_array_equal(np.concatenate([r.logits.argmax(1) for r in one]), many.logits.argmax(1))
+
+
+@pytest.mark.parametrize("value, message", [("-1", "must be 0 or more"), ("nan", "finite number")])
+def test_exit_budget_flag_is_validated(value: str, message: str, capsys: pytest.CaptureFixture) -> None:
+    from edgecnn.cli import main
+    with pytest.raises(SystemExit) as e:
+        main(["export", "b_lenet_fmnist", "--exit-budget", value])
+    assert e.value.code == 2 and message in capsys.readouterr().err

@@ -42,6 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="inputs parity is checked on (default: 64 at fp32, 512 at fp16)")
     p.add_argument("--seed", type=arg_type(non_negative_int, "--seed"), default=0,
                    help="init seed when there are no weights (default: 0)")
+    p.add_argument("--exit-budget", type=arg_type(non_negative_float, "--exit-budget"), metavar="PT",
+                   help="multi-exit (BranchyNet) models: validation accuracy the exit thresholds may give up "
+                        "against the final exit alone, in points (default: 0.5)")
     p.add_argument("--out", type=Path, help="artifact directory (default: artifacts/NAME-TARGET-PRECISION)")
     p.add_argument("--force", action="store_true",
                    help="replace --out if it is an earlier edgecnn artifact (nothing else is ever replaced)")
@@ -145,7 +148,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                                opset=args.opset, exporter=args.exporter, input_size=args.input_size,
                                keep_io_types=not args.half_io, parity_samples=args.parity_samples,
                                overwrite=args.force, progress=not args.no_progress,
-                               calibration=_calibration_options(args))
+                               calibration=_calibration_options(args), exit_budget_pt=args.exit_budget)
     m = result.manifest
     fold = next(p for p in m["passes"] if p["name"] == "fold_batchnorm")
     print(f"{m['model']['name']} → {m['target']} {m['precision']}: {result.path}  "
