@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -121,3 +122,20 @@ def test_cli_bad_input_is_one_line(tmp_path: Path, capsys) -> None:
     foreign.write_text(json.dumps({"benchmark": "export_time"}))
     with pytest.raises(UserError, match="not an edgecnn benchmark results file"):
         read_results(foreign)
+
+
+def test_without_results_it_reads_the_committed_ones_for_this_cpu_or_says_what_to_run(monkeypatch, capsys) -> None:
+    pick_module = sys.modules[pick.__module__]  # the module (the package re-exports the function as `pick`)
+
+    committed = [p for p in pick_module.COMMITTED.glob("*.json") if "fmnist" in p.name]
+    assert committed, "benchmarks/results holds the committed Fashion-MNIST sweep"
+    measured_on = read_results(committed[0])["machine"]
+    monkeypatch.setattr(pick_module, "machine_info", lambda: measured_on)
+    assert pick_module.committed_results() == [committed[0]]
+    assert main(["pick", "--budget-ms", "1000"]) == 0
+    assert "pick:" in capsys.readouterr().out
+    monkeypatch.setattr(pick_module, "machine_info", lambda: ELSEWHERE)
+    assert main(["pick", "--budget-ms", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no committed results for this machine (Jetson Orin ×6)" in err
+    assert "edgecnn bench" in err
