@@ -71,6 +71,7 @@ def test_openvino_int8_is_an_nncf_fake_quantize_ir(tmp_path: Path) -> None:
     assert m["parity"][0]["passed"] and m["parity"][0]["test_split"]["drop"] <= 1.0
 
 
+@pytest.mark.slow  # several quantize-and-score rounds on the 5000-image validation split
 def test_max_drop_returns_the_most_sensitive_nodes_to_float(tmp_path: Path) -> None:
     # Ranges from one image clip the others' activations: the drop is over budget until nodes go back.
     m = _export(tmp_path, "onnx", calibrator="minmax", samples=1, max_drop=0.5)
@@ -84,6 +85,7 @@ def test_max_drop_returns_the_most_sensitive_nodes_to_float(tmp_path: Path) -> N
     assert compute_excluded and compute_excluded <= set(c["float_nodes"])
 
 
+@pytest.mark.slow  # several quantize-and-score rounds on the 5000-image validation split
 def test_openvino_max_drop_uses_nncf_accuracy_control(tmp_path: Path) -> None:
     m = _export(tmp_path, "openvino", calibrator="minmax", samples=1, max_drop=0.3)
     c = m["calibration"]
