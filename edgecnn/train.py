@@ -234,9 +234,10 @@ def check_outputs(out: Path, *, resume: bool, force: bool) -> None:
     A file that is there must be edgecnn's own output (checkpoint with an edgecnn sidecar, training log,
     training state), and even that is replaced only with `force` (or continued with `resume`).
     """
-    if out.suffix != SAFETENSORS_SUFFIX:
-        raise UserError(f"--out {out}: a checkpoint path ends in {SAFETENSORS_SUFFIX} "
-                        f"(e.g. {out.with_suffix(SAFETENSORS_SUFFIX)})")
+    if out.suffix != SAFETENSORS_SUFFIX or not out.stem:
+        example = out.with_suffix(SAFETENSORS_SUFFIX) if out.stem else out / f"model{SAFETENSORS_SUFFIX}"
+        raise UserError(f"--out {str(out)!r}: a checkpoint path is a file name ending in {SAFETENSORS_SUFFIX} "
+                        f"(e.g. {example})")
     files = run_files(out)
     if resume and not files["state"].is_file():
         raise UserError(f"--resume: there is no saved training state {files['state']}, so there is nothing to "

@@ -90,8 +90,21 @@ def test_checkpoint_path_must_be_safetensors(tmp_path: Path, capsys: pytest.Capt
     before = _snapshot(tmp_path)
     assert main(["train", NAME, "--out", str(tmp_path / "report.txt"), "--force"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "ends in .safetensors" in err
+    assert err.count("\n") == 1 and "ending in .safetensors" in err
     assert _snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("out", ["", "/", ".safetensors", "run/"])
+def test_out_that_is_no_checkpoint_file_name_is_one_line(out: str, capsys: pytest.CaptureFixture) -> None:
+    assert main(["train", NAME, "--out", out]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "a checkpoint path is a file name ending in .safetensors" in err
+
+
+@pytest.mark.parametrize("path", ["", "/"])
+def test_eval_checkpoint_that_is_no_file_name_is_one_line(path: str, capsys: pytest.CaptureFixture) -> None:
+    assert main(["eval", NAME, "--checkpoint", path]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
 
 
 def test_earlier_run_is_replaced_only_with_force(fmnist_dir: Path, tmp_path: Path) -> None:

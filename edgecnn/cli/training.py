@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
 
@@ -84,7 +85,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from edgecnn.registry import create_model
     from edgecnn.train import evaluate
 
-    path = args.checkpoint or committed_checkpoint(args.name)
+    path = committed_checkpoint(args.name) if args.checkpoint is None else Path(args.checkpoint)
+    if path is not None and not path.name:
+        raise UserError(f"--checkpoint {args.checkpoint!r} is not a file name")
     if path is None:
         raise UserError(f"{args.name} has no committed weights; pass --checkpoint PATH (train one with "
                         f"`edgecnn train {args.name}`)")
