@@ -13,6 +13,7 @@ wrote it (`--force`).
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
@@ -92,7 +93,7 @@ def _plot_pareto(records: list[dict[str, Any]], path: Path, title: str) -> bool:
         return False
     with_threads = len({r["threads"] for r in records}) > 1
     rows, cols = _grid(len(models))
-    fig, axes = plt.subplots(rows, cols, figsize=(max(5.2 * cols, 8.0), 4.0 * rows + 0.8), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(max(5.2 * cols, 8.0), 4.0 * rows + 0.6), squeeze=False)
     for ax, model in zip(axes.flat, models):
         mine = [r for r in records if r["model"] == model and _acc(r) is not None]
         placed: list[tuple[float, float]] = []
@@ -104,7 +105,7 @@ def _plot_pareto(records: list[dict[str, Any]], path: Path, title: str) -> bool:
             ax.scatter(x, y, s=55, marker=PRECISION_MARKERS.get(r["precision"], "x"),
                        facecolors="none" if peer else colour, edgecolors=colour, linewidths=1.4, zorder=3)
             # labels of points that (nearly) coincide stack downwards instead of overprinting
-            near = sum(abs(x / px - 1) < 0.25 and abs(y - py) < 0.06 * span for px, py in placed)
+            near = sum(abs(math.log10(x / px)) < 0.3 and abs(y - py) < 0.06 * span for px, py in placed)
             placed.append((x, y))
             ax.annotate(_label(r, with_threads), (x, y), textcoords="offset points", xytext=(6, 3 - 9 * near),
                         fontsize=7, color="#444444")
@@ -129,7 +130,7 @@ def _plot_pareto(records: list[dict[str, Any]], path: Path, title: str) -> bool:
                 plt.Line2D([], [], color="black", lw=1, marker="o", mfc="none", ms=10, label="Pareto front")]
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 5), fontsize=8, frameon=False)
     fig.suptitle(title, fontsize=11)
-    fig.tight_layout(rect=(0, 0.8 / (4.0 * rows + 0.8) + 0.02, 1, 0.96))
+    fig.tight_layout(rect=(0, 0.6 / (4.0 * rows + 0.6), 1, 0.96))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
@@ -158,8 +159,9 @@ def _plot_bars(records: list[dict[str, Any]], path: Path, title: str) -> None:
         ax.set_xticks(range(len(mine)), [_label(r, with_threads) for r in mine], rotation=40, ha="right",
                       fontsize=7)
         ax.set_title(model, fontsize=10)
-        ax.set_ylabel("ms per call")
-        ax.grid(True, axis="y", alpha=0.3)
+        ax.set_yscale("log")  # runtimes differ by 10× and more; tails by more again
+        ax.set_ylabel("ms per call (log)")
+        ax.grid(True, axis="y", which="both", alpha=0.3)
     for ax in list(axes.flat)[len(models):]:
         ax.axis("off")
     fig.suptitle(f"{title}\nbar: p50; whisker: min–max of the round medians; tick: p90; hatched: peer",
@@ -296,7 +298,7 @@ def _markdown(results: Sequence[dict[str, Any]], records: list[dict[str, Any]], 
                      [[r["machine"]["name"], ", ".join(f for f, on in r["machine"]["cpu_flags"].items() if on) or "—",
                        f"{r['machine'].get('memory_gb')} GB", r["machine"]["os"],
                        " / ".join(str(r["tools"].get(t)) for t in ("torch", "onnxruntime", "openvino")),
-                       r.get("created_utc", "?"), "yes" if r.get("complete") else "no (interrupted)",
+                       r.get("created_utc", "?"), "yes" if r.get("complete") else "no (interrupted)" if r.get("interrupted") else "no (stopped)",
                        f"`{r['command']}`"] for r in results]))
     md += ["", "## Headline", "", "Fastest edgecnn configuration per model within 0.5 pt of its PyTorch FP32 "
            "accuracy, at the smallest batch measured; speed-up against eager PyTorch FP32 on the same threads.", ""]
