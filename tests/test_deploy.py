@@ -205,6 +205,15 @@ def test_jetson_bundle_falls_back_to_onnxruntime_and_setup_says_not_a_jetson(
         assert jetson.returncode == 1 and "missing: TensorRT" in jetson.stderr
     assert not (out / "model.plan").exists()
 
+    if importlib.util.find_spec("tensorrt") is None:  # an engine is there but TensorRT is not: said, not crashed
+        copy = tmp_path / "with-engine"
+        shutil.copytree(out, copy)
+        (copy / "model.plan").write_bytes(b"an engine from elsewhere")
+        refused = _run([sys.executable, str(copy / "run.py"), str(folder / "00.png")])
+        assert refused.returncode == 2 and "the tensorrt runtime is not importable here" in refused.stderr
+        fallback = _run([sys.executable, str(copy / "run.py"), str(folder / "00.png"), "--backend", "onnxruntime"])
+        assert fallback.returncode == 0 and _predictions(fallback.stdout)["00.png"] == truth[0]
+
     for bad, says in ((["--dla-core", "-1"], "--dla-core must be an integer of at least 0"),
                       (["--max-batch", "0"], "--max-batch must be at least 1"), (["--bogus"], "unknown option")):
         refused = _run(["sh", str(out / "setup.sh"), *bad])

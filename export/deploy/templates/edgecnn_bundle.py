@@ -148,7 +148,6 @@ class Runner:
     """One graph on one runtime: `run_all(x)` returns every output, in the graph's order."""
     name = ""
     model_format = ""           # the key of model_files it reads
-    package = ""                # what requirements.txt installs for it
 
     def __init__(self, path: Path, input_name: str, threads: int | None) -> None:
         self.path, self.input_name, self.threads = path, input_name, threads
@@ -165,7 +164,7 @@ class Runner:
 
 @register_runner
 class OnnxRuntimeRunner(Runner):
-    name, model_format, package = "onnxruntime", "onnx", "onnxruntime"
+    name, model_format = "onnxruntime", "onnx"
 
     def __init__(self, path: Path, input_name: str, threads: int | None) -> None:
         super().__init__(path, input_name, threads)
@@ -188,7 +187,7 @@ class OnnxRuntimeRunner(Runner):
 
 @register_runner
 class OpenVinoRunner(Runner):
-    name, model_format, package = "openvino", "openvino", "openvino"
+    name, model_format = "openvino", "openvino"
     _HINTS = {"fp32": "f32", "int8": "f32", "fp16": "f16", "bf16": "bf16"}
 
     def __init__(self, path: Path, input_name: str, threads: int | None, precision: str = "fp32") -> None:
@@ -268,7 +267,7 @@ class _Cuda:
 @register_runner
 class TensorRTRunner(Runner):
     """A model.plan built on this device by setup.sh (TensorRT 10 API: named I/O tensors, execute_async_v3)."""
-    name, model_format, package = "tensorrt", "tensorrt_plan", "tensorrt (JetPack's python3-libnvinfer)"
+    name, model_format = "tensorrt", "tensorrt_plan"
 
     def __init__(self, path: Path, input_name: str, threads: int | None) -> None:
         super().__init__(path, input_name, threads)
@@ -357,8 +356,8 @@ class Model:
         self.dtype = np.dtype(manifest["input"]["dtype"])
 
     def _file(self, model_files: dict[str, str], cls: type[Runner]) -> Path:
-        if cls.model_format == "tensorrt_plan":  # built on the device beside the ONNX it came from
-            return self.directory / Path(model_files["onnx"]).with_suffix(".plan")
+        if cls.model_format == "tensorrt_plan":
+            return engine_path(self.directory, model_files)
         return self.directory / model_files[cls.model_format]
 
     def classify(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -386,7 +385,13 @@ class Model:
         return self.stages[0].executed_precision(self.manifest["precision"])
 
 
-def pick_backend(manifest: dict[str, Any], requested: str | None, say: Callable[[str], None]) -> str:
+def engine_path(directory: Path, model_files: dict[str, str]) -> Path:
+    """Where setup.sh builds a graph's TensorRT engine: beside the ONNX it came from, as .plan."""
+    return directory / Path(model_files["onnx"]).with_suffix(".plan")
+
+
+def pick_backend(manifest: dict[str, Any], requested: str | None, say: Callable[[str], None],
+                 directory: Path = HERE) -> str:
     """The backend asked for, else the bundle's; a Jetson bundle without a built engine falls back to its
     CPU runtime and says so."""
     bundle = manifest["bundle"]
@@ -397,9 +402,9 @@ def pick_backend(manifest: dict[str, Any], requested: str | None, say: Callable[
                               f"not {requested}")
         return requested
     if bundle["backend"] == "tensorrt":
-        onnx = manifest["early_exit"]["stages"][0]["model_files"]["onnx"] if manifest.get("early_exit") \
-            else manifest["model_files"]["onnx"]
-        if not (HERE / Path(onnx).with_suffix(".plan")).is_file():
+        graphs = [s["model_files"] for s in manifest["early_exit"]["stages"]] if manifest.get("early_exit") \
+            else [manifest["model_files"]]
+        if not all(engine_path(directory, files).is_file() for files in graphs):
             say("no TensorRT engine is built here (run ./setup.sh on the Jetson to build it): "
                 f"falling back to {bundle['fallback']} on the CPU")
             return bundle["fallback"]
