@@ -195,7 +195,7 @@ def load_cifar10(root: Path | str, split: str = "train") -> ImageDataset:
 
 def load_image_folder(root: Path | str, split: str = "train") -> ImageDataset:
     """One sub-folder per class (ImageNet validation layout too); `root/split/` is used when it exists."""
-    root = Path(root)
+    root = name_root = Path(root)  # the dataset is named after the folder the user gave, not after its split
     if (root / split).is_dir():
         root = root / split
     elif any((root / other).is_dir() for other in ("train", "test")):
@@ -215,7 +215,7 @@ def load_image_folder(root: Path | str, split: str = "train") -> ImageDataset:
     # Hashing every image of a large folder is slow; names and sizes identify the set well enough.
     fingerprint = hashlib.sha256("\n".join(f"{f.relative_to(root)}:{f.stat().st_size}" for f in files)
                                  .encode()).hexdigest()
-    return ImageDataset(root.name, tuple(classes), torch.tensor(labels, dtype=torch.long), files=files,
+    return ImageDataset(name_root.absolute().name, tuple(classes), torch.tensor(labels, dtype=torch.long), files=files,
                         fingerprint=fingerprint)
 
 

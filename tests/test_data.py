@@ -211,6 +211,7 @@ def test_image_folder_with_train_and_test_subfolders(tmp_path: Path) -> None:
     assert (len(train), len(test)) == (6, 4)
     assert train.class_names == test.class_names == ("ant", "bee")
     assert all(f.parts[-3] == "test" for f in test.files) and test.fingerprint != train.fingerprint
+    assert train.name == test.name == tmp_path.name  # named after the user's folder, not "train"/"test"
 
 
 def test_image_folder_with_train_but_no_test_is_refused(tmp_path: Path) -> None:
