@@ -318,6 +318,13 @@ def test_early_exit_bundle_runs_the_stage_loop(tmp_path: Path, pngs: tuple[Path,
     run = _run([sys.executable, str(out / "run.py"), str(pngs[0])])
     assert run.returncode == 0, run.stderr
     assert all("[exit " in line for line in run.stdout.splitlines())
+    from edgecnn.benchmarks.schema import read_results
+
+    bench = _run(["sh", str(out / "bench.sh"), "--iters", "4", "--warmup", "1", "--batch", "4", "--threads", "1",
+                  "--images", str(pngs[0]), "--out", str(tmp_path / "ee.json")])
+    assert bench.returncode == 0, bench.stderr
+    record = read_results(tmp_path / "ee.json")["records"][0]
+    assert record["batch"] == 4 and sum(record["early_exit"]["exit_fractions"]) == pytest.approx(1.0)
 
     b = _bundle_module()
     model = b.Model(b.load_manifest(out), "onnxruntime", threads=1, directory=out)

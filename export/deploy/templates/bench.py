@@ -64,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=positive, help="batch size (default: the graph's, 1 if dynamic)")
     p.add_argument("--threads", type=positive, help="CPU threads of the runtime (default: the runtime's)")
     p.add_argument("--backend", help="runtime (default: the bundle's; see run.py)")
+    p.add_argument("--images", type=Path, metavar="IMAGE|FOLDER",
+                   help="time on these images, preprocessed as run.py does (default: seeded noise; an early-exit "
+                        "model's latency depends on its inputs, so give real ones)")
     p.add_argument("--power", action="store_true", help="Jetson: sample tegrastats for energy per inference")
     p.add_argument("--out", type=Path, help="results JSON (default: bench-HOST-TARGET-PRECISION.json here)")
     p.add_argument("--force", action="store_true", help="replace --out if it is an earlier results file")
@@ -85,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         rss_before = _rss_mb()
         t0 = time.perf_counter()
         model = b.Model(manifest, backend, args.threads)
-        x = np.random.default_rng(0).standard_normal((batch, *manifest["input"]["shape"][1:])).astype(np.float32)
+        x = _inputs(manifest, batch, args.images)
         model.classify(x)
         load_s = time.perf_counter() - t0
         rss_delta = max(0.0, _rss_mb() - rss_before)
@@ -116,11 +119,16 @@ def main(argv: list[str] | None = None) -> int:
                     "threads": args.threads or "default", "stages": len(model.stages)},
         "deploy_bundle": {"target": bundle["target"], "created_utc": bundle["created_utc"]},
     }
+    if len(model.stages) > 1:  # where the timed batch left the network
+        exits = model.classify(x)[1]
+        record["early_exit"] = {"thresholds": model.thresholds, "inputs": settings_inputs(args.images),
+                                "exit_fractions": [round(float((exits == k).mean()), 4) for k in range(len(model.stages))]}
     if power_mw is not None:
         record["power"] = {"source": "tegrastats VDD_IN / POM_5V_IN (board input)", "mean_mw": round(power_mw, 1),
                            "energy_mj_per_inference": round(power_mw * stats["mean"] / 1e3 / batch, 4)}
     settings = {"iters": args.iters, "warmup": args.warmup, "rounds": args.rounds, "batch": batch,
-                "threads": args.threads, "backend": backend, "power": args.power}
+                "threads": args.threads, "backend": backend, "power": args.power,
+                "inputs": settings_inputs(args.images)}
     command = " ".join(shlex.quote(a) for a in ["bench.py", *(sys.argv[1:] if argv is None else argv)])
     document = b.results_document(record, command, settings, jetson_state())
     fd, tmp = tempfile.mkstemp(dir=out.absolute().parent, prefix=f".{out.name}.tmp-")
@@ -134,6 +142,19 @@ def main(argv: list[str] | None = None) -> int:
           + (f", {record['power']['energy_mj_per_inference']:.2f} mJ/inference" if "power" in record else ""))
     print(f"wrote {out}")
     return 0
+
+
+def settings_inputs(images: Path | None) -> str:
+    return str(images) if images else "seeded standard-normal noise"
+
+
+def _inputs(manifest: dict, batch: int, images: Path | None) -> np.ndarray:
+    """One batch: the given images (repeated to fill it), preprocessed, or seeded standard-normal noise."""
+    if images is None:
+        return np.random.default_rng(0).standard_normal((batch, *manifest["input"]["shape"][1:])).astype(np.float32)
+    pixels = [b.decode_image(path) for path in b.image_paths(images)[:batch]]
+    x = np.stack([b.to_input(p, manifest["preprocessing"]) for p in pixels])
+    return np.resize(x, (batch, *x.shape[1:]))
 
 
 def _is_results(path: Path) -> bool:
