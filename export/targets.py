@@ -166,6 +166,8 @@ class TensorRTTarget(Target):
                                                            ctx.input_shape, ctx.precision)
         model_files = {"onnx": ONNX_FILE}
         buildable, reason = tensorrt.engine_buildable_here()
+        if buildable and ctx.precision == "int8":  # the Q/DQ graph the engine needs is written by a later pass
+            buildable, reason = False, "an INT8 engine is built from the Q/DQ graph, which quantization writes after this"
         if buildable:
             from edgecnn.export.tensorrt_build import build_engine
 
