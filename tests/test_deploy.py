@@ -382,3 +382,28 @@ def test_bundle_statistics_and_machine_record_are_edgecnns() -> None:
     assert set(machine_info()) <= set(b.machine_info()) and set(CPU_FLAGS) <= set(b.CPU_FLAGS)
     assert b.machine_info()["name"] == machine_info()["name"]
     assert b.RESULTS_SCHEMA_VERSION == SCHEMA_VERSION
+
+
+def test_calibration_flags_apply_to_int8_only(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from edgecnn.cli import main
+
+    assert main(["deploy", "lenet5_fmnist", "--target", "onnxruntime", "--calibrator", "minmax",
+                 "--out", str(tmp_path / "b")]) == 2
+    assert "apply to --precision int8, not fp32" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_int8_bundle_runs_its_quantized_graph(tmp_path: Path, pngs: tuple[Path, list[str]],
+                                              capsys: pytest.CaptureFixture) -> None:
+    from edgecnn.cli import main
+
+    out = tmp_path / "b"
+    assert main(["deploy", "lenet5_fmnist", "--target", "onnxruntime", "--precision", "int8", "--calibrator",
+                 "minmax", "--calib-samples", "64", "--out", str(out), "--no-progress"]) == 0
+    assert "calibration: minmax" in capsys.readouterr().out
+    m = read_manifest(out)
+    assert m["precision"] == "int8" and m["calibration"]
+    run = _run([sys.executable, str(out / "run.py"), str(pngs[0])])
+    right = sum(_predictions(run.stdout)[f"{i:02d}.png"] == pngs[1][i] for i in range(IMAGES))
+    assert run.returncode == 0 and right >= 16  # lenet5_fmnist: ~91 % at INT8

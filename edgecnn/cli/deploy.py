@@ -9,6 +9,7 @@ from edgecnn.validation import arg_type, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from edgecnn.cli.export import _add_calibration_arguments
     from edgecnn.export.deploy import DEPLOY_TARGETS
     from edgecnn.export.targets import PRECISIONS
 
@@ -25,6 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="default: fp32; jetson: fp32/fp16/int8 (engine built on the device), openvino: also bf16 "
                         "(CPUs with AVX-512 BF16 or AMX)")
     p.add_argument("--checkpoint", help="a .safetensors checkpoint (default: the committed weights, if any)")
+    _add_calibration_arguments(p)
     batch = p.add_mutually_exclusive_group()
     batch.add_argument("--batch", type=arg_type(positive_int, "--batch"), default=1,
                        help="static batch size of the graph (default: 1)")
@@ -39,14 +41,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
+    from edgecnn.cli.export import _calibration_lines, _calibration_options
     from edgecnn.export.deploy import build_bundle
 
     result = build_bundle(args.name, args.target, args.precision, args.out, checkpoint=args.checkpoint,
                           force=args.force, progress=not args.no_progress, batch=args.batch,
-                          dynamic_batch=args.dynamic_batch)
+                          dynamic_batch=args.dynamic_batch, calibration=_calibration_options(args))
     m = result.manifest
     print(f"{m['model']['name']} → {args.target} bundle ({m['target']} {m['precision']}): {result.path}")
     print(format_table([[name, f"{f['bytes']:,}", f["sha256"][:16]] for name, f in m["files"].items()],
                        ["file", "bytes", "sha256"]))
+    for line in _calibration_lines(m):
+        print(line)
     print(f"\ncopy {result.path} to the device, then: ./setup.sh && python3 run.py IMAGE_OR_FOLDER && ./bench.sh")
     return 0
