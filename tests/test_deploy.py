@@ -284,6 +284,10 @@ def test_run_py_refuses_undecodable_images_and_altered_files(bundles: dict[str, 
     missing = _run([sys.executable, str(bundles["onnxruntime"] / "run.py"), str(tmp_path / "nope.png")])
     assert missing.returncode == 2 and "does not exist" in missing.stderr
 
+    for script in ("run.py", "bench.py"):  # -S: no site-packages, so no numpy: said, not a traceback
+        bare = _run([sys.executable, "-S", str(bundles["onnxruntime"] / script), str(bad)])
+        assert bare.returncode == 2 and "numpy is not installed for" in bare.stderr and "Traceback" not in bare.stderr
+
     for name, change in (("model.onnx", lambda p: p.write_bytes(p.read_bytes()[:-1] + b"\0")),
                          ("edgecnn_bundle.py", lambda p: p.write_text(p.read_text() + "\n# edited\n")),
                          ("manifest.json", lambda p: p.write_text(p.read_text().replace('"fp32"', '"fp16"', 1)))):

@@ -24,9 +24,14 @@ sys.dont_write_bytecode = True
 
 from pathlib import Path  # noqa: E402
 
-import numpy as np  # noqa: E402
+try:
+    import numpy as np
 
-import edgecnn_bundle as b  # noqa: E402
+    import edgecnn_bundle as b
+except ImportError as e:  # the bundle's requirements are not installed for this interpreter
+    print(f"bench.py: error: {e.name} is not installed for {sys.executable}: pip install -r requirements.txt "
+          "(./setup.sh says what else is missing)", file=sys.stderr)
+    sys.exit(2)
 
 
 def positive(text: str) -> int:

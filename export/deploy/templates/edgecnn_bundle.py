@@ -109,7 +109,11 @@ def to_input(pixels: np.ndarray, pre: dict[str, Any]) -> np.ndarray:
 
 def decode_image(path: Path) -> np.ndarray:
     """uint8 C×H×W pixels (grey stays one channel, anything else becomes RGB), or one line saying why not."""
-    from PIL import Image, UnidentifiedImageError
+    try:
+        from PIL import Image, UnidentifiedImageError
+    except ImportError:
+        raise BundleError("Pillow is not installed here, and run.py decodes images with it: "
+                          "pip install -r requirements.txt") from None
 
     try:
         with Image.open(path) as image:

@@ -16,9 +16,14 @@ sys.dont_write_bytecode = True  # the bundle stays exactly the files edgecnn wro
 
 from pathlib import Path  # noqa: E402
 
-import numpy as np  # noqa: E402
+try:
+    import numpy as np
 
-from edgecnn_bundle import BundleError, Model, batch_of, decode_image, image_paths, load_manifest, pick_backend  # noqa: E402
+    from edgecnn_bundle import BundleError, Model, batch_of, decode_image, image_paths, load_manifest, pick_backend
+except ImportError as e:  # the bundle's requirements are not installed for this interpreter
+    print(f"run.py: error: {e.name} is not installed for {sys.executable}: pip install -r requirements.txt "
+          "(./setup.sh says what else is missing)", file=sys.stderr)
+    sys.exit(2)
 
 
 def positive(text: str) -> int:
