@@ -1,9 +1,10 @@
 #!/bin/sh
 # Check this Jetson (L4T / JetPack release, TensorRT, CUDA, free memory), say exactly what is missing, then build
 # the TensorRT engine here with the artifact's build script (engines are tied to the GPU and TensorRT version that
-# build them) and check the bundle with python3 run.py --check.
+# built them) and check the bundle with python3 run.py --check.
 #     ./setup.sh [--dla-core N] [--workspace-mib MIB] [--batch N] [--max-batch N] [--rebuild]
-# The timing cache (timing.cache) is kept beside the engine, so a rebuild takes seconds.
+# The timing cache (timing.cache) is kept beside the engine, so a rebuild takes seconds; an INT8 DLA build reads
+# the artifact's calibration.cache through trtexec.
 set -u
 cd "$(dirname "$0")" || exit 1
 PY=${PYTHON:-python3}
@@ -21,7 +22,7 @@ while [ $# -gt 0 ]; do
         --batch) need_value "$@"; number --batch "$2" 1; batch=$2; shift 2 ;;
         --max-batch) need_value "$@"; number --max-batch "$2" 1; max_batch=$2; shift 2 ;;
         --rebuild) rebuild=1; shift ;;
-        -h|--help) sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "setup.sh: unknown option $1 (see ./setup.sh --help)" >&2; exit 2 ;;
     esac
 done
@@ -65,25 +66,30 @@ if [ -n "$missing" ]; then
     exit 1
 fi
 @@STAGES@@
+calib=""  # DLA runs INT8 from per-tensor ranges: trtexec reads them from the artifact's calibration cache
+if [ -n "$dla" ] && [ -f calibration.cache ]; then
+    calib=calibration.cache
+fi
 for onnx in $onnx_files; do
     plan="${onnx%.onnx}.plan"
     if [ -f "$plan" ] && [ "$rebuild" = 0 ]; then
         echo "engine $plan exists (--rebuild to build it again)"
         continue
     fi
-    if [ -n "$trt_python" ]; then
+    if [ -n "$trt_python" ] && [ -z "$calib" ]; then
         set -- --onnx "$onnx" --out "$plan" --workspace-mib "$workspace" --timing-cache timing.cache
         [ -n "$batch" ] && set -- "$@" --batch "$batch"
         [ -n "$max_batch" ] && set -- "$@" --max-batch "$max_batch"
         [ -n "$dla" ] && set -- "$@" --dla-core "$dla"
         "$PY" -B build_engine.py "$@" || exit 1
-    elif [ "$onnx" = model.onnx ]; then
+    elif [ -n "$trtexec" ] && [ "$onnx" = model.onnx ]; then
         set --
         [ -n "$dla" ] && set -- "--useDLACore=$dla" --allowGPUFallback
+        [ -n "$calib" ] && set -- "$@" "--calib=$calib"
         TRTEXEC="$trtexec" WORKSPACE_MIB="$workspace" BATCH="${batch:-1}" MAX_BATCH="${max_batch:-32}" \
             sh build_engine.sh "$@" || exit 1
     else
-        echo "setup.sh: missing: TensorRT's Python package, which builds the early-exit stage $onnx (trtexec builds model.onnx only)" >&2
+        echo "setup.sh: missing: TensorRT's Python package, which builds the early-exit stage $onnx (trtexec builds model.onnx only), or trtexec, which reads the INT8 calibration cache a DLA build uses" >&2
         exit 1
     fi
 done
