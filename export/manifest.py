@@ -291,15 +291,27 @@ def _foreign_entries(out: Path) -> list[str] | None:
     """Entries of `out` edgecnn did not write; None when `out` is not an edgecnn artifact at all."""
     try:
         manifest = json.loads((out / MANIFEST_NAME).read_text())
-        entries = set(os.listdir(out))
+        entries = _relative_entries(out)
     except (OSError, ValueError):
         return None
     if not isinstance(manifest, dict) or manifest.get("kind") != ARTIFACT_KIND:
         return None
     files = manifest.get("files")
-    # a file in a sub-directory (an early-exit stage's stageK/model.onnx) makes that directory edgecnn's
-    ours = {MANIFEST_NAME, *_ADDED_LATER, *(Path(f).parts[0] for f in (files if isinstance(files, dict) else ()))}
-    return sorted(entries - ours)
+    listed = {MANIFEST_NAME, *(files if isinstance(files, dict) else ())}
+    # sub-directories holding listed files (an early-exit stage's stageK/) are edgecnn's, as is what the build
+    # scripts add beside any model file (model.plan, engine.json, ...)
+    folders = {parent.as_posix() for f in listed for parent in Path(f).parents if parent != Path(".")}
+    return sorted(e for e in entries
+                   if e not in listed and e not in folders and Path(e).name not in _ADDED_LATER)
+
+
+def _relative_entries(out: Path) -> list[str]:
+    """Every file, link and directory under `out`, as paths relative to it (links are not followed)."""
+    found = []
+    for root, dirs, names in os.walk(out):
+        base = Path(root).relative_to(out)
+        found += [(base / n).as_posix() for n in dirs + names]
+    return found
 
 
 def _check_replaceable(out: Path) -> None:

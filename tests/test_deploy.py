@@ -343,6 +343,12 @@ def test_early_exit_bundle_runs_the_stage_loop(tmp_path: Path, pngs: tuple[Path,
     # the stage folders are edgecnn's too: --force replaces the bundle (a foreign file in one would be refused)
     build_bundle("b_lenet_fmnist", "onnxruntime", out=out, dynamic_batch=True, parity_samples=8, force=True)
     assert read_manifest(out)["early_exit"]
+    stage = Path(read_manifest(out)["early_exit"]["stages"][0]["file"]).parent
+    (out / stage / "model.plan").write_bytes(b"an engine setup.sh built")  # edgecnn's: does not block --force
+    (out / stage / "notes.txt").write_text("a user's file")
+    with pytest.raises(UserError, match=f"{stage}/notes.txt, which edgecnn did not write"):
+        build_bundle("b_lenet_fmnist", "onnxruntime", out=out, dynamic_batch=True, force=True)
+    assert (out / stage / "notes.txt").read_text() == "a user's file"
 
 
 def test_tegrastats_power_is_read_from_every_jetson_format() -> None:
