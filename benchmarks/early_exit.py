@@ -157,7 +157,7 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     for ax, model in zip(axes[0], models):
         for r in (r for r in results if r["model"] == model):
             label = f"{r['target']} {r['precision']}"
-            pts = sorted(r["sweep"], key=lambda s: s["test_mean_ms"])
+            pts = sorted(r["sweep"], key=lambda s: s["val_expected_ms"])  # the validation Pareto order
             line, = ax.plot([s["test_mean_ms"] for s in pts], [s["test_accuracy"] for s in pts], "o-", ms=3,
                             label=f"{label}: sweep")
             ax.plot(r["latency_ms"]["trunk"], r["accuracy"]["trunk"], "s", color=line.get_color(), ms=8,
