@@ -61,6 +61,8 @@ def test_manifest_section_is_complete_and_validated(artifact: Path) -> None:
     assert math.isclose(sum(tuning["exit_fractions"]), 1.0, abs_tol=1e-6)
     assert tuning["accuracy"] >= tuning["final_exit_accuracy"] - tuning["accuracy_budget_pt"]
     assert all(c > 0 for c in tuning["stage_ms"]) and tuning["exit_agreement_vs_torch"] == [1.0, 1.0]
+    assert tuning["trunk_ms"] > 0 and tuning["expected_speedup_vs_trunk"] == \
+        pytest.approx(tuning["trunk_ms"] / tuning["expected_ms"], rel=1e-2)
     for stage in ee["stages"]:  # each stage graph is one of the artifact's hashed files
         assert stage["file"] in m["files"]
         import onnx

@@ -197,7 +197,8 @@ def _print_early_exit(m: dict) -> None:
         print(f"early exit on the validation split ({tuning['runtime']}, {m['precision']}): accuracy "
               f"{tuning['accuracy']:.2f}% vs final exit {tuning['final_exit_accuracy']:.2f}% (budget "
               f"{tuning['accuracy_budget_pt']} pt), expected {tuning['expected_ms']:.4f} ms/sample at batch 1 "
-              f"vs {sum(tuning['stage_ms']):.4f} ms through every stage; trunk: {ee['trunk']['file']}; "
+              f"vs {tuning['trunk_ms']:.4f} ms for the trunk ({tuning['expected_speedup_vs_trunk']:.2f}× expected); "
+              f"trunk: {ee['trunk']['file']}; "
               f"rule: {ee['exit_rule']} ({ee['exit_entropy']})")
     print()
 
