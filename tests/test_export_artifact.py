@@ -134,6 +134,16 @@ def _start_export(out: Path, marker_dir: Path, hang_at: int) -> subprocess.Popen
     return subprocess.Popen([sys.executable, "-c", KILLED_EXPORT, str(out), str(marker_dir), str(hang_at)], env=env)
 
 
+def _wait_for_hang(proc: subprocess.Popen, markers: Path) -> Path:
+    """The staging directory of an export that reached its Hang pass (the marker is written, not just created)."""
+    deadline = time.monotonic() + 120
+    while not (markers / "ready").exists() or not (markers / "ready").read_text():
+        assert proc.poll() is None, "the export died before reaching the hang"
+        assert time.monotonic() < deadline, "the export never reached the hang"
+        time.sleep(0.1)
+    return Path((markers / "ready").read_text())
+
+
 def _assert_nothing_passes_as_artifact(parent: Path, out: Path) -> None:
     assert not out.exists()
     for entry in parent.iterdir():
@@ -148,12 +158,7 @@ def test_killed_export_leaves_nothing_that_passes_as_an_artifact(tmp_path: Path,
     markers.mkdir()
     proc = _start_export(out, markers, hang_at)
     try:
-        deadline = time.monotonic() + 120
-        while not (markers / "ready").exists():
-            assert proc.poll() is None, "the export died before reaching the kill point"
-            assert time.monotonic() < deadline, "the export never reached the kill point"
-            time.sleep(0.1)
-        staging = Path((markers / "ready").read_text())
+        staging = _wait_for_hang(proc, markers)
         assert (staging / "model.xml").exists(), "the kill point should be after the model files are written"
     finally:
         proc.send_signal(signal.SIGKILL)

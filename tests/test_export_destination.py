@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ from edgecnn.cli import main
 from edgecnn.errors import UserError
 from edgecnn.export import export_registered, read_manifest
 from edgecnn.export import pipeline as pipeline_module
-from tests.test_export_artifact import _start_export
+from tests.test_export_artifact import _start_export, _wait_for_hang
 
 MODEL = "lenet5_fmnist"
 
@@ -104,12 +103,7 @@ def test_sigterm_during_an_export_removes_its_staging_directory(tmp_path: Path) 
     markers.mkdir()
     proc = _start_export(out, markers, hang_at=3)
     try:
-        deadline = time.monotonic() + 120
-        while not (markers / "ready").exists():
-            assert proc.poll() is None, "the export died before reaching the hang"
-            assert time.monotonic() < deadline, "the export never reached the hang"
-            time.sleep(0.1)
-        staging = Path((markers / "ready").read_text())
+        staging = _wait_for_hang(proc, markers)
         assert (staging / "model.xml").exists()
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
