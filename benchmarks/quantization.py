@@ -262,7 +262,7 @@ def speed_model(name: str, threads: int, rounds: int, iters: int, work: Path) ->
              "onnx_int8": _size([arts[("onnx", "int8")] / "model.onnx"]),
              "openvino_fp32": _size([arts[("openvino", "fp32")] / f for f in ("model.xml", "model.bin")]),
              "openvino_int8": _size([arts[("openvino", "int8")] / f for f in ("model.xml", "model.bin")])}
-    return {"model": name, "batch": 1, "median_ms": ms,
+    return {"model": name, "batch": 1, "median_ms": ms, "load_average": [round(x, 1) for x in os.getloadavg()],
             "bf16": "measured" if bf16 else "not measured: this CPU has no AVX-512 BF16 / AMX (OpenVINO "
                                            "OPTIMIZATION_CAPABILITIES lacks BF16), edgecnn refuses bf16 here",
             "bars": {"ort_int8_no_slower_than_ort_u8s8":
