@@ -22,22 +22,22 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def positive_int(name: str, value: Any) -> int:
-    """An int ≥ 1 (bools and floats such as 2.5 or 2.0 are refused: they are always a mistake)."""
+def _whole_number(name: str, value: Any, minimum: int, bound: str) -> int:
     if not _is_int(value):
         raise UserError(f"{_flag(name)} must be a whole number, got {value!r}")
-    if value < 1:
-        raise UserError(f"{_flag(name)} must be at least 1, got {value}")
+    if value < minimum:
+        raise UserError(f"{_flag(name)} must be {bound}, got {value}")
     return value
+
+
+def positive_int(name: str, value: Any) -> int:
+    """An int ≥ 1 (bools and floats such as 2.5 or 2.0 are refused: they are always a mistake)."""
+    return _whole_number(name, value, 1, "at least 1")
 
 
 def non_negative_int(name: str, value: Any) -> int:
     """An int ≥ 0 (seeds, indices)."""
-    if not _is_int(value):
-        raise UserError(f"{_flag(name)} must be a whole number, got {value!r}")
-    if value < 0:
-        raise UserError(f"{_flag(name)} must be 0 or more, got {value}")
-    return value
+    return _whole_number(name, value, 0, "0 or more")
 
 
 def positive_float(name: str, value: Any) -> float:

@@ -34,13 +34,6 @@ except ImportError as e:  # the bundle's requirements are not installed for this
     sys.exit(2)
 
 
-def positive(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
 def _command(args: list[str]) -> str | None:
     """A tool's output (first 2000 characters), or None where the tool is absent or refuses."""
     if not shutil.which(args[0]):
@@ -63,11 +56,11 @@ def jetson_state() -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--iters", type=positive, default=200, help="timed calls (default: 200)")
-    p.add_argument("--warmup", type=positive, default=20, help="untimed calls first (default: 20)")
-    p.add_argument("--rounds", type=positive, default=5, help="the timed calls are split into rounds (default: 5)")
-    p.add_argument("--batch", type=positive, help="batch size (default: the graph's, 1 if dynamic)")
-    p.add_argument("--threads", type=positive, help="CPU threads of the runtime (default: the runtime's)")
+    p.add_argument("--iters", type=b.positive, default=200, help="timed calls (default: 200)")
+    p.add_argument("--warmup", type=b.positive, default=20, help="untimed calls first (default: 20)")
+    p.add_argument("--rounds", type=b.positive, default=5, help="the timed calls are split into rounds (default: 5)")
+    p.add_argument("--batch", type=b.positive, help="batch size (default: the graph's, 1 if dynamic)")
+    p.add_argument("--threads", type=b.positive, help="CPU threads of the runtime (default: the runtime's)")
     p.add_argument("--backend", help="runtime (default: the bundle's; see run.py)")
     p.add_argument("--images", type=Path, metavar="IMAGE|FOLDER",
                    help="time on these images, preprocessed as run.py does (default: seeded noise; an early-exit "

@@ -7,6 +7,7 @@ thresholds. edgecnn writes this file once into every bundle (and tests it agains
 """
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import hashlib
 import json
@@ -22,6 +23,14 @@ HERE = Path(__file__).resolve().parent
 MANIFEST = "manifest.json"
 DIGEST_FIELD = "manifest_sha256"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
+
+
+def positive(text: str) -> int:
+    """argparse type of the bundle scripts' counts: 0 and negatives are errors, not defaults."""
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
 
 
 class BundleError(Exception):

@@ -19,18 +19,12 @@ from pathlib import Path  # noqa: E402
 try:
     import numpy as np
 
-    from edgecnn_bundle import BundleError, Model, batch_of, decode_image, image_paths, load_manifest, pick_backend
+    from edgecnn_bundle import (BundleError, Model, batch_of, decode_image, image_paths, load_manifest, pick_backend,
+                                positive)
 except ImportError as e:  # the bundle's requirements are not installed for this interpreter
     print(f"run.py: error: {e.name} is not installed for {sys.executable}: pip install -r requirements.txt "
           "(./setup.sh says what else is missing)", file=sys.stderr)
     sys.exit(2)
-
-
-def positive(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
 
 
 def main(argv: list[str] | None = None) -> int:
