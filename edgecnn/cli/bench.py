@@ -34,26 +34,25 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "configuration after warm-up in interleaved rounds (A B C A B C …) with threads pinned "
                     "through each runtime's own option, measure test accuracy and top-1 agreement with PyTorch "
                     "FP32, and write one results JSON (rewritten after every model and batch, so Ctrl-C keeps "
-                    "what finished). Combinations a runtime cannot do here are listed as skipped with the reason.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "what finished). Combinations a runtime cannot do here are listed as skipped with the reason.")
     p.add_argument("models", nargs="+", metavar="MODEL", help="zoo names or shell patterns such as '*_fmnist'")
     p.add_argument("--targets", type=_list_of(), default=DEFAULT_TARGETS.split(","), metavar="RUNTIMES",
-                   help=f"runtimes, comma-separated: {DEFAULT_TARGETS} (torch is the eager FP32 reference)")
+                   help=f"runtimes, comma-separated: {DEFAULT_TARGETS} (torch is the eager FP32 reference; default: all of them)")
     p.add_argument("--precisions", type=_list_of(), metavar="LIST",
                    help="comma-separated (default: every precision some target exports)")
     p.add_argument("--batch", type=_list_of(arg_type(positive_int, "--batch")), default=[1], metavar="LIST",
-                   help="batch sizes, comma-separated (one static-batch artifact each)")
+                   help="batch sizes, comma-separated (one static-batch artifact each; default: 1)")
     p.add_argument("--threads", type=_list_of(arg_type(positive_int, "--threads")), metavar="LIST",
                    help=f"intra-op threads, comma-separated (default: all {os.cpu_count()} logical cores)")
     p.add_argument("--warmup-s", type=arg_type(non_negative_float, "--warmup-s"), default=2.0,
-                   help="seconds of untimed calls per configuration before the rounds")
+                   help="seconds of untimed calls per configuration before the rounds (default: 2)")
     timing = p.add_mutually_exclusive_group()
     timing.add_argument("--duration-s", type=arg_type(positive_float, "--duration-s"),
                         help="timed seconds per configuration, split over the rounds (default: 10)")
     timing.add_argument("--iters", type=arg_type(positive_int, "--iters"),
                         help="timed calls per configuration instead of a duration")
     p.add_argument("--rounds", type=arg_type(positive_int, "--rounds"), default=5,
-                   help="interleaved rounds the timing is split into")
+                   help="interleaved rounds the timing is split into (default: 5)")
     p.add_argument("--peers", action="store_true",
                    help="also time what a user would pick instead, built from the same FP32 ONNX: "
                         "ONNX Runtime quantize_static and NNCF defaults, OpenVINO reading the ONNX")
@@ -65,7 +64,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--calibration-samples", type=arg_type(positive_int, "--calibration-samples"), default=300,
                    help="train images the peers calibrate on (300 is NNCF's default subset)")
     p.add_argument("--cache", type=Path, default=Path("artifacts/bench"),
-                   help="artifact cache; an artifact whose manifest matches is reused")
+                   help="artifact cache; an artifact whose manifest matches is reused (default: artifacts/bench)")
     p.add_argument("--out", type=Path, required=True, metavar="FILE.json", help="results file to write")
     p.add_argument("--force", action="store_true", help="replace --out if it holds earlier edgecnn results")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -89,14 +88,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--budget-ms", type=arg_type(positive_float, "--budget-ms"), required=True,
                    help="latency budget per call, in milliseconds")
     p.add_argument("--max-drop", type=arg_type(non_negative_float, "--max-drop"),
-                   help="most accuracy (points) a candidate may lose against its model's PyTorch FP32")
+                   help="most accuracy (points) a candidate may lose against its model's PyTorch FP32 (default: no limit)")
     p.add_argument("--batch", type=arg_type(positive_int, "--batch"), default=1, help="batch size (default: 1)")
     p.add_argument("--statistic", choices=("mean", "p50", "p90", "p99"), default="p50",
                    help="latency statistic held to the budget (default: p50)")
     p.add_argument("--results", type=Path, nargs="+", metavar="FILE", help="results files (default: committed)")
     p.add_argument("--any-machine", action="store_true",
                    help="use results measured on another machine (otherwise they are refused or excluded)")
-    p.add_argument("--top", type=arg_type(positive_int, "--top"), default=10, help="candidates to list")
+    p.add_argument("--top", type=arg_type(positive_int, "--top"), default=10, help="candidates to list (default: 10)")
     p.set_defaults(func=cmd_pick)
 
 
