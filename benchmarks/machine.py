@@ -5,7 +5,6 @@ Results are only comparable on the same CPU, so every results file carries this 
 """
 from __future__ import annotations
 
-import importlib.metadata
 import os
 import platform
 from typing import Any
@@ -63,10 +62,4 @@ def same_machine(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 
 def all_tool_versions() -> dict[str, str | None]:
-    versions = tool_versions()
-    for tool in EXTRA_TOOLS:
-        try:
-            versions[tool] = importlib.metadata.version(tool)
-        except importlib.metadata.PackageNotFoundError:
-            versions[tool] = None
-    return versions
+    return tool_versions(EXTRA_TOOLS)

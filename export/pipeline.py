@@ -335,9 +335,10 @@ def _check_numbers(batch: int, opset: int, parity_samples: int | None, input_siz
             positive_int("input_size", side)
 
 
-def tool_versions() -> dict[str, str | None]:
+def tool_versions(extra: Sequence[str] = ()) -> dict[str, str | None]:
+    """Installed versions of the export's tools (and `extra` packages); None where one is not installed."""
     versions: dict[str, str | None] = {"python": platform.python_version(), "edgecnn": edgecnn.__version__}
-    for tool in TOOLS:
+    for tool in (*TOOLS, *extra):
         try:
             versions[tool] = importlib.metadata.version(tool)
         except importlib.metadata.PackageNotFoundError:
