@@ -23,7 +23,9 @@ from edgecnn.validation import non_negative_float, non_negative_int, positive_in
 
 DEFAULT_SAMPLES = 512
 DEFAULT_SEED = 0
-CALIBRATOR_NAMES = ("auto", "minmax", "entropy", "percentile", "mse")
+# "default" is the runtime quantizer's own defaults (quantize_static's, nncf.quantize's): auto tries it first, so a
+# tie goes to what a user of that library alone would get.
+CALIBRATOR_NAMES = ("auto", "default", "minmax", "entropy", "percentile", "mse")
 # Datasets edgecnn ships or knows, by the name a model config gives.
 KNOWN_DATASETS = ("fashion_mnist",)
 PREPROCESS_CHUNK = 1024

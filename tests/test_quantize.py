@@ -33,16 +33,43 @@ def _initializers(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
     return {t.name: numpy_helper.to_array(t) for t in graph.initializer}
 
 
-def test_onnx_int8_is_qdq_u8_activations_s8_per_channel_weights_with_provenance(tmp_path: Path) -> None:
+def test_auto_tries_every_calibrator_library_default_first_and_keeps_the_best(tmp_path: Path) -> None:
     m = _export(tmp_path, "onnx", calibrator="auto")
     c = m["calibration"]
-    assert m["precision"] == "int8" and c["tool"] == "onnxruntime.quantization"
-    assert set(c["scores_validation_accuracy"]) == set(QUANTIZERS["onnx"].calibrators)
-    assert c["scores_validation_accuracy"][c["calibrator"]] == max(c["scores_validation_accuracy"].values())
-    assert c["calibration_samples"]["samples"] == 32 and len(c["calibration_samples"]["indices_sha256"]) == 64
-    assert c["validation_samples"]["samples"] == 5000
-    assert c["fp32_model_sha256"] != m["files"]["model.onnx"]["sha256"]
+    scores = c["scores_validation_accuracy"]
+    assert list(scores) == list(QUANTIZERS["onnx"].calibrators) and list(scores)[0] == "default"
+    best = max(scores.values())
+    assert c["calibrator"] == next(k for k, v in scores.items() if v == best)  # ties go to the earlier one
+    assert c["scheme"] == QUANTIZERS["onnx"].scheme_of(c["calibrator"])
+    assert c["int8_validation_accuracy"] == best and c["validation_samples"]["samples"] == 5000
     assert abs(c["validation_drop"] - (c["fp32_validation_accuracy"] - c["int8_validation_accuracy"])) < 1e-6
+
+
+def test_default_calibrator_is_exactly_quantize_static_alone(tmp_path: Path) -> None:
+    """--calibrator default must be what a user of onnxruntime.quantization gets with no edgecnn in between."""
+    from onnxruntime.quantization import quantize_static
+
+    from edgecnn.calibration import OnnxRuntimeFeed, prepare_calibration
+    from edgecnn.registry import get_config
+
+    m = _export(tmp_path, "onnx", calibrator="default")
+    assert "S8 per-tensor" in m["calibration"]["scheme"]
+    fp32 = export_registered(MODEL, "onnx", "fp32", tmp_path / "fp32", dynamic_batch=True).path / "model.onnx"
+    config = get_config(MODEL)
+    data = prepare_calibration(config, tuple(config.input_size), CalibrationOptions(samples=32))
+    quantize_static(str(fp32), str(tmp_path / "plain.onnx"), OnnxRuntimeFeed(data.calibration, "input", 16))
+    ours = _initializers(onnx.load(str(tmp_path / "onnx" / "model.onnx")).graph)
+    plain = _initializers(onnx.load(str(tmp_path / "plain.onnx")).graph)
+    assert ours.keys() == plain.keys()
+    assert all(np.array_equal(ours[k], plain[k]) for k in plain)
+
+
+def test_onnx_int8_is_qdq_u8_activations_s8_per_channel_weights_with_provenance(tmp_path: Path) -> None:
+    m = _export(tmp_path, "onnx", calibrator="minmax")
+    c = m["calibration"]
+    assert m["precision"] == "int8" and c["tool"] == "onnxruntime.quantization"
+    assert c["calibration_samples"]["samples"] == 32 and len(c["calibration_samples"]["indices_sha256"]) == 64
+    assert c["fp32_model_sha256"] != m["files"]["model.onnx"]["sha256"]
 
     graph = onnx.load(str(tmp_path / "onnx" / "model.onnx")).graph
     init = _initializers(graph)
