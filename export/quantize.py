@@ -35,9 +35,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, Iterator
 import numpy as np
 from onnxruntime.quantization import CalibrationMethod
 
-from edgecnn.calibration import (CalibrationData, CalibrationOptions, OnnxRuntimeFeed, accuracy, as_modelopt_data,
-                                 as_nncf_dataset, batches, choose_calibrator, fallback_to_float, prepare_calibration,
-                                 write_cache)
+from edgecnn.calibration import (CalibrationData, CalibrationOptions, OnnxRuntimeFeed, accuracy_of, as_modelopt_data,
+                                 as_nncf_dataset, batches, choose_calibrator, correct, fallback_to_float,
+                                 prepare_calibration, write_cache)
 from edgecnn.errors import UserError
 from edgecnn.export import parity
 from edgecnn.export.manifest import sha256_file
@@ -425,17 +425,21 @@ class Quantize:
     def _quantize(self, ctx: ExportContext, quantizer: Quantizer, options: CalibrationOptions,
                   data: CalibrationData, fp32: Path, model: Path) -> dict[str, Any]:
         labelled = data.validation is not None
-        fp32_accuracy = self._score(ctx, data) if labelled else None
+        fp32_accuracy = accuracy_of(self._hits(ctx, data)) if labelled else None
         candidates = list(quantizer.calibrators) if options.calibrator == "auto" else [options.calibrator]
 
-        def quantize_and_score(calibrator: str, exclude: list[str] = ()) -> float:
+        def quantize_and_hits(calibrator: str, exclude: list[str] = ()) -> np.ndarray:
             quantizer.quantize(ctx, fp32, model, calibrator, data, list(exclude))
-            return self._score(ctx, data) if labelled else float("nan")
+            return self._hits(ctx, data) if labelled else np.zeros(0, dtype=bool)
+
+        def quantize_and_score(calibrator: str, exclude: list[str] = ()) -> float:
+            return accuracy_of(quantize_and_hits(calibrator, exclude)) if labelled else float("nan")
 
         started = time.perf_counter()
+        versus_first = None
         if len(candidates) > 1:
-            choice = choose_calibrator(candidates, quantize_and_score)
-            best, scores = choice.best, choice.scores
+            choice = choose_calibrator(candidates, quantize_and_hits)
+            best, scores, versus_first = choice.best, choice.scores, choice.versus_first
             if best != candidates[-1]:  # the model file holds the last candidate's result
                 quantize_and_score(best)
         else:
@@ -444,12 +448,15 @@ class Quantize:
         record: dict[str, Any] = {
             "calibrator": best, "library_calibrator": quantizer.calibrators[best], "requested": options.calibrator,
             "seed": options.seed, "scores_validation_accuracy": scores if labelled else None,
+            "choice": None if versus_first is None else {
+                "rule": f"keep {candidates[0]!r} unless another calibrator is significantly more accurate on the "
+                        "same validation images (McNemar, 5 %)", "versus_first": versus_first},
             "fp32_validation_accuracy": fp32_accuracy, "int8_validation_accuracy": scores[best] if labelled else None,
             "max_drop": options.max_drop, "nodes_to_exclude": [], "fallback": None}
         if options.max_drop is not None and fp32_accuracy - scores[best] > options.max_drop:
             controlled = quantizer.accuracy_control(ctx, fp32, model, best, data, fp32_accuracy, options.max_drop)
             if controlled is not None:
-                accuracy_now = self._score(ctx, data)
+                accuracy_now = accuracy_of(self._hits(ctx, data))
                 if fp32_accuracy - accuracy_now > options.max_drop:
                     raise UserError(f"{quantizer.tool} could not bring the INT8 drop within --max-drop "
                                     f"{options.max_drop:g} pt (best {fp32_accuracy - accuracy_now:.2f} pt): every "
@@ -470,13 +477,13 @@ class Quantize:
         return record
 
     @staticmethod
-    def _score(ctx: ExportContext, data: CalibrationData) -> float:
-        """Validation accuracy (%) of whatever the staging directory's model file holds now, on its runtime."""
+    def _hits(ctx: ExportContext, data: CalibrationData) -> np.ndarray:
+        """Per validation image, whether whatever the staging directory's model file holds now gets it right."""
         manifest = ctx.manifest(time.perf_counter(), hash_files=False)
         with open_session(ctx.staging, manifest, ctx.output.default_backend) as session:
             logits = parity.run_in_batches(session.run, data.validation.inputs,
                                            SCORE_CHUNK if ctx.dynamic_batch else ctx.batch)
-        return accuracy(logits, data.validation.labels)
+        return correct(logits, data.validation.labels)
 
 
 __all__ = ["QUANTIZERS", "Quantize", "Quantizer", "check_int8", "get_quantizer", "register_quantizer"]

@@ -115,10 +115,23 @@ def test_check_inputs_accepts_real_data() -> None:
     assert check_inputs(x) is x
 
 
-def test_choose_calibrator_keeps_the_best_and_every_score() -> None:
-    scores = {"minmax": 90.0, "entropy": 91.5, "percentile": 91.5}
-    choice = choose_calibrator(list(scores), scores.__getitem__)
-    assert choice.best == "entropy" and choice.scores == scores  # ties go to the earlier candidate
+def _hits(right: int, total: int = 1000, offset: int = 0) -> np.ndarray:
+    """`right` correct images out of `total`, the wrong ones starting at `offset` (so two can disagree)."""
+    hits = np.ones(total, dtype=bool)
+    hits[(offset + np.arange(total - right)) % total] = False
+    return hits
+
+
+def test_choose_calibrator_switches_from_the_default_only_for_a_significant_gain() -> None:
+    noise = {"default": _hits(900), "minmax": _hits(903, offset=50)}  # 3 images better: noise
+    choice = choose_calibrator(list(noise), noise.__getitem__)
+    assert choice.best == "default" and choice.scores == {"default": 90.0, "minmax": 90.3}
+    assert choice.versus_first["minmax"] == {"gained": 50, "lost": 47, "significant": False}
+
+    real = {"default": _hits(900), "minmax": _hits(930), "entropy": _hits(950), "percentile": _hits(950, offset=7)}
+    choice = choose_calibrator(list(real), real.__getitem__)
+    assert choice.best == "entropy"  # the most accurate significant one; ties go to the earlier candidate
+    assert all(v["significant"] for v in choice.versus_first.values())
 
 
 def _accuracy_without(sensitive: set[str], fp32: float = 90.0, cost: float = 1.0):
