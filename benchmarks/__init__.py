@@ -10,12 +10,14 @@
 rounds and measures their accuracy; `peers` builds what a user would pick instead from the same
 FP32 ONNX; `schema` is the results file (versioned, written atomically after each model);
 `report` turns results from any machines into Markdown + PNG; `pick` answers "which
-configuration meets my budget with the least accuracy lost?". Committed results live in
+configuration meets my budget with the least accuracy lost?"; `early_exit_record` times BranchyNet
+artifacts' exit loop beside their trunk (a harness extension and a report section). Committed results live in
 `results/`, the report generated from them in `report/`.
 """
 from edgecnn.benchmarks.harness import SweepSettings, run_sweep
 from edgecnn.benchmarks.pick import pick
 from edgecnn.benchmarks.report import write_report
 from edgecnn.benchmarks.schema import read_results
+from edgecnn.benchmarks import early_exit_record  # noqa: F401  (registers the early-exit record and report section)
 
 __all__ = ["SweepSettings", "pick", "read_results", "run_sweep", "write_report"]

@@ -10,11 +10,14 @@ target's registry entry, so a precision a target gains is benchmarked without to
 and a combination it lacks is listed as skipped with the reason. The configurations of one model
 and batch are opened together and timed in rounds (A B C A B C …) so drift on a shared machine hits
 all alike; threads are pinned through each runtime's own option. Results are written after every
-(model, batch), atomically, so Ctrl-C keeps what finished.
+(model, batch), atomically, so Ctrl-C keeps what finished. An artifact that is more than one graph (early
+exit) is handled by the extension registered for its manifest section (`RECORD_EXTENSIONS`), never by
+special cases here.
 """
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import os
 import resource
@@ -23,7 +26,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -35,10 +38,14 @@ from edgecnn.benchmarks.stats import latency_stats, round_spread
 from edgecnn.errors import UserError
 from edgecnn.validation import non_negative_float, positive_float, positive_int
 
+if TYPE_CHECKING:
+    from edgecnn.calibration import CalibrationOptions
+
 DEFAULT_CACHE = Path("artifacts/bench")
 DEFAULT_ROUNDS = 5
 REFERENCE_BATCH = 256   # batch of the eager PyTorch FP32 pass that gives the reference predictions
 PREPROCESSED_CACHE_MB = 1024  # test inputs kept preprocessed per model input (Fashion-MNIST: 31 MB)
+CALIBRATED_PRECISION = "int8"  # the precision whose exports calibrate on data (edgecnn.export's quantize pass)
 
 
 def _needs(module: str, hint: str) -> Callable[[], str | None]:
@@ -78,6 +85,18 @@ class Runtime:
             return "torch is the eager FP32 reference; it runs fp32 only"
         return f"the {self.target} target exports {', '.join(self.precisions)}, not {precision}"
 
+    def calibration_missing(self, precision: str, calibration: CalibrationOptions) -> str | None:
+        """Why this runtime's target cannot calibrate `precision` as asked (a calibrator its quantizer lacks)."""
+        if precision != CALIBRATED_PRECISION or self.target is None:
+            return None
+        from edgecnn.export.quantize import check_int8
+
+        try:
+            check_int8(self.target, calibration)
+        except UserError as e:
+            return str(e)
+        return None
+
 
 RUNTIMES: dict[str, Runtime] = {r.name: r for r in (
     Runtime("torch", None, lambda: None),
@@ -88,17 +107,35 @@ RUNTIMES: dict[str, Runtime] = {r.name: r for r in (
 # The torch reference rebuilds the model from the weight record of this target's FP32 artifact.
 REFERENCE_TARGET = "onnx"
 
-# Extra measurements for artifacts that are more than one graph, keyed by the manifest section that marks
-# them: fn(session, config, inputs) -> fields merged into the record. The early-exit stage registers
-# "early_exit" here (mean per-sample latency, exit fractions, accuracy at the stored thresholds, vs the
-# trunk); the harness itself stays the same.
-RECORD_EXTENSIONS: dict[str, Callable[..., dict[str, Any]]] = {}
+class RecordExtension:
+    """How the harness times an artifact that is more than one graph, registered for the manifest section that
+    marks it (`register_record_extension`), so the harness itself has no case per kind of artifact."""
+
+    def prepare(self, config: Config) -> list[Config]:
+        """Set how `config` opens and is fed (backend, options, variant, varied_inputs); return the configurations
+        to time beside it in the same interleaved rounds (a baseline), whose records `extend` receives."""
+        return []
+
+    def extend(self, config: Config, record: dict[str, Any], companions: list[dict[str, Any] | None],
+               sweep: Sweep) -> dict[str, Any]:
+        """Fields merged into `config`'s record; `companions` are the records of what `prepare` returned
+        (None where one could not be measured)."""
+        return {}
+
+    def table(self, records: list[dict[str, Any]], with_machine: bool = False) -> tuple[list[str], list[list[Any]]]:
+        """(headers, rows) summarising the records this extension made, for `edgecnn bench`'s output."""
+        return [], []
 
 
-def register_record_extension(section: str) -> Callable[[Callable[..., dict[str, Any]]], Callable[..., dict[str, Any]]]:
-    def wrap(fn: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
-        RECORD_EXTENSIONS[section] = fn
-        return fn
+# Filled by the modules that know such artifacts (edgecnn.benchmarks.early_exit_record registers "early_exit").
+RECORD_EXTENSIONS: dict[str, RecordExtension] = {}
+
+
+def register_record_extension(section: str) -> Callable[[type[RecordExtension]], type[RecordExtension]]:
+    """Class decorator: artifacts whose manifest has `section` are prepared and recorded by this extension."""
+    def wrap(cls: type[RecordExtension]) -> type[RecordExtension]:
+        RECORD_EXTENSIONS[section] = cls()
+        return cls
     return wrap
 
 
@@ -124,6 +161,7 @@ class SweepSettings:
     data_root: str | None = None
     accuracy_samples: int | None = None        # None: the whole test split
     calibration_samples: int = peer_builders.DEFAULT_CALIBRATION_SAMPLES
+    calibrator: str = "auto"                   # INT8 exports' calibrator (edgecnn.calibration.CALIBRATOR_NAMES)
     cache_dir: Path = DEFAULT_CACHE
 
     def validated(self) -> SweepSettings:
@@ -155,6 +193,7 @@ class SweepSettings:
             raise UserError("give --duration-s or --iters, not both")
         if self.iters is None and self.duration_s is None:
             raise UserError("give --duration-s or --iters: how long to time each configuration")
+        self.calibration_options()  # an unknown calibrator: one line naming the known ones
         return replace(
             self, models=models, runtimes=list(dict.fromkeys(self.runtimes)),
             precisions=list(dict.fromkeys(precisions)),
@@ -168,6 +207,12 @@ class SweepSettings:
             else positive_int("--accuracy-samples", self.accuracy_samples),
             calibration_samples=positive_int("--calibration-samples", self.calibration_samples),
             cache_dir=Path(self.cache_dir))
+
+    def calibration_options(self) -> CalibrationOptions:
+        """What INT8 exports calibrate with: the same options object `edgecnn export --calibrator` builds."""
+        from edgecnn.calibration import CalibrationOptions
+
+        return CalibrationOptions(calibrator=self.calibrator)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
@@ -184,7 +229,12 @@ class Config:
     artifact: Path
     flow: str = "edgecnn"
     peer: dict[str, Any] | None = None
-    options: dict[str, Any] = field(default_factory=dict)   # extra runtime.load options (peers)
+    backend: str | None = None                                # runtime.load backend; None: the runtime's own
+    options: dict[str, Any] = field(default_factory=dict)   # extra runtime.load options (peers, extensions)
+    variant: str | None = None                                # what an extension made of it ("early-exit", "trunk")
+    varied_inputs: bool = False   # latency depends on the image: time a cycle over the accuracy images
+    extension: RecordExtension | None = None
+    companions: list[Config] = field(default_factory=list)   # timed beside it; their records go to its extension
     reused: bool = False
     session: Any = None
     rss_delta_mb: float = 0.0
@@ -193,13 +243,13 @@ class Config:
 
     @property
     def label(self) -> str:
-        name = self.peer["name"] if self.peer else f"{self.runtime} {self.precision}"
+        name = self.peer["name"] if self.peer else " ".join(filter(None, (self.runtime, self.precision, self.variant)))
         return f"{self.model} {name} b{self.batch} t{self.threads}"
 
     @property
     def accuracy_key(self) -> tuple[Any, ...]:
-        """Accuracy depends on the artifact and runtime, not on batch or threads: measured once per key."""
-        return self.model, self.runtime, self.precision, self.peer["name"] if self.peer else None
+        """Accuracy depends on the artifact, runtime and flow, not on batch or threads: measured once per key."""
+        return self.model, self.runtime, self.precision, self.flow, self.peer["name"] if self.peer else None
 
 
 def _skip(model: str, runtime: str, precision: str, batches: Sequence[int], threads: Sequence[int], reason: str,
@@ -220,13 +270,15 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
 
 
-def _timed_calls(run: Callable[[np.ndarray], Any], x: np.ndarray, seconds: float | None = None,
+def _timed_calls(run: Callable[[np.ndarray], Any], feed: Iterator[np.ndarray], seconds: float | None = None,
                  iters: int | None = None) -> list[float]:
-    """Seconds per call, for `iters` calls or until `seconds` have passed (at least one call)."""
+    """Seconds per call, each on the next input of `feed`, for `iters` calls or until `seconds` have passed
+    (at least one call); the input is drawn outside the timed span."""
     clock = time.perf_counter
     times: list[float] = []
     deadline = clock() + seconds if seconds is not None else None
     while True:
+        x = next(feed)
         t0 = clock()
         run(x)
         t1 = clock()
@@ -292,6 +344,7 @@ class Sweep:
         self.datasets: dict[tuple[Any, ...], AccuracyData] = {}
         self.references: dict[str, tuple[np.ndarray, float] | None] = {}
         self.accuracy: dict[tuple[Any, ...], dict[str, Any]] = {}
+        self.calibration = settings.calibration_options()
         self.results: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION, "kind": RESULTS_KIND, "command": command,
             "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "complete": False,
@@ -313,7 +366,7 @@ class Sweep:
             rt = RUNTIMES[name]
             reason = rt.unavailable()
             for precision in s.precisions:
-                why = reason or rt.precision_missing(precision)
+                why = reason or rt.precision_missing(precision) or rt.calibration_missing(precision, self.calibration)
                 if why:
                     skipped += [_skip(m, name, precision, s.batches, s.threads, why) for m in s.models]
                 else:
@@ -326,8 +379,9 @@ class Sweep:
         """The cached artifact (reused when its manifest matches) or a fresh export; failures are remembered."""
         key = (model, target, precision, batch)
         if key not in self.artifacts:
+            calibration = self.calibration if precision == CALIBRATED_PRECISION else None
             try:
-                self.artifacts[key] = ensure_artifact(model, target, precision, batch, self.s.cache_dir)
+                self.artifacts[key] = ensure_artifact(model, target, precision, batch, self.s.cache_dir, calibration)
             except UserError as e:
                 self.artifacts[key] = e
         found = self.artifacts[key]
@@ -346,10 +400,26 @@ class Sweep:
                 self._skip_once(model, runtime, precision, batch, threads, str(e))
                 bar.update(self.s.rounds + 1)
                 continue
-            configs.append(Config(model, runtime, precision, batch, threads, path, reused=reused))
+            config = Config(model, runtime, precision, batch, threads, path, reused=reused)
+            configs += [config, *self.attach_extension(config, bar)]
         if self.s.peers:
             configs += self.peer_configs(model, batch, bar)
         return configs
+
+    def attach_extension(self, config: Config, bar: tqdm) -> list[Config]:
+        """Hand `config` to the extension of its artifact's kind, if any; returns the companions it times beside it."""
+        from edgecnn.export.manifest import read_manifest
+
+        manifest = read_manifest(config.artifact, verify=False)  # verified when the session loads it
+        extension = next((e for section, e in RECORD_EXTENSIONS.items() if manifest.get(section)), None)
+        if extension is None:
+            return []
+        config.extension = extension
+        config.companions = extension.prepare(config)
+        if config.companions:
+            bar.total += len(config.companions) * (self.s.rounds + 1)
+            bar.refresh()
+        return config.companions
 
     def _skip_once(self, model: str, runtime: str, precision: str, batch: int, threads: int, reason: str,
                    flow: str = "edgecnn") -> None:
@@ -433,8 +503,8 @@ class Sweep:
 
         before = _rss_mb()
         t0 = time.perf_counter()
-        config.session = runtime.load(config.artifact, backend=config.runtime, threads=config.threads,
-                                      **config.options)
+        config.session = runtime.load(config.artifact, backend=config.backend or config.runtime,
+                                      threads=config.threads, **config.options)
         config.session.run(self.input_for(config))
         config.load_s = time.perf_counter() - t0
         config.rss_delta_mb = max(0.0, _rss_mb() - before)
@@ -449,6 +519,17 @@ class Sweep:
             x = np.random.default_rng(0).standard_normal((config.batch, *spec.shape[1:]), dtype=np.float32)
         return x.astype(spec.dtype)
 
+    def timing_inputs(self, config: Config) -> list[np.ndarray]:
+        """What the timed calls cycle through: one batch, or, where the latency depends on the image (early exit),
+        every full batch of the accuracy images, so the work timed is the data's."""
+        data = self.dataset(config.model)
+        if not config.varied_inputs or data is None:
+            return [self.input_for(config)]
+        dtype = config.session.input_spec.dtype
+        full = [x.astype(dtype, copy=False) for x, rows in data.batches(_model_config(config.session), config.batch)
+                if rows == config.batch]
+        return full or [self.input_for(config)]
+
     def measure_group(self, model: str, batch: int, entries: list[tuple[str, str, int]], bar: tqdm) -> None:
         s = self.s
         configs = self.configs(model, batch, entries, bar)
@@ -462,37 +543,42 @@ class Sweep:
                 except Exception as e:  # noqa: BLE001 (a runtime refusing one artifact must not end the sweep)
                     self._skip_once(model, c.runtime, c.precision, batch, c.threads, _first_line(e), c.flow)
                     bar.update(s.rounds + 1)
-            inputs = {id(c): self.input_for(c) for c in opened}
+            feeds = {id(c): itertools.cycle(self.timing_inputs(c)) for c in opened}
             for c in opened:
                 bar.set_postfix_str(f"warm-up {c.label}")
-                _timed_calls(c.session.run, inputs[id(c)], seconds=s.warmup_s)
+                _timed_calls(c.session.run, feeds[id(c)], seconds=s.warmup_s)
                 bar.update(1)
             per_round_s = s.duration_s / s.rounds if s.duration_s else None
             per_round_iters = -(-s.iters // s.rounds) if s.iters else None
             for r in range(s.rounds):
                 for c in opened:  # A B C A B C …: drift on a shared machine hits every configuration alike
                     bar.set_postfix_str(f"round {r + 1}/{s.rounds} {c.label}")
-                    c.rounds.append(_timed_calls(c.session.run, inputs[id(c)], per_round_s, per_round_iters))
+                    c.rounds.append(_timed_calls(c.session.run, feeds[id(c)], per_round_s, per_round_iters))
                     bar.update(1)
-            records = []
+            records: dict[int, dict[str, Any]] = {}
             for c in opened:
                 bar.set_postfix_str(f"accuracy {c.label}")
-                records.append(self.record(c, inputs[id(c)]))
-            self.results["records"] += records
+                records[id(c)] = self.record(c)
+            for c in opened:
+                if c.extension is not None:
+                    bar.set_postfix_str(f"{c.variant or 'extension'} {c.label}")
+                    records[id(c)].update(c.extension.extend(c, records[id(c)],
+                                                             [records.get(id(m)) for m in c.companions], self))
+            self.results["records"] += records.values()
         finally:
             for c in opened:
                 c.session.close()
 
-    def record(self, c: Config, x: np.ndarray) -> dict[str, Any]:
+    def record(self, c: Config) -> dict[str, Any]:
         times = [t for r in c.rounds for t in r]
         info = c.session.info()
         manifest = c.session.manifest
         stats = latency_stats(times, c.batch)
-        record = {
+        return {
             "model": c.model, "family": manifest["model"]["family"], "runtime": c.runtime,
             "target": manifest["target"] if RUNTIMES[c.runtime].target else None, "precision": c.precision,
             "executed_precision": info.get("executed_precision") or getattr(c.session, "executed_precision", None),
-            "batch": c.batch, "threads": c.threads, "flow": c.flow, "peer": c.peer,
+            "batch": c.batch, "threads": c.threads, "flow": c.flow, "peer": c.peer, "variant": c.variant,
             "input_shape": manifest["input"]["shape"],
             "latency_ms": {k: v for k, v in stats.items() if k not in ("throughput", "iterations")},
             "throughput": stats["throughput"], "iterations": stats["iterations"], "rounds": len(c.rounds),
@@ -504,10 +590,6 @@ class Sweep:
                          if manifest["parity"] else None},
             "weights": manifest["model"]["weights"].get("source"),
             "accuracy": self.measure_accuracy(c), "session": _jsonable(info)}
-        for section, extension in RECORD_EXTENSIONS.items():
-            if manifest.get(section):
-                record.update(extension(c.session, c, x))
-        return record
 
     # ------------------------------------------------------------------ the run
 
@@ -557,7 +639,10 @@ def expected_weights(model: str) -> dict[str, Any]:
         {"source": "random_init", "seed": DEFAULT_SEED}
 
 
-def _matches(manifest: dict[str, Any], model: str, target: str, precision: str, batch: int) -> bool:
+def _matches(manifest: dict[str, Any], model: str, target: str, precision: str, batch: int,
+             calibration: CalibrationOptions | None = None) -> bool:
+    """Whether a cached artifact is what an export now would be: model, weights, target, precision, input shape,
+    and the calibrator asked for (an INT8 artifact from another --calibrator is not reused)."""
     from edgecnn.registry import get_config
 
     weights = manifest["model"]["weights"]
@@ -565,7 +650,9 @@ def _matches(manifest: dict[str, Any], model: str, target: str, precision: str, 
     return (manifest["model"]["name"] == model and manifest["target"] == target
             and manifest["precision"] == precision
             and manifest["input"]["shape"] == [batch, *get_config(model).input_size]
-            and all(weights.get(k) == v for k, v in expected.items()))
+            and all(weights.get(k) == v for k, v in expected.items())
+            and (calibration is None
+                 or (manifest.get("calibration") or {}).get("requested") == calibration.calibrator))
 
 
 def cached_manifest(path: Path) -> dict[str, Any] | None:
@@ -586,16 +673,18 @@ def cached_manifest(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def ensure_artifact(model: str, target: str, precision: str, batch: int, cache_dir: Path) -> tuple[Path, bool]:
-    """(path, reused): the artifact for this combination, exported unless a matching one is cached."""
+def ensure_artifact(model: str, target: str, precision: str, batch: int, cache_dir: Path,
+                    calibration: CalibrationOptions | None = None) -> tuple[Path, bool]:
+    """(path, reused): the artifact for this combination, exported unless a matching one is cached;
+    `calibration` (INT8 only) is how the export calibrates, and part of the match."""
     from edgecnn.export import export_registered
 
     path = Path(cache_dir) / f"{model}-{target}-{precision}-b{batch}"
     if path.exists():
         manifest = cached_manifest(path)
-        if manifest is not None and _matches(manifest, model, target, precision, batch):
+        if manifest is not None and _matches(manifest, model, target, precision, batch, calibration):
             return path, True
-    export_registered(model, target, precision, path, batch=batch, overwrite=path.exists())
+    export_registered(model, target, precision, path, batch=batch, overwrite=path.exists(), calibration=calibration)
     return path, False
 
 
@@ -638,5 +727,5 @@ def _jsonable(info: dict[str, Any]) -> dict[str, Any]:
     return {k: v if isinstance(v, (str, int, float, bool, type(None))) else str(v) for k, v in info.items()}
 
 
-__all__ = ["Config", "RECORD_EXTENSIONS", "RUNTIMES", "Runtime", "SweepSettings", "all_precisions",
+__all__ = ["Config", "RECORD_EXTENSIONS", "RUNTIMES", "RecordExtension", "Runtime", "SweepSettings", "all_precisions",
            "ensure_artifact", "register_record_extension", "run_sweep"]

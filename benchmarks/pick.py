@@ -4,8 +4,10 @@ least accuracy lost, and why every other one does not.
 A candidate is one edgecnn record (model × runtime × precision × threads) at the asked batch, measured on
 this machine. It qualifies when its latency statistic (p50 by default, per call) is within the budget and
 its accuracy drop against its own model's PyTorch FP32 is within `max_drop` points. Qualifiers rank by
-accuracy (the least lost), then latency; ties keep both, in latency order. Peers are shown in the report,
-never picked: they are what edgecnn is compared with.
+accuracy (the least lost), then latency; ties keep both, in latency order. Peers (and the trunks timed beside
+early-exit records) are shown in the report, never picked: they are what edgecnn is compared with. An
+early-exit record is a candidate like any other, held to its mean per call (`latency_statistic`; at batch 1
+its mean per-sample latency) whatever the statistic asked, since its latency depends on the exit taken.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from edgecnn.benchmarks.machine import machine_info, same_machine
-from edgecnn.benchmarks.schema import read_results
+from edgecnn.benchmarks.schema import config_name, read_results
 from edgecnn.errors import UserError
 from edgecnn.validation import non_negative_float, positive_float, positive_int
 
@@ -29,12 +31,14 @@ class Candidate:
     latency_ms: float
     accuracy: float | None
     drop: float | None
+    statistic: str     # the latency statistic it is held to
     reason: str = ""   # why it is excluded; empty for a qualifier
 
     @property
     def label(self) -> str:
         r = self.record
-        return f"{r['model']} {r['runtime']} {r['precision']} (threads {r['threads']})"
+        held = f", {self.statistic}" if r.get("latency_statistic") else ""
+        return f"{r['model']} {config_name(r)} (threads {r['threads']}{held})"
 
 
 @dataclass
@@ -96,12 +100,13 @@ def pick(results: Sequence[dict[str, Any]], budget_ms: float, max_drop: float | 
             if record["flow"] != "edgecnn" or record["batch"] != batch:
                 continue
             accuracy = record.get("accuracy") or {}
-            c = Candidate(record, results_file["machine"]["name"], record["latency_ms"][statistic],
-                          accuracy.get("top1"), accuracy.get("drop"))
+            held = record.get("latency_statistic") or statistic
+            c = Candidate(record, results_file["machine"]["name"], record["latency_ms"][held],
+                          accuracy.get("top1"), accuracy.get("drop"), held)
             if not local:
                 c.reason = f"not measured on this machine (measured on {c.machine})"
             elif c.latency_ms > budget_ms:
-                c.reason = f"over budget: {statistic} {c.latency_ms:.3g} ms > {budget_ms:g} ms"
+                c.reason = f"over budget: {held} {c.latency_ms:.3g} ms > {budget_ms:g} ms"
             elif c.accuracy is None:
                 c.reason = "no accuracy measured (latency only: pass --data to `edgecnn bench`)"
             elif max_drop is not None and c.drop is not None and c.drop > max_drop:

@@ -6,8 +6,11 @@
 
 A record holds `latency_ms` (mean, p50, p90, p99, min, max, std per call), `throughput` (samples/s),
 `round_p50_ms` + `spread_pct` (drift across the interleaved rounds), `memory`, `artifact`,
-`executed_precision`, `accuracy` (or null) and `flow` ("edgecnn" or "peer"). Deploy bundles'
-`bench.sh` writes the same schema, so `edgecnn report` merges results from any machine.
+`executed_precision`, `accuracy` (or null), `flow` ("edgecnn", "peer", or "trunk": the plain network timed
+beside an early-exit one) and `variant` (what an extension made of the artifact: "early-exit", "trunk"; null
+for a plain one). An early-exit record adds its `early_exit` section and `latency_statistic` ("mean": the
+statistic `pick` holds it to, since its latency depends on the exit taken). Deploy bundles' `bench.sh`
+writes the same schema, so `edgecnn report` merges results from any machine.
 """
 from __future__ import annotations
 
@@ -27,6 +30,21 @@ RECORD_FIELDS = ("model", "runtime", "precision", "batch", "threads", "flow", "l
 
 class ResultsError(UserError):
     """A results file that is not one this edgecnn reads."""
+
+
+def config_name(record: dict[str, Any]) -> str:
+    """How a record's configuration is named: the peer's name, else runtime, precision and variant."""
+    if record.get("peer"):
+        return record["peer"]["name"]
+    return " ".join(filter(None, (record["runtime"], record["precision"], record.get("variant"))))
+
+
+def flow_name(record: dict[str, Any]) -> str:
+    """How a record's flow is shown: the peer's name, else the flow with its variant ("edgecnn early-exit")."""
+    if record.get("peer"):
+        return record["peer"]["name"]
+    variant = record.get("variant")
+    return record["flow"] if variant in (None, record["flow"]) else f"{record['flow']} {variant}"
 
 
 def read_results(path: Path | str) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """A real quick sweep: lenet5_fmnist + resnet18_fmnist on ONNX Runtime and OpenVINO, FP32, few iterations.
 
 Asserts structure and sanity (ordering of the statistics, accuracy against PyTorch, reuse of artifacts,
-skips with reasons, Ctrl-C keeping what finished), never absolute times.
+skips with reasons, Ctrl-C keeping what finished), never absolute times; and `--calibrator` for INT8
+exports (part of the reuse match, a calibrator a quantizer lacks is a skip).
 """
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from edgecnn.benchmarks import harness
-from edgecnn.benchmarks.harness import SweepSettings, run_sweep
+from edgecnn.benchmarks.harness import SweepSettings, ensure_artifact, run_sweep
 from edgecnn.benchmarks.schema import SCHEMA_VERSION, read_results
+from edgecnn.calibration import CalibrationOptions
 from edgecnn.cli import main
 from edgecnn.errors import UserError
 
@@ -118,3 +120,36 @@ def test_cli_bad_numbers_are_refused_by_argparse(tmp_path: Path, capsys) -> None
             main(["bench", "lenet5_fmnist", flag, value, "--out", str(tmp_path / "r.json")])
         assert flag in capsys.readouterr().err
     assert json.dumps(list(tmp_path.iterdir())) == "[]"
+
+
+def test_an_int8_artifact_from_another_calibrator_is_exported_again(tmp_path: Path) -> None:
+    def int8(calibrator: str) -> tuple[Path, bool]:
+        return ensure_artifact("lenet5_fmnist", "onnx", "int8", 1, tmp_path, CalibrationOptions(calibrator=calibrator))
+
+    def requested(path: Path) -> str:
+        return json.loads((path / "manifest.json").read_text())["calibration"]["requested"]
+
+    path, reused = int8("minmax")
+    assert not reused and requested(path) == "minmax"
+    assert int8("minmax") == (path, True)
+    path, reused = int8("percentile")  # same model, target, precision and batch: only the calibrator differs
+    assert not reused and requested(path) == "percentile"
+    assert int8("percentile") == (path, True)
+
+
+def test_a_calibrator_the_quantizer_lacks_is_a_skip_and_the_settings_record_it(tmp_path: Path) -> None:
+    results = run_sweep(quick(tmp_path / "cache", models=["lenet5_fmnist"], runtimes=["torch", "onnxruntime"],
+                              precisions=["int8"], calibrator="mse"), tmp_path / "r.json")
+    assert results["settings"]["calibrator"] == "mse" and results["records"] == []
+    reasons = {s["runtime"]: s["reason"] for s in results["skipped"]}
+    assert "calibrator 'mse' does not exist for the onnx target" in reasons["onnxruntime"]
+    assert "fp32 only" in reasons["torch"]
+    assert not (tmp_path / "cache").exists()  # refused before any export
+
+
+def test_an_unknown_calibrator_is_one_line(tmp_path: Path, capsys) -> None:
+    with pytest.raises(UserError, match="unknown calibrator 'kl'; choose one of auto"):
+        quick(tmp_path, calibrator="kl").validated()
+    with pytest.raises(SystemExit):
+        main(["bench", "lenet5_fmnist", "--calibrator", "kl", "--out", str(tmp_path / "r.json")])
+    assert "--calibrator: invalid choice: 'kl'" in capsys.readouterr().err

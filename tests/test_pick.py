@@ -89,6 +89,29 @@ def test_results_from_another_machine_are_refused_unless_asked_and_excluded_when
     assert answer.excluded[0].reason.startswith("not measured on this machine (measured on Jetson Orin ×6)")
 
 
+def early_exit(p50: float, mean: float, top1: float) -> dict[str, Any]:
+    """An early-exit record: most images leave early (low p50), the rest pay every stage (higher mean)."""
+    r = record("b_resnet_fmnist", "onnxruntime", "fp32", p50, top1)
+    r["latency_ms"]["mean"] = mean
+    return {**r, "variant": "early-exit", "latency_statistic": "mean", "early_exit": {"speedup_vs_trunk": 1.6}}
+
+
+def test_an_early_exit_record_is_a_candidate_held_to_its_mean(tmp_path: Path, capsys) -> None:
+    trunk = {**record("b_resnet_fmnist", "onnxruntime", "fp32", 1.2, 92.0), "flow": "trunk", "variant": "trunk"}
+    crafted = results([early_exit(p50=0.5, mean=1.5, top1=91.9), trunk])
+    answer = pick([crafted], budget_ms=1.0)  # p50 0.5 fits, the mean does not
+    assert answer.chosen == [] and len(answer.excluded) == 1  # the trunk is a baseline, never a candidate
+    assert answer.excluded[0].reason == "over budget: mean 1.5 ms > 1 ms"
+    answer = pick([crafted], budget_ms=2.0, statistic="p99")
+    assert [c.label for c in answer.chosen] == ["b_resnet_fmnist onnxruntime fp32 early-exit (threads 1, mean)"]
+    assert answer.chosen[0].latency_ms == 1.5
+    path = tmp_path / "ee.json"
+    path.write_text(json.dumps(crafted))
+    assert main(["pick", "--budget-ms", "2", "--results", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "fp32 early-exit" in out and "1.500 (mean)" in out
+
+
 @pytest.mark.parametrize("kwargs, message", [({"budget_ms": 0}, "--budget-ms must be greater than 0"),
                                              ({"budget_ms": -1}, "--budget-ms must be greater than 0"),
                                              ({"budget_ms": 1, "max_drop": -0.1}, "--max-drop must be 0 or more"),

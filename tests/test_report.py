@@ -1,4 +1,4 @@
-"""`edgecnn report` renders from a small committed results file (a real lenet5_fmnist sweep with peers)."""
+"""`edgecnn report` renders from small committed results files (real lenet5_fmnist and b_lenet_fmnist sweeps)."""
 from __future__ import annotations
 
 import copy
@@ -14,6 +14,7 @@ from edgecnn.cli import main
 from edgecnn.errors import UserError
 
 SMALL = Path(__file__).parent / "data" / "bench_small.json"
+EARLY_EXIT = Path(__file__).parent / "data" / "bench_early_exit.json"  # b_lenet_fmnist, 3 runtimes, fp32/fp16
 
 
 @pytest.fixture(scope="module")
@@ -91,3 +92,30 @@ def test_cli_report_refuses_another_schema_version_in_one_line(tmp_path: Path, c
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "schema version 0" in err and "edgecnn bench" in err
     assert not (tmp_path / "r").exists()
+
+
+def test_early_exit_records_get_their_table_beside_the_trunk(tmp_path: Path) -> None:
+    results = read_results(EARLY_EXIT)
+    text = write_report([results], tmp_path / "r").read_text()
+    assert "early-exit" in text.split("## Headline")[1].split("##")[0]  # placed by its mean, like pick
+    section = text.split("## Early exit against the trunk")[1]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines()
+            if line.startswith("| AMD")]
+    records = {(r["runtime"], r["precision"], r["flow"]): r for r in results["records"]}
+    assert sorted((row[2], row[3]) for row in rows) == [(rt, p) for rt in ("onnxruntime", "openvino")
+                                                        for p in ("fp16", "fp32")]
+    for row in rows:
+        ee, trunk = records[(row[2], row[3], "edgecnn")], records[(row[2], row[3], "trunk")]
+        assert float(row[6]) == pytest.approx(ee["latency_ms"]["mean"], abs=1e-4)
+        assert float(row[7]) == pytest.approx(trunk["latency_ms"]["mean"], abs=1e-4)
+        assert float(row[8].rstrip("×")) == pytest.approx(trunk["latency_ms"]["mean"] / ee["latency_ms"]["mean"],
+                                                          abs=0.01)
+        assert sum(float(f.rstrip("%")) for f in row[9].split(" / ")) == pytest.approx(100, abs=1)
+        assert float(row[10]) == ee["accuracy"]["top1"] and float(row[11]) == trunk["accuracy"]["top1"]
+    everything = text.split("## Everything measured")[1].split("##")[0]
+    assert "| edgecnn early-exit |" in everything and "| trunk |" in everything
+    assert "| edgecnn trunk | torch" in everything  # the eager reference of a multi-exit model is its trunk
+
+
+def test_no_early_exit_section_without_early_exit_records(merged: tuple[Path, dict]) -> None:
+    assert "## Early exit" not in merged[0].read_text()

@@ -28,13 +28,17 @@ def _list_of(check: Callable[[str], Any] | None = None) -> Callable[[str], list[
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from edgecnn.calibration import CALIBRATOR_NAMES
+
     p = sub.add_parser(
         "bench", help="time models on runtimes × precisions against their accuracy",
         description="Export (or reuse) each model's artifact per runtime, precision and batch, time every "
                     "configuration after warm-up in interleaved rounds (A B C A B C …) with threads pinned "
                     "through each runtime's own option, measure test accuracy and top-1 agreement with PyTorch "
                     "FP32, and write one results JSON (rewritten after every model and batch, so Ctrl-C keeps "
-                    "what finished). Combinations a runtime cannot do here are listed as skipped with the reason.")
+                    "what finished). Combinations a runtime cannot do here are listed as skipped with the reason. "
+                    "A multi-exit (BranchyNet) model runs its exit loop at the stored thresholds, timed beside its "
+                    "own trunk in the same rounds.")
     p.add_argument("models", nargs="+", metavar="MODEL", help="zoo names or shell patterns such as '*_fmnist'")
     p.add_argument("--targets", type=_list_of(), default=DEFAULT_TARGETS.split(","), metavar="RUNTIMES",
                    help=f"runtimes, comma-separated: {DEFAULT_TARGETS} (torch is the eager FP32 reference; default: all of them)")
@@ -63,6 +67,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="test images for accuracy (default: the whole test split)")
     p.add_argument("--calibration-samples", type=arg_type(positive_int, "--calibration-samples"), default=300,
                    help="train images the peers calibrate on (300 is NNCF's default subset)")
+    p.add_argument("--calibrator", choices=CALIBRATOR_NAMES, default="auto",
+                   help="range calibrator of edgecnn's INT8 exports, as `edgecnn export --calibrator`; a cached "
+                        "artifact calibrated otherwise is exported again, and a calibrator a target's quantizer "
+                        "lacks is a skipped combination (default: auto)")
     p.add_argument("--cache", type=Path, default=Path("artifacts/bench"),
                    help="artifact cache; an artifact whose manifest matches is reused (default: artifacts/bench)")
     p.add_argument("--out", type=Path, required=True, metavar="FILE.json", help="results file to write")
@@ -107,7 +115,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         threads=args.threads, warmup_s=args.warmup_s,
         duration_s=None if args.iters else (args.duration_s or 10.0), iters=args.iters, rounds=args.rounds,
         peers=args.peers, data=args.data, data_root=args.data_root, accuracy_samples=args.accuracy_samples,
-        calibration_samples=args.calibration_samples, cache_dir=args.cache)
+        calibration_samples=args.calibration_samples, calibrator=args.calibrator, cache_dir=args.cache)
     results = run_sweep(settings, args.out, force=args.force, progress=not args.no_progress)
     _print_records(results)
     print(f"{len(results['records'])} configurations measured, {len(results['skipped'])} skipped → {args.out}")
@@ -115,18 +123,25 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _print_records(results: dict[str, Any]) -> None:
+    from edgecnn.benchmarks.harness import RECORD_EXTENSIONS
+    from edgecnn.benchmarks.schema import flow_name
     from edgecnn.cli.table import format_table
 
     rows = []
     for r in results["records"]:
-        acc = r["accuracy"]
-        rows.append([r["model"], r["peer"]["name"] if r["peer"] else "edgecnn", r["runtime"], r["precision"],
-                     r["executed_precision"] or "?", r["batch"], r["threads"], f"{r['latency_ms']['p50']:.3f}",
-                     f"{r['latency_ms']['p90']:.3f}", f"{r['spread_pct']:.1f}%", f"{r['throughput']:.0f}",
+        acc, lat = r["accuracy"], r["latency_ms"]
+        rows.append([r["model"], flow_name(r), r["runtime"], r["precision"], r["executed_precision"] or "?",
+                     r["batch"], r["threads"], f"{lat['mean']:.3f}", f"{lat['p50']:.3f}", f"{lat['p90']:.3f}",
+                     f"{r['spread_pct']:.1f}%", f"{r['throughput']:.0f}",
                      f"{acc['top1']:.2f}%" if acc else "—", f"{acc['agreement_vs_torch_fp32']:.1f}%" if acc else "—"])
     if rows:
         print(format_table(rows, ["model", "flow", "runtime", "precision", "executed", "batch", "threads",
-                                  "p50 ms", "p90 ms", "spread", "samples/s", "top-1", "agree"]))
+                                  "mean ms", "p50 ms", "p90 ms", "spread", "samples/s", "top-1", "agree"]))
+    for extension in RECORD_EXTENSIONS.values():
+        headers, extra = extension.table(results["records"])
+        if extra:
+            print()
+            print(format_table(extra, headers))
     for s in results["skipped"]:
         print(f"skipped: {s['model']} {s['runtime']} {s['precision']}: {s['reason']}")
 
@@ -151,8 +166,10 @@ def cmd_pick(args: argparse.Namespace) -> int:
     print(f"budget {answer.budget_ms:g} ms ({answer.statistic} per call, batch {answer.batch}){drop}; "
           f"results: {', '.join(answer.sources)}")
     if answer.chosen:
-        rows = [[i + 1, c.record["model"], c.record["runtime"], c.record["precision"], c.record["threads"],
-                 f"{c.latency_ms:.3f}", f"{c.accuracy:.2f}%", f"{c.drop:+.2f}" if c.drop is not None else "—",
+        rows = [[i + 1, c.record["model"], c.record["runtime"],
+                 " ".join(filter(None, (c.record["precision"], c.record.get("variant")))), c.record["threads"],
+                 f"{c.latency_ms:.3f}" + ("" if c.statistic == answer.statistic else f" ({c.statistic})"),
+                 f"{c.accuracy:.2f}%", f"{c.drop:+.2f}" if c.drop is not None else "—",
                  c.machine] for i, c in enumerate(answer.chosen[:args.top])]
         print(format_table(rows, ["rank", "model", "runtime", "precision", "threads", f"{answer.statistic} ms",
                                   "top-1", "drop pt", "machine"]))

@@ -1,0 +1,137 @@
+"""Early-exit (BranchyNet) artifacts in `edgecnn bench`: the exit loop timed beside its own trunk.
+
+Registered with the harness for artifacts whose manifest has an `early_exit` section, and with the report.
+On a runtime with an export target the artifact opens on the `early_exit` backend (its stages on that
+runtime, at the thresholds stored in the manifest), and the trunk (the final-exit path as one graph, from the
+same artifact) is timed as its own configuration, flow "trunk", in the same interleaved rounds. Both cycle
+through the accuracy images, so the exits taken while timing are the data's and the trunk sees the same
+images. The early-exit record gains an `early_exit` section: the thresholds, each exit's share of the
+accuracy images and its accuracy alone, the accuracy at the thresholds against the trunk's, both mean
+per-sample latencies and the speed-up. Its latency varies with the exit taken, so `pick` holds it to its
+mean (`latency_statistic`). On torch a multi-exit model is the eager reference: its eval forward, which
+runs the trunk to the final exit (no early exit).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from edgecnn.benchmarks.harness import RECORD_EXTENSIONS, RUNTIMES, Config, RecordExtension, register_record_extension
+from edgecnn.benchmarks.report import REPORT_SECTIONS, _fmt, _table
+
+if TYPE_CHECKING:
+    from edgecnn.benchmarks.harness import Sweep
+
+SECTION = "early_exit"
+EXIT_CHUNK = 256   # images per call when every exit's outputs are computed (stage graphs take any batch)
+EAGER = "eager PyTorch: the multi-exit model's eval forward, the trunk to the final exit (no early exit)"
+TABLE_HEADERS = ["model", "runtime", "precision", "batch", "threads", "early-exit ms/sample", "trunk ms/sample",
+                 "speed-up", "exits", "top-1", "trunk top-1", "Δ pt", "thresholds"]
+
+
+@register_record_extension(SECTION)
+class EarlyExitRecord(RecordExtension):
+    """The exit loop on the artifact's runtime, its trunk beside it; torch runs the eager trunk."""
+
+    def prepare(self, config: Config) -> list[Config]:
+        """Open the exit loop on the config's runtime and return its trunk to time beside it (none on torch)."""
+        trunk_options = {**config.options, "trunk": True}
+        if _eager(config):  # the eager reference cannot run stage graphs: it is the trunk
+            config.variant, config.options = "trunk", trunk_options
+            return []
+        trunk = Config(config.model, config.runtime, config.precision, config.batch, config.threads, config.artifact,
+                       flow="trunk", options=trunk_options, variant="trunk", varied_inputs=True,
+                       reused=config.reused)
+        config.backend, config.options = "early_exit", {**config.options, "runtime": config.runtime}
+        config.variant, config.varied_inputs = "early-exit", True
+        return [trunk]
+
+    def extend(self, config: Config, record: dict[str, Any], companions: list[dict[str, Any] | None],
+               sweep: Sweep) -> dict[str, Any]:
+        """The `early_exit` section, from this record, its trunk's and one all-exits pass over the images."""
+        if _eager(config):
+            return {"measures": EAGER}
+        session, trunk = config.session, companions[0]
+        mean, trunk_mean = record["latency_ms"]["mean"], trunk["latency_ms"]["mean"] if trunk else None
+        top1, trunk_top1 = _top1(record), _top1(trunk)
+        exits = _exits_on_data(config, sweep)
+        return {"latency_statistic": "mean", SECTION: {
+            "thresholds": list(session.thresholds), "stages": len(session.manifest[SECTION]["stages"]),
+            "thresholds_from": "the manifest (tuned on the validation split at export, for this precision)",
+            "ms_per_sample": round(mean / config.batch, 6),
+            "trunk_ms_per_sample": None if trunk_mean is None else round(trunk_mean / config.batch, 6),
+            "speedup_vs_trunk": None if trunk_mean is None else round(trunk_mean / mean, 3),
+            "timed_on": (f"a cycle over the {exits['samples']} accuracy images in batches of {config.batch} (fewer "
+                         "timed calls than images: a consecutive part of it), the trunk cycling through the same "
+                         "images" if exits["samples"] else "one batch of seeded noise (no accuracy images)")
+            + "; interleaved rounds; ms per sample = mean per call / batch",
+            "accuracy": top1, "trunk_accuracy": trunk_top1,
+            "accuracy_vs_trunk_pt": None if top1 is None or trunk_top1 is None else round(top1 - trunk_top1, 3),
+            **exits}}
+
+    def table(self, records: list[dict[str, Any]], with_machine: bool = False) -> tuple[list[str], list[list[Any]]]:
+        """(headers, rows): one row per early-exit record, beside its trunk (for the CLI and the report)."""
+        rows = []
+        for r in records:
+            ee = r.get(SECTION)
+            if not ee:
+                continue
+            fractions = " / ".join(f"{100 * f:.0f}%" for f in ee["exit_fractions"] or []) or "—"
+            rows.append([*([r["machine"]] if with_machine else []), r["model"], r["runtime"], r["precision"],
+                         r["batch"], r["threads"], f"{ee['ms_per_sample']:.4f}", _fmt(ee["trunk_ms_per_sample"], ".4f"),
+                         _fmt(ee["speedup_vs_trunk"], ".2f", "×"), fractions, _fmt(ee["accuracy"], ".2f"),
+                         _fmt(ee["trunk_accuracy"], ".2f"), _fmt(ee["accuracy_vs_trunk_pt"], "+.2f"),
+                         ", ".join(f"{t:.3g}" for t in ee["thresholds"])])
+        return [*(["machine"] if with_machine else []), *TABLE_HEADERS], rows
+
+
+def _eager(config: Config) -> bool:
+    """The torch runtime: no export target, the model rebuilt in PyTorch."""
+    return RUNTIMES[config.runtime].target is None
+
+
+def _top1(record: dict[str, Any] | None) -> float | None:
+    return ((record or {}).get("accuracy") or {}).get("top1")
+
+
+def _exits_on_data(config: Config, sweep: Sweep) -> dict[str, Any]:
+    """Each exit's share of the accuracy images under the stored thresholds, and each exit's accuracy alone,
+    from one pass computing every exit (the exit rule is export's own, `evaluate_setting`)."""
+    from edgecnn.export.early_exit import evaluate_setting
+    from edgecnn.registry import get_config
+
+    data = sweep.dataset(config.model)
+    if data is None:
+        return {"exit_fractions": None, "exit_accuracy": None, "samples": 0}
+    session = config.session
+    chunks = [session.exit_outputs(x[:rows].astype(session.input_spec.dtype, copy=False))
+              for x, rows in data.batches(get_config(config.model), EXIT_CHUNK)]
+    entropies = np.concatenate([e for e, _ in chunks], axis=1)
+    predictions = np.concatenate([logits for _, logits in chunks], axis=1).argmax(2)
+    zero_cost = np.zeros(len(predictions))  # latency is measured here, not predicted from stage costs
+    setting = evaluate_setting(session.thresholds, entropies, predictions, data.labels, zero_cost)
+    return {"exit_fractions": [round(f, 5) for f in setting.exit_fractions],
+            "exit_accuracy": [data.top1(p) for p in predictions],
+            # the same thresholds applied to every exit's outputs: a check on the loop's own accuracy
+            "accuracy_by_rule": round(setting.accuracy, 3), "samples": data.count}
+
+
+def report_section(records: list[dict[str, Any]], out_dir: Path) -> str:
+    """The report's early-exit table (empty when no record is early exit)."""
+    headers, rows = RECORD_EXTENSIONS[SECTION].table(records, with_machine=True)
+    if not rows:
+        return ""
+    return "\n".join([
+        "## Early exit against the trunk", "",
+        "BranchyNet artifacts: the exit loop at the thresholds stored in the manifest, beside the same artifact's "
+        "trunk (the final-exit path as one graph), timed in the same interleaved rounds on the same images. "
+        "ms/sample is the mean per call over a cycle of the accuracy images divided by the batch; *exits* is each "
+        "exit's share of the accuracy images; Δ is the early-exit top-1 minus the trunk's.", "",
+        _table(headers, rows)])
+
+
+REPORT_SECTIONS.append(report_section)
+
+__all__ = ["EarlyExitRecord", "report_section"]

@@ -1,0 +1,92 @@
+"""`edgecnn bench` on a BranchyNet model: a real quick sweep of b_lenet_fmnist (torch + ONNX Runtime, FP32).
+
+The early-exit session and its trunk are timed as two configurations of one group; the record's `early_exit`
+section must be consistent with the records' own numbers. Asserts structure and sanity, never absolute times.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edgecnn.benchmarks.harness import SweepSettings, run_sweep
+from edgecnn.benchmarks.pick import pick
+from edgecnn.cli.bench import _print_records
+from edgecnn.export.manifest import read_manifest
+
+SAMPLES, ITERS, ROUNDS = 200, 20, 2
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("bench_ee")
+    settings = SweepSettings(models=["b_lenet_fmnist"], runtimes=["torch", "onnxruntime"], precisions=["fp32"],
+                             batches=[1], threads=[1], warmup_s=0.05, duration_s=None, iters=ITERS, rounds=ROUNDS,
+                             accuracy_samples=SAMPLES, cache_dir=root / "cache")
+    return run_sweep(settings, root / "bench.json", command="pytest early-exit sweep")
+
+
+def _one(results: dict, **match: object) -> dict:
+    found = [r for r in results["records"] if all(r.get(k) == v for k, v in match.items())]
+    assert len(found) == 1, (match, [(r["runtime"], r["flow"], r["variant"]) for r in results["records"]])
+    return found[0]
+
+
+def test_early_exit_and_trunk_are_timed_in_the_same_rounds(results: dict) -> None:
+    assert results["skipped"] == [] and len(results["records"]) == 3
+    ee = _one(results, runtime="onnxruntime", flow="edgecnn")
+    trunk = _one(results, runtime="onnxruntime", flow="trunk")
+    assert (ee["variant"], trunk["variant"]) == ("early-exit", "trunk")
+    assert ee["session"]["backend"] == "early_exit" and trunk["session"]["backend"] == "onnxruntime"
+    assert ee["artifact"]["path"] == trunk["artifact"]["path"]  # the trunk is the same artifact's plain graph
+    for r in (ee, trunk):
+        assert r["iterations"] == ITERS and r["rounds"] == len(r["round_p50_ms"]) == ROUNDS
+        assert 0 < r["latency_ms"]["min"] <= r["latency_ms"]["mean"] <= r["latency_ms"]["max"]
+    assert ee["latency_statistic"] == "mean" and "early_exit" not in trunk
+
+
+def test_early_exit_section_is_consistent_with_the_records(results: dict) -> None:
+    ee = _one(results, runtime="onnxruntime", flow="edgecnn")
+    trunk = _one(results, runtime="onnxruntime", flow="trunk")
+    section = ee["early_exit"]
+    stored = read_manifest(Path(ee["artifact"]["path"]))["early_exit"]
+    assert section["thresholds"] == stored["thresholds"] and section["stages"] == len(stored["stages"])
+    fractions = section["exit_fractions"]
+    assert len(fractions) == len(section["exit_accuracy"]) == section["stages"] == len(section["thresholds"]) + 1
+    assert all(0 <= f <= 1 for f in fractions) and sum(fractions) == pytest.approx(1.0, abs=1e-4)
+    assert section["samples"] == SAMPLES
+    assert section["ms_per_sample"] == pytest.approx(ee["latency_ms"]["mean"] / ee["batch"])
+    assert section["trunk_ms_per_sample"] == pytest.approx(trunk["latency_ms"]["mean"] / trunk["batch"])
+    assert section["speedup_vs_trunk"] == pytest.approx(trunk["latency_ms"]["mean"] / ee["latency_ms"]["mean"],
+                                                        abs=1e-3)
+    assert section["accuracy"] == ee["accuracy"]["top1"] and section["trunk_accuracy"] == trunk["accuracy"]["top1"]
+    assert section["accuracy_vs_trunk_pt"] == pytest.approx(section["accuracy"] - section["trunk_accuracy"], abs=1e-3)
+    for acc in (section["accuracy"], section["trunk_accuracy"], section["accuracy_by_rule"], *section["exit_accuracy"]):
+        assert 0.0 <= acc <= 100.0
+    # the loop at batch 1 and the exit rule on every exit's outputs decide alike (one image is 0.5 pt here)
+    assert abs(section["accuracy_by_rule"] - section["accuracy"]) <= 0.5
+    # the final exit alone is the trunk
+    assert abs(section["exit_accuracy"][-1] - section["trunk_accuracy"]) <= 0.5
+
+
+def test_torch_on_a_multi_exit_model_is_the_eager_trunk(results: dict) -> None:
+    eager = _one(results, runtime="torch")
+    assert eager["flow"] == "edgecnn" and eager["variant"] == "trunk" and "early_exit" not in eager
+    assert "final exit" in eager["measures"]
+    trunk = _one(results, runtime="onnxruntime", flow="trunk")
+    assert trunk["accuracy"]["agreement_vs_torch_fp32"] >= 99.0
+
+
+def test_pick_takes_the_early_exit_record_at_its_mean(results: dict) -> None:
+    ee = _one(results, runtime="onnxruntime", flow="edgecnn")
+    answer = pick([results], budget_ms=1e3, statistic="p50")
+    chosen = {c.label: c for c in answer.chosen}
+    label = "b_lenet_fmnist onnxruntime fp32 early-exit (threads 1, mean)"
+    assert label in chosen and chosen[label].latency_ms == ee["latency_ms"]["mean"]
+    assert not any(c.record["flow"] == "trunk" for c in answer.chosen + answer.excluded)  # a baseline, not a pick
+
+
+def test_cli_prints_the_early_exit_table(results: dict, capsys: pytest.CaptureFixture[str]) -> None:
+    _print_records(results)
+    out = capsys.readouterr().out
+    assert "edgecnn early-exit" in out and "early-exit ms/sample" in out and "speed-up" in out
