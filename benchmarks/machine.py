@@ -57,8 +57,10 @@ def machine_info() -> dict[str, Any]:
 
 
 def same_machine(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """Same CPU model and core count: what latency depends on (host names change, CPUs do not)."""
-    return a.get("cpu") == b.get("cpu") and a.get("logical_cores") == b.get("logical_cores")
+    """Same CPU model, core count and speed-deciding flags: what latency depends on (host names change, CPUs
+    do not). Cloud VMs name every generation "AMD EPYC": only the flags tell an AVX2 host from a VNNI one."""
+    return (a.get("cpu") == b.get("cpu") and a.get("logical_cores") == b.get("logical_cores")
+            and a.get("cpu_flags") == b.get("cpu_flags"))
 
 
 def all_tool_versions() -> dict[str, str | None]:

@@ -31,7 +31,7 @@ from edgecnn.branchynet import EXIT_ENTROPY, EXIT_RULE, MultiExitNet, check_thre
 from edgecnn.data import load_dataset, preprocess, train_val_split
 from edgecnn.errors import DatasetError, UserError
 from edgecnn.export.fold import fold_batchnorm
-from edgecnn.export.onnx_graph import BATCH_DIM, INPUT_NAME, OUTPUT_NAME, ExportError
+from edgecnn.export.onnx_graph import BATCH_DIM, INPUT_NAME, OUTPUT_NAME
 from edgecnn.export.runtime import BACKENDS, InputSpec, Session, open_session, register_backend
 
 if TYPE_CHECKING:
@@ -346,10 +346,14 @@ class EarlyExitStages:
     def applies(self, ctx: ExportContext) -> bool:
         return isinstance(ctx.reference, MultiExitNet)
 
+    @staticmethod
+    def check(model: Any, precision: str) -> None:
+        """Refuse, before any export work (INT8 calibration takes minutes), a precision stages cannot take."""
+        if isinstance(model, MultiExitNet) and precision not in EARLY_EXIT_PRECISIONS:
+            raise UserError(f"early-exit stages export {', '.join(EARLY_EXIT_PRECISIONS)}; {precision} stage "
+                            "graphs are not supported yet: export the multi-exit model at fp32 or fp16")
+
     def run(self, ctx: ExportContext) -> dict[str, Any]:
-        if ctx.precision not in EARLY_EXIT_PRECISIONS:
-            raise ExportError(f"early-exit stages export {', '.join(EARLY_EXIT_PRECISIONS)}; {ctx.precision} stage "
-                              "graphs are not supported yet: export the multi-exit model at fp32 or fp16")
         net: MultiExitNet = ctx.reference
         shapes = _feature_shapes(net, ctx.input_size)
         stages, folds = [], []

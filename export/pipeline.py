@@ -278,6 +278,7 @@ def export_model(model: nn.Module, target: str = "onnx", precision: str = "fp32"
     if precision not in target_obj.precisions:
         raise UserError(f"target {target!r} exports precisions {', '.join(target_obj.precisions)}, not {precision!r}")
     target_obj.check_precision(precision)
+    EarlyExitStages.check(model, precision)
     if precision == "int8":
         calibration = calibration or CalibrationOptions()
         check_int8(target, calibration)

@@ -135,9 +135,16 @@ def _feed_batch(ctx: ExportContext) -> int:
 
 @contextmanager
 def _quiet_stdout() -> Iterator[None]:
-    """ONNX Runtime's calibrators print progress with print(); the CLI's stdout is the export report."""
-    with contextlib.redirect_stdout(io.StringIO()):
-        yield
+    """ONNX Runtime's calibrators print progress with print() and advice through the root logger ("consider
+    pre-processing", which edgecnn's own flow does); the CLI's stdout is the export report."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        root.setLevel(level)
 
 
 @register_quantizer
@@ -433,7 +440,8 @@ class Quantize:
             return self._hits(ctx, data) if labelled else np.zeros(0, dtype=bool)
 
         def quantize_and_score(calibrator: str, exclude: list[str] = ()) -> float:
-            return accuracy_of(quantize_and_hits(calibrator, exclude)) if labelled else float("nan")
+            hits = quantize_and_hits(calibrator, exclude)
+            return accuracy_of(hits) if labelled else float("nan")
 
         started = time.perf_counter()
         versus_first = None

@@ -145,14 +145,15 @@ def test_swapped_stage_files(artifact: Path) -> None:
         runtime.open_session(artifact, manifest, "early_exit")
 
 
-def test_int8_early_exit_is_refused(net, tmp_path: Path) -> None:
-    from edgecnn.export.early_exit import EarlyExitStages as Pass
-    from edgecnn.export.pipeline import ExportContext
-    from edgecnn.export.targets import get_target
-    ctx = ExportContext(reference=net, config=net.config, target=get_target("onnx"), precision="int8",
-                        staging=tmp_path, input_size=(1, 28, 28))
+def test_int8_early_exit_is_refused_before_any_calibration(net, tmp_path: Path, monkeypatch) -> None:
+    from edgecnn.export import export_model, quantize
+
+    def calibrated(*args, **kwargs):
+        raise AssertionError("calibration ran before the refusal")
+    monkeypatch.setattr(quantize, "prepare_calibration", calibrated)
     with pytest.raises(edgecnn.UserError, match="fp32, fp16; int8 stage graphs are not supported"):
-        Pass().run(ctx)
+        export_model(net, "onnx", "int8", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 # ---------------------------------------------------------------- the threshold search, on made-up exits
