@@ -63,5 +63,11 @@ def same_machine(a: dict[str, Any], b: dict[str, Any]) -> bool:
             and a.get("cpu_flags") == b.get("cpu_flags"))
 
 
+def describe(machine: dict[str, Any]) -> str:
+    """The name plus the speed-deciding flags it has, so two "AMD EPYC ×2" hosts read apart."""
+    flags = [f for f, on in (machine.get("cpu_flags") or {}).items() if on]
+    return f"{machine.get('name', '?')} ({', '.join(flags)})" if flags else machine.get("name", "?")
+
+
 def all_tool_versions() -> dict[str, str | None]:
     return tool_versions(EXTRA_TOOLS)

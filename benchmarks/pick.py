@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from edgecnn.benchmarks.machine import machine_info, same_machine
+from edgecnn.benchmarks.machine import describe, machine_info, same_machine
 from edgecnn.benchmarks.schema import config_name, read_results
 from edgecnn.errors import UserError
 from edgecnn.validation import non_negative_float, positive_float, positive_int
@@ -78,8 +78,8 @@ def load_for_pick(paths: Sequence[Path | str] | None, any_machine: bool = False)
                             "`edgecnn pick --results bench.json ...`")
     results = [read_results(p) for p in paths]
     if not any_machine and not any(same_machine(r["machine"], here) for r in results):
-        names = ", ".join(sorted({r["machine"]["name"] for r in results}))
-        raise UserError(f"{', '.join(map(str, paths))} measured on {names}, not this machine ({here['name']}); "
+        names = ", ".join(sorted({describe(r["machine"]) for r in results}))
+        raise UserError(f"{', '.join(map(str, paths))} measured on {names}, not this machine ({describe(here)}); "
                         "pass --any-machine to pick from them anyway, or measure here with `edgecnn bench`")
     return results
 
@@ -104,7 +104,7 @@ def pick(results: Sequence[dict[str, Any]], budget_ms: float, max_drop: float | 
             c = Candidate(record, results_file["machine"]["name"], record["latency_ms"][held],
                           accuracy.get("top1"), accuracy.get("drop"), held)
             if not local:
-                c.reason = f"not measured on this machine (measured on {c.machine})"
+                c.reason = f"not measured on this machine (measured on {describe(results_file['machine'])})"
             elif c.latency_ms > budget_ms:
                 c.reason = f"over budget: {held} {c.latency_ms:.3g} ms > {budget_ms:g} ms"
             elif c.accuracy is None:

@@ -96,6 +96,18 @@ def early_exit(p50: float, mean: float, top1: float) -> dict[str, Any]:
     return {**r, "variant": "early-exit", "latency_statistic": "mean", "early_exit": {"speedup_vs_trunk": 1.6}}
 
 
+def test_same_cpu_name_with_other_speed_flags_is_another_machine() -> None:
+    """Cloud VMs call every EPYC generation "AMD EPYC": an AVX2 host's latencies say nothing about a VNNI one."""
+    from edgecnn.benchmarks.machine import same_machine
+
+    here = machine_info()
+    other = {**here, "cpu_flags": {**here["cpu_flags"], "avx512_vnni": not here["cpu_flags"]["avx512_vnni"]}}
+    assert same_machine(here, dict(here)) and not same_machine(here, other)
+    answer = pick([results([record("m", "onnxruntime", "int8", 1.0, 92.0)], machine=other)], budget_ms=2.0)
+    assert not answer.chosen and "not measured on this machine" in answer.excluded[0].reason
+    assert ("avx512_vnni" in answer.excluded[0].reason) == other["cpu_flags"]["avx512_vnni"]
+
+
 def test_an_early_exit_record_is_a_candidate_held_to_its_mean(tmp_path: Path, capsys) -> None:
     trunk = {**record("b_resnet_fmnist", "onnxruntime", "fp32", 1.2, 92.0), "flow": "trunk", "variant": "trunk"}
     crafted = results([early_exit(p50=0.5, mean=1.5, top1=91.9), trunk])
