@@ -192,3 +192,17 @@ def test_bf16_is_refused_without_bf16_hardware_and_runs_fp32_ir_with_it(tmp_path
     m = export_registered(MODEL, "openvino", "bf16", tmp_path / "bf16").manifest
     assert m["precision"] == "bf16" and not m["target_info"]["compressed_to_fp16"]
     assert m["parity"][0]["passed"] and "test_split" in m["parity"][0]
+
+
+def test_entropy_searches_a_clipping_range_instead_of_repeating_minmax(tmp_path: Path) -> None:
+    """quantize_static's own entropy histogram (128 bins for a 128-bin window) is MinMax; edgecnn's is TensorRT's."""
+    scales = {}
+    for calibrator in ("minmax", "entropy"):
+        _export(tmp_path / calibrator, "onnx", calibrator=calibrator)
+        graph = onnx.load(str(tmp_path / calibrator / "onnx" / "model.onnx")).graph
+        init = _initializers(graph)
+        scales[calibrator] = {n.input[0]: float(init[n.input[1]]) for n in graph.node
+                              if n.op_type == "QuantizeLinear" and n.input[0] not in init}
+    assert scales["minmax"].keys() == scales["entropy"].keys()
+    clipped = [t for t in scales["minmax"] if scales["entropy"][t] < 0.9 * scales["minmax"][t]]
+    assert clipped, "entropy gave MinMax's ranges"
