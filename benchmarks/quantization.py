@@ -1,6 +1,7 @@
 """INT8 bars of issue 9, measured here and written as JSON under benchmarks/results/.
 
-    .venv/bin/python benchmarks/quantization.py accuracy --threads 1   # 15 *_fmnist models × ORT/OpenVINO × calibrator
+    .venv/bin/python benchmarks/quantization.py accuracy --threads 2   # 15 *_fmnist models × ORT/OpenVINO × calibrator
+    .venv/bin/python benchmarks/quantization.py accuracy --threads 2 --resume --redo --targets onnx  # ORT again
     .venv/bin/python benchmarks/quantization.py speed --threads 2      # canonical resnet50, inception_v3, batch 1
 
 accuracy: each model's FP32 ONNX and IR (edgecnn exports, dynamic batch), then every calibrator of
@@ -95,7 +96,8 @@ def _size(paths: list[Path]) -> int:
     return sum(p.stat().st_size for p in paths)
 
 
-def accuracy_model(name: str, threads: int, samples: int, work: Path) -> dict[str, Any]:
+def accuracy_model(name: str, threads: int, samples: int, work: Path,
+                   targets: tuple[str, ...] = ("onnx", "openvino")) -> dict[str, Any]:
     import nncf
     import openvino as ov
     import torch
@@ -114,7 +116,7 @@ def accuracy_model(name: str, threads: int, samples: int, work: Path) -> dict[st
     model, weights = load_source_model(name)
     config = model.config
     fp32 = {target: export_model(model, target, "fp32", work / f"{name}-{target}", dynamic_batch=True,
-                                 weights=weights, parity_samples=16).path for target in ("onnx", "openvino")}
+                                 weights=weights, parity_samples=16).path for target in targets}
     data = prepare_calibration(config, tuple(config.input_size), CalibrationOptions(samples=samples))
     test = load_dataset("fashion_mnist", split="test")
     images, labels = test.get_batch(range(len(test)))
@@ -128,7 +130,7 @@ def accuracy_model(name: str, threads: int, samples: int, work: Path) -> dict[st
                               "calibration_samples": data.calibration.record(), "runtimes": {}}
     runners = {"onnx": ("onnxruntime", _ort_runner, "model.onnx", ["model.onnx"]),
                "openvino": ("openvino", _ov_runner, "model.xml", ["model.xml", "model.bin"])}
-    for target, (runtime, runner, model_file, files) in runners.items():
+    for target, (runtime, runner, model_file, files) in ((t, runners[t]) for t in targets):
         quantizer = QUANTIZERS[target]
         fp32_file = fp32[target] / model_file
         fp32_run = runner(fp32_file, threads)
@@ -181,16 +183,22 @@ def run_accuracy(args: argparse.Namespace) -> None:
     out = RESULTS / "quantization_accuracy.json"
     payload = json.loads(out.read_text()) if out.exists() and args.resume else \
         {**_header(" ".join(sys.argv), args.threads), "bar_drop_pt": 0.5, "models": {}}
+    targets = tuple(args.targets)
     for name in args.models or FMNIST_MODELS:
-        if name in payload["models"]:
+        kept = payload["models"].get(name)
+        if kept and (not args.redo or "error" in kept):
             continue
         work = Path(tempfile.mkdtemp(prefix=f"qbench-{name}-"))
         try:
-            record = accuracy_model(name, args.threads, args.samples, work)
+            record = accuracy_model(name, args.threads, args.samples, work, targets)
         except Exception as e:  # keep going: one model's failure is data too
             record = {"model": name, "error": f"{type(e).__name__}: {e}"}
         finally:
             shutil.rmtree(work, ignore_errors=True)
+        if kept and "error" not in record:  # --redo: the runtimes measured again replace theirs, the rest stay
+            record["runtimes"] = {**kept["runtimes"], **record["runtimes"]}
+            record["redone"] = {"targets": list(targets), "command": " ".join(sys.argv),
+                                "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         payload["models"][name] = record
         payload["summary"] = _accuracy_summary(payload)
         _write(out, payload)
@@ -327,6 +335,9 @@ def main() -> None:
     a.add_argument("--samples", type=int, default=512)
     a.add_argument("--threads", type=int, default=1)
     a.add_argument("--resume", action="store_true", help="keep models already in the results file")
+    a.add_argument("--redo", action="store_true",
+                   help="with --resume: measure --targets again for models already in the file, keeping the others")
+    a.add_argument("--targets", nargs="+", default=["onnx", "openvino"], choices=["onnx", "openvino"])
     a.set_defaults(func=run_accuracy)
     s = sub.add_parser("speed")
     s.add_argument("--models", nargs="*")
