@@ -151,7 +151,7 @@ def accuracy_model(name: str, threads: int, samples: int, work: Path,
                 "library": library, "validation_accuracy": accuracy_of(val_hits[calibrator]),
                 "test_accuracy": test_acc, "test_drop": round(rt["fp32_test_accuracy"] - test_acc, 2),
                 "bytes": _size([out.parent / Path(f).name for f in files]), "quantize_seconds": round(seconds, 1)}
-        choice = choose_calibrator(list(quantizer.calibrators), val_hits.__getitem__)
+        choice = choose_calibrator(quantizer.auto_candidates(), val_hits.__getitem__)
         chosen = rt["calibrators"][choice.best]
         rt["edgecnn"] = {"calibrator": choice.best, "versus_default": choice.versus_first,
                          "test_accuracy": chosen["test_accuracy"],

@@ -23,8 +23,8 @@ from edgecnn.validation import non_negative_float, non_negative_int, positive_in
 
 DEFAULT_SAMPLES = 512
 DEFAULT_SEED = 0
-# "default" is the runtime quantizer's own defaults (quantize_static's, nncf.quantize's): auto tries it first, so a
-# tie goes to what a user of that library alone would get.
+# "default" is the runtime quantizer's own defaults (quantize_static's, nncf.quantize's); which ones `auto` tries,
+# and in which order, is each quantizer's (export/quantize.py).
 CALIBRATOR_NAMES = ("auto", "default", "minmax", "entropy", "percentile", "mse")
 # Datasets edgecnn ships or knows, by the name a model config gives.
 KNOWN_DATASETS = ("fashion_mnist",)

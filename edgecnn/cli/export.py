@@ -64,9 +64,10 @@ def _add_calibration_arguments(p: argparse.ArgumentParser) -> None:
 
     g = p.add_argument_group("INT8 calibration (--precision int8)")
     g.add_argument("--calibrator", choices=CALIBRATOR_NAMES,
-                   help="range calibrator of the target's quantizer (default: the quantizer's own defaults, as "
-                        "quantize_static or nncf.quantize alone would run); auto tries each, default first, and "
-                        "keeps the most accurate on the validation split (default: auto)")
+                   help="range calibrator of the target's quantizer ('default': the library's own defaults, as "
+                        "quantize_static or nncf.quantize alone would run); auto tries the target's candidates and "
+                        "keeps the first unless another is significantly more accurate on the validation split "
+                        "(default: auto)")
     g.add_argument("--calib-samples", type=arg_type(positive_int, "--calib-samples"), metavar="N",
                    help=f"calibration images, class-balanced, from the training split minus validation "
                         f"(default: {DEFAULT_SAMPLES})")
