@@ -54,7 +54,7 @@ class Answer:
 
 
 def committed_results(machine: dict[str, Any] | None = None) -> list[Path]:
-    """The committed results files measured on a machine like this one (same CPU model and core count)."""
+    """The committed results files measured on a machine like this one (`same_machine`)."""
     machine = machine or machine_info()
     found = []
     for path in sorted(COMMITTED.glob("*.json")):
