@@ -7,9 +7,9 @@
 accuracy: each model's FP32 ONNX and IR (edgecnn exports, dynamic batch), then every calibrator of
 each runtime's quantizer on the same 512 calibration samples (edgecnn.calibration), scored on the
 validation split and on the full Fashion-MNIST test split. "edgecnn" is the calibrator
-`choose_calibrator` picks on the validation split (what `--calibrator auto` does: the library's default
-unless another calibrator is significantly more accurate, McNemar at 5 %); the peers are
-`quantize_static` with its defaults and `nncf.quantize` with its defaults, fed the same samples.
+`choose_calibrator` picks on the validation split (what `--calibrator auto` does: the quantizer's first
+candidate, NNCF's default or ORT's MinMax, unless another is significantly more accurate, McNemar at
+5 %); the peers are `quantize_static` with its defaults and `nncf.quantize` with its defaults, fed the same samples.
 Each model's record is written as soon as it is done, so an interrupted run keeps its data.
 
 speed: ONNX Runtime FP32 / edgecnn INT8 / ORT U8S8 QDQ per-channel; OpenVINO f32 / edgecnn INT8 /
@@ -104,8 +104,7 @@ def accuracy_model(name: str, threads: int, samples: int, work: Path,
     from onnxruntime.quantization import quantize_static
 
     from edgecnn.calibration import CalibrationOptions, OnnxRuntimeFeed, accuracy_of, as_nncf_dataset, \
-        choose_calibrator, prepare_calibration
-    from edgecnn.calibration.selection import SWITCH_Z
+        choose_calibrator, paired_comparison, prepare_calibration
     from edgecnn.data import load_dataset, preprocess
     from edgecnn.export.onnx_graph import INPUT_NAME
     from edgecnn.export.pipeline import export_model
@@ -176,10 +175,9 @@ def accuracy_model(name: str, threads: int, samples: int, work: Path,
         rt["peer_default"].update(test_accuracy=peer_acc, test_drop=round(rt["fp32_test_accuracy"] - peer_acc, 2))
         rt["edgecnn_at_least_as_accurate_as_peer"] = chosen["test_accuracy"] >= peer_acc
         # The same images scored by both: a few either way is noise (McNemar, as `--calibrator auto` decides).
-        ours = test_hits[choice.best]
-        gained, lost = int((ours & ~peer_hits).sum()), int((~ours & peer_hits).sum())
-        rt["versus_peer_on_test"] = {"gained": gained, "lost": lost, "significantly_less_accurate":
-                                     lost - gained > SWITCH_Z * (gained + lost) ** 0.5}
+        ours = paired_comparison(test_hits[choice.best], peer_hits)
+        rt["versus_peer_on_test"] = {"gained": ours["gained"], "lost": ours["lost"], "significantly_less_accurate":
+                                     paired_comparison(peer_hits, test_hits[choice.best])["significant"]}
         # edgecnn's "default" calibrator is meant to be the peer's own call; the two must score alike.
         rt["default_calibrator_matches_peer"] = rt["calibrators"]["default"]["test_accuracy"] == peer_acc
         record["runtimes"][runtime] = rt
@@ -324,8 +322,10 @@ def speed_model(name: str, threads: int, rounds: int, iters: int, work: Path) ->
             "bf16": "measured" if bf16 else "not measured: this CPU has no AVX-512 BF16 / AMX (OpenVINO "
                                            "OPTIMIZATION_CAPABILITIES lacks BF16), edgecnn refuses bf16 here",
             "rounds_median_ms": {k: [round(t, 3) for t in v] for k, v in per_round.items()},
-            "bars": {"ort_int8_vs_ort_u8s8": ort_vs_peer, "ort_int8_no_slower_than_ort_u8s8": ort_vs_peer["no_slower"],
-                     "ov_int8_vs_nncf_default": ov_vs_peer, "ov_int8_no_slower_than_nncf_default": ov_vs_peer["no_slower"],
+            "bars": {"ort_int8_vs_ort_u8s8": ort_vs_peer,
+                     "ort_int8_no_slower_than_ort_u8s8": ort_vs_peer["no_slower"],
+                     "ov_int8_vs_nncf_default": ov_vs_peer,
+                     "ov_int8_no_slower_than_nncf_default": ov_vs_peer["no_slower"],
                      "ov_int8_speedup_vs_f32": round(ms["openvino_f32"] / ms["openvino_int8_edgecnn"], 2),
                      "ov_int8_at_least_4x_f32": ms["openvino_f32"] / ms["openvino_int8_edgecnn"] >= 4},
             "bytes": sizes, "size_ratio": {"onnx": round(sizes["onnx_int8"] / sizes["onnx_fp32"], 3),
@@ -362,7 +362,8 @@ def print_tables(args: argparse.Namespace) -> None:
             ours, peer = rt["edgecnn"], rt["peer_default"]
             cells += [f"{ours['test_accuracy']:.2f} ({ours['calibrator']})", f"{ours['test_drop']:+.2f}",
                       f"{peer['test_accuracy']:.2f}"]
-        cells.append(" · ".join(f"{rec['runtimes'][r]['edgecnn']['size_ratio']:.2f}" for r in ("onnxruntime", "openvino")))
+        cells.append(" · ".join(f"{rec['runtimes'][r]['edgecnn']['size_ratio']:.2f}"
+                                for r in ("onnxruntime", "openvino")))
         print("| " + " | ".join(cells) + " |")
     speed = json.loads((RESULTS / "quantization_speed.json").read_text())
     print("\n| model (batch 1, 2 threads) | ORT FP32 | ORT INT8 edgecnn | ORT U8S8 per-channel (no pre-process) "

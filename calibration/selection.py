@@ -37,10 +37,17 @@ class CalibratorChoice:
     versus_first: dict[str, dict[str, Any]] = field(default_factory=dict)  # paired test against candidates[0]
 
 
+def paired_comparison(ours: np.ndarray, theirs: np.ndarray) -> dict[str, Any]:
+    """McNemar on the same images: those only `ours` gets right (gained), those only `theirs` does (lost), and
+    whether the gain is significant (SWITCH_Z)."""
+    gained, lost = int((ours & ~theirs).sum()), int((~ours & theirs).sum())
+    return {"gained": gained, "lost": lost, "significant": gained - lost > SWITCH_Z * math.sqrt(gained + lost)}
+
+
 def choose_calibrator(candidates: Sequence[str], score: Callable[[str], np.ndarray],
                       progress: Callable[[str], None] | None = None) -> CalibratorChoice:
-    """Quantize-and-score each candidate; keep the first (the library's own defaults) unless another is
-    significantly more accurate on the same validation images.
+    """Quantize-and-score each candidate; keep the first (the quantizer's preferred one, e.g. the library's
+    defaults) unless another is significantly more accurate on the same validation images.
 
     `score(name)` returns per-image correctness (bool array). A few images either way is noise, and picking
     the plain highest score then loses to the library default on the test split as often as it wins; the
@@ -55,12 +62,7 @@ def choose_calibrator(candidates: Sequence[str], score: Callable[[str], np.ndarr
             progress(name)
         hits[name] = np.asarray(score(name), dtype=bool)
     scores = {name: accuracy_of(h) for name, h in hits.items()}
-    first = hits[candidates[0]]
-    versus: dict[str, dict[str, Any]] = {}
-    for name in candidates[1:]:
-        gained, lost = int((hits[name] & ~first).sum()), int((~hits[name] & first).sum())
-        versus[name] = {"gained": gained, "lost": lost,
-                        "significant": gained - lost > SWITCH_Z * math.sqrt(gained + lost)}
+    versus = {name: paired_comparison(hits[name], hits[candidates[0]]) for name in candidates[1:]}
     better = [n for n in candidates[1:] if versus[n]["significant"]]
     best = max(better, key=lambda n: (scores[n], -candidates.index(n))) if better else candidates[0]
     return CalibratorChoice(best, scores, versus)

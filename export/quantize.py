@@ -164,7 +164,8 @@ class OnnxRuntimeQuantizer(Quantizer):
     calibrators = {"minmax": "CalibrationMethod.MinMax",
                    "entropy": "CalibrationMethod.Entropy (2048-bin histogram, 128-bin window, as TensorRT's)",
                    "percentile": "CalibrationMethod.Percentile (99.999)",
-                   "default": "quantize_static defaults (CalibrationMethod.MinMax, S8S8 per-tensor, no quant_pre_process)"}
+                   "default": "quantize_static defaults (CalibrationMethod.MinMax, S8S8 per-tensor, "
+                              "no quant_pre_process)"}
     auto_skips = {"default": "S8 activations per-tensor run slower than FP32 on ONNX Runtime's CPU EP (resnet18_fmnist "
                              "batch 1: 1.61 ms, FP32 0.52 ms, U8S8 per-channel 0.37 ms)"}
     max_drop_by = "edgecnn: most sensitive nodes back to float (nodes_to_exclude)"
@@ -450,7 +451,8 @@ class Quantize:
         finally:
             shutil.rmtree(fp32_dir, ignore_errors=True)
         ctx.output.files.extend(extra)
-        record.update({"tool": quantizer.tool, "scheme": quantizer.scheme_of(record["calibrator"]), "target": ctx.target.name,
+        record.update({"tool": quantizer.tool, "scheme": quantizer.scheme_of(record["calibrator"]),
+                       "target": ctx.target.name,
                        "fp32_model_sha256": fp32_hash,
                        "calibration_samples": data.calibration.record(),
                        "validation_samples": data.validation.record() if data.validation else None,
