@@ -32,8 +32,8 @@ import numpy as np
 from tqdm import tqdm
 
 from edgecnn.benchmarks import peers as peer_builders
-from edgecnn.benchmarks.machine import all_tool_versions, machine_info
-from edgecnn.benchmarks.schema import RESULTS_KIND, SCHEMA_VERSION, check_output, write_results
+from edgecnn.benchmarks.machine import all_tool_versions, describe, machine_info, same_machine
+from edgecnn.benchmarks.schema import RESULTS_KIND, SCHEMA_VERSION, check_output, read_results, write_results
 from edgecnn.benchmarks.stats import latency_stats, round_spread
 from edgecnn.errors import UserError
 from edgecnn.validation import non_negative_float, positive_float, positive_int
@@ -337,7 +337,8 @@ class AccuracyData:
 class Sweep:
     """The state of one run: settings, artifacts built so far, reference predictions, accuracies, results."""
 
-    def __init__(self, settings: SweepSettings, out: Path, command: str, progress: bool) -> None:
+    def __init__(self, settings: SweepSettings, out: Path, command: str, progress: bool,
+                 earlier: dict[str, Any] | None = None) -> None:
         self.s, self.out = settings, out
         self.progress = progress
         self.artifacts: dict[tuple[Any, ...], tuple[Path, bool] | UserError] = {}
@@ -355,12 +356,29 @@ class Sweep:
                        "memory": "rss_delta_mb: process RSS after the session's load and first run minus "
                                  "before; process_peak_rss_mb: the process's high-water mark so far"},
             "records": [], "skipped": []}
+        self.done: set[tuple[str, int]] = set()
+        if earlier is not None:
+            self.resume_from(earlier)
+
+    def resume_from(self, earlier: dict[str, Any]) -> None:
+        """Keep an interrupted run's finished (model, batch) groups: their records and the skips met while
+        measuring them; the plan's own skips are worked out again."""
+        self.done = {(r["model"], r["batch"]) for r in earlier["records"]} & \
+            {(m, b) for m in self.s.models for b in self.s.batches}
+        self.results["records"] = [r for r in earlier["records"] if (r["model"], r["batch"]) in self.done]
+        self.results["resumed"] = [*earlier.get("resumed", []),
+                                   {"command": earlier["command"], "created_utc": earlier["created_utc"]}]
+        self.results["created_utc"] = earlier["created_utc"]
+        for entry in earlier["skipped"]:
+            batches = [b for b in entry["batch"] if (entry["model"], b) in self.done]
+            if batches:
+                self._add_skip({**entry, "batch": batches})
 
     # ------------------------------------------------------------------ planning
 
     def plan(self) -> list[tuple[str, int, list[tuple[str, str, int]]]]:
         """(model, batch, [(runtime, precision, threads)]) groups; impossible combinations become skips."""
-        s, skipped = self.s, self.results["skipped"]
+        s = self.s
         runnable: list[tuple[str, str]] = []
         for name in s.runtimes:
             rt = RUNTIMES[name]
@@ -368,10 +386,12 @@ class Sweep:
             for precision in s.precisions:
                 why = reason or rt.precision_missing(precision) or rt.calibration_missing(precision, self.calibration)
                 if why:
-                    skipped += [_skip(m, name, precision, s.batches, s.threads, why) for m in s.models]
+                    for m in s.models:
+                        self._add_skip(_skip(m, name, precision, s.batches, s.threads, why))
                 else:
                     runnable.append((name, precision))
-        return [(m, b, [(r, p, t) for r, p in runnable for t in s.threads]) for m in s.models for b in s.batches]
+        return [(m, b, [(r, p, t) for r, p in runnable for t in s.threads])
+                for m in s.models for b in s.batches if (m, b) not in self.done]
 
     # ------------------------------------------------------------------ artifacts
 
@@ -423,14 +443,19 @@ class Sweep:
 
     def _skip_once(self, model: str, runtime: str, precision: str, batch: int, threads: int, reason: str,
                    flow: str = "edgecnn") -> None:
-        """One skip entry per (model, runtime, precision, reason), listing every batch and thread count."""
+        self._add_skip(_skip(model, runtime, precision, [batch], [threads], reason, flow))
+
+    def _add_skip(self, skip: dict[str, Any]) -> None:
+        """One skip entry per (model, runtime, precision, reason, flow), listing every batch and thread count."""
+        def key(entry: dict[str, Any]) -> tuple[Any, ...]:
+            return entry["model"], entry["runtime"], entry["precision"], entry["reason"], entry["flow"]
+
         for entry in self.results["skipped"]:
-            if (entry["model"], entry["runtime"], entry["precision"], entry["reason"], entry["flow"]) == \
-                    (model, runtime, precision, reason, flow):
-                entry["batch"] = sorted(set(entry["batch"]) | {batch})
-                entry["threads"] = sorted(set(entry["threads"]) | {threads})
+            if key(entry) == key(skip):
+                entry["batch"] = sorted(set(entry["batch"]) | set(skip["batch"]))
+                entry["threads"] = sorted(set(entry["threads"]) | set(skip["threads"]))
                 return
-        self.results["skipped"].append(_skip(model, runtime, precision, [batch], [threads], reason, flow))
+        self.results["skipped"].append(skip)
 
     def peer_configs(self, model: str, batch: int, bar: tqdm) -> list[Config]:
         """What a user would pick instead, built by the libraries alone from the same FP32 ONNX."""
@@ -617,13 +642,32 @@ class Sweep:
 
 
 def run_sweep(settings: SweepSettings, out: Path | str, *, command: str | None = None, force: bool = False,
-              progress: bool = False) -> dict[str, Any]:
-    """Run the sweep and write its results to `out` (JSON), rewritten after every (model, batch)."""
+              resume: bool = False, progress: bool = False) -> dict[str, Any]:
+    """Run the sweep and write its results to `out` (JSON), rewritten after every (model, batch).
+    `resume` continues an interrupted run in `out`: same settings and machine, finished groups kept."""
     settings = settings.validated()
     out = Path(out)
-    check_output(out, force)
+    earlier = resumable(out, settings) if resume and out.exists() else None
+    if earlier is None:
+        check_output(out, force)
     command = command or " ".join(shlex.quote(a) for a in sys.argv)
-    return Sweep(settings, out, command, progress).run()
+    return Sweep(settings, out, command, progress, earlier).run()
+
+
+def resumable(out: Path, settings: SweepSettings) -> dict[str, Any]:
+    """The earlier results in `out`, if this run may continue them: same settings (the model list may
+    grow) and the same machine; otherwise one line saying what differs."""
+    earlier = read_results(out)
+    if not same_machine(earlier["machine"], machine_info()):
+        raise UserError(f"{out} was measured on {describe(earlier['machine'])}, not this machine; --resume only "
+                        "continues a run on the machine that started it (choose another --out)")
+    now = settings.to_dict()
+    differ = [k for k, v in earlier["settings"].items() if k != "models" and now.get(k) != v]
+    if differ:
+        listed = ", ".join(f"{k} {earlier['settings'][k]!r} → {now.get(k)!r}" for k in differ)
+        raise UserError(f"{out} was measured with other settings ({listed}); --resume continues only the same "
+                        "sweep: repeat its command (see the file's 'command') or choose another --out")
+    return earlier
 
 
 # ---------------------------------------------------------------------- artifacts on disk

@@ -48,9 +48,11 @@ def _write(path: Path, payload: dict[str, Any]) -> None:
 
 
 def _header(command: str, threads: int) -> dict[str, Any]:
+    from edgecnn.benchmarks.machine import machine_info
     from edgecnn.export.pipeline import host_info, tool_versions
 
-    return {"schema": 1, "command": command, "threads": threads, "machine": host_info(), "tools": tool_versions(),
+    return {"schema": 1, "command": command, "threads": threads, "machine": {**host_info(), **machine_info()},
+            "tools": tool_versions(),
             "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
@@ -346,6 +348,14 @@ def run_speed(args: argparse.Namespace) -> None:
         print(json.dumps(payload["models"][name]), flush=True)
 
 
+def _machine_label(machine: dict[str, Any]) -> str:
+    """CPU and the widest INT8 unit it has (what decides these ratios); files before flags were recorded: the CPU."""
+    flags = machine.get("cpu_flags") or {}
+    unit = "AMX" if flags.get("amx_int8") else "AVX-512 VNNI" if flags.get("avx512_vnni") else \
+        "AVX2" if flags.get("avx2") else None
+    return f"{machine['cpu']} ({unit})" if unit else machine["cpu"]
+
+
 def print_tables(args: argparse.Namespace) -> None:
     """The README's INT8 block, from the committed results (so the README never carries hand-copied numbers)."""
     acc = json.loads((RESULTS / "quantization_accuracy.json").read_text())
@@ -365,17 +375,20 @@ def print_tables(args: argparse.Namespace) -> None:
         cells.append(" · ".join(f"{rec['runtimes'][r]['edgecnn']['size_ratio']:.2f}"
                                 for r in ("onnxruntime", "openvino")))
         print("| " + " | ".join(cells) + " |")
-    speed = json.loads((RESULTS / "quantization_speed.json").read_text())
-    print("\n| model (batch 1, 2 threads) | ORT FP32 | ORT INT8 edgecnn | ORT U8S8 per-channel (no pre-process) "
-          "| OV f32 | OV INT8 edgecnn | NNCF defaults | OV bf16 | OV INT8 vs f32 |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for name, rec in speed["models"].items():
-        ms = rec["median_ms"]
-        cells = [ms[k] for k in ("onnxruntime_fp32", "onnxruntime_int8_edgecnn",
-                                 "onnxruntime_int8_ort_u8s8_qdq_per_channel", "openvino_f32", "openvino_int8_edgecnn",
-                                 "openvino_int8_nncf_default")] + [ms.get("openvino_bf16", "—")]
-        print(f"| {name} | " + " | ".join(f"{c} ms" if c != "—" else c for c in cells)
-              + f" | {rec['bars']['ov_int8_speedup_vs_f32']}× |")
+    print("\n| machine | model (batch 1, 2 threads) | ORT FP32 | ORT INT8 edgecnn | ORT U8S8 per-channel (no "
+          "pre-process) | OV f32 | OV INT8 edgecnn | NNCF defaults | OV bf16 | OV INT8 vs f32 |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for path in sorted(RESULTS.glob("quantization_speed*.json")):  # one file per machine measured
+        speed = json.loads(path.read_text())
+        for name, rec in speed["models"].items():
+            ms = rec["median_ms"]
+            cells = [ms[k] for k in ("onnxruntime_fp32", "onnxruntime_int8_edgecnn",
+                                     "onnxruntime_int8_ort_u8s8_qdq_per_channel", "openvino_f32",
+                                     "openvino_int8_edgecnn", "openvino_int8_nncf_default")] + \
+                [ms.get("openvino_bf16", "—")]
+            print(f"| {_machine_label(speed['machine'])} | {name} | "
+                  + " | ".join(f"{c} ms" if c != "—" else c for c in cells)
+                  + f" | {rec['bars']['ov_int8_speedup_vs_f32']}× |")
 
 
 def main() -> None:

@@ -92,6 +92,26 @@ def test_matching_artifacts_are_reused_and_ctrl_c_keeps_what_finished(sweep: tup
     assert {r["model"] for r in kept["records"]} == {"lenet5_fmnist"}
     assert all(r["artifact"]["reused"] for r in kept["records"])
 
+    monkeypatch.setattr(harness, "_timed_calls", real)
+    with pytest.raises(UserError, match="other settings .*rounds 3 → 4"):
+        run_sweep(quick(cache, runtimes=["onnxruntime", "openvino"], rounds=4), out, resume=True)
+    resumed = run_sweep(quick(cache, runtimes=["onnxruntime", "openvino"]), out, resume=True)
+    assert resumed["complete"] is True and len(resumed["resumed"]) == 1
+    assert resumed["created_utc"] == kept["created_utc"]
+    first = [r for r in resumed["records"] if r["model"] == "lenet5_fmnist"]
+    assert first == [{k: v for k, v in r.items()} for r in kept["records"]]  # kept as measured, not re-timed
+    assert {r["model"] for r in resumed["records"]} == set(MODELS) and len(resumed["records"]) == 4
+
+
+def test_resume_refuses_results_from_another_machine(sweep: tuple[dict, Path, Path], tmp_path: Path) -> None:
+    _, out, cache = sweep
+    elsewhere = json.loads(out.read_text())
+    elsewhere["machine"]["cpu"] = "Some Other CPU"
+    moved = tmp_path / "elsewhere.json"
+    moved.write_text(json.dumps(elsewhere))
+    with pytest.raises(UserError, match="not this machine; --resume only continues"):
+        run_sweep(quick(cache), moved, resume=True)
+
 
 def test_out_file_is_never_one_edgecnn_did_not_write(tmp_path: Path) -> None:
     notes = tmp_path / "notes.json"

@@ -75,6 +75,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="artifact cache; an artifact whose manifest matches is reused (default: artifacts/bench)")
     p.add_argument("--out", type=Path, required=True, metavar="FILE.json", help="results file to write")
     p.add_argument("--force", action="store_true", help="replace --out if it holds earlier edgecnn results")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run in --out (same settings and machine): its finished "
+                        "(model, batch) groups are kept, the rest measured; more models may be added")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_bench)
 
@@ -116,7 +119,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         duration_s=None if args.iters else (args.duration_s or 10.0), iters=args.iters, rounds=args.rounds,
         peers=args.peers, data=args.data, data_root=args.data_root, accuracy_samples=args.accuracy_samples,
         calibration_samples=args.calibration_samples, calibrator=args.calibrator, cache_dir=args.cache)
-    results = run_sweep(settings, args.out, force=args.force, progress=not args.no_progress)
+    results = run_sweep(settings, args.out, force=args.force, resume=args.resume,
+                        progress=not args.no_progress)
     _print_records(results)
     print(f"{len(results['records'])} configurations measured, {len(results['skipped'])} skipped → {args.out}")
     return 0
