@@ -14,6 +14,7 @@ Bars (BranchyNet's CPU gains): B-LeNet 5.4×, B-AlexNet 1.5×, B-ResNet 1.9×; b
 early_exit.png.
 
     python benchmarks/early_exit.py [--models b_resnet_fmnist ...] [--configs onnx:fp32 openvino:fp32]
+    python benchmarks/early_exit.py --table      # the README block from the results
 """
 from __future__ import annotations
 
@@ -174,6 +175,24 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def print_table(path: Path) -> None:
+    """The README's early-exit block, from the committed results (never hand-copied numbers)."""
+    record = json.loads(path.read_text())
+    print("| model | runtime precision | early exit ms | trunk ms | speed-up | paper | accuracy EE · trunk (loss) "
+          "| exit fractions | each exit alone |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in record["results"]:
+        acc = r["accuracy"]
+        print(f"| {r['model']} | {r['runtime']} {r['precision']} | {r['latency_ms']['early_exit']:.3f} | "
+              f"{r['latency_ms']['trunk']:.3f} | **{r['speedup_vs_trunk']:.2f}×** | {r['paper_gain']}× | "
+              f"{acc['early_exit']:.2f} · {acc['trunk']:.2f} ({acc['loss_pt']:+.2f}) | "
+              f"{' / '.join(f'{100 * f:.0f} %' for f in r['exit_fractions'])} | "
+              f"{' / '.join(f'{a:.1f}' for a in acc['each_exit_alone'])} |")
+    overhead = record["session_call_overhead_ms"]
+    print("\nSession-call overhead (an Identity graph, batch 1): "
+          + ", ".join(f"{rt} {1000 * ms:.0f} µs" for rt, ms in sorted(overhead.items())) + ".")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=list(MODELS))
@@ -185,7 +204,11 @@ def main() -> int:
     p.add_argument("--sweep-points", type=int, default=8)
     p.add_argument("--out", type=Path, default=RESULTS / "early_exit.json",
                    help="results JSON (runs of other models/configs already in it are kept); the PNG goes next to it")
+    p.add_argument("--table", action="store_true", help="print the README block from --out and stop")
     args = p.parse_args()
+    if args.table:
+        print_table(args.out)
+        return 0
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
     ds = load_dataset("fashion_mnist", "test")
@@ -218,7 +241,7 @@ def main() -> int:
         overhead = {**earlier.get("session_call_overhead_ms", {}), **overhead}
     record = {"benchmark": "early_exit", "last_command": "python benchmarks/early_exit.py " +
               " ".join(f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-                       for k, v in vars(args).items() if k != "out"),
+                       for k, v in vars(args).items() if k not in ("out", "table")),
               "bars": {"paper_gain": PAPER_GAIN, "b_resnet_fmnist_onnxruntime_min": 1.9, "max_loss_pt": 0.5},
               "session_call_overhead_ms": overhead, "results": results,
               "machine": {**host_info(), "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
