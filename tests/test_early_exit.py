@@ -224,3 +224,21 @@ def test_exit_budget_flag_is_validated(value: str, message: str, capsys: pytest.
     with pytest.raises(SystemExit) as e:
         main(["export", "b_lenet_fmnist", "--exit-budget", value])
     assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_the_budget_keeps_a_margin_of_one_standard_error() -> None:
+    """Exit 1 is right on 90 % of its confident samples: spending the whole budget on validation is refused."""
+    rng = np.random.default_rng(1)
+    n = 4000
+    labels = rng.integers(0, 10, n)
+    entropy = rng.uniform(0, 2, n)
+    first = np.where(rng.uniform(size=n) < 0.97, labels, (labels + 1) % 10)
+    entropies, predictions = entropy[None], np.stack([first, labels])
+    settings = sweep(entropies, predictions, labels, [1.0, 3.0])
+    for s in settings:  # the standard error of a paired difference, from its discordant samples
+        lost = int(((predictions[0] != labels) & (entropy < s.thresholds[0])).sum())
+        assert s.loss_se_pt == pytest.approx(100 * np.sqrt(lost - lost ** 2 / n) / n)
+    plain = choose(settings, 100.0, 1.0, margin_se=0.0)
+    guarded = choose(settings, 100.0, 1.0)
+    assert 100.0 - plain.accuracy <= 1.0 and 100.0 - guarded.accuracy + guarded.loss_se_pt <= 1.0 + 1e-9
+    assert guarded.expected_ms > plain.expected_ms and guarded.accuracy > plain.accuracy
