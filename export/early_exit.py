@@ -11,6 +11,11 @@ minimise expected latency within an accuracy budget (default 0.5 pt below the fi
     with runtime.load("artifacts/b_resnet", backend="early_exit") as s:   # runtime: the target's backend
         result = s.classify(batch)        # .logits of each sample's exit, .exits (0-based stage index)
 
+INT8: the quantize pass quantizes the trunk (choosing the calibrator), then each stage graph is quantized by
+the same target's quantizer with that calibrator, on the same calibration images as the stage sees them (the
+FP32 features of the stages before it); each exit's entropy stays float. Thresholds are then tuned on the INT8
+stages themselves, as for every precision.
+
 The manifest's `early_exit` section is enough to run the loop without edgecnn: stage files in order, their
 output names, the trunk file, the thresholds, the entropy definition and the rule.
 """
@@ -30,8 +35,10 @@ import torch.nn as nn
 from edgecnn.branchynet import EXIT_ENTROPY, EXIT_RULE, MultiExitNet, check_thresholds, softmax_entropy
 from edgecnn.data import load_dataset, preprocess, train_val_split
 from edgecnn.errors import DatasetError, UserError
+from edgecnn.calibration import CalibrationData, CalibrationOptions, prepare_calibration
 from edgecnn.export.fold import fold_batchnorm
 from edgecnn.export.onnx_graph import BATCH_DIM, INPUT_NAME, OUTPUT_NAME
+from edgecnn.export.quantize import float_copy, get_quantizer
 from edgecnn.export.runtime import BACKENDS, InputSpec, Session, open_session, register_backend
 
 if TYPE_CHECKING:
@@ -40,7 +47,7 @@ if TYPE_CHECKING:
 STAGE_OUTPUTS = (OUTPUT_NAME, "entropy", "features")
 DEFAULT_BUDGET_PT = 0.5
 MARGIN_SE = 1.0               # standard errors of the validation loss kept back from the budget (see choose)
-EARLY_EXIT_PRECISIONS = ("fp32", "fp16")
+EARLY_EXIT_PRECISIONS = ("fp32", "fp16", "int8")
 CANDIDATES_PER_EXIT = 40      # entropy quantiles tried per exit (plus "nobody leaves" and "everybody leaves")
 COST_REPEATS = 200            # batch-1 calls timed per stage
 REFERENCE_SAMPLES = 256       # validation images each exit is compared with PyTorch on
@@ -359,14 +366,16 @@ class EarlyExitStages:
         """Refuse, before any export work (INT8 calibration takes minutes), a precision stages cannot take."""
         if isinstance(model, MultiExitNet) and precision not in EARLY_EXIT_PRECISIONS:
             raise UserError(f"early-exit stages export {', '.join(EARLY_EXIT_PRECISIONS)}; {precision} stage "
-                            "graphs are not supported yet: export the multi-exit model at fp32 or fp16")
+                            f"graphs are not supported yet: export the multi-exit model at "
+                            f"{', '.join(EARLY_EXIT_PRECISIONS[:-1])} or {EARLY_EXIT_PRECISIONS[-1]}")
 
     def run(self, ctx: ExportContext) -> dict[str, Any]:
         net: MultiExitNet = ctx.reference
         shapes = _feature_shapes(net, ctx.input_size)
+        calibration = _stage_calibration(ctx, net) if ctx.precision == "int8" else [None] * net.num_exits
         stages, folds = [], []
-        for k, (graph, shape) in enumerate(zip(stage_graphs(net), shapes)):
-            stages.append(self._write_stage(ctx, graph, shape, k, folds))
+        for k, (graph, shape, data) in enumerate(zip(stage_graphs(net), shapes, calibration)):
+            stages.append(self._write_stage(ctx, graph, shape, k, folds, data))
         section = {"stages": stages, "trunk": {"file": ctx.output.model_files[_trunk_format(ctx)]},
                    "thresholds": [0.0] * (len(stages) - 1), "exit_entropy": EXIT_ENTROPY, "exit_rule": EXIT_RULE,
                    "per_precision": {}}
@@ -378,7 +387,7 @@ class EarlyExitStages:
                 "exit_fractions_val": tuning.get("exit_fractions"), "runtime": tuning.get("runtime")}
 
     def _write_stage(self, ctx: ExportContext, graph: StageGraph, shape: tuple[int, ...], k: int,
-                     folds: list[int]) -> dict[str, Any]:
+                     folds: list[int], calibration: CalibrationData | None) -> dict[str, Any]:
         folded, report = fold_batchnorm(graph)
         folds.append(report.folded)
         last = graph.head is None
@@ -389,9 +398,10 @@ class EarlyExitStages:
                                   output=None, early_exit=None,
                                   output_names=(OUTPUT_NAME,) if last else STAGE_OUTPUTS)
         out = ctx.target.write(sub)
+        quantized = _quantize_stage(dataclasses.replace(sub, output=out), calibration, last) if calibration else None
         ctx.output.files.extend(f"{directory}/{f}" for f in out.files)
         model_files = {fmt: f"{directory}/{f}" for fmt, f in out.model_files.items()}
-        return {"file": model_files[_trunk_format(ctx)],
+        return {"file": model_files[_trunk_format(ctx)], **({"int8": quantized} if quantized else {}),
                 "outputs": {"logits": OUTPUT_NAME, "entropy": None if last else "entropy",
                             "features": None if last else "features"},
                 "input": {"name": INPUT_NAME, "shape": [BATCH_DIM, *shape], "dtype": ctx.io_dtype},
@@ -438,6 +448,31 @@ class EarlyExitStages:
             "exit_parity_samples": len(reference[0]),
             "sweep": [s._asdict() for s in front],
         }
+
+
+def _stage_calibration(ctx: ExportContext, net: MultiExitNet) -> list[CalibrationData]:
+    """Each stage's calibration inputs: the trunk's calibration images (edgecnn.calibration's samples) and, for
+    stage k > 1, the FP32 features stage k-1 makes of them, as the stage sees them on the device."""
+    data = prepare_calibration(ctx.config, ctx.input_size, ctx.calibration or CalibrationOptions())
+    x, sets = torch.from_numpy(data.calibration.inputs), []
+    with torch.no_grad():
+        for stage in net.eval().stages:
+            sets.append(CalibrationData(dataclasses.replace(data.calibration, inputs=x.numpy().astype(np.float32)),
+                                        None))
+            x = stage(x)
+    return sets
+
+
+def _quantize_stage(sub: ExportContext, data: CalibrationData, last: bool) -> dict[str, Any]:
+    """Quantize one stage graph in place with the calibrator the trunk's quantize pass chose; the exit's entropy
+    (computed from its logits) stays float, since thresholds are compared with it."""
+    quantizer = get_quantizer(sub.target.name)
+    calibrator = sub.calibration_record["calibrator"]
+    with float_copy(sub, quantizer) as (fp32, model):
+        kept = [] if last else quantizer.nodes_after(fp32, OUTPUT_NAME)
+        quantizer.quantize(sub, fp32, model, calibrator, data, kept)
+    return {"tool": quantizer.tool, "calibrator": calibrator, "calibration_samples": len(data.calibration),
+            "float_nodes": quantizer.float_nodes(model), "entropy_nodes_kept_float": kept}
 
 
 def _median_ms(call: Any, repeats: int) -> float:

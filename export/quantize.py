@@ -103,6 +103,11 @@ class Quantizer:
         """Compute nodes the quantized model still runs in float (for the manifest)."""
         return []
 
+    def nodes_after(self, model: Path, output: str) -> list[str]:
+        """The names of the nodes that compute from the graph output `output` onward (what a quantizer's
+        `exclude` takes), e.g. an early-exit stage's in-graph entropy of its logits, which stays float."""
+        return _onnx_nodes_after(model, output)
+
     def finish(self, ctx: ExportContext, fp32: Path, calibrator: str) -> list[str]:
         """Write what the target's INT8 artifact carries besides the model (a TensorRT cache); returns the files."""
         return []
@@ -134,6 +139,33 @@ def check_int8(target: str, options: CalibrationOptions) -> None:
     missing = quantizer.available()
     if missing:
         raise UserError(f"INT8 for the {target} target needs {quantizer.tool}, which is not installed: {missing}")
+
+
+def _onnx_nodes_after(model: Path, output: str) -> list[str]:
+    import onnx
+
+    graph = onnx.load(str(model), load_external_data=False).graph
+    reached, names = {output}, []
+    for node in graph.node:  # ONNX nodes are stored in topological order
+        if any(i in reached for i in node.input):
+            reached.update(node.output)
+            names.append(node.name)
+    return names
+
+
+@contextmanager
+def float_copy(ctx: ExportContext, quantizer: Quantizer) -> Iterator[tuple[Path, Path]]:
+    """(FP32 model, model file to overwrite): the staging model's files copied aside for the quantizer to read
+    while it writes the INT8 model in their place; the copy is removed afterwards."""
+    files = quantizer.files(ctx)
+    fp32_dir = ctx.staging / FP32_DIR
+    fp32_dir.mkdir()
+    try:
+        for name in files:
+            shutil.copy2(ctx.staging / name, fp32_dir / Path(name).name)
+        yield fp32_dir / Path(files[0]).name, ctx.staging / files[0]
+    finally:
+        shutil.rmtree(fp32_dir, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- ONNX Runtime
@@ -243,6 +275,11 @@ class OnnxRuntimeQuantizer(Quantizer):
                 scores[node.name] = min(sqnr)
         return sorted(scores, key=scores.get)
 
+    def nodes_after(self, model: Path, output: str) -> list[str]:
+        """In the graph as given and as `quant_pre_process` leaves it (which the U8S8 flow quantizes)."""
+        names = _onnx_nodes_after(model, output)
+        return names + [n for n in _onnx_nodes_after(self._preprocessed(model), output) if n not in names]
+
     def float_nodes(self, model: Path) -> list[str]:
         import onnx
 
@@ -343,6 +380,23 @@ class NncfQuantizer(Quantizer):
         ov.save_model(quantized, str(out), compress_to_fp16=False)
         return {"method": "nncf.quantize_with_accuracy_control", "drop_type": "absolute"}
 
+    def nodes_after(self, model: Path, output: str) -> list[str]:
+        import openvino as ov
+
+        ov_model = ov.Core().read_model(str(model))
+        producer = next(o for o in ov_model.outputs if output in o.get_names()).get_node()
+        if producer.get_type_name() == "Result":  # the model's output port may be the Result's own
+            producer = producer.input_value(0).get_node()
+        frontier, names = [producer], []
+        while frontier:
+            for port in frontier.pop().outputs():
+                for target in port.get_target_inputs():
+                    node = target.get_node()
+                    if node.get_type_name() != "Result" and node.get_friendly_name() not in names:
+                        names.append(node.get_friendly_name())
+                        frontier.append(node)
+        return names
+
     def float_nodes(self, model: Path) -> list[str]:
         import openvino as ov
 
@@ -437,19 +491,10 @@ class Quantize:
         quantizer = get_quantizer(ctx.target.name)
         check_int8(ctx.target.name, options)
         data = prepare_calibration(ctx.config, ctx.input_size, options)
-        files = quantizer.files(ctx)
-        model = ctx.staging / files[0]
-        fp32_dir = ctx.staging / FP32_DIR
-        fp32_dir.mkdir()
-        for name in files:
-            shutil.copy2(ctx.staging / name, fp32_dir / Path(name).name)
-        fp32 = fp32_dir / Path(files[0]).name
-        fp32_hash = sha256_file(fp32)
-        try:
+        with float_copy(ctx, quantizer) as (fp32, model):
+            fp32_hash = sha256_file(fp32)
             record = self._quantize(ctx, quantizer, options, data, fp32, model)
             extra = quantizer.finish(ctx, fp32, record["calibrator"])
-        finally:
-            shutil.rmtree(fp32_dir, ignore_errors=True)
         ctx.output.files.extend(extra)
         record.update({"tool": quantizer.tool, "scheme": quantizer.scheme_of(record["calibrator"]),
                        "target": ctx.target.name,
@@ -527,4 +572,4 @@ class Quantize:
         return correct(logits, data.validation.labels)
 
 
-__all__ = ["QUANTIZERS", "Quantize", "Quantizer", "check_int8", "get_quantizer", "register_quantizer"]
+__all__ = ["QUANTIZERS", "Quantize", "Quantizer", "check_int8", "float_copy", "get_quantizer", "register_quantizer"]

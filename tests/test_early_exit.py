@@ -145,15 +145,62 @@ def test_swapped_stage_files(artifact: Path) -> None:
         runtime.open_session(artifact, manifest, "early_exit")
 
 
-def test_int8_early_exit_is_refused_before_any_calibration(net, tmp_path: Path, monkeypatch) -> None:
-    from edgecnn.export import export_model, quantize
-
-    def calibrated(*args, **kwargs):
-        raise AssertionError("calibration ran before the refusal")
-    monkeypatch.setattr(quantize, "prepare_calibration", calibrated)
-    with pytest.raises(edgecnn.UserError, match="fp32, fp16; int8 stage graphs are not supported"):
-        export_model(net, "onnx", "int8", tmp_path / "out")
+def test_bf16_early_exit_is_refused_before_any_work(net, tmp_path: Path) -> None:
+    with pytest.raises(edgecnn.UserError, match="bf16"):
+        export_model(net, "openvino", "bf16", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module", params=["onnx", "openvino"])
+def int8_artifact(request, net, tmp_path_factory) -> Path:
+    from edgecnn.calibration import CalibrationOptions
+    from edgecnn.export.quantize import Quantize
+
+    out = tmp_path_factory.mktemp("ee-int8") / f"b_lenet-{request.param}"
+    pipeline = Pipeline([PrepareForTarget(), FoldBatchNorm(), WriteTarget(), Quantize(), CheckParity(),
+                         EarlyExitStages(val_samples=VAL, cost_repeats=5)])
+    export_model(net, request.param, "int8", out, parity_samples=8, pipeline=pipeline,
+                 calibration=CalibrationOptions(calibrator="minmax", samples=64))
+    return out
+
+
+def test_int8_stages_are_quantized_with_the_trunks_calibrator_and_float_entropy(int8_artifact: Path) -> None:
+    m = read_manifest(int8_artifact)
+    ee, calibration = m["early_exit"], m["calibration"]
+    assert list(ee["per_precision"]) == ["int8"], "thresholds are tuned on the INT8 artifact itself"
+    first, last = ee["stages"]
+    for stage in (first, last):
+        assert stage["int8"]["calibrator"] == calibration["calibrator"] == "minmax"
+        assert stage["int8"]["calibration_samples"] == 64
+    assert first["int8"]["entropy_nodes_kept_float"] and not last["int8"]["entropy_nodes_kept_float"]
+    if m["target"] == "onnx":
+        import onnx
+        graph = onnx.load(str(int8_artifact / first["file"])).graph
+        ops = {n.name: n.op_type for n in graph.node}
+        assert "QuantizeLinear" in ops.values() and "ConvInteger" not in ops.values()
+        kept = set(first["int8"]["entropy_nodes_kept_float"])
+        assert kept <= set(ops) and not any(ops[n] in ("QuantizeLinear", "DequantizeLinear") for n in kept)
+        producers = {o: n.op_type for n in graph.node for o in n.output}
+        assert all(producers.get(i) != "DequantizeLinear" for n in graph.node if n.name in kept for i in n.input)
+    else:
+        assert "FakeQuantize" in (int8_artifact / first["file"]).read_text()
+
+
+def test_int8_exit_loop_is_the_rule_on_its_own_exits_at_any_batch(int8_artifact: Path, net) -> None:
+    images = _images(200).numpy()
+    with runtime.load(int8_artifact, backend="early_exit") as session:
+        one = [session.classify(images[i:i + 1]) for i in range(len(images))]
+        whole = session.classify(images)
+        entropies, logits = session.exit_outputs(images)
+        thresholds = session.thresholds
+    exits = np.concatenate([r.exits for r in one])
+    assert (exits == whole.exits).all()
+    assert (np.concatenate([r.logits for r in one]).argmax(1) == whole.logits.argmax(1)).all()
+    rule = np.where(entropies[0] < thresholds[0], 0, 1)
+    assert (rule == whole.exits).all() and (logits[rule, np.arange(len(images))].argmax(1) == whole.logits.argmax(1)).all()
+    with torch.no_grad():
+        reference, _ = net.early_exit(torch.from_numpy(images), thresholds)
+    assert (reference.numpy() == whole.logits.argmax(1)).mean() >= 0.95, "INT8 stays close to the FP32 network"
 
 
 # ---------------------------------------------------------------- the threshold search, on made-up exits
