@@ -35,7 +35,7 @@ import torch.nn as nn
 from edgecnn.branchynet import EXIT_ENTROPY, EXIT_RULE, MultiExitNet, check_thresholds, softmax_entropy
 from edgecnn.data import load_dataset, preprocess, train_val_split
 from edgecnn.errors import DatasetError, UserError
-from edgecnn.calibration import CalibrationData, CalibrationOptions, prepare_calibration
+from edgecnn.calibration import CalibrationData
 from edgecnn.export.fold import fold_batchnorm
 from edgecnn.export.onnx_graph import BATCH_DIM, INPUT_NAME, OUTPUT_NAME
 from edgecnn.export.quantize import float_copy, get_quantizer
@@ -451,9 +451,9 @@ class EarlyExitStages:
 
 
 def _stage_calibration(ctx: ExportContext, net: MultiExitNet) -> list[CalibrationData]:
-    """Each stage's calibration inputs: the trunk's calibration images (edgecnn.calibration's samples) and, for
+    """Each stage's calibration inputs: the trunk's calibration images (the quantize pass's samples) and, for
     stage k > 1, the FP32 features stage k-1 makes of them, as the stage sees them on the device."""
-    data = prepare_calibration(ctx.config, ctx.input_size, ctx.calibration or CalibrationOptions())
+    data = ctx.calibration_data
     x, sets = torch.from_numpy(data.calibration.inputs), []
     with torch.no_grad():
         for stage in net.eval().stages:

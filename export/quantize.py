@@ -502,7 +502,7 @@ class Quantize:
                        "calibration_samples": data.calibration.record(),
                        "validation_samples": data.validation.record() if data.validation else None,
                        "float_nodes": quantizer.float_nodes(model), "extra_files": extra})
-        ctx.calibration_record = record
+        ctx.calibration_record, ctx.calibration_data = record, data
         return {"calibrator": record["calibrator"], "samples": len(data.calibration),
                 "validation_drop": record.get("validation_drop")}
 
