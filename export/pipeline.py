@@ -71,7 +71,7 @@ class ExportContext:
     notes: list[str] = field(default_factory=list)
     calibration: CalibrationOptions | None = None   # INT8 only
     calibration_record: dict[str, Any] | None = None  # the manifest's `calibration`, from the quantize pass
-    calibration_data: CalibrationData | None = None  # the quantize pass's CalibrationData, for later passes (early-exit stages)
+    calibration_data: CalibrationData | None = None  # from the quantize pass, for the early-exit stages
     output_names: tuple[str, ...] = (OUTPUT_NAME,)   # of the graph the target writes
     early_exit: dict[str, Any] | None = None          # the manifest's `early_exit`, from the early-exit pass
     exit_budget_pt: float | None = None               # early-exit accuracy budget; None: the pass's default
