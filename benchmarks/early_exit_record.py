@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from edgecnn.benchmarks.harness import Sweep
 
 SECTION = "early_exit"
+CURVES = "early-exit-curves.png"
 EXIT_CHUNK = 256   # images per call when every exit's outputs are computed (stage graphs take any batch)
 EAGER = "eager PyTorch: the multi-exit model's eval forward, the trunk to the final exit (no early exit)"
 TABLE_HEADERS = ["model", "runtime", "precision", "batch", "threads", "early-exit ms/sample", "trunk ms/sample",
@@ -69,7 +70,7 @@ class EarlyExitRecord(RecordExtension):
             + "; interleaved rounds; ms per sample = mean per call / batch",
             "accuracy": top1, "trunk_accuracy": trunk_top1,
             "accuracy_vs_trunk_pt": None if top1 is None or trunk_top1 is None else round(top1 - trunk_top1, 3),
-            **exits}}
+            **exits, "tuning": _tuning(session.manifest, config.precision)}}
 
     def table(self, records: list[dict[str, Any]], with_machine: bool = False) -> tuple[list[str], list[list[Any]]]:
         """(headers, rows): one row per early-exit record, beside its trunk (for the CLI and the report)."""
@@ -94,6 +95,56 @@ def _eager(config: Config) -> bool:
 
 def _top1(record: dict[str, Any] | None) -> float | None:
     return ((record or {}).get("accuracy") or {}).get("top1")
+
+
+def _tuning(manifest: dict[str, Any], precision: str) -> dict[str, Any] | None:
+    """What export tuned the thresholds on: the validation Pareto front (accuracy against the latency predicted
+    from the stage costs it measured), the final exit's accuracy and the trunk's cost, for the report's curves."""
+    tuned = manifest[SECTION].get("per_precision", {}).get(precision)
+    if not tuned or "sweep" not in tuned:
+        return None
+    return {"final_exit_accuracy": tuned["final_exit_accuracy"], "trunk_ms": tuned["trunk_ms"],
+            "chosen": {"accuracy": tuned["accuracy"], "expected_ms": tuned["expected_ms"]},
+            "front": [{"accuracy": s["accuracy"], "expected_ms": s["expected_ms"],
+                       "exit_fractions": s["exit_fractions"]} for s in tuned["sweep"]]}
+
+
+def _plot_curves(records: list[dict[str, Any]], path: Path) -> bool:
+    """Per B-model: validation accuracy against predicted speed-up over the trunk along the threshold sweep, per
+    runtime and precision, the exported thresholds starred and the benchmark's measured point beside them."""
+    import matplotlib.pyplot as plt
+
+    from edgecnn.benchmarks.report import PRECISION_MARKERS, RUNTIME_COLOURS, _grid
+
+    tuned = [r for r in records if (r.get(SECTION) or {}).get("tuning")]
+    models = sorted({r["model"] for r in tuned})
+    if not models:
+        return False
+    rows, cols = _grid(len(models))
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 4 * rows), squeeze=False)
+    for ax, model in zip(axes.flat, models):
+        for r in (r for r in tuned if r["model"] == model):
+            t, ee = r[SECTION]["tuning"], r[SECTION]
+            colour, marker = RUNTIME_COLOURS.get(r["runtime"], "k"), PRECISION_MARKERS.get(r["precision"], "o")
+            ax.plot([t["trunk_ms"] / s["expected_ms"] for s in t["front"]], [s["accuracy"] for s in t["front"]],
+                    color=colour, marker=marker, ms=3, lw=1, alpha=0.8,
+                    label=f"{r['runtime']} {r['precision']} ({r['machine']})")
+            ax.plot(t["trunk_ms"] / t["chosen"]["expected_ms"], t["chosen"]["accuracy"], "*", color=colour, ms=12)
+            if ee["speedup_vs_trunk"] is not None and ee["accuracy"] is not None:
+                ax.plot(ee["speedup_vs_trunk"], ee["accuracy"], marker, color=colour, mfc="none", ms=10, mew=1.5)
+            ax.axhline(t["final_exit_accuracy"], color=colour, ls=":", lw=0.8)
+        ax.axvline(1.0, color="grey", lw=0.8)
+        ax.set_title(model)
+        ax.set_xlabel("speed-up over the trunk (batch 1)")
+        ax.set_ylabel("top-1 %")
+        ax.legend(fontsize=6)
+    for ax in list(axes.flat)[len(models):]:
+        ax.axis("off")
+    fig.suptitle("early exit: validation sweep (lines), exported thresholds (★), measured on the test images (○)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
 
 
 def _exits_on_data(config: Config, sweep: Sweep) -> dict[str, Any]:
@@ -129,7 +180,11 @@ def report_section(records: list[dict[str, Any]], out_dir: Path) -> str:
         "trunk (the final-exit path as one graph), timed in the same interleaved rounds on the same images. "
         "ms/sample is the mean per call over a cycle of the accuracy images divided by the batch; *exits* is each "
         "exit's share of the accuracy images; Δ is the early-exit top-1 minus the trunk's.", "",
-        _table(headers, rows)])
+        _table(headers, rows),
+        *(["", "Threshold sweeps: each line is the validation split's accuracy against the speed-up the stage "
+               "costs measured at export predict (the Pareto front export chose from, dotted: the final exit "
+               "alone); ★ the stored thresholds; ○ what the benchmark measured at them.", "",
+           f"![early-exit threshold sweeps]({CURVES})"] if _plot_curves(records, out_dir / CURVES) else [])])
 
 
 REPORT_SECTIONS.append(report_section)

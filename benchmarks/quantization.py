@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/quantization.py accuracy --threads 2   # 15 *_fmnist models × ORT/OpenVINO × calibrator
     .venv/bin/python benchmarks/quantization.py accuracy --threads 2 --resume --redo --targets onnx  # ORT again
     .venv/bin/python benchmarks/quantization.py speed --threads 2      # canonical resnet50, inception_v3, batch 1
+    .venv/bin/python benchmarks/quantization.py size                   # INT8 / FP32 artifact bytes, 15 *_fmnist
 
 accuracy: each model's FP32 ONNX and IR (edgecnn exports, dynamic batch), then every calibrator of
 each runtime's quantizer on the same 512 calibration samples (edgecnn.calibration), scored on the
@@ -145,6 +146,7 @@ def accuracy_model(name: str, threads: int, samples: int, work: Path,
             out.parent.mkdir()
             t0 = time.perf_counter()
             quantizer.quantize(ctx, fp32_file, out, calibrator, data, [])
+            quantizer.compact(out, fp32_file)
             seconds = time.perf_counter() - t0
             run = runner(out, threads)
             test_hits[calibrator] = _hits(run, test_inputs, test_labels)
@@ -348,6 +350,45 @@ def run_speed(args: argparse.Namespace) -> None:
         print(json.dumps(payload["models"][name]), flush=True)
 
 
+def _weight_bytes(artifact: Path, target: str) -> int:
+    """The numbers a model carries (ONNX initializers, the IR's .bin), apart from its graph's description."""
+    if target == "openvino":
+        return (artifact / "model.bin").stat().st_size
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(artifact / "model.onnx")).graph
+    return sum(numpy_helper.to_array(t).nbytes for t in graph.initializer)
+
+
+def run_size(args: argparse.Namespace) -> None:
+    """What `edgecnn export --precision int8` writes against `--precision fp32`, on disk, with the calibrator the
+    accuracy run chose, split into weights and graph description (the IR's XML, the ONNX nodes and names)."""
+    from edgecnn.calibration import CalibrationOptions
+    from edgecnn.export import export_registered
+
+    chosen = json.loads((RESULTS / "quantization_accuracy.json").read_text())["summary"]["per_model"]
+    out = RESULTS / "quantization_size.json"
+    payload = {**_header(" ".join(sys.argv), args.threads), "bar_ratio": 0.30, "models": {}}
+    for name in args.models or FMNIST_MODELS:
+        record = {}
+        for target, runtime in (("onnx", "onnxruntime"), ("openvino", "openvino")):
+            with tempfile.TemporaryDirectory(prefix=f"qsize-{name}-") as work:
+                options = CalibrationOptions(calibrator=chosen[name][runtime]["calibrator"])
+                artifacts = {p: export_registered(name, target, p, Path(work) / p, parity_samples=16,
+                                                  calibration=options if p == "int8" else None).path
+                             for p in ("fp32", "int8")}
+                files = {p: _size([f for f in a.iterdir() if f.name != "manifest.json"]) for p, a in artifacts.items()}
+                weights = {p: _weight_bytes(a, target) for p, a in artifacts.items()}
+            record[runtime] = {"calibrator": options.calibrator, "fp32_bytes": files["fp32"],
+                               "int8_bytes": files["int8"], "ratio": round(files["int8"] / files["fp32"], 3),
+                               "fp32_weight_bytes": weights["fp32"], "int8_weight_bytes": weights["int8"],
+                               "weight_ratio": round(weights["int8"] / weights["fp32"], 3)}
+        payload["models"][name] = record
+        _write(out, payload)
+        print(json.dumps({name: record}), flush=True)
+
+
 def _machine_label(machine: dict[str, Any]) -> str:
     """CPU and the widest INT8 unit it has (what decides these ratios); files before flags were recorded: the CPU."""
     flags = machine.get("cpu_flags") or {}
@@ -359,8 +400,9 @@ def _machine_label(machine: dict[str, Any]) -> str:
 def print_tables(args: argparse.Namespace) -> None:
     """The README's INT8 block, from the committed results (so the README never carries hand-copied numbers)."""
     acc = json.loads((RESULTS / "quantization_accuracy.json").read_text())
+    sizes = json.loads((RESULTS / "quantization_size.json").read_text())["models"]
     print("| model | FP32 | ONNX Runtime INT8 (calibrator) | drop | quantize_static defaults | OpenVINO INT8 "
-          "(calibrator) | drop | nncf.quantize defaults | size INT8/FP32 ORT · OV |")
+          "(calibrator) | drop | nncf.quantize defaults | INT8/FP32 on disk ORT · OV (weights alone) |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name, rec in acc["models"].items():
         if "error" in rec:
@@ -372,8 +414,8 @@ def print_tables(args: argparse.Namespace) -> None:
             ours, peer = rt["edgecnn"], rt["peer_default"]
             cells += [f"{ours['test_accuracy']:.2f} ({ours['calibrator']})", f"{ours['test_drop']:+.2f}",
                       f"{peer['test_accuracy']:.2f}"]
-        cells.append(" · ".join(f"{rec['runtimes'][r]['edgecnn']['size_ratio']:.2f}"
-                                for r in ("onnxruntime", "openvino")))
+        cells.append(" · ".join(f"{sizes[name][r]['ratio']:.2f} ({sizes[name][r]['weight_ratio']:.2f})"
+                                for r in ("onnxruntime", "openvino")) if name in sizes else "—")
         print("| " + " | ".join(cells) + " |")
     print("\n| machine | model (batch 1, 2 threads) | ORT FP32 | ORT INT8 edgecnn | ORT U8S8 per-channel (no "
           "pre-process) | OV f32 | OV INT8 edgecnn | NNCF defaults | OV bf16 | OV INT8 vs f32 |")
@@ -409,6 +451,10 @@ def main() -> None:
     s.add_argument("--rounds", type=int, default=10)
     s.add_argument("--iters", type=int, default=10)
     s.set_defaults(func=run_speed)
+    z = sub.add_parser("size")
+    z.add_argument("--models", nargs="*")
+    z.add_argument("--threads", type=int, default=2)
+    z.set_defaults(func=run_size)
     t = sub.add_parser("table", help="print the README's INT8 tables from the committed results")
     t.set_defaults(func=print_tables, threads=1)
     args = p.parse_args()

@@ -471,6 +471,7 @@ def _quantize_stage(sub: ExportContext, data: CalibrationData, last: bool) -> di
     with float_copy(sub, quantizer) as (fp32, model):
         kept = [] if last else quantizer.nodes_after(fp32, OUTPUT_NAME)
         quantizer.quantize(sub, fp32, model, calibrator, data, kept)
+        quantizer.compact(model, fp32)
     return {"tool": quantizer.tool, "calibrator": calibrator, "calibration_samples": len(data.calibration),
             "float_nodes": quantizer.float_nodes(model), "entropy_nodes_kept_float": kept}
 

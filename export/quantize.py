@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import logging
 import shutil
 import time
@@ -107,6 +108,9 @@ class Quantizer:
         """The names of the nodes that compute from the graph output `output` onward (what a quantizer's
         `exclude` takes), e.g. an early-exit stage's in-graph entropy of its logits, which stays float."""
         return _onnx_nodes_after(model, output)
+
+    def compact(self, model: Path, fp32: Path) -> None:
+        """Last rewrite of the chosen INT8 model file that leaves its numbers alone (shorter names)."""
 
     def finish(self, ctx: ExportContext, fp32: Path, calibrator: str) -> list[str]:
         """Write what the target's INT8 artifact carries besides the model (a TensorRT cache); returns the files."""
@@ -207,11 +211,15 @@ class OnnxRuntimeQuantizer(Quantizer):
                "percentile": CalibrationMethod.Percentile}
     model_format = "onnx"
 
+    @staticmethod
+    def _preprocessed_path(fp32: Path) -> Path:
+        return fp32.with_name(fp32.stem + ".pre.onnx")
+
     def _preprocessed(self, fp32: Path) -> Path:
         """`quant_pre_process` (shape inference + graph optimisation) once per FP32 model."""
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
-        pre = fp32.with_name(fp32.stem + ".pre.onnx")
+        pre = self._preprocessed_path(fp32)
         if not pre.exists():
             quant_pre_process(str(fp32), str(pre))
         return pre
@@ -279,6 +287,38 @@ class OnnxRuntimeQuantizer(Quantizer):
         """In the graph as given and as `quant_pre_process` leaves it (which the U8S8 flow quantizes)."""
         names = _onnx_nodes_after(model, output)
         return names + [n for n in _onnx_nodes_after(self._preprocessed(model), output) if n not in names]
+
+    def compact(self, model: Path, fp32: Path) -> None:
+        """Rename what quantize_static added (`…_DequantizeLinear_Output`, `…_quantized_scale`, …; a third of a
+        small graph's file) to short ids; names the FP32 graph has, and every compute node's, stay."""
+        import onnx
+
+        kept = {name for source in (fp32, self._preprocessed_path(fp32)) if source.exists()  # as quantized
+                for node in onnx.load(str(source), load_external_data=False).graph.node
+                for name in (*node.input, *node.output)}
+        quantized = onnx.load(str(model))
+        graph = quantized.graph
+        kept |= {v.name for v in (*graph.input, *graph.output)} | {""}
+        ids = (f"q{i}" for i in itertools.count() if f"q{i}" not in kept)
+        short: dict[str, str] = {}
+
+        def rename(name: str) -> str:
+            if name in kept:
+                return name
+            if name not in short:
+                short[name] = next(ids)
+            return short[name]
+
+        for tensor in graph.initializer:
+            tensor.name = rename(tensor.name)
+        for info in graph.value_info:
+            info.name = rename(info.name)
+        for node in graph.node:
+            node.input[:] = [rename(i) for i in node.input]
+            node.output[:] = [rename(o) for o in node.output]
+            if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+                node.name = rename(node.name)
+        onnx.save(quantized, str(model))
 
     def float_nodes(self, model: Path) -> list[str]:
         import onnx
@@ -494,6 +534,7 @@ class Quantize:
         with float_copy(ctx, quantizer) as (fp32, model):
             fp32_hash = sha256_file(fp32)
             record = self._quantize(ctx, quantizer, options, data, fp32, model)
+            quantizer.compact(model, fp32)
             extra = quantizer.finish(ctx, fp32, record["calibrator"])
         ctx.output.files.extend(extra)
         record.update({"tool": quantizer.tool, "scheme": quantizer.scheme_of(record["calibrator"]),

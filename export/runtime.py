@@ -372,12 +372,17 @@ class OpenVinoSession(Session):
                             f"offers {', '.join(capabilities)}: use 'f32'")
         return hint
 
+    def _infer(self, batch: np.ndarray) -> None:
+        """Read the caller's array in place and skip infer's own result dict (each a copy): measured here, a third
+        of the fixed per-call cost (24 -> 16 us on a one-op graph). Callers copy the outputs out of the request."""
+        self._request.infer({self.input_spec.name: batch}, share_inputs=True, share_outputs=True)
+
     def _run(self, batch: np.ndarray) -> np.ndarray:
-        self._request.infer({self.input_spec.name: batch})
+        self._infer(batch)
         return self._request.get_output_tensor(0).data.copy()
 
     def _run_all(self, batch: np.ndarray) -> list[np.ndarray]:
-        self._request.infer({self.input_spec.name: batch})
+        self._infer(batch)
         return [self._request.get_output_tensor(i).data.copy() for i in range(len(self._compiled.outputs))]
 
     def _executed_precision(self) -> str:

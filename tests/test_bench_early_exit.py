@@ -90,3 +90,19 @@ def test_cli_prints_the_early_exit_table(results: dict, capsys: pytest.CaptureFi
     _print_records(results)
     out = capsys.readouterr().out
     assert "edgecnn early-exit" in out and "early-exit ms/sample" in out and "speed-up" in out
+
+
+def test_record_carries_the_export_sweep_and_the_report_draws_it(results: dict, tmp_path: Path) -> None:
+    from edgecnn.benchmarks.report import write_report
+
+    ee = _one(results, runtime="onnxruntime", flow="edgecnn")
+    tuning = ee["early_exit"]["tuning"]
+    stored = read_manifest(Path(ee["artifact"]["path"]))["early_exit"]["per_precision"]["fp32"]
+    assert tuning["chosen"] == {"accuracy": stored["accuracy"], "expected_ms": stored["expected_ms"]}
+    front = tuning["front"]
+    assert len(front) == len(stored["sweep"]) >= 2
+    assert [s["expected_ms"] for s in front] == sorted(s["expected_ms"] for s in front)  # fastest first
+    assert [s["accuracy"] for s in front] == sorted(s["accuracy"] for s in front)      # each one more accurate
+    index = write_report([results], tmp_path / "report")
+    assert "![early-exit threshold sweeps](early-exit-curves.png)" in index.read_text()
+    assert (index.parent / "early-exit-curves.png").stat().st_size > 10_000
