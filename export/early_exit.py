@@ -194,6 +194,9 @@ class EarlyExitSession(Session):
         self.thresholds = check_thresholds(section["thresholds"] if thresholds is None else thresholds,
                                            len(self.stage_records))
         self.threads = threads
+        # Separate pools spinning on the same cores cost more than a stage gains from a second thread (b_resnet on
+        # ONNX Runtime, 2 cores, 2 threads: 0.29 ms per sample with a 2-thread pool per stage, 0.16 ms with one).
+        self.stage_threads = threads if inner.shares_threads else 1
         self._stages: list[Session] = []
         try:
             for k, stage in enumerate(self.stage_records):
@@ -203,7 +206,7 @@ class EarlyExitSession(Session):
                                     f"{self.runtime!r}; use runtime={manifest['default_backend']!r}")
                 _check_stage_file(directory, manifest, stage, fmt, k)
                 self._stages.append(open_session(directory, _stage_manifest(manifest, stage, fmt), self.runtime,
-                                                 threads, **common))
+                                                 self.stage_threads, **common))
             self._check_chain()
         except BaseException:
             self.close()
@@ -305,6 +308,7 @@ class EarlyExitSession(Session):
         inner = self._stages[0].info() if self._stages else {}
         return {**super().info(), "runtime": self.runtime, "stages": len(self.stage_records),
                 "thresholds": self.thresholds, "threads": self.threads or "default",
+                "stage_threads": self.stage_threads or "default",
                 "runtime_info": {k: v for k, v in inner.items() if k not in ("backend", "model_file")}}
 
     def _executed_precision(self) -> str:

@@ -134,6 +134,9 @@ class Session:
     name: ClassVar[str]
     formats: ClassVar[tuple[str, ...]]   # keys of the manifest's model_files this backend reads
     runs_early_exit: ClassVar[bool] = False  # runs a BranchyNet artifact's stage loop (early_exit.py)
+    # Whether sessions of this backend draw on one process-wide thread pool; if each owns its own, the early-exit
+    # loop gives its stage sessions one thread each, so their pools do not fight over the cores.
+    shares_threads: ClassVar[bool] = True
 
     def __init__(self, directory: Path, manifest: dict[str, Any], model_format: str, *,
                  check_finite: bool = True) -> None:
@@ -255,6 +258,7 @@ def onnx_compute_precision(model: Any, fallback: str) -> str:
 class OnnxRuntimeSession(Session):
     name = "onnxruntime"
     formats = ("onnx",)
+    shares_threads = False  # each InferenceSession owns an intra-op pool whose workers spin after a run
 
     def __init__(self, directory: Path, manifest: dict[str, Any], model_format: str,
                  threads: int | None = None, **common: Any) -> None:

@@ -100,6 +100,14 @@ def test_session_uses_tuned_thresholds_and_reports_them(artifact: Path) -> None:
     assert logits.shape == (3, 10) and info["stages"] == 2 and info["runtime"] == "onnxruntime"
 
 
+def test_onnxruntime_stages_run_on_one_thread_each(artifact: Path) -> None:
+    """Each ONNX Runtime session owns a spinning pool: stage sessions get one thread, whatever the loop is given."""
+    with runtime.load(artifact, backend="early_exit", threads=2) as session:
+        info = session.info()
+        pools = [stage._session.get_session_options().intra_op_num_threads for stage in session._stages]
+    assert info["threads"] == 2 and info["stage_threads"] == 1 and pools == [1, 1]
+
+
 def test_trunk_is_the_plain_network(artifact: Path, net) -> None:
     x = _images(4)
     with runtime.load(artifact, backend="onnxruntime", trunk=True) as trunk:
