@@ -39,7 +39,7 @@ from edgecnn.registry import get_config
 RESULTS = Path(__file__).parent / "results"
 PAPER_GAIN = {"b_lenet_fmnist": 5.4, "b_alexnet_fmnist": 1.5, "b_resnet_fmnist": 1.9}
 MODELS = tuple(PAPER_GAIN)
-CONFIGS = ("onnx:fp32", "onnx:fp16", "openvino:fp32", "openvino:fp16")
+CONFIGS = ("onnx:fp32", "onnx:fp16", "onnx:int8", "openvino:fp32", "openvino:fp16", "openvino:int8")
 RUNTIME_OF = {"onnx": "onnxruntime", "openvino": "openvino"}
 
 
