@@ -33,12 +33,33 @@ PRECISION_MARKERS = {"fp32": "o", "fp16": "s", "bf16": "D", "int8": "^"}
 REPORT_SECTIONS: list[Callable[[list[dict[str, Any]], Path], str]] = []
 
 
+def machine_labels(results: Sequence[dict[str, Any]]) -> list[str]:
+    """Each results file's machine name, with the speed-deciding flags that tell it apart from another machine of
+    the same name (cloud VMs call every EPYC generation "AMD EPYC"), so their records never share a group."""
+    def flags(r: dict[str, Any]) -> frozenset[str]:
+        return frozenset(f for f, on in (r["machine"].get("cpu_flags") or {}).items() if on)
+
+    variants: dict[str, set[frozenset[str]]] = defaultdict(set)
+    for r in results:
+        variants[r["machine"]["name"]].add(flags(r))
+    labels = []
+    for r in results:
+        name, seen = r["machine"]["name"], variants[r["machine"]["name"]]
+        if len(seen) == 1:
+            labels.append(name)
+            continue
+        extra = sorted(flags(r) - frozenset.intersection(*seen))
+        missing = sorted(frozenset.union(*seen) - flags(r))
+        labels.append(f"{name} ({', '.join(['+' + f for f in extra] + ['no ' + f for f in missing])})")
+    return labels
+
+
 def _flatten(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Every record with its machine and run attached (`run` keeps ratios within one results file)."""
     rows = []
-    for run, r in enumerate(results):
+    for run, (r, machine) in enumerate(zip(results, machine_labels(results))):
         for record in r["records"]:
-            rows.append({**record, "machine": r["machine"]["name"], "run": run})
+            rows.append({**record, "machine": machine, "run": run})
     return rows
 
 
@@ -302,11 +323,11 @@ def _markdown(results: Sequence[dict[str, Any]], records: list[dict[str, Any]], 
           "## Machines and runs", ""]
     md.append(_table(["machine", "CPU flags", "memory", "OS", "torch / onnxruntime / openvino", "measured",
                       "complete", "command"],
-                     [[r["machine"]["name"], ", ".join(f for f, on in r["machine"]["cpu_flags"].items() if on) or "—",
+                     [[label, ", ".join(f for f, on in r["machine"]["cpu_flags"].items() if on) or "—",
                        f"{r['machine'].get('memory_gb')} GB", r["machine"]["os"],
                        " / ".join(str(r["tools"].get(t)) for t in ("torch", "onnxruntime", "openvino")),
                        r.get("created_utc", "?"), "yes" if r.get("complete") else "no (interrupted)" if r.get("interrupted") else "no (stopped)",
-                       f"`{r['command']}`"] for r in results]))
+                       f"`{r['command']}`"] for r, label in zip(results, machine_labels(results))]))
     md += ["", "## Headline", "", "Fastest edgecnn configuration per model within 0.5 pt of its PyTorch FP32 "
            "accuracy, at the smallest batch measured; speed-up against eager PyTorch FP32 on the same threads.", ""]
     md.append(_table(["machine", "model", "batch", "fastest", "p50 ms", "vs torch", "FP32 top-1", "top-1"],
@@ -335,7 +356,7 @@ def _markdown(results: Sequence[dict[str, Any]], records: list[dict[str, Any]], 
            _table(["machine", "model", "flow", "runtime", "precision", "executed", "batch", "threads", "mean",
                    "p50", "p90", "p99", "std", "spread", "samples/s", "RSS Δ MB", "size MB", "top-1", "agree"],
                   _all_rows(records))]
-    skipped = [(r["machine"]["name"], s) for r in results for s in r["skipped"]]
+    skipped = [(label, s) for r, label in zip(results, machine_labels(results)) for s in r["skipped"]]
     if skipped:
         md += ["", "## Skipped", "", _table(["machine", "model", "runtime", "precision", "batch", "reason"],
                                             [[m, s["model"], s["runtime"], s["precision"],
@@ -347,4 +368,4 @@ def _markdown(results: Sequence[dict[str, Any]], records: list[dict[str, Any]], 
     return "\n".join(md) + "\n"
 
 
-__all__ = ["REPORT_SECTIONS", "pareto_front", "write_report"]
+__all__ = ["REPORT_SECTIONS", "machine_labels", "pareto_front", "write_report"]

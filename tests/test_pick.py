@@ -162,8 +162,8 @@ def test_cli_bad_input_is_one_line(tmp_path: Path, capsys) -> None:
 def test_without_results_it_reads_the_committed_ones_for_this_cpu_or_says_what_to_run(monkeypatch, capsys) -> None:
     pick_module = sys.modules[pick.__module__]  # the module (the package re-exports the function as `pick`)
 
-    committed = [p for p in pick_module.COMMITTED.glob("*.json") if "fmnist" in p.name]
-    assert committed, "benchmarks/results holds the committed Fashion-MNIST sweep"
+    committed = sorted(p for p in pick_module.COMMITTED.glob("*.json") if p.name.startswith(("fmnist", "canonical")))
+    assert committed, "benchmarks/results holds the committed `edgecnn bench` sweeps"
     measured_on = read_results(committed[0])["machine"]
     monkeypatch.setattr(pick_module, "machine_info", lambda: measured_on)
     from edgecnn.benchmarks.machine import same_machine

@@ -119,3 +119,17 @@ def test_early_exit_records_get_their_table_beside_the_trunk(tmp_path: Path) -> 
 
 def test_no_early_exit_section_without_early_exit_records(merged: tuple[Path, dict]) -> None:
     assert "## Early exit" not in merged[0].read_text()
+
+
+def test_machines_that_share_a_name_are_told_apart_by_their_flags() -> None:
+    from edgecnn.benchmarks.report import machine_labels
+
+    older = read_results(SMALL)
+    newer, jetson = copy.deepcopy(older), copy.deepcopy(older)
+    newer["machine"]["cpu_flags"] = {**older["machine"]["cpu_flags"], "avx_vnni": True}
+    jetson["machine"].update(name="Jetson Orin ×6", cpu_flags={})
+    older["machine"]["cpu_flags"] = {**older["machine"]["cpu_flags"], "avx_vnni": False}
+    name = older["machine"]["name"]
+    assert machine_labels([older, newer, jetson, older]) == [f"{name} (no avx_vnni)", f"{name} (+avx_vnni)",
+                                                            "Jetson Orin ×6", f"{name} (no avx_vnni)"]
+    assert machine_labels([older]) == [name]
