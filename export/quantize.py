@@ -289,7 +289,7 @@ class OnnxRuntimeQuantizer(Quantizer):
         return names + [n for n in _onnx_nodes_after(self._preprocessed(model), output) if n not in names]
 
     def compact(self, model: Path, fp32: Path) -> None:
-        """Rename what quantize_static added (`…_DequantizeLinear_Output`, `…_quantized_scale`, …; a third of a
+        """Rename what quantize_static added (`…_DequantizeLinear_Output`, `…_quantized_scale`, …; 15 % of a
         small graph's file) to short ids; names the FP32 graph has, and every compute node's, stay."""
         import onnx
 
