@@ -63,9 +63,14 @@ def same_machine(a: dict[str, Any], b: dict[str, Any]) -> bool:
             and a.get("cpu_flags") == b.get("cpu_flags"))
 
 
+def flags_on(machine: dict[str, Any]) -> list[str]:
+    """The speed-deciding CPU flags a machine record has, in CPU_FLAGS order."""
+    return [f for f, on in (machine.get("cpu_flags") or {}).items() if on]
+
+
 def describe(machine: dict[str, Any]) -> str:
     """The name plus the speed-deciding flags it has, so two "AMD EPYC ×2" hosts read apart."""
-    flags = [f for f, on in (machine.get("cpu_flags") or {}).items() if on]
+    flags = flags_on(machine)
     return f"{machine.get('name', '?')} ({', '.join(flags)})" if flags else machine.get("name", "?")
 
 

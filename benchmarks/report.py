@@ -22,6 +22,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from edgecnn.benchmarks.machine import flags_on
 from edgecnn.benchmarks.schema import config_name, flow_name
 from edgecnn.errors import UserError
 
@@ -37,7 +38,7 @@ def machine_labels(results: Sequence[dict[str, Any]]) -> list[str]:
     """Each results file's machine name, with the speed-deciding flags that tell it apart from another machine of
     the same name (cloud VMs call every EPYC generation "AMD EPYC"), so their records never share a group."""
     def flags(r: dict[str, Any]) -> frozenset[str]:
-        return frozenset(f for f, on in (r["machine"].get("cpu_flags") or {}).items() if on)
+        return frozenset(flags_on(r["machine"]))
 
     variants: dict[str, set[frozenset[str]]] = defaultdict(set)
     for r in results:
@@ -314,6 +315,7 @@ def write_report(results: Sequence[dict[str, Any]], out: Path | str, force: bool
 
 
 def _markdown(results: Sequence[dict[str, Any]], records: list[dict[str, Any]], staging: Path) -> str:
+    labels = machine_labels(results)
     md = [MARKER, "", "# Benchmark report", "",
           "Latency is per call (one batch) through `Session.run`, after warm-up, with the configurations of one "
           "model and batch interleaved in rounds; *spread* is (max − min) / median of the round medians. "
@@ -323,11 +325,11 @@ def _markdown(results: Sequence[dict[str, Any]], records: list[dict[str, Any]], 
           "## Machines and runs", ""]
     md.append(_table(["machine", "CPU flags", "memory", "OS", "torch / onnxruntime / openvino", "measured",
                       "complete", "command"],
-                     [[label, ", ".join(f for f, on in r["machine"]["cpu_flags"].items() if on) or "—",
+                     [[label, ", ".join(flags_on(r["machine"])) or "—",
                        f"{r['machine'].get('memory_gb')} GB", r["machine"]["os"],
                        " / ".join(str(r["tools"].get(t)) for t in ("torch", "onnxruntime", "openvino")),
                        r.get("created_utc", "?"), "yes" if r.get("complete") else "no (interrupted)" if r.get("interrupted") else "no (stopped)",
-                       f"`{r['command']}`"] for r, label in zip(results, machine_labels(results))]))
+                       f"`{r['command']}`"] for r, label in zip(results, labels)]))
     md += ["", "## Headline", "", "Fastest edgecnn configuration per model within 0.5 pt of its PyTorch FP32 "
            "accuracy, at the smallest batch measured; speed-up against eager PyTorch FP32 on the same threads.", ""]
     md.append(_table(["machine", "model", "batch", "fastest", "p50 ms", "vs torch", "FP32 top-1", "top-1"],
@@ -356,7 +358,7 @@ def _markdown(results: Sequence[dict[str, Any]], records: list[dict[str, Any]], 
            _table(["machine", "model", "flow", "runtime", "precision", "executed", "batch", "threads", "mean",
                    "p50", "p90", "p99", "std", "spread", "samples/s", "RSS Δ MB", "size MB", "top-1", "agree"],
                   _all_rows(records))]
-    skipped = [(label, s) for r, label in zip(results, machine_labels(results)) for s in r["skipped"]]
+    skipped = [(label, s) for r, label in zip(results, labels) for s in r["skipped"]]
     if skipped:
         md += ["", "## Skipped", "", _table(["machine", "model", "runtime", "precision", "batch", "reason"],
                                             [[m, s["model"], s["runtime"], s["precision"],
