@@ -96,6 +96,38 @@ def test_onnx_int8_is_qdq_u8_activations_s8_per_channel_weights_with_provenance(
     assert split["inputs"] == "fashion_mnist test[0:10000]" and split["drop"] <= 1.0
 
 
+def test_ops_without_an_int8_kernel_keep_float_compute_on_int8_weights(tmp_path: Path) -> None:
+    """DeformConv (half of deform_resnet_fmnist's weights) stores S8 per-channel weights behind a DequantizeLinear,
+    is listed as a float node, and a plain quantize_static call afterwards still leaves it alone."""
+    from onnxruntime.quantization import quantize_static
+
+    from edgecnn.calibration import OnnxRuntimeFeed, prepare_calibration
+    from edgecnn.registry import get_config
+
+    name = "deform_resnet_fmnist"
+    m = export_registered(name, "onnx", "int8", tmp_path / "int8", parity_samples=16,
+                          calibration=CalibrationOptions(calibrator="minmax", samples=16)).manifest
+    fp32 = export_registered(name, "onnx", "fp32", tmp_path / "fp32", parity_samples=16).path / "model.onnx"
+    graph = onnx.load(str(tmp_path / "int8" / "model.onnx")).graph
+    init, made_by = _initializers(graph), {o: n for n in graph.node for o in n.output}
+    deform = [n for n in graph.node if n.op_type == "DeformConv"]
+    assert deform and all(made_by[n.input[1]].op_type == "DequantizeLinear" for n in deform)
+    scales = [init[made_by[n.input[1]].input[1]] for n in deform]
+    assert all(init[made_by[n.input[1]].input[0]].dtype == np.int8 for n in deform) and min(s.size for s in scales) > 1
+    assert {n.name for n in deform} <= set(m["calibration"]["float_nodes"])
+    assert (tmp_path / "int8" / "model.onnx").stat().st_size < 0.30 * fp32.stat().st_size
+    assert m["parity"][0]["passed"]
+
+    config = get_config(name)
+    data = prepare_calibration(config, tuple(config.input_size), CalibrationOptions(samples=4))
+    quantize_static(str(fp32), str(tmp_path / "plain.onnx"), OnnxRuntimeFeed(data.calibration, "input", 1))
+    plain = onnx.load(str(tmp_path / "plain.onnx")).graph
+    plain_init = _initializers(plain)
+    plain_deform = [n for n in plain.node if n.op_type == "DeformConv"]
+    assert len(plain_deform) == len(deform)
+    assert all(plain_init[n.input[1]].dtype == np.float32 for n in plain_deform)
+
+
 def test_openvino_int8_is_an_nncf_fake_quantize_ir(tmp_path: Path) -> None:
     import openvino as ov
 
