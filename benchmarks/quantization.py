@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/quantization.py accuracy --threads 2 --resume --redo --targets onnx  # ORT again
     .venv/bin/python benchmarks/quantization.py speed --threads 2      # canonical resnet50, inception_v3, batch 1
     .venv/bin/python benchmarks/quantization.py size                   # INT8 / FP32 artifact bytes, 15 *_fmnist
+    .venv/bin/python benchmarks/quantization.py seeds                  # ORT edgecnn vs quantize_static, 5 draws
 
 accuracy: each model's FP32 ONNX and IR (edgecnn exports, dynamic batch), then every calibrator of
 each runtime's quantizer on the same 512 calibration samples (edgecnn.calibration), scored on the
@@ -82,11 +83,12 @@ def _ov_runner(path: Path | Any, threads: int, precision: str = "f32") -> Callab
     return run
 
 
-def _hits(run: Callable[[np.ndarray], np.ndarray], inputs: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    from edgecnn.calibration import correct
+def _predictions(run: Callable[[np.ndarray], np.ndarray], inputs: np.ndarray) -> np.ndarray:
+    return np.concatenate([run(inputs[i:i + EVAL_CHUNK]).argmax(1) for i in range(0, len(inputs), EVAL_CHUNK)])
 
-    logits = np.concatenate([run(inputs[i:i + EVAL_CHUNK]) for i in range(0, len(inputs), EVAL_CHUNK)])
-    return correct(logits, labels)
+
+def _hits(run: Callable[[np.ndarray], np.ndarray], inputs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    return _predictions(run, inputs) == labels
 
 
 def _accuracy(run: Callable[[np.ndarray], np.ndarray], inputs: np.ndarray, labels: np.ndarray) -> float:
@@ -99,6 +101,15 @@ def _size(paths: list[Path]) -> int:
     return sum(p.stat().st_size for p in paths)
 
 
+def _test_split(config: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The whole Fashion-MNIST test split in the model's input format, and its labels."""
+    from edgecnn.data import load_dataset, preprocess
+
+    test = load_dataset("fashion_mnist", split="test")
+    images, labels = test.get_batch(range(len(test)))
+    return preprocess(images, replace(config, input_size=tuple(config.input_size))).numpy(), labels.numpy()
+
+
 def accuracy_model(name: str, threads: int, samples: int, work: Path,
                    targets: tuple[str, ...] = ("onnx", "openvino")) -> dict[str, Any]:
     import nncf
@@ -108,7 +119,6 @@ def accuracy_model(name: str, threads: int, samples: int, work: Path,
 
     from edgecnn.calibration import CalibrationOptions, OnnxRuntimeFeed, accuracy_of, as_nncf_dataset, \
         choose_calibrator, paired_comparison, prepare_calibration
-    from edgecnn.data import load_dataset, preprocess
     from edgecnn.export.onnx_graph import INPUT_NAME
     from edgecnn.export.pipeline import export_model
     from edgecnn.export.quantize import CALIBRATION_CHUNK, QUANTIZERS
@@ -121,10 +131,7 @@ def accuracy_model(name: str, threads: int, samples: int, work: Path,
     fp32 = {target: export_model(model, target, "fp32", work / f"{name}-{target}", dynamic_batch=True,
                                  weights=weights, parity_samples=16).path for target in targets}
     data = prepare_calibration(config, tuple(config.input_size), CalibrationOptions(samples=samples))
-    test = load_dataset("fashion_mnist", split="test")
-    images, labels = test.get_batch(range(len(test)))
-    test_inputs, test_labels = preprocess(images, replace(config, input_size=tuple(config.input_size))).numpy(), \
-        labels.numpy()
+    test_inputs, test_labels = _test_split(config)
     val = data.validation
     with torch.no_grad():
         torch_test = _accuracy(lambda x: model(torch.from_numpy(x)).numpy(), test_inputs, test_labels)
@@ -227,7 +234,7 @@ def _accuracy_summary(payload: dict[str, Any]) -> dict[str, Any]:
         for runtime, rt in rec["runtimes"].items():
             row[runtime] = {"calibrator": rt["edgecnn"]["calibrator"], "fp32": rt["fp32_test_accuracy"],
                             "int8": rt["edgecnn"]["test_accuracy"], "drop": rt["edgecnn"]["test_drop"],
-                            "peer_drop": rt["peer_default"]["test_drop"], "size_ratio": rt["edgecnn"]["size_ratio"]}
+                            "peer_drop": rt["peer_default"]["test_drop"]}  # sizes: quantization_size.json
             all_ok &= rt["edgecnn"]["test_drop"] <= payload["bar_drop_pt"]
             beats &= rt["edgecnn_at_least_as_accurate_as_peer"]
             never_worse &= not _significantly_less_accurate_than_peer(rt)
@@ -235,6 +242,67 @@ def _accuracy_summary(payload: dict[str, Any]) -> dict[str, Any]:
     return {"models_done": len(payload["models"]), "every_drop_within_bar": all_ok,
             "edgecnn_at_least_as_accurate_as_peers": beats,
             "edgecnn_never_significantly_less_accurate_than_peers": never_worse, "per_model": per_model}
+
+
+def seeds_model(name: str, threads: int, samples: int, seeds: list[int], work: Path) -> dict[str, Any]:
+    """edgecnn's ONNX Runtime flow against quantize_static's defaults over several draws of the calibration samples:
+    whether the peer's lead of a few test images on some models (one draw, `accuracy`) is the model's or the draw's.
+    edgecnn runs MinMax, the calibrator `auto` kept on every model with seed 0. `changed` counts the test images
+    whose top-1 class is not the FP32 model's: how faithful the quantization is, apart from lucky flips."""
+    import torch
+    from onnxruntime.quantization import quantize_static
+
+    from edgecnn.calibration import CalibrationOptions, OnnxRuntimeFeed, accuracy_of, paired_comparison, \
+        prepare_calibration
+    from edgecnn.export.onnx_graph import INPUT_NAME
+    from edgecnn.export.pipeline import export_model
+    from edgecnn.export.quantize import CALIBRATION_CHUNK, QUANTIZERS
+    from edgecnn.export.source import load_source_model
+
+    torch.set_num_threads(threads)
+    model, weights = load_source_model(name)
+    fp32 = export_model(model, "onnx", "fp32", work / name, dynamic_batch=True, weights=weights,
+                        parity_samples=16).path / "model.onnx"
+    test_inputs, test_labels = _test_split(model.config)
+    fp32_classes = _predictions(_ort_runner(fp32, threads), test_inputs)
+    ctx = SimpleNamespace(input_name=INPUT_NAME, batch=1, dynamic_batch=True)
+    draws, hits = [], {"edgecnn": [], "peer": []}
+    for seed in seeds:
+        data = prepare_calibration(model.config, tuple(model.config.input_size),
+                                   CalibrationOptions(samples=samples, seed=seed))
+        ours, peer = work / f"seed{seed}-edgecnn.onnx", work / f"seed{seed}-peer.onnx"
+        QUANTIZERS["onnx"].quantize(ctx, fp32, ours, "minmax", data, [])
+        quantize_static(str(fp32), str(peer), OnnxRuntimeFeed(data.calibration, INPUT_NAME, CALIBRATION_CHUNK))
+        draw: dict[str, Any] = {"seed": seed}
+        for who, path in (("edgecnn", ours), ("peer", peer)):
+            classes = _predictions(_ort_runner(path, threads), test_inputs)
+            hits[who].append(classes == test_labels)
+            draw.update({who: accuracy_of(hits[who][-1]), f"{who}_changed": int((classes != fp32_classes).sum())})
+        comparison = paired_comparison(hits["edgecnn"][-1], hits["peer"][-1])
+        draws.append({**draw, "gained": comparison["gained"], "lost": comparison["lost"]})
+    pooled = {who: np.concatenate(h) for who, h in hits.items()}
+    return {"model": name, "fp32": accuracy_of(fp32_classes == test_labels), "draws": draws,
+            "edgecnn_mean": round(statistics.fmean(d["edgecnn"] for d in draws), 3),
+            "peer_mean": round(statistics.fmean(d["peer"] for d in draws), 3),
+            "edgecnn_changed_mean": statistics.fmean(d["edgecnn_changed"] for d in draws),
+            "peer_changed_mean": statistics.fmean(d["peer_changed"] for d in draws),
+            "draws_edgecnn_at_least_as_accurate": sum(d["edgecnn"] >= d["peer"] for d in draws),
+            "pooled": {**paired_comparison(pooled["edgecnn"], pooled["peer"]),
+                       "peer_significantly_more_accurate":
+                           paired_comparison(pooled["peer"], pooled["edgecnn"])["significant"]}}
+
+
+def run_seeds(args: argparse.Namespace) -> None:
+    out = RESULTS / "quantization_seeds.json"
+    payload = json.loads(out.read_text()) if out.exists() and args.resume else \
+        {**_header(" ".join(sys.argv), args.threads), "samples": args.samples, "seeds": args.seeds, "models": {}}
+    for name in args.models or FMNIST_MODELS:
+        if name in payload["models"]:
+            continue
+        with tempfile.TemporaryDirectory(prefix=f"qseeds-{name}-") as work:
+            payload["models"][name] = seeds_model(name, args.threads, args.samples, args.seeds, Path(work))
+        _write(out, payload)
+        print(json.dumps(payload["models"][name]), flush=True)
 
 
 def _significantly_less_accurate_than_peer(rt: dict[str, Any]) -> bool:
@@ -417,6 +485,20 @@ def print_tables(args: argparse.Namespace) -> None:
         cells.append(" · ".join(f"{sizes[name][r]['ratio']:.2f} ({sizes[name][r]['weight_ratio']:.2f})"
                                 for r in ("onnxruntime", "openvino")) if name in sizes else "—")
         print("| " + " | ".join(cells) + " |")
+    seeds_file = RESULTS / "quantization_seeds.json"
+    if seeds_file.exists():
+        seeds = json.loads(seeds_file.read_text())
+        print(f"\n| model | FP32 | ONNX Runtime INT8 edgecnn, mean of {len(seeds['seeds'])} draws | quantize_static "
+              "defaults, mean | draws edgecnn ≥ defaults | all draws: edgecnn only right · defaults only right | "
+              "test images whose class INT8 changed, mean: edgecnn · defaults |")
+        print("|---|---|---|---|---|---|---|")
+        for name, rec in seeds["models"].items():
+            pooled = rec["pooled"]
+            flag = " (significant)" if pooled["peer_significantly_more_accurate"] else ""
+            print(f"| {name} | {rec['fp32']:.2f} | {rec['edgecnn_mean']:.2f} | {rec['peer_mean']:.2f} | "
+                  f"{rec['draws_edgecnn_at_least_as_accurate']} of {len(rec['draws'])} | "
+                  f"{pooled['gained']} · {pooled['lost']}{flag} | "
+                  f"{rec['edgecnn_changed_mean']:.1f} · {rec['peer_changed_mean']:.1f} |")
     print("\n| machine | model (batch 1, 2 threads) | ORT FP32 | ORT INT8 edgecnn | ORT U8S8 per-channel (no "
           "pre-process) | OV f32 | OV INT8 edgecnn | NNCF defaults | OV bf16 | OV INT8 vs f32 |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -455,6 +537,13 @@ def main() -> None:
     z.add_argument("--models", nargs="*")
     z.add_argument("--threads", type=int, default=2)
     z.set_defaults(func=run_size)
+    e = sub.add_parser("seeds", help="edgecnn's ORT flow vs quantize_static defaults over calibration draws")
+    e.add_argument("--models", nargs="*")
+    e.add_argument("--samples", type=int, default=512)
+    e.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    e.add_argument("--threads", type=int, default=2)
+    e.add_argument("--resume", action="store_true", help="keep models already in the results file")
+    e.set_defaults(func=run_seeds)
     t = sub.add_parser("table", help="print the README's INT8 tables from the committed results")
     t.set_defaults(func=print_tables, threads=1)
     args = p.parse_args()
