@@ -134,7 +134,7 @@ def _training_dataset(config: ModelConfig, data: Path | None) -> tuple[ImageData
                             f"{config.num_classes}: use images of the model's own classes")
         return ds, str(data)
     if config.dataset not in KNOWN_DATASETS:
-        raise UserError(f"{config.name} is a {config.dataset} model and edgecnn has no {config.dataset} images "
+        raise UserError(f"{config.name} is a model for {config.dataset} and edgecnn has no {config.dataset} images "
                         "here: pass --calib-data DIR (one sub-folder of training images per class)")
     return load_dataset(config.dataset, split="train"), config.dataset
 
