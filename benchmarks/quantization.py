@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/quantization.py accuracy --threads 2 --resume --redo --targets onnx  # ORT again
     .venv/bin/python benchmarks/quantization.py speed --threads 2      # canonical resnet50, inception_v3, batch 1
     .venv/bin/python benchmarks/quantization.py size                   # INT8 / FP32 artifact bytes, 15 *_fmnist
+    .venv/bin/python benchmarks/quantization.py size --canonical       # the same at full size, 15 families
     .venv/bin/python benchmarks/quantization.py seeds                  # ORT edgecnn vs quantize_static, 5 draws
 
 accuracy: each model's FP32 ONNX and IR (edgecnn exports, dynamic batch), then every calibrator of
@@ -39,6 +40,10 @@ FMNIST_MODELS = ("lenet5_fmnist", "resnet18_fmnist", "alexnet_fmnist", "vgg11_bn
                  "googlenet_fmnist", "bn_inception_fmnist", "inception_v3_fmnist", "inception_v4_fmnist",
                  "inception_resnet_v2_fmnist", "pyramidnet_fmnist", "fractalnet_fmnist", "densenet121_fmnist",
                  "cliquenet_fmnist", "deform_resnet_fmnist")
+# The zoo's families at their published size and input (seeded init): the 15 of `edgecnn bench`'s canonical run.
+CANONICAL_MODELS = ("lenet5", "alexnet", "resnet18", "resnet50", "googlenet", "bn_inception", "inception_v3",
+                    "inception_v4", "inception_resnet_v2", "densenet121", "deform_resnet50", "pyramidnet_add_110_a48",
+                    "fractalnet_20", "cliquenet_k36_t12", "vgg16_bn")
 EVAL_CHUNK = 250
 SLOWER_IF_LOSING_FRACTION = 0.9   # of the paired rounds (see no_slower)
 
@@ -429,20 +434,32 @@ def _weight_bytes(artifact: Path, target: str) -> int:
     return sum(numpy_helper.to_array(t).nbytes for t in graph.initializer)
 
 
+def _size_calibration(name: str, runtime: str, target: str, chosen: dict[str, Any]) -> Any:
+    """The calibrator the accuracy run chose for a *_fmnist model; for a canonical model (seeded init) the
+    quantizer's first `auto` candidate on 64 Fashion-MNIST images, as the speed run: sizes do not depend on them."""
+    from edgecnn.calibration import CalibrationOptions
+    from edgecnn.data import FMNIST_DEFAULT_ROOT
+    from edgecnn.export.quantize import QUANTIZERS
+
+    if name in chosen:
+        return CalibrationOptions(calibrator=chosen[name][runtime]["calibrator"])
+    return CalibrationOptions(calibrator=QUANTIZERS[target].auto_candidates()[0], samples=64,
+                              data=FMNIST_DEFAULT_ROOT)
+
+
 def run_size(args: argparse.Namespace) -> None:
     """What `edgecnn export --precision int8` writes against `--precision fp32`, on disk, with the calibrator the
     accuracy run chose, split into weights and graph description (the IR's XML, the ONNX nodes and names)."""
-    from edgecnn.calibration import CalibrationOptions
     from edgecnn.export import export_registered
 
     chosen = json.loads((RESULTS / "quantization_accuracy.json").read_text())["summary"]["per_model"]
-    out = RESULTS / "quantization_size.json"
+    out = RESULTS / ("quantization_size_canonical.json" if args.canonical else "quantization_size.json")
     payload = {**_header(" ".join(sys.argv), args.threads), "bar_ratio": 0.30, "models": {}}
-    for name in args.models or FMNIST_MODELS:
+    for name in args.models or (CANONICAL_MODELS if args.canonical else FMNIST_MODELS):
         record = {}
         for target, runtime in (("onnx", "onnxruntime"), ("openvino", "openvino")):
             with tempfile.TemporaryDirectory(prefix=f"qsize-{name}-") as work:
-                options = CalibrationOptions(calibrator=chosen[name][runtime]["calibrator"])
+                options = _size_calibration(name, runtime, target, chosen)
                 artifacts = {p: export_registered(name, target, p, Path(work) / p, parity_samples=16,
                                                   calibration=options if p == "int8" else None).path
                              for p in ("fp32", "int8")}
@@ -466,7 +483,7 @@ def _machine_label(machine: dict[str, Any]) -> str:
 
 
 def print_tables(args: argparse.Namespace) -> None:
-    """The README's INT8 block, from the committed results (so the README never carries hand-copied numbers)."""
+    """The README's INT8 tables, from the committed results (so the README never carries hand-copied numbers)."""
     acc = json.loads((RESULTS / "quantization_accuracy.json").read_text())
     sizes = json.loads((RESULTS / "quantization_size.json").read_text())["models"]
     print("| model | FP32 | ONNX Runtime INT8 (calibrator) | drop | quantize_static defaults | OpenVINO INT8 "
@@ -485,6 +502,14 @@ def print_tables(args: argparse.Namespace) -> None:
         cells.append(" · ".join(f"{sizes[name][r]['ratio']:.2f} ({sizes[name][r]['weight_ratio']:.2f})"
                                 for r in ("onnxruntime", "openvino")) if name in sizes else "—")
         print("| " + " | ".join(cells) + " |")
+    canonical_file = RESULTS / "quantization_size_canonical.json"
+    if canonical_file.exists():
+        print("\n| model at full size (seeded init) | FP32 ONNX | INT8/FP32 on disk ORT (weights alone) | "
+              "INT8/FP32 on disk OV (weights alone) |")
+        print("|---|---|---|---|")
+        for name, rec in json.loads(canonical_file.read_text())["models"].items():
+            ratios = [f"{rec[r]['ratio']:.3f} ({rec[r]['weight_ratio']:.3f})" for r in ("onnxruntime", "openvino")]
+            print(f"| {name} | {rec['onnxruntime']['fp32_bytes'] / 1e6:.1f} MB | " + " | ".join(ratios) + " |")
     seeds_file = RESULTS / "quantization_seeds.json"
     if seeds_file.exists():
         seeds = json.loads(seeds_file.read_text())
@@ -536,6 +561,8 @@ def main() -> None:
     z = sub.add_parser("size")
     z.add_argument("--models", nargs="*")
     z.add_argument("--threads", type=int, default=2)
+    z.add_argument("--canonical", action="store_true",
+                   help="the families at full size (seeded init) → quantization_size_canonical.json")
     z.set_defaults(func=run_size)
     e = sub.add_parser("seeds", help="edgecnn's ORT flow vs quantize_static defaults over calibration draws")
     e.add_argument("--models", nargs="*")
