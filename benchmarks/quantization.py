@@ -54,13 +54,17 @@ def _write(path: Path, payload: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def _utc_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
 def _header(command: str, threads: int) -> dict[str, Any]:
     from edgecnn.benchmarks.machine import machine_info
     from edgecnn.export.pipeline import host_info, tool_versions
 
     return {"schema": 1, "command": command, "threads": threads, "machine": {**host_info(), **machine_info()},
             "tools": tool_versions(),
-            "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            "started_utc": _utc_now()}
 
 
 def _ort_runner(path: Path, threads: int) -> Callable[[np.ndarray], np.ndarray]:
@@ -206,10 +210,16 @@ def run_accuracy(args: argparse.Namespace) -> None:
     payload = json.loads(out.read_text()) if out.exists() and args.resume else \
         {**_header(" ".join(sys.argv), args.threads), "bar_drop_pt": 0.5, "models": {}}
     targets = tuple(args.targets)
+    # A --redo that was cut off resumes (models it already redid are kept); one that finished starts afresh.
+    redo = payload.get("redo_in_progress")
+    if args.redo and (not redo or redo["targets"] != list(targets)):
+        redo = payload["redo_in_progress"] = {"targets": list(targets), "id": f"{time.time():.6f}",
+                                              "started_utc": _utc_now()}
     for name in args.models or FMNIST_MODELS:
         kept = payload["models"].get(name)
-        redone = set(kept.get("redone", {}).get("targets", ())) if kept else set()
-        if kept and (not args.redo or "error" in kept or set(targets) <= redone):  # an interrupted --redo resumes
+        redone = kept.get("redone", {}) if kept else {}
+        redone_in_this_redo = bool(redo) and redone.get("redo") == redo["id"]
+        if kept and (not args.redo or "error" in kept or redone_in_this_redo):
             continue
         work = Path(tempfile.mkdtemp(prefix=f"qbench-{name}-"))
         try:
@@ -220,12 +230,14 @@ def run_accuracy(args: argparse.Namespace) -> None:
             shutil.rmtree(work, ignore_errors=True)
         if kept and "error" not in record:  # --redo: the runtimes measured again replace theirs, the rest stay
             record["runtimes"] = {**kept["runtimes"], **record["runtimes"]}
-            record["redone"] = {"targets": list(targets), "command": " ".join(sys.argv),
-                                "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            record["redone"] = {"targets": list(targets), "command": " ".join(sys.argv), "utc": _utc_now(),
+                                "redo": redo["id"]}
         payload["models"][name] = record
         payload["summary"] = _accuracy_summary(payload)
         _write(out, payload)
         print(json.dumps({name: payload["summary"]["per_model"].get(name)}), flush=True)
+    if args.redo and payload.pop("redo_in_progress", None):
+        _write(out, payload)
 
 
 def _accuracy_summary(payload: dict[str, Any]) -> dict[str, Any]:

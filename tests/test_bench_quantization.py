@@ -1,0 +1,50 @@
+"""benchmarks/quantization.py accuracy --resume --redo: a redo cut off resumes where it stopped; one that finished
+starts afresh (it used to skip every model an earlier redo had done). The measuring itself is the benchmark's; here
+each model's record is the committed one, so only the bookkeeping runs."""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+import edgecnn.benchmarks.quantization as qbench
+
+MODELS = ["lenet5_fmnist", "alexnet_fmnist", "resnet18_fmnist"]
+
+
+def test_redo_resumes_when_cut_off_and_starts_afresh_when_finished(tmp_path: Path, monkeypatch) -> None:
+    shutil.copy(qbench.RESULTS / "quantization_accuracy.json", tmp_path)
+    monkeypatch.setattr(qbench, "RESULTS", tmp_path)
+    committed = json.loads((tmp_path / "quantization_accuracy.json").read_text())["models"]
+    measured: list[str] = []
+    cut_at: list[str] = []
+
+    def measure(name: str, threads: int, samples: int, work: Path, targets: tuple[str, ...]) -> dict:
+        if name in cut_at:
+            raise KeyboardInterrupt
+        measured.append(name)
+        return {**committed[name], "runtimes": {"onnxruntime": committed[name]["runtimes"]["onnxruntime"]}}
+
+    monkeypatch.setattr(qbench, "accuracy_model", measure)
+    args = argparse.Namespace(resume=True, redo=True, targets=["onnx"], threads=1, samples=512, models=MODELS)
+
+    def run(cut: str | None = None) -> list[str]:
+        measured.clear()
+        cut_at[:] = [cut] if cut else []
+        with pytest.raises(KeyboardInterrupt) if cut else contextlib.nullcontext():
+            qbench.run_accuracy(args)
+        return list(measured)
+
+    assert run() == MODELS
+    assert run(cut="alexnet_fmnist") == ["lenet5_fmnist"]           # a new redo, cut off on the second model
+    assert "redo_in_progress" in json.loads((tmp_path / "quantization_accuracy.json").read_text())
+    assert run() == ["alexnet_fmnist", "resnet18_fmnist"]           # resumes: lenet5 is not measured twice
+    payload = json.loads((tmp_path / "quantization_accuracy.json").read_text())
+    assert "redo_in_progress" not in payload
+    assert set(payload["models"][MODELS[0]]["runtimes"]) == {"onnxruntime", "openvino"}  # the rest stayed
+    assert run() == MODELS                                          # finished: the next redo starts afresh
+
