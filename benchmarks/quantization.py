@@ -119,16 +119,32 @@ def _test_split(config: Any) -> tuple[np.ndarray, np.ndarray]:
     return preprocess(images, replace(config, input_size=tuple(config.input_size))).numpy(), labels.numpy()
 
 
+def _quantize_context() -> SimpleNamespace:
+    """What a quantizer reads of the export: the graph's input name and a dynamic batch (scoring runs in chunks)."""
+    from edgecnn.export.onnx_graph import INPUT_NAME
+
+    return SimpleNamespace(input_name=INPUT_NAME, batch=1, dynamic_batch=True)
+
+
+def _ort_peer_default(fp32: Path, out: Path, data: Any) -> None:
+    """quantize_static with its defaults on edgecnn's samples: the peer as its own users call it."""
+    from onnxruntime.quantization import quantize_static
+
+    from edgecnn.calibration import OnnxRuntimeFeed
+    from edgecnn.export.onnx_graph import INPUT_NAME
+    from edgecnn.export.quantize import CALIBRATION_CHUNK
+
+    quantize_static(str(fp32), str(out), OnnxRuntimeFeed(data.calibration, INPUT_NAME, CALIBRATION_CHUNK))
+
+
 def accuracy_model(name: str, threads: int, samples: int, work: Path,
                    targets: tuple[str, ...] = ("onnx", "openvino")) -> dict[str, Any]:
     import nncf
     import openvino as ov
     import torch
-    from onnxruntime.quantization import quantize_static
 
-    from edgecnn.calibration import CalibrationOptions, OnnxRuntimeFeed, accuracy_of, as_nncf_dataset, \
-        choose_calibrator, paired_comparison, prepare_calibration
-    from edgecnn.export.onnx_graph import INPUT_NAME
+    from edgecnn.calibration import CalibrationOptions, accuracy_of, as_nncf_dataset, choose_calibrator, \
+        paired_comparison, prepare_calibration
     from edgecnn.export.pipeline import export_model
     from edgecnn.export.quantize import CALIBRATION_CHUNK, QUANTIZERS
     from edgecnn.export.source import load_source_model
@@ -144,7 +160,7 @@ def accuracy_model(name: str, threads: int, samples: int, work: Path,
     val = data.validation
     with torch.no_grad():
         torch_test = _accuracy(lambda x: model(torch.from_numpy(x)).numpy(), test_inputs, test_labels)
-    ctx = SimpleNamespace(input_name=INPUT_NAME, batch=1, dynamic_batch=True)
+    ctx = _quantize_context()
     record: dict[str, Any] = {"model": name, "torch_fp32_test_accuracy": torch_test,
                               "calibration_samples": data.calibration.record(), "runtimes": {}}
     runners = {"onnx": ("onnxruntime", _ort_runner, "model.onnx", ["model.onnx"]),
@@ -180,8 +196,7 @@ def accuracy_model(name: str, threads: int, samples: int, work: Path,
         peer = work / f"{name}-{target}-peer"
         peer.mkdir()
         if target == "onnx":
-            quantize_static(str(fp32_file), str(peer / model_file),
-                            OnnxRuntimeFeed(data.calibration, INPUT_NAME, CALIBRATION_CHUNK))
+            _ort_peer_default(fp32_file, peer / model_file, data)
             rt["peer_default"] = {"what": "onnxruntime quantize_static defaults (QDQ, S8S8, per-tensor, MinMax), "
                                           "no quant_pre_process"}
         else:
@@ -267,13 +282,10 @@ def seeds_model(name: str, threads: int, samples: int, seeds: list[int], work: P
     edgecnn runs MinMax, the calibrator `auto` kept on every model with seed 0. `changed` counts the test images
     whose top-1 class is not the FP32 model's: how faithful the quantization is, apart from lucky flips."""
     import torch
-    from onnxruntime.quantization import quantize_static
 
-    from edgecnn.calibration import CalibrationOptions, OnnxRuntimeFeed, accuracy_of, paired_comparison, \
-        prepare_calibration
-    from edgecnn.export.onnx_graph import INPUT_NAME
+    from edgecnn.calibration import CalibrationOptions, accuracy_of, paired_comparison, prepare_calibration
     from edgecnn.export.pipeline import export_model
-    from edgecnn.export.quantize import CALIBRATION_CHUNK, QUANTIZERS
+    from edgecnn.export.quantize import QUANTIZERS
     from edgecnn.export.source import load_source_model
 
     torch.set_num_threads(threads)
@@ -282,14 +294,14 @@ def seeds_model(name: str, threads: int, samples: int, seeds: list[int], work: P
                         parity_samples=16).path / "model.onnx"
     test_inputs, test_labels = _test_split(model.config)
     fp32_classes = _predictions(_ort_runner(fp32, threads), test_inputs)
-    ctx = SimpleNamespace(input_name=INPUT_NAME, batch=1, dynamic_batch=True)
+    ctx = _quantize_context()
     draws, hits = [], {"edgecnn": [], "peer": []}
     for seed in seeds:
         data = prepare_calibration(model.config, tuple(model.config.input_size),
                                    CalibrationOptions(samples=samples, seed=seed))
         ours, peer = work / f"seed{seed}-edgecnn.onnx", work / f"seed{seed}-peer.onnx"
         QUANTIZERS["onnx"].quantize(ctx, fp32, ours, "minmax", data, [])
-        quantize_static(str(fp32), str(peer), OnnxRuntimeFeed(data.calibration, INPUT_NAME, CALIBRATION_CHUNK))
+        _ort_peer_default(fp32, peer, data)
         draw: dict[str, Any] = {"seed": seed}
         for who, path in (("edgecnn", ours), ("peer", peer)):
             classes = _predictions(_ort_runner(path, threads), test_inputs)

@@ -360,8 +360,9 @@ class OnnxRuntimeQuantizer(Quantizer):
         dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
         # Quantized compute reads both its activation and its weights through DequantizeLinear; a weights-only op
         # computes in float whatever it reads.
-        return [n.name for n in graph.node if n.op_type in WEIGHTS_ONLY_OPS or n.op_type in
-                ("Conv", "Gemm", "MatMul", "ConvTranspose") and not all(i in dequantized for i in n.input[:2])]
+        return [n.name for n in graph.node if n.op_type in WEIGHTS_ONLY_OPS or (
+                n.op_type in ("Conv", "Gemm", "MatMul", "ConvTranspose")
+                and not all(i in dequantized for i in n.input[:2]))]
 
 
 # ---------------------------------------------------------------- OpenVINO + NNCF

@@ -47,4 +47,3 @@ def test_redo_resumes_when_cut_off_and_starts_afresh_when_finished(tmp_path: Pat
     assert "redo_in_progress" not in payload
     assert set(payload["models"][MODELS[0]]["runtimes"]) == {"onnxruntime", "openvino"}  # the rest stayed
     assert run() == MODELS                                          # finished: the next redo starts afresh
-
