@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/quantization.py accuracy --threads 2   # 15 *_fmnist models × ORT/OpenVINO × calibrator
     .venv/bin/python benchmarks/quantization.py accuracy --threads 2 --resume --redo --targets onnx  # ORT again
     .venv/bin/python benchmarks/quantization.py speed --threads 2      # canonical resnet50, inception_v3, batch 1
+    .venv/bin/python benchmarks/quantization.py speed --out benchmarks/results/quantization_speed-HOST.json  # elsewhere
     .venv/bin/python benchmarks/quantization.py size                   # INT8 / FP32 artifact bytes, 15 *_fmnist
     .venv/bin/python benchmarks/quantization.py size --canonical       # the same at full size, 15 families
     .venv/bin/python benchmarks/quantization.py seeds                  # ORT edgecnn vs quantize_static, 5 draws
@@ -376,21 +377,20 @@ def speed_model(name: str, threads: int, rounds: int, iters: int, work: Path) ->
     import openvino as ov
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    from edgecnn.calibration import CalibrationOptions, OnnxRuntimeFeed, as_nncf_dataset, prepare_calibration
-    from edgecnn.data import FMNIST_DEFAULT_ROOT
+    from edgecnn.calibration import OnnxRuntimeFeed, as_nncf_dataset, prepare_calibration
     from edgecnn.export.onnx_graph import INPUT_NAME
     from edgecnn.export.pipeline import export_registered
+    from edgecnn.registry import get_config
 
-    options = CalibrationOptions(calibrator="minmax", samples=64, data=FMNIST_DEFAULT_ROOT)
+    options = {target: _edgecnn_calibration(name, runtime, target, {})
+               for target, runtime in (("onnx", "onnxruntime"), ("openvino", "openvino"))}
     arts = {}
     for target, precision in (("onnx", "fp32"), ("onnx", "int8"), ("openvino", "fp32"), ("openvino", "int8")):
         arts[(target, precision)] = export_registered(
             name, target, precision, work / f"{target}-{precision}", parity_samples=8,
-            calibration=options if precision == "int8" else None).path
-    from edgecnn.registry import get_config
-
+            calibration=options[target] if precision == "int8" else None).path
     config = get_config(name)
-    data = prepare_calibration(config, tuple(config.input_size), options)
+    data = prepare_calibration(config, tuple(config.input_size), options["onnx"])  # the same images for both
     peer_ort = work / "peer-ort.onnx"
     quantize_static(str(arts[("onnx", "fp32")] / "model.onnx"), str(peer_ort),
                     OnnxRuntimeFeed(data.calibration, INPUT_NAME, 1), quant_format=QuantFormat.QDQ,
@@ -419,7 +419,9 @@ def speed_model(name: str, threads: int, rounds: int, iters: int, work: Path) ->
              "onnx_int8": _size([arts[("onnx", "int8")] / "model.onnx"]),
              "openvino_fp32": _size([arts[("openvino", "fp32")] / f for f in ("model.xml", "model.bin")]),
              "openvino_int8": _size([arts[("openvino", "int8")] / f for f in ("model.xml", "model.bin")])}
-    return {"model": name, "batch": 1, "median_ms": ms, "load_average": [round(x, 1) for x in os.getloadavg()],
+    return {"model": name, "batch": 1, "calibration_samples": len(data.calibration),
+            "edgecnn_calibrator": {t: o.calibrator for t, o in options.items()}, "median_ms": ms,
+            "load_average": [round(x, 1) for x in os.getloadavg()],
             "bf16": "measured" if bf16 else "not measured: this CPU has no AVX-512 BF16 / AMX (OpenVINO "
                                            "OPTIMIZATION_CAPABILITIES lacks BF16), edgecnn refuses bf16 here",
             "rounds_median_ms": {k: [round(t, 3) for t in v] for k, v in per_round.items()},
@@ -427,6 +429,8 @@ def speed_model(name: str, threads: int, rounds: int, iters: int, work: Path) ->
                      "ort_int8_no_slower_than_ort_u8s8": ort_vs_peer["no_slower"],
                      "ov_int8_vs_nncf_default": ov_vs_peer,
                      "ov_int8_no_slower_than_nncf_default": ov_vs_peer["no_slower"],
+                     "ov_int8_same_graph_as_nncf_default": _same_ir(arts[("openvino", "int8")] / "model.xml",
+                                                                     peer_nncf),
                      "ov_int8_speedup_vs_f32": round(ms["openvino_f32"] / ms["openvino_int8_edgecnn"], 2),
                      "ov_int8_at_least_4x_f32": ms["openvino_f32"] / ms["openvino_int8_edgecnn"] >= 4},
             "bytes": sizes, "size_ratio": {"onnx": round(sizes["onnx_int8"] / sizes["onnx_fp32"], 3),
@@ -434,7 +438,12 @@ def speed_model(name: str, threads: int, rounds: int, iters: int, work: Path) ->
 
 
 def run_speed(args: argparse.Namespace) -> None:
-    out = RESULTS / "quantization_speed.json"
+    from edgecnn.benchmarks.machine import describe, machine_info, same_machine
+
+    out = args.out
+    if out.exists() and not same_machine(json.loads(out.read_text())["machine"], machine_info()):
+        sys.exit(f"error: {out} holds the speeds of {describe(json.loads(out.read_text())['machine'])}, not this "
+                 "machine; give this machine its own file: --out benchmarks/results/quantization_speed-<machine>.json")
     payload = {**_header(" ".join(sys.argv), args.threads), "rounds": args.rounds, "iters_per_round": args.iters,
                "models": {}}
     for name in args.models or ("resnet50", "inception_v3"):
@@ -445,6 +454,16 @@ def run_speed(args: argparse.Namespace) -> None:
             shutil.rmtree(work, ignore_errors=True)
         _write(out, payload)
         print(json.dumps(payload["models"][name]), flush=True)
+
+
+def _same_ir(a: Path, b: Path) -> bool:
+    """Whether two IRs are one graph: the same .bin bytes and the same XML but for layer names (OpenVINO numbers
+    the nodes it creates, `Constant_249956`, differently in every process)."""
+    import re
+
+    def graph(xml: Path) -> str:
+        return re.sub(r' name="[^"]*"', "", xml.read_text())
+    return a.with_suffix(".bin").read_bytes() == b.with_suffix(".bin").read_bytes() and graph(a) == graph(b)
 
 
 def _weight_bytes(artifact: Path, target: str) -> int:
@@ -458,9 +477,10 @@ def _weight_bytes(artifact: Path, target: str) -> int:
     return sum(numpy_helper.to_array(t).nbytes for t in graph.initializer)
 
 
-def _size_calibration(name: str, runtime: str, target: str, chosen: dict[str, Any]) -> Any:
-    """The calibrator the accuracy run chose for a *_fmnist model; for a canonical model (seeded init) the
-    quantizer's first `auto` candidate on 64 Fashion-MNIST images, as the speed run: sizes do not depend on them."""
+def _edgecnn_calibration(name: str, runtime: str, target: str, chosen: dict[str, Any]) -> Any:
+    """The calibrator the accuracy run chose for a *_fmnist model; for a canonical model (seeded init), whose
+    validation scores mean nothing, the quantizer's first `auto` candidate (what `auto` keeps unless another is
+    significantly more accurate) on 64 Fashion-MNIST images: sizes and speed do not depend on which images."""
     from edgecnn.calibration import CalibrationOptions
     from edgecnn.data import FMNIST_DEFAULT_ROOT
     from edgecnn.export.quantize import QUANTIZERS
@@ -483,7 +503,7 @@ def run_size(args: argparse.Namespace) -> None:
         record = {}
         for target, runtime in (("onnx", "onnxruntime"), ("openvino", "openvino")):
             with tempfile.TemporaryDirectory(prefix=f"qsize-{name}-") as work:
-                options = _size_calibration(name, runtime, target, chosen)
+                options = _edgecnn_calibration(name, runtime, target, chosen)
                 artifacts = {p: export_registered(name, target, p, Path(work) / p, parity_samples=16,
                                                   calibration=options if p == "int8" else None).path
                              for p in ("fp32", "int8")}
@@ -581,6 +601,8 @@ def main() -> None:
     s.add_argument("--threads", type=int, default=2)
     s.add_argument("--rounds", type=int, default=10)
     s.add_argument("--iters", type=int, default=10)
+    s.add_argument("--out", type=Path, default=RESULTS / "quantization_speed.json",
+                   help="results file, one per machine (default: %(default)s, the Xeon with AMX's)")
     s.set_defaults(func=run_speed)
     z = sub.add_parser("size")
     z.add_argument("--models", nargs="*")

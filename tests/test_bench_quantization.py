@@ -47,3 +47,36 @@ def test_redo_resumes_when_cut_off_and_starts_afresh_when_finished(tmp_path: Pat
     assert "redo_in_progress" not in payload
     assert set(payload["models"][MODELS[0]]["runtimes"]) == {"onnxruntime", "openvino"}  # the rest stayed
     assert run() == MODELS                                          # finished: the next redo starts afresh
+
+
+def _ir(path: Path, scale: float) -> Path:
+    """A one-Multiply IR saved by OpenVINO itself (its Constant gets a process-wide number as name)."""
+    import numpy as np
+    import openvino as ov
+    from openvino import opset13 as ops
+
+    x = ops.parameter([1, 4], np.float32, name="input")
+    y = ops.multiply(x, ops.constant(np.full((1, 4), scale, np.float32)))
+    y.output(0).get_tensor().set_names({"logits"})
+    model = ov.Model([ops.result(y, name="logits")], [x])
+    ov.save_model(model, str(path), compress_to_fp16=False)
+    return path
+
+
+def test_same_ir_ignores_node_numbers_but_not_weights_or_graph(tmp_path: Path) -> None:
+    first = _ir(tmp_path / "a.xml", 2.0)
+    again = _ir(tmp_path / "b.xml", 2.0)                 # the same graph, its Constant numbered anew
+    assert first.read_text() != again.read_text()
+    assert qbench._same_ir(first, again)
+    assert not qbench._same_ir(first, _ir(tmp_path / "c.xml", 3.0))    # other weights
+
+
+def test_speed_refuses_to_replace_another_machines_file(tmp_path: Path, monkeypatch) -> None:
+    other = tmp_path / "quantization_speed.json"
+    shutil.copy(qbench.RESULTS / "quantization_speed-amd-epyc-2.json", other)  # recorded without CPU flags
+    before = other.read_bytes()
+    monkeypatch.setattr(qbench, "speed_model", lambda *a: pytest.fail("measured although the file is not ours"))
+    args = argparse.Namespace(out=other, threads=2, rounds=1, iters=1, models=["resnet50"])
+    with pytest.raises(SystemExit, match="not this machine"):
+        qbench.run_speed(args)
+    assert other.read_bytes() == before
