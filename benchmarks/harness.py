@@ -686,7 +686,9 @@ def expected_weights(model: str) -> dict[str, Any]:
 def _matches(manifest: dict[str, Any], model: str, target: str, precision: str, batch: int,
              calibration: CalibrationOptions | None = None) -> bool:
     """Whether a cached artifact is what an export now would be: model, weights, target, precision, input shape,
-    and the calibrator asked for (an INT8 artifact from another --calibrator is not reused)."""
+    the calibrator asked for (an INT8 artifact from another --calibrator is not reused), and the tools and edgecnn
+    code that made it (an upgrade, or an edit to an editable install, exports again)."""
+    from edgecnn.export.pipeline import tool_versions
     from edgecnn.registry import get_config
 
     weights = manifest["model"]["weights"]
@@ -695,6 +697,7 @@ def _matches(manifest: dict[str, Any], model: str, target: str, precision: str, 
             and manifest["precision"] == precision
             and manifest["input"]["shape"] == [batch, *get_config(model).input_size]
             and all(weights.get(k) == v for k, v in expected.items())
+            and manifest.get("tools") == tool_versions()
             and (calibration is None
                  or (manifest.get("calibration") or {}).get("requested") == calibration.calibrator))
 

@@ -14,6 +14,8 @@ becomes the artifact in one rename.
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import hashlib
 import importlib.metadata
 import os
 import platform
@@ -337,9 +339,24 @@ def _check_numbers(batch: int, opset: int, parity_samples: int | None, input_siz
             positive_int("input_size", side)
 
 
+@functools.cache
+def edgecnn_source_digest() -> str:
+    """SHA-256 (first 16 hex digits) of the code that decides what an artifact holds: the models, calibration and
+    export packages. An editable install keeps one version number through every change, so caches compare this."""
+    import edgecnn.calibration
+
+    digest = hashlib.sha256()
+    for package in (Path(edgecnn.__file__).parent, Path(edgecnn.calibration.__file__).parent, Path(__file__).parent):
+        for path in sorted(package.rglob("*.py")):
+            digest.update(f"{package.name}/{path.relative_to(package)}\0".encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def tool_versions(extra: Sequence[str] = ()) -> dict[str, str | None]:
     """Installed versions of the export's tools (and `extra` packages); None where one is not installed."""
-    versions: dict[str, str | None] = {"python": platform.python_version(), "edgecnn": edgecnn.__version__}
+    versions: dict[str, str | None] = {"python": platform.python_version(), "edgecnn": edgecnn.__version__,
+                                       "edgecnn_source": edgecnn_source_digest()}
     for tool in (*TOOLS, *extra):
         try:
             versions[tool] = importlib.metadata.version(tool)

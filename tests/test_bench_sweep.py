@@ -157,6 +157,24 @@ def test_an_int8_artifact_from_another_calibrator_is_exported_again(tmp_path: Pa
     assert int8("percentile") == (path, True)
 
 
+def test_an_artifact_made_by_other_edgecnn_code_or_tools_is_exported_again(tmp_path: Path, monkeypatch) -> None:
+    from edgecnn.export import pipeline
+
+    def fp32() -> tuple[Path, bool]:
+        return ensure_artifact("lenet5_fmnist", "onnx", "fp32", 1, tmp_path)
+
+    path, reused = fp32()
+    assert not reused and fp32() == (path, True)
+    made_by = json.loads((path / "manifest.json").read_text())["tools"]
+    assert made_by["edgecnn_source"] == pipeline.edgecnn_source_digest()
+    edited = {**made_by, "edgecnn_source": "0" * 16}          # what an edit to an editable install looks like
+    monkeypatch.setattr(pipeline, "tool_versions", lambda extra=(): edited)
+    assert fp32() == (path, False)                            # exported again, by the "edited" code
+    assert json.loads((path / "manifest.json").read_text())["tools"] == edited
+    monkeypatch.setattr(pipeline, "tool_versions", lambda extra=(): {**edited, "onnxruntime": "0.0"})
+    assert fp32() == (path, False)                            # and after a runtime upgrade
+
+
 def test_a_calibrator_the_quantizer_lacks_is_a_skip_and_the_settings_record_it(tmp_path: Path) -> None:
     results = run_sweep(quick(tmp_path / "cache", models=["lenet5_fmnist"], runtimes=["torch", "onnxruntime"],
                               precisions=["int8"], calibrator="mse"), tmp_path / "r.json")
