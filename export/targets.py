@@ -181,9 +181,10 @@ class TensorRTTarget(Target):
         notes = []
         if not buildable:
             info["engine_not_built_because"] = reason
+            checked = "the INT8 Q/DQ ONNX" if ctx.precision == "int8" else "the FP32 TensorRT-ready ONNX"
             notes.append(f"no TensorRT engine was built: {reason}. Run build_engine.py (TensorRT Python API) or "
                          f"build_engine.sh (trtexec) on the target device. Parity was checked with "
-                         f"ONNX Runtime on the FP32 TensorRT-ready ONNX.")
+                         f"ONNX Runtime on {checked}.")
         if report["opset"] > tensorrt.TENSORRT_MAX_OPSET:
             notes.append(f"opset {report['opset']} is newer than TensorRT 10.0 parses "
                          f"(≤ {tensorrt.TENSORRT_MAX_OPSET}); use a newer TensorRT 10.x or --opset "
