@@ -104,8 +104,17 @@ class Quantizer:
         return None
 
     def float_nodes(self, model: Path) -> list[str]:
-        """Compute nodes the quantized model still runs in float (for the manifest)."""
-        return []
+        """Compute nodes the quantized model still runs in float (for the manifest); here, of a Q/DQ ONNX graph,
+        whichever quantizer placed them (ONNX Runtime's own choices, ModelOpt's GEMV and small-channel rules)."""
+        import onnx
+
+        graph = onnx.load(str(model), load_external_data=False).graph
+        dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+        # Quantized compute reads both its activation and its weights through DequantizeLinear; a weights-only op
+        # computes in float whatever it reads.
+        return [n.name for n in graph.node if n.op_type in WEIGHTS_ONLY_OPS or (
+                n.op_type in ("Conv", "Gemm", "MatMul", "ConvTranspose")
+                and not all(i in dequantized for i in n.input[:2]))]
 
     def nodes_after(self, model: Path, output: str) -> list[str]:
         """The names of the nodes that compute from the graph output `output` onward (what a quantizer's
@@ -352,17 +361,6 @@ class OnnxRuntimeQuantizer(Quantizer):
             if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
                 node.name = rename(node.name)
         onnx.save(quantized, str(model))
-
-    def float_nodes(self, model: Path) -> list[str]:
-        import onnx
-
-        graph = onnx.load(str(model), load_external_data=False).graph
-        dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
-        # Quantized compute reads both its activation and its weights through DequantizeLinear; a weights-only op
-        # computes in float whatever it reads.
-        return [n.name for n in graph.node if n.op_type in WEIGHTS_ONLY_OPS or (
-                n.op_type in ("Conv", "Gemm", "MatMul", "ConvTranspose")
-                and not all(i in dequantized for i in n.input[:2]))]
 
 
 # ---------------------------------------------------------------- OpenVINO + NNCF

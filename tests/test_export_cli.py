@@ -84,3 +84,18 @@ def test_tensorrt_parity_row_says_what_it_measures(tmp_path: Path, capsys: pytes
     capsys.readouterr()
     assert main(["inspect", str(tmp_path / "art")]) == 0
     assert "onnxruntime (the FP32 TensorRT-ready ONNX in ONNX Runtime" in capsys.readouterr().out
+
+
+def test_export_summary_names_the_nodes_left_in_float_apart_from_max_drop_ones() -> None:
+    from edgecnn.cli.export import _calibration_lines
+
+    floats = ["/features.0/Conv", *(f"/classifier.{i}/Gemm" for i in range(8))]
+    calibration = {"calibrator": "minmax", "library_calibrator": "calibration_method='max'", "tool": "ModelOpt",
+                   "calibration_samples": {"samples": 512, "source": "train"}, "nodes_to_exclude": [floats[1]],
+                   "float_nodes": floats}
+    lines = _calibration_lines({"precision": "int8", "parity": [], "calibration": calibration})
+    assert lines[1] == f"returned to float for --max-drop: {floats[1]}"
+    assert lines[2].startswith("computing in float") and floats[0] in lines[2] and floats[1] not in lines[2]
+    assert lines[2].endswith(f"{floats[6]} and 2 more")
+    assert len(_calibration_lines({"precision": "int8", "parity": [], "calibration": {**calibration,
+                                   "nodes_to_exclude": [], "float_nodes": []}})) == 1

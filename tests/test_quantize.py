@@ -209,6 +209,11 @@ def test_tensorrt_int8_is_symmetric_s8_qdq_with_a_stamped_cache(tmp_path: Path) 
                    and n.input[2] in init]
     assert zero_points and all(z.dtype == np.int8 and not z.any() for z in zero_points)  # S8 symmetric
     assert {"calibration.cache", "calibration.cache.json"} <= set(m["files"])
+    made_by = {o: n for n in graph.node for o in n.output}
+    weighted = [n for n in graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
+    float_weights = {n.name for n in weighted if made_by.get(n.input[1]) is None
+                     or made_by[n.input[1]].op_type != "DequantizeLinear"}
+    assert set(m["calibration"]["float_nodes"]) == float_weights   # what ModelOpt left float (GEMV, small channels)
     if not m["target_info"]["engine_built"]:
         assert any("Parity was checked with ONNX Runtime on the INT8 Q/DQ ONNX" in n for n in m["notes"])
     scales = read_cache(art / "calibration.cache", m["calibration"]["fp32_model_sha256"])
