@@ -45,6 +45,9 @@ FMNIST_MODELS = ("lenet5_fmnist", "resnet18_fmnist", "alexnet_fmnist", "vgg11_bn
 CANONICAL_MODELS = ("lenet5", "alexnet", "resnet18", "resnet50", "googlenet", "bn_inception", "inception_v3",
                     "inception_v4", "inception_resnet_v2", "densenet121", "deform_resnet50", "pyramidnet_add_110_a48",
                     "fractalnet_20", "cliquenet_k36_t12", "vgg16_bn")
+# What `size` measures per export target: the runtime it is recorded under (TensorRT's is its Q/DQ ONNX, no engine).
+SIZE_RUNTIMES = {"onnx": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt"}
+SIZE_LABELS = {"onnxruntime": "ORT", "openvino": "OV", "tensorrt": "TensorRT Q/DQ ONNX"}
 EVAL_CHUNK = 250
 SLOWER_IF_LOSING_FRACTION = 0.9   # of the paired rounds (see no_slower)
 
@@ -64,7 +67,7 @@ def _header(command: str, threads: int) -> dict[str, Any]:
     from edgecnn.export.pipeline import host_info, tool_versions
 
     return {"schema": 1, "command": command, "threads": threads, "machine": {**host_info(), **machine_info()},
-            "tools": tool_versions(),
+            "tools": tool_versions(("nncf", "nvidia-modelopt")),
             "started_utc": _utc_now()}
 
 
@@ -485,7 +488,7 @@ def _edgecnn_calibration(name: str, runtime: str, target: str, chosen: dict[str,
     from edgecnn.data import FMNIST_DEFAULT_ROOT
     from edgecnn.export.quantize import QUANTIZERS
 
-    if name in chosen:
+    if runtime in chosen.get(name, {}):
         return CalibrationOptions(calibrator=chosen[name][runtime]["calibrator"])
     return CalibrationOptions(calibrator=QUANTIZERS[target].auto_candidates()[0], samples=64,
                               data=FMNIST_DEFAULT_ROOT)
@@ -495,13 +498,23 @@ def run_size(args: argparse.Namespace) -> None:
     """What `edgecnn export --precision int8` writes against `--precision fp32`, on disk, with the calibrator the
     accuracy run chose, split into weights and graph description (the IR's XML, the ONNX nodes and names)."""
     from edgecnn.export import export_registered
+    from edgecnn.export.quantize import QUANTIZERS
 
+    missing = {t: hint for t in args.targets if (hint := QUANTIZERS[t].available())}
+    if missing:
+        sys.exit("error: " + "; ".join(f"--targets {t} needs {hint}" for t, hint in missing.items()))
     chosen = json.loads((RESULTS / "quantization_accuracy.json").read_text())["summary"]["per_model"]
     out = RESULTS / ("quantization_size_canonical.json" if args.canonical else "quantization_size.json")
     payload = {**_header(" ".join(sys.argv), args.threads), "bar_ratio": 0.30, "models": {}}
+    earlier = json.loads(out.read_text()) if out.exists() else {"models": {}}
+    others = sorted({r for rec in earlier["models"].values() for r in rec} - {SIZE_RUNTIMES[t] for t in args.targets})
+    if others:  # another run's runtimes stay, e.g. TensorRT's from a venv with ModelOpt
+        payload["kept_from_earlier"] = {"runtimes": others, "command": earlier["command"],
+                                        "started_utc": earlier["started_utc"], "tools": earlier["tools"]}
     for name in args.models or (CANONICAL_MODELS if args.canonical else FMNIST_MODELS):
-        record = {}
-        for target, runtime in (("onnx", "onnxruntime"), ("openvino", "openvino")):
+        record = {r: v for r, v in earlier["models"].get(name, {}).items() if r in others}
+        for target in args.targets:
+            runtime = SIZE_RUNTIMES[target]
             with tempfile.TemporaryDirectory(prefix=f"qsize-{name}-") as work:
                 options = _edgecnn_calibration(name, runtime, target, chosen)
                 artifacts = {p: export_registered(name, target, p, Path(work) / p, parity_samples=16,
@@ -530,8 +543,10 @@ def print_tables(args: argparse.Namespace) -> None:
     """The README's INT8 tables, from the committed results (so the README never carries hand-copied numbers)."""
     acc = json.loads((RESULTS / "quantization_accuracy.json").read_text())
     sizes = json.loads((RESULTS / "quantization_size.json").read_text())["models"]
+    size_runtimes = [r for r in SIZE_RUNTIMES.values() if any(r in rec for rec in sizes.values())]
     print("| model | FP32 | ONNX Runtime INT8 (calibrator) | drop | quantize_static defaults | OpenVINO INT8 "
-          "(calibrator) | drop | nncf.quantize defaults | INT8/FP32 on disk ORT · OV (weights alone) |")
+          "(calibrator) | drop | nncf.quantize defaults | INT8/FP32 on disk "
+          f"{' · '.join(SIZE_LABELS[r] for r in size_runtimes)} (weights alone) |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name, rec in acc["models"].items():
         if "error" in rec:
@@ -544,7 +559,7 @@ def print_tables(args: argparse.Namespace) -> None:
             cells += [f"{ours['test_accuracy']:.2f} ({ours['calibrator']})", f"{ours['test_drop']:+.2f}",
                       f"{peer['test_accuracy']:.2f}"]
         cells.append(" · ".join(f"{sizes[name][r]['ratio']:.2f} ({sizes[name][r]['weight_ratio']:.2f})"
-                                for r in ("onnxruntime", "openvino")) if name in sizes else "—")
+                                if r in sizes.get(name, {}) else "—" for r in size_runtimes))
         print("| " + " | ".join(cells) + " |")
     canonical_file = RESULTS / "quantization_size_canonical.json"
     if canonical_file.exists():
@@ -607,6 +622,8 @@ def main() -> None:
     z = sub.add_parser("size")
     z.add_argument("--models", nargs="*")
     z.add_argument("--threads", type=int, default=2)
+    z.add_argument("--targets", nargs="+", default=["onnx", "openvino"], choices=list(SIZE_RUNTIMES),
+                   help="export targets (tensorrt needs ModelOpt); the file keeps the other targets' earlier records")
     z.add_argument("--canonical", action="store_true",
                    help="the families at full size (seeded init) → quantization_size_canonical.json")
     z.set_defaults(func=run_size)

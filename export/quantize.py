@@ -535,7 +535,8 @@ class ModelOptQuantizer(Quantizer):
         written = write_cache(ctx.staging / TRT_CACHE, amax, sha256_file(fp32), _tensorrt_version())
         ctx.output.parity_measures = {b: "the INT8 Q/DQ ONNX in ONNX Runtime (CPU), not a TensorRT engine"
                                       for b in ctx.output.parity_backends if b != "tensorrt"}
-        ctx.notes.append(f"INT8 engine: trtexec --onnx=model.onnx --int8 (explicit Q/DQ, TensorRT 10); implicit "
+        ctx.notes.append(f"INT8 engine: trtexec --onnx=model.onnx --int8 --fp16 (explicit Q/DQ, TensorRT 10; FP16 "
+                         f"for the layers left unquantized); implicit "
                          f"quantization or DLA: trtexec --onnx=model.onnx --int8 --calib={TRT_CACHE} (check its stamp "
                          f"first: edgecnn.calibration.read_cache('{TRT_CACHE}', fp32_model_sha256))")
         return [p.name for p in written]

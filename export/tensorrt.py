@@ -79,8 +79,10 @@ def engine_buildable_here() -> tuple[bool, str]:
     return True, ""
 
 
-# Builder flags per artifact precision: INT8 is the explicit Q/DQ graph's own scales (no calibrator).
-TRTEXEC_PRECISION_FLAGS = {"fp32": [], "fp16": ["--fp16"], "int8": ["--int8"]}
+# Builder flags per artifact precision: INT8 is the explicit Q/DQ graph's own scales (no calibrator), plus FP16 for
+# the layers ModelOpt leaves unquantized (FC layers at batch 1, convs with few channels), as its own default
+# (high_precision_dtype="fp16") would make them; edgecnn keeps them FP32 in the ONNX so that CPU parity runs.
+TRTEXEC_PRECISION_FLAGS = {"fp32": [], "fp16": ["--fp16"], "int8": ["--int8", "--fp16"]}
 
 
 def trtexec_script(onnx_name: str, input_name: str, input_shape: list[Any], precision: str,

@@ -162,8 +162,9 @@ def main() -> int:
     p.add_argument("--onnx", type=Path, default=here / manifest["model_files"]["onnx"],
                    help="the graph to build (an early-exit stage's stageK/model.onnx takes that stage's input)")
     p.add_argument("--out", type=Path, help="engine file (default: the ONNX's name with .plan)")
-    p.add_argument("--fp16", action=argparse.BooleanOptionalAction, default=manifest["precision"] == "fp16",
-                   help="let TensorRT pick FP16 kernels (default: from the manifest's precision)")
+    p.add_argument("--fp16", action=argparse.BooleanOptionalAction, default=manifest["precision"] in ("fp16", "int8"),
+                   help="let TensorRT pick FP16 kernels (default: for fp16 and int8 artifacts; in an INT8 engine "
+                        "they run the layers the Q/DQ graph leaves unquantized)")
     p.add_argument("--workspace-mib", type=_positive, default=DEFAULT_WORKSPACE_MIB)
     p.add_argument("--batch", type=_positive, default=1,
                    help="the batch the profile is tuned for (opt shape; dynamic-batch artifacts only; default: 1)")

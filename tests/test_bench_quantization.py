@@ -80,3 +80,31 @@ def test_speed_refuses_to_replace_another_machines_file(tmp_path: Path, monkeypa
     with pytest.raises(SystemExit, match="not this machine"):
         qbench.run_speed(args)
     assert other.read_bytes() == before
+
+
+def test_size_for_some_targets_keeps_the_other_targets_records(tmp_path: Path, monkeypatch) -> None:
+    """`size --targets onnx` (a venv without ModelOpt) must not drop the TensorRT sizes another venv measured."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    import edgecnn.export
+
+    def export(name: str, target: str, precision: str, out: Path, **_: object) -> argparse.Namespace:
+        weights = np.zeros(1000, np.int8 if precision == "int8" else np.float32)
+        graph = helper.make_graph([], "g", [], [], [numpy_helper.from_array(weights, "w")])
+        out.mkdir(parents=True)
+        onnx.save(helper.make_model(graph), str(out / "model.onnx"))
+        return argparse.Namespace(path=out)
+
+    monkeypatch.setattr(edgecnn.export, "export_registered", export)
+    shutil.copy(qbench.RESULTS / "quantization_accuracy.json", tmp_path)
+    monkeypatch.setattr(qbench, "RESULTS", tmp_path)
+    earlier = {"command": "size --targets tensorrt", "started_utc": "then", "tools": {}, "models": {
+        "lenet5_fmnist": {"onnxruntime": {"ratio": 9.0}, "tensorrt": {"ratio": 0.98}}}}
+    (tmp_path / "quantization_size.json").write_text(json.dumps(earlier))
+    qbench.run_size(argparse.Namespace(targets=["onnx"], models=["lenet5_fmnist"], canonical=False, threads=1))
+    payload = json.loads((tmp_path / "quantization_size.json").read_text())
+    record = payload["models"]["lenet5_fmnist"]
+    assert record["tensorrt"] == {"ratio": 0.98} and payload["kept_from_earlier"]["runtimes"] == ["tensorrt"]
+    assert record["onnxruntime"]["weight_ratio"] == 0.25                 # measured anew, not kept

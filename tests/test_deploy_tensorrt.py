@@ -41,7 +41,7 @@ def test_trtexec_script_has_a_min_opt_max_profile_and_refuses_batch_above_max(dy
     assert not (dynamic_artifact / "model.plan").exists()
 
 
-@pytest.mark.parametrize("precision, flags", [("fp32", []), ("fp16", ["--fp16"]), ("int8", ["--int8"])])
+@pytest.mark.parametrize("precision, flags", [("fp32", []), ("fp16", ["--fp16"]), ("int8", ["--int8", "--fp16"])])
 def test_trtexec_precision_flags(precision: str, flags: list[str]) -> None:
     script = tensorrt.trtexec_script("model.onnx", "input", [1, 1, 28, 28], precision)
     lines = {line.strip(" \\") for line in script.splitlines()}
