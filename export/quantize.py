@@ -488,6 +488,39 @@ def _label_batches(labels: np.ndarray, batch: int) -> list[np.ndarray]:
 
 # ---------------------------------------------------------------- TensorRT (ModelOpt)
 
+@contextmanager
+def _onnxruntime_quantization_restored() -> Iterator[None]:
+    """ModelOpt patches onnxruntime.quantization's calibrators and quantizers and edits its op registries in place
+    while it quantizes (modelopt/onnx/quantization/ort_utils.py configure_ort) and never undoes it: after one
+    TensorRT INT8 export, the ONNX target's quantize_static in the same process calibrated with ModelOpt's code (or
+    failed) and no longer put Q/DQ around Relu, Reshape or Split. Put the functions, classes and registries back."""
+    import importlib
+    import sys
+
+    for name in ("calibrate", "base_quantizer", "qdq_quantizer", "quantize", "registry"):
+        importlib.import_module(f"onnxruntime.quantization.{name}")
+    modules = [m for n, m in list(sys.modules.items()) if n.startswith("onnxruntime.quantization") and m]
+    classes = {c for m in modules for c in vars(m).values() if isinstance(c, type) and c.__module__ == m.__name__}
+    saved = {owner: dict(vars(owner)) for owner in (*modules, *classes)}
+    tables = [(table, dict(table)) for m in modules for key, table in vars(m).items()
+              if isinstance(table, dict) and not key.startswith("__")]  # QDQRegistry and the other op registries
+    try:
+        yield
+    finally:
+        for table, before in tables:
+            if table != before:
+                table.clear()
+                table.update(before)
+        for owner, before in saved.items():  # functions and classes only: module state such as caches may move
+            for key, value in before.items():
+                now = vars(owner).get(key)
+                if now is not value and (callable(value) or callable(now)):
+                    setattr(owner, key, value)
+            if isinstance(owner, type):
+                for key in set(vars(owner)) - set(before):
+                    delattr(owner, key)
+
+
 @register_quantizer
 class ModelOptQuantizer(Quantizer):
     target = "tensorrt"
@@ -508,7 +541,7 @@ class ModelOptQuantizer(Quantizer):
         from modelopt.onnx.quantization import quantize
 
         method = "max" if calibrator == "minmax" else calibrator
-        with _quiet_stdout():
+        with _quiet_stdout(), _onnxruntime_quantization_restored():
             quantize(str(fp32), quantize_mode="int8", calibration_data=as_modelopt_data(data.calibration, ctx.input_name),
                      calibration_method=method, calibration_eps=["cpu"], output_path=str(out), log_level="WARNING",
                      nodes_to_exclude=exclude or None, high_precision_dtype="fp32", dq_only=True)

@@ -201,7 +201,15 @@ def test_tensorrt_int8_without_modelopt_says_what_to_install(tmp_path: Path) -> 
 
 @pytest.mark.skipif(_modelopt_missing(), reason="needs NVIDIA ModelOpt: pip install 'edgecnn[tensorrt-int8]'")
 def test_tensorrt_int8_is_symmetric_s8_qdq_with_a_stamped_cache(tmp_path: Path) -> None:
+    from onnxruntime.quantization import calibrate, qdq_quantizer, registry
+
+    patched_by_modelopt = [(calibrate, "create_calibrator"), (calibrate.MinMaxCalibrater, "compute_data"),
+                           (calibrate.CalibraterBase, "__init__"), (calibrate.HistogramCollector, "collect_value"),
+                           (qdq_quantizer.QDQQuantizer, "check_opset_version")]
+    before = [vars(owner).get(name) for owner, name in patched_by_modelopt], dict(registry.QDQRegistry)
     m = _export(tmp_path, "tensorrt", calibrator="entropy")
+    # ONNX Runtime's own code and op registry again (ModelOpt takes Relu, Reshape, Split… out of it)
+    assert ([vars(owner).get(name) for owner, name in patched_by_modelopt], dict(registry.QDQRegistry)) == before
     art = tmp_path / "tensorrt"
     graph = onnx.load(str(art / "model.onnx")).graph
     init = _initializers(graph)
