@@ -444,9 +444,10 @@ def run_speed(args: argparse.Namespace) -> None:
     from edgecnn.benchmarks.machine import describe, machine_info, same_machine
 
     out = args.out
-    if out.exists() and not same_machine(json.loads(out.read_text())["machine"], machine_info()):
-        sys.exit(f"error: {out} holds the speeds of {describe(json.loads(out.read_text())['machine'])}, not this "
-                 "machine; give this machine its own file: --out benchmarks/results/quantization_speed-<machine>.json")
+    measured_on = json.loads(out.read_text())["machine"] if out.exists() else None
+    if measured_on and not same_machine(measured_on, machine_info()):
+        sys.exit(f"error: {out} holds the speeds of {describe(measured_on)}, not this machine; give this machine "
+                 "its own file: --out benchmarks/results/quantization_speed-<machine>.json")
     payload = {**_header(" ".join(sys.argv), args.threads), "rounds": args.rounds, "iters_per_round": args.iters,
                "models": {}}
     for name in args.models or ("resnet50", "inception_v3"):

@@ -102,7 +102,8 @@ def _calibration_lines(m: dict[str, Any]) -> list[str]:
                      f"{c['int8_validation_accuracy']:.2f}% (drop {c['validation_drop']:.2f} pt; tried {scores})")
     if c.get("nodes_to_exclude"):
         lines.append(f"returned to float for --max-drop: {', '.join(c['nodes_to_exclude'])}")
-    kept = [n for n in c.get("float_nodes") or [] if n not in set(c.get("nodes_to_exclude") or [])]
+    returned = set(c.get("nodes_to_exclude") or [])
+    kept = [n for n in c.get("float_nodes") or [] if n not in returned]
     if kept:
         more = f" and {len(kept) - 6} more" if len(kept) > 6 else ""
         lines.append(f"computing in float (the quantizer's placement, or no INT8 kernel): {', '.join(kept[:6])}{more}")
