@@ -444,7 +444,7 @@ def run_speed(args: argparse.Namespace) -> None:
     from edgecnn.benchmarks.machine import describe, machine_info, same_machine
 
     out = args.out
-    measured_on = json.loads(out.read_text())["machine"] if out.exists() else None
+    measured_on = _speed_file_machine(out) if out.exists() else None
     if measured_on and not same_machine(measured_on, machine_info()):
         sys.exit(f"error: {out} holds the speeds of {describe(measured_on)}, not this machine; give this machine "
                  "its own file: --out benchmarks/results/quantization_speed-<machine>.json")
@@ -458,6 +458,18 @@ def run_speed(args: argparse.Namespace) -> None:
             shutil.rmtree(work, ignore_errors=True)
         _write(out, payload)
         print(json.dumps(payload["models"][name]), flush=True)
+
+
+def _speed_file_machine(out: Path) -> dict[str, Any]:
+    """The machine an earlier `speed` results file was measured on; anything else at `out` is refused, since only
+    this script's own output may be replaced."""
+    try:
+        earlier = json.loads(out.read_text())
+        if {"machine", "iters_per_round", "models"} <= earlier.keys():  # what run_speed writes
+            return earlier["machine"]
+    except (OSError, ValueError, AttributeError):
+        pass
+    sys.exit(f"error: {out} is not a results file of `quantization.py speed`; it stays as it is: choose another --out")
 
 
 def _same_ir(a: Path, b: Path) -> bool:

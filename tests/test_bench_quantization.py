@@ -108,3 +108,14 @@ def test_size_for_some_targets_keeps_the_other_targets_records(tmp_path: Path, m
     record = payload["models"]["lenet5_fmnist"]
     assert record["tensorrt"] == {"ratio": 0.98} and payload["kept_from_earlier"]["runtimes"] == ["tensorrt"]
     assert record["onnxruntime"]["weight_ratio"] == 0.25                 # measured anew, not kept
+
+
+@pytest.mark.parametrize("content", ["# my notes\n", '{"machine": {"cpu": "x"}}'])
+def test_speed_refuses_to_replace_a_file_it_did_not_write(tmp_path: Path, monkeypatch, content: str) -> None:
+    mine = tmp_path / "notes.json"
+    mine.write_text(content)
+    monkeypatch.setattr(qbench, "speed_model", lambda *a: pytest.fail("measured although the file is not ours"))
+    args = argparse.Namespace(out=mine, threads=2, rounds=1, iters=1, models=["resnet50"])
+    with pytest.raises(SystemExit, match="is not a results file of `quantization.py speed`"):
+        qbench.run_speed(args)
+    assert mine.read_text() == content
