@@ -147,7 +147,7 @@ def prepare_calibration(config: ModelConfig, input_size: tuple[int, int, int],
     if len(train) < options.samples:
         raise UserError(f"{name} has {len(train)} training images outside the validation split, fewer than the "
                         f"{options.samples} calibration samples asked for: pass --calib-samples {len(train)} "
-                        "or more data")
+                        "or fewer, or a --calib-data folder with more images")
     chosen = train[balanced_indices(ds.labels[torch.as_tensor(train)], options.samples, options.seed)]
     calibration = _samples_from(ds, chosen, config, input_size,
                                 f"{name} train split, validation split excluded, class-balanced, seed {options.seed}",

@@ -119,3 +119,24 @@ def test_speed_refuses_to_replace_a_file_it_did_not_write(tmp_path: Path, monkey
     with pytest.raises(SystemExit, match="is not a results file of `quantization.py speed`"):
         qbench.run_speed(args)
     assert mine.read_text() == content
+
+
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(), reason="needs Fashion-MNIST")
+def test_ir_size_floor_is_below_what_nncf_writes_and_the_table_marks_floors_over_the_bar(tmp_path: Path,
+                                                                                        capsys) -> None:
+    shutil.copy(qbench.RESULTS / "quantization_accuracy.json", tmp_path)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(qbench, "RESULTS", tmp_path)
+        qbench.run_size(argparse.Namespace(targets=["openvino"], models=["lenet5_fmnist"], canonical=False, threads=1))
+    ov = json.loads((tmp_path / "quantization_size.json").read_text())["models"]["lenet5_fmnist"]["openvino"]
+    graph = {p: ov[f"{p}_bytes"] - ov[f"{p}_weight_bytes"] for p in ("fp32", "int8")}
+    assert graph["int8"] > graph["fp32"] > 0        # the floor's premise: INT8 XML describes at least FP32's layers
+    assert ov["weight_ratio"] >= 0.25               # ... and INT8 weights weigh at least a quarter
+    assert 0.25 < qbench.ir_size_floor(ov) < ov["ratio"]
+    capsys.readouterr()
+    over = {**ov, "fp32_weight_bytes": ov["fp32_bytes"] // 2}   # a graph whose XML is half its FP32 files
+    qbench._print_ir_floor({"lenet5_fmnist": {"openvino": ov}, "xml_heavy": {"openvino": {**over, "ratio": 0.8}},
+                            "small_enough": {"openvino": {**ov, "ratio": 0.29}}})
+    rows = {line.split(" | ")[0][2:]: line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")}
+    assert "small_enough" not in rows and "**0.625**" in rows["xml_heavy"]
+    assert f"| {round(qbench.ir_size_floor(ov), 3):.3f} | {ov['ratio']:.3f} |" in rows["lenet5_fmnist"]
