@@ -13,14 +13,14 @@ from `edgecnn.export`.
 """
 from edgecnn.calibration.feed import OnnxRuntimeFeed, as_modelopt_data, as_nncf_dataset
 from edgecnn.calibration.samples import (CALIBRATOR_NAMES, DEFAULT_SAMPLES, CalibrationData, CalibrationOptions,
-                                         SampleSet, balanced_indices, batches, check_inputs, from_arrays,
-                                         prepare_calibration)
+                                         SampleSet, balanced_indices, batches, check_calibration_source, check_inputs,
+                                         from_arrays, prepare_calibration)
 from edgecnn.calibration.selection import CalibratorChoice, FallbackResult, accuracy, accuracy_of, choose_calibrator, \
     correct, fallback_to_float, paired_comparison
 from edgecnn.calibration.tensorrt_cache import read_cache, write_cache
 
 __all__ = ["CALIBRATOR_NAMES", "DEFAULT_SAMPLES", "CalibrationData", "CalibrationOptions", "CalibratorChoice",
            "FallbackResult", "OnnxRuntimeFeed", "SampleSet", "accuracy", "accuracy_of", "as_modelopt_data",
-           "as_nncf_dataset", "balanced_indices", "batches", "check_inputs", "choose_calibrator", "correct",
-           "fallback_to_float", "from_arrays", "paired_comparison", "prepare_calibration", "read_cache",
-           "write_cache"]
+           "as_nncf_dataset", "balanced_indices", "batches", "check_calibration_source", "check_inputs",
+           "choose_calibrator", "correct", "fallback_to_float", "from_arrays", "paired_comparison",
+           "prepare_calibration", "read_cache", "write_cache"]

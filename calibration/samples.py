@@ -123,6 +123,13 @@ def _samples_from(ds: ImageDataset, indices: np.ndarray, config: ModelConfig, in
     return SampleSet(inputs, ds.labels[torch.as_tensor(indices)].numpy(), indices, source, ds.fingerprint)
 
 
+def check_calibration_source(config: ModelConfig, options: CalibrationOptions) -> None:
+    """Refuse, before any export work, a model whose calibration images edgecnn has no way to find."""
+    if options.data is None and config.dataset not in KNOWN_DATASETS:
+        raise UserError(f"{config.name} is a model for {config.dataset} and edgecnn has no {config.dataset} images "
+                        "here: pass --calib-data DIR (one sub-folder of training images per class)")
+
+
 def _training_dataset(config: ModelConfig, data: Path | None) -> tuple[ImageDataset, str]:
     if data is not None:
         try:
@@ -133,15 +140,13 @@ def _training_dataset(config: ModelConfig, data: Path | None) -> tuple[ImageData
             raise UserError(f"--calib-data {data} has {len(ds.class_names)} classes but {config.name} predicts "
                             f"{config.num_classes}: use images of the model's own classes")
         return ds, str(data)
-    if config.dataset not in KNOWN_DATASETS:
-        raise UserError(f"{config.name} is a model for {config.dataset} and edgecnn has no {config.dataset} images "
-                        "here: pass --calib-data DIR (one sub-folder of training images per class)")
     return load_dataset(config.dataset, split="train"), config.dataset
 
 
 def prepare_calibration(config: ModelConfig, input_size: tuple[int, int, int],
                         options: CalibrationOptions) -> CalibrationData:
     """Calibration samples (balanced, seeded, validation split excluded) and the validation split to score on."""
+    check_calibration_source(config, options)
     ds, name = _training_dataset(config, options.data)
     train, val = split_positions(ds)
     if len(train) < options.samples:

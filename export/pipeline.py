@@ -30,7 +30,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 import edgecnn
-from edgecnn.calibration import CalibrationData, CalibrationOptions
+from edgecnn.calibration import CalibrationData, CalibrationOptions, check_calibration_source
 from edgecnn.errors import UserError
 from edgecnn.export import parity
 from edgecnn.export.early_exit import EarlyExitStages
@@ -285,6 +285,7 @@ def export_model(model: nn.Module, target: str = "onnx", precision: str = "fp32"
     if precision == "int8":
         calibration = calibration or CalibrationOptions()
         check_int8(target, calibration)
+        check_calibration_source(config, calibration)
     elif calibration is not None:
         raise UserError(f"calibration options (--calibrator, --calib-samples, --calib-data, --max-drop) apply to "
                         f"--precision int8, not {precision}")

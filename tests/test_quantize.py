@@ -182,6 +182,19 @@ def test_bad_int8_requests_are_one_line_and_write_nothing(tmp_path: Path, capsys
     assert not out.exists() and not [p for p in tmp_path.iterdir()]
 
 
+def test_a_model_without_calibration_images_here_is_refused_before_any_export_work(tmp_path: Path, monkeypatch,
+                                                                                   capsys) -> None:
+    from edgecnn.export.pipeline import Pipeline
+
+    monkeypatch.setattr(Pipeline, "run", lambda *a, **k: pytest.fail("exported before refusing"))
+    out = tmp_path / "art"
+    assert main(["export", "inception_v3", "--target", "tensorrt", "--precision", "int8", "--out", str(out),
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no imagenet images here: pass --calib-data DIR" in err[0]
+    assert not out.exists()
+
+
 def test_bad_max_drop_on_the_command_line(capsys) -> None:
     with pytest.raises(SystemExit) as exit_:
         main(["export", MODEL, "--precision", "int8", "--max-drop", "-0.5"])
