@@ -402,7 +402,10 @@ class EarlyExitStages:
                                   output=None, early_exit=None,
                                   output_names=(OUTPUT_NAME,) if last else STAGE_OUTPUTS)
         out = ctx.target.write(sub)
-        quantized = _quantize_stage(dataclasses.replace(sub, output=out), calibration, last) if calibration else None
+        quantized = None
+        if calibration:
+            quantized = _quantize_stage(dataclasses.replace(sub, output=out), calibration, last)
+            ctx.target.finish_int8(sub, out)
         ctx.output.files.extend(f"{directory}/{f}" for f in out.files)
         model_files = {fmt: f"{directory}/{f}" for fmt, f in out.model_files.items()}
         return {"file": model_files[_trunk_format(ctx)], **({"int8": quantized} if quantized else {}),

@@ -27,6 +27,7 @@ Samples, the calibrator choice, the float fallback search and the provenance rec
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import itertools
 import logging
@@ -521,6 +522,20 @@ def _onnxruntime_quantization_restored() -> Iterator[None]:
                     delattr(owner, key)
 
 
+@contextmanager
+def _modelopt_bars_silenced() -> Iterator[None]:
+    """ModelOpt's histogram collector opens a tqdm bar on stderr for every calibration batch (512 bars for the
+    entropy calibrator on a batch-1 graph); edgecnn's own export bar says what is running."""
+    from modelopt.onnx.quantization import ort_patching
+
+    bar = ort_patching.tqdm
+    ort_patching.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        ort_patching.tqdm = bar
+
+
 @register_quantizer
 class ModelOptQuantizer(Quantizer):
     target = "tensorrt"
@@ -541,7 +556,7 @@ class ModelOptQuantizer(Quantizer):
         from modelopt.onnx.quantization import quantize
 
         method = "max" if calibrator == "minmax" else calibrator
-        with _quiet_stdout(), _onnxruntime_quantization_restored():
+        with _quiet_stdout(), _onnxruntime_quantization_restored(), _modelopt_bars_silenced():
             quantize(str(fp32), quantize_mode="int8", calibration_data=as_modelopt_data(data.calibration, ctx.input_name),
                      calibration_method=method, calibration_eps=["cpu"], output_path=str(out), log_level="WARNING",
                      nodes_to_exclude=exclude or None, high_precision_dtype="fp32", dq_only=True)
@@ -602,6 +617,7 @@ class Quantize:
             fp32_hash = sha256_file(fp32)
             record = self._quantize(ctx, quantizer, options, data, fp32, model)
             quantizer.compact(model, fp32)
+            ctx.target.finish_int8(ctx, ctx.output)   # TensorRT: the engine, built from the Q/DQ graph
             extra = quantizer.finish(ctx, fp32, record["calibrator"])
         ctx.output.files.extend(extra)
         record.update({"tool": quantizer.tool, "scheme": quantizer.scheme_of(record["calibrator"]),

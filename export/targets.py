@@ -59,6 +59,9 @@ class Target:
                               "cannot run: the model's deformable layers must lower to GridSample + Conv in "
                               f"prepare_export({self.name!r})")
 
+    def finish_int8(self, ctx: ExportContext, output: TargetOutput) -> None:
+        """After the INT8 pass has quantized `output`'s model in `ctx.staging`: what the target builds from it."""
+
     def _write_onnx(self, ctx: ExportContext, name: str, half: bool) -> dict[str, Any]:
         module = HalfPrecision(ctx.module, ctx.keep_io_types) if half else ctx.module
         example = ctx.example.half() if half and not ctx.keep_io_types else ctx.example
@@ -149,6 +152,10 @@ class TensorRTTarget(Target):
     name = "tensorrt"
     description = ("TensorRT-ready ONNX (FP32 weights; FP16 is a builder flag) + build_engine.py/.sh; "
                    "the engine is built where TensorRT and a GPU exist")
+    # What the engine's builder is told per artifact precision (tensorrt.TRTEXEC_PRECISION_FLAGS for trtexec).
+    builder_precision: ClassVar[dict[str, str]] = {
+        "fp32": "fp32", "fp16": "fp16 (BuilderFlag.FP16)",
+        "int8": "int8 from the graph's Q/DQ scales, fp16 elsewhere (BuilderFlag.INT8, BuilderFlag.FP16)"}
 
     def check_ops(self, ops: dict[str, int], graph: Path | None = None) -> None:
         super().check_ops(ops, graph)
@@ -161,35 +168,42 @@ class TensorRTTarget(Target):
 
     def write(self, ctx: ExportContext) -> TargetOutput:
         report = self._write_onnx(ctx, ONNX_FILE, half=False)
-        fp16 = ctx.precision == "fp16"
         files = [ONNX_FILE] + tensorrt.write_build_scripts(ctx.staging, ONNX_FILE, ctx.input_name,
                                                            ctx.input_shape, ctx.precision)
-        model_files = {"onnx": ONNX_FILE}
-        buildable, reason = tensorrt.engine_buildable_here()
-        if buildable and ctx.precision == "int8":  # the Q/DQ graph the engine needs is written by a later pass
-            buildable, reason = False, "an INT8 engine is built from the Q/DQ graph, which quantization writes after this"
-        if buildable:
-            from edgecnn.export.tensorrt_build import build_engine
-
-            build_engine(ctx.staging / ONNX_FILE, ctx.staging / tensorrt.PLAN_FILE, input_name=ctx.input_name,
-                         input_shape=ctx.input_shape, fp16=fp16)
-            files += [tensorrt.PLAN_FILE, tensorrt.ENGINE_RECORD]
-            model_files["tensorrt_plan"] = tensorrt.PLAN_FILE
-        info = {"onnx": report, "engine_built": buildable,
-                "builder_precision": "fp16 (BuilderFlag.FP16)" if fp16 else "fp32",
+        info = {"onnx": report, "engine_built": False, "builder_precision": self.builder_precision[ctx.precision],
                 "ops_checked_against": tensorrt.TENSORRT_OPS_SOURCE, "unsupported_ops": []}
-        notes = []
+        output = TargetOutput(files, {"onnx": ONNX_FILE}, "onnxruntime", ("onnxruntime",), info, parity_measures={
+            "onnxruntime": f"the FP32 TensorRT-ready ONNX in ONNX Runtime; no {ctx.precision.upper()} TensorRT "
+                           "engine is built here"})
+        buildable, reason = tensorrt.engine_buildable_here()
         if not buildable:
             info["engine_not_built_because"] = reason
             checked = "the INT8 Q/DQ ONNX" if ctx.precision == "int8" else "the FP32 TensorRT-ready ONNX"
-            notes.append(f"no TensorRT engine was built: {reason}. Run build_engine.py (TensorRT Python API) or "
-                         f"build_engine.sh (trtexec) on the target device. Parity was checked with "
-                         f"ONNX Runtime on {checked}.")
+            output.notes.append(f"no TensorRT engine was built: {reason}. Run build_engine.py (TensorRT Python API) "
+                                f"or build_engine.sh (trtexec) on the target device. Parity was checked with "
+                                f"ONNX Runtime on {checked}.")
+        elif ctx.precision != "int8":  # an INT8 engine needs the Q/DQ graph the INT8 pass writes: finish_int8
+            self.build_engine(ctx, output)
         if report["opset"] > tensorrt.TENSORRT_MAX_OPSET:
-            notes.append(f"opset {report['opset']} is newer than TensorRT 10.0 parses "
-                         f"(≤ {tensorrt.TENSORRT_MAX_OPSET}); use a newer TensorRT 10.x or --opset "
-                         f"{tensorrt.TENSORRT_MAX_OPSET}")
-        parity = ("tensorrt",) if buildable else ("onnxruntime",)
-        measures = {} if buildable else {"onnxruntime": f"the FP32 TensorRT-ready ONNX in ONNX Runtime; no "
-                                                        f"{ctx.precision.upper()} TensorRT engine is built here"}
-        return TargetOutput(files, model_files, parity[0], parity, info, notes, parity_measures=measures)
+            output.notes.append(f"opset {report['opset']} is newer than TensorRT 10.0 parses "
+                                f"(≤ {tensorrt.TENSORRT_MAX_OPSET}); use a newer TensorRT 10.x or --opset "
+                                f"{tensorrt.TENSORRT_MAX_OPSET}")
+        return output
+
+    def finish_int8(self, ctx: ExportContext, output: TargetOutput) -> None:
+        if tensorrt.engine_buildable_here()[0]:
+            self.build_engine(ctx, output)
+
+    @staticmethod
+    def build_engine(ctx: ExportContext, output: TargetOutput) -> None:
+        """Build model.plan from the artifact's ONNX as it stands (for INT8, once ModelOpt has written its Q/DQ
+        graph), and make the engine the artifact's default and parity backend."""
+        from edgecnn.export.tensorrt_build import build_engine
+
+        build_engine(ctx.staging / ONNX_FILE, ctx.staging / tensorrt.PLAN_FILE, input_name=ctx.input_name,
+                     input_shape=ctx.input_shape, fp16=ctx.precision in ("fp16", "int8"),
+                     int8=ctx.precision == "int8")
+        output.files += [tensorrt.PLAN_FILE, tensorrt.ENGINE_RECORD]
+        output.model_files["tensorrt_plan"] = tensorrt.PLAN_FILE
+        output.info["engine_built"] = True
+        output.default_backend, output.parity_backends, output.parity_measures = "tensorrt", ("tensorrt",), {}

@@ -13,7 +13,7 @@ from onnx import numpy_helper
 from edgecnn.calibration import CalibrationOptions, read_cache
 from edgecnn.cli import main
 from edgecnn.errors import UserError
-from edgecnn.export import export_registered
+from edgecnn.export import export_registered, tensorrt
 from edgecnn.export.quantize import QUANTIZERS
 
 MODEL = "lenet5_fmnist"
@@ -215,7 +215,7 @@ def test_tensorrt_int8_without_modelopt_says_what_to_install(tmp_path: Path, mon
 
 
 @pytest.mark.skipif(_modelopt_missing(), reason="needs NVIDIA ModelOpt: pip install 'edgecnn[tensorrt-int8]'")
-def test_tensorrt_int8_is_symmetric_s8_qdq_with_a_stamped_cache(tmp_path: Path) -> None:
+def test_tensorrt_int8_is_symmetric_s8_qdq_with_a_stamped_cache(tmp_path: Path, capfd) -> None:
     from onnxruntime.quantization import calibrate, qdq_quantizer, registry
 
     patched_by_modelopt = [(calibrate, "create_calibrator"), (calibrate.MinMaxCalibrater, "compute_data"),
@@ -223,6 +223,7 @@ def test_tensorrt_int8_is_symmetric_s8_qdq_with_a_stamped_cache(tmp_path: Path) 
                            (qdq_quantizer.QDQQuantizer, "check_opset_version")]
     before = [vars(owner).get(name) for owner, name in patched_by_modelopt], dict(registry.QDQRegistry)
     m = _export(tmp_path, "tensorrt", calibrator="entropy")
+    assert "it/s]" not in capfd.readouterr().err    # ModelOpt's bar per calibration batch stays off the terminal
     # ONNX Runtime's own code and op registry again (ModelOpt takes Relu, Reshape, Split… out of it)
     assert ([vars(owner).get(name) for owner, name in patched_by_modelopt], dict(registry.QDQRegistry)) == before
     art = tmp_path / "tensorrt"
@@ -245,6 +246,21 @@ def test_tensorrt_int8_is_symmetric_s8_qdq_with_a_stamped_cache(tmp_path: Path) 
         m["calibration"]["fp32_model_sha256"]
     with pytest.raises(UserError, match="stale"):
         read_cache(art / "calibration.cache", m["files"]["model.onnx"]["sha256"])
+
+
+@pytest.mark.tensorrt
+@pytest.mark.skipif(_modelopt_missing() or not tensorrt.engine_buildable_here()[0],
+                    reason="needs NVIDIA ModelOpt, tensorrt and a CUDA GPU")
+def test_tensorrt_int8_engine_is_built_from_the_qdq_graph_and_checked(tmp_path: Path) -> None:
+    m = _export(tmp_path, "tensorrt", calibrator="entropy")
+    info = m["target_info"]
+    assert info["engine_built"] and "engine_not_built_because" not in info and "BuilderFlag.INT8" in \
+        info["builder_precision"]
+    assert {"model.plan", "engine.json"} <= set(m["files"]) and m["default_backend"] == "tensorrt"
+    assert json.loads((tmp_path / "tensorrt" / "engine.json").read_text())["int8"] is True
+    parity = m["parity"][0]
+    assert parity["backend"] == "tensorrt" and parity["passed"] and parity["test_split"]["drop"] <= 1.0
+    assert not any("no TensorRT engine was built" in n for n in m["notes"])
 
 
 def test_bf16_is_refused_without_bf16_hardware_and_runs_fp32_ir_with_it(tmp_path: Path) -> None:
