@@ -23,7 +23,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -77,6 +77,8 @@ class ExportContext:
     output_names: tuple[str, ...] = (OUTPUT_NAME,)   # of the graph the target writes
     early_exit: dict[str, Any] | None = None          # the manifest's `early_exit`, from the early-exit pass
     exit_budget_pt: float | None = None               # early-exit accuracy budget; None: the pass's default
+    # What a long pass is doing now (the export bar's postfix; a no-op without a bar)
+    status: Callable[[str], None] = field(default=lambda detail: None, repr=False)
 
     def __post_init__(self) -> None:
         if self.module is None:
@@ -239,6 +241,7 @@ class Pipeline:
                 if not p.applies(ctx):
                     continue
                 bar.set_postfix_str(p.name)
+                ctx.status = lambda detail, name=p.name: bar.set_postfix_str(f"{name}: {detail}")
                 t0 = time.perf_counter()
                 report = p.run(ctx)
                 ctx.passes.append({"name": p.name, "seconds": round(time.perf_counter() - t0, 3), **report})

@@ -647,7 +647,8 @@ class Quantize:
         started = time.perf_counter()
         versus_first = None
         if len(candidates) > 1:
-            choice = choose_calibrator(candidates, quantize_and_hits)
+            choice = choose_calibrator(candidates, quantize_and_hits, progress=lambda name: ctx.status(
+                f"--calibrator auto: {name} ({candidates.index(name) + 1} of {len(candidates)})"))
             best, scores, versus_first = choice.best, choice.scores, choice.versus_first
             if best != candidates[-1]:  # the model file holds the last candidate's result
                 quantize_and_score(best)

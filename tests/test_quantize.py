@@ -31,11 +31,15 @@ def _initializers(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
     return {t.name: numpy_helper.to_array(t) for t in graph.initializer}
 
 
-def test_auto_keeps_the_first_candidate_unless_another_is_significantly_better(tmp_path: Path) -> None:
-    m = _export(tmp_path, "onnx", calibrator="auto")
+def test_auto_keeps_the_first_candidate_unless_another_is_significantly_better(tmp_path: Path, capsys) -> None:
+    m = export_registered(MODEL, "onnx", "int8", tmp_path / "onnx", dynamic_batch=True, progress=True,
+                          calibration=CalibrationOptions(samples=32, calibrator="auto")).manifest
     c = m["calibration"]
     scores = c["scores_validation_accuracy"]
     tried = QUANTIZERS["onnx"].auto_candidates()
+    bar = capsys.readouterr().err                   # the export bar says which candidate runs
+    assert all(f"quantize_int8: --calibrator auto: {name} ({k} of {len(tried)})" in bar
+               for k, name in enumerate(tried, 1))
     assert list(scores) == tried and "default" not in tried and c["choice"]["not_tried"].keys() == {"default"}
     versus = c["choice"]["versus_first"]
     assert set(versus) == set(tried[1:])
