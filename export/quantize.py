@@ -647,11 +647,20 @@ class Quantize:
         started = time.perf_counter()
         versus_first = None
         if len(candidates) > 1:
-            choice = choose_calibrator(candidates, quantize_and_hits, progress=lambda name: ctx.status(
+            tried = fp32.parent / "candidates"   # inside float_copy's directory, removed with it
+
+            def quantize_keep_and_hits(calibrator: str) -> np.ndarray:
+                hits = quantize_and_hits(calibrator)
+                (tried / calibrator).mkdir(parents=True)
+                for name in quantizer.files(ctx):
+                    shutil.copy2(ctx.staging / name, tried / calibrator / Path(name).name)
+                return hits
+
+            choice = choose_calibrator(candidates, quantize_keep_and_hits, progress=lambda name: ctx.status(
                 f"--calibrator auto: {name} ({candidates.index(name) + 1} of {len(candidates)})"))
             best, scores, versus_first = choice.best, choice.scores, choice.versus_first
-            if best != candidates[-1]:  # the model file holds the last candidate's result
-                quantize_and_score(best)
+            for name in quantizer.files(ctx):  # the chosen candidate's files, not quantized a second time
+                shutil.copy2(tried / best / Path(name).name, ctx.staging / name)
         else:
             best = candidates[0]
             scores = {best: quantize_and_score(best)}

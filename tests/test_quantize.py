@@ -31,12 +31,19 @@ def _initializers(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
     return {t.name: numpy_helper.to_array(t) for t in graph.initializer}
 
 
-def test_auto_keeps_the_first_candidate_unless_another_is_significantly_better(tmp_path: Path, capsys) -> None:
+def test_auto_keeps_the_first_candidate_unless_another_is_significantly_better(tmp_path: Path, capsys,
+                                                                               monkeypatch) -> None:
+    quantizer, runs = QUANTIZERS["onnx"], []
+    quantize = quantizer.quantize
+    monkeypatch.setattr(quantizer, "quantize", lambda *a, **k: (runs.append(a[3]), quantize(*a, **k))[1])
     m = export_registered(MODEL, "onnx", "int8", tmp_path / "onnx", dynamic_batch=True, progress=True,
                           calibration=CalibrationOptions(samples=32, calibrator="auto")).manifest
     c = m["calibration"]
     scores = c["scores_validation_accuracy"]
     tried = QUANTIZERS["onnx"].auto_candidates()
+    assert runs == tried                            # the chosen one's files are kept, not quantized again
+    alone = _export(tmp_path / "alone", "onnx", calibrator=c["calibrator"])
+    assert alone["files"]["model.onnx"]["sha256"] == m["files"]["model.onnx"]["sha256"]
     bar = capsys.readouterr().err                   # the export bar says which candidate runs
     assert all(f"quantize_int8: --calibrator auto: {name} ({k} of {len(tried)})" in bar
                for k, name in enumerate(tried, 1))
