@@ -39,7 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--half-io", action="store_true",
                    help="FP16 ONNX only: take and return float16 (default keeps float32 at the ends)")
     p.add_argument("--parity-samples", type=arg_type(positive_int, "--parity-samples"),
-                   help="inputs parity is checked on (default: 64 at fp32, 512 at fp16)")
+                   help="inputs parity is checked on (default: 64 at fp32, 512 at fp16, int8 and bf16; "
+                        "int8 and bf16 also score Fashion-MNIST models on the whole test split)")
     p.add_argument("--seed", type=arg_type(non_negative_int, "--seed"), default=0,
                    help="init seed when there are no weights (default: 0)")
     p.add_argument("--exit-budget", type=arg_type(non_negative_float, "--exit-budget"), metavar="PT",
