@@ -584,9 +584,10 @@ class ModelOptQuantizer(Quantizer):
         ctx.output.parity_measures = {b: "the INT8 Q/DQ ONNX in ONNX Runtime (CPU), not a TensorRT engine"
                                       for b in ctx.output.parity_backends if b != "tensorrt"}
         ctx.notes.append(f"INT8 engine: trtexec --onnx=model.onnx --int8 --fp16 (explicit Q/DQ, TensorRT 10; FP16 "
-                         f"for the layers left unquantized); implicit "
-                         f"quantization or DLA: trtexec --onnx=model.onnx --int8 --calib={TRT_CACHE} (check its stamp "
-                         f"first: edgecnn.calibration.read_cache('{TRT_CACHE}', fp32_model_sha256))")
+                         f"for the layers left unquantized). Implicit quantization or DLA: {TRT_CACHE} holds the same "
+                         f"scales for the FP32 graph, which this export at --precision fp32 writes (its model.onnx's "
+                         f"SHA-256 is the cache's stamp; edgecnn.calibration.read_cache checks it): trtexec "
+                         f"--onnx=FP32_ARTIFACT/model.onnx --int8 --calib={TRT_CACHE}")
         return [p.name for p in written]
 
 

@@ -257,6 +257,10 @@ def test_tensorrt_int8_is_symmetric_s8_qdq_with_a_stamped_cache(tmp_path: Path, 
         m["calibration"]["fp32_model_sha256"]
     with pytest.raises(UserError, match="stale"):
         read_cache(art / "calibration.cache", m["files"]["model.onnx"]["sha256"])
+    # the cache is for implicit INT8 on the FP32 graph, which the same export at fp32 writes (the note says so)
+    fp32 = export_registered(MODEL, "tensorrt", "fp32", tmp_path / "fp32", dynamic_batch=True, parity_samples=8)
+    assert read_cache(art / "calibration.cache", fp32.manifest["files"]["model.onnx"]["sha256"]) == scales
+    assert any("--onnx=FP32_ARTIFACT/model.onnx --int8 --calib=calibration.cache" in n for n in m["notes"])
 
 
 @pytest.mark.tensorrt
