@@ -170,6 +170,13 @@ def _onnx_nodes_after(model: Path, output: str) -> list[str]:
     return names
 
 
+def _copy_model_files(ctx: ExportContext, quantizer: Quantizer, directory: Path, back: bool = False) -> None:
+    """The staging model's files (`quantizer.files`) into `directory`, or with `back` from it into staging."""
+    for name in quantizer.files(ctx):
+        staged, aside = ctx.staging / name, directory / Path(name).name
+        shutil.copy2(*((aside, staged) if back else (staged, aside)))
+
+
 @contextmanager
 def float_copy(ctx: ExportContext, quantizer: Quantizer) -> Iterator[tuple[Path, Path]]:
     """(FP32 model, model file to overwrite): the staging model's files copied aside for the quantizer to read
@@ -178,8 +185,7 @@ def float_copy(ctx: ExportContext, quantizer: Quantizer) -> Iterator[tuple[Path,
     fp32_dir = ctx.staging / FP32_DIR
     fp32_dir.mkdir()
     try:
-        for name in files:
-            shutil.copy2(ctx.staging / name, fp32_dir / Path(name).name)
+        _copy_model_files(ctx, quantizer, fp32_dir)
         yield fp32_dir / Path(files[0]).name, ctx.staging / files[0]
     finally:
         shutil.rmtree(fp32_dir, ignore_errors=True)
@@ -653,15 +659,13 @@ class Quantize:
             def quantize_keep_and_hits(calibrator: str) -> np.ndarray:
                 hits = quantize_and_hits(calibrator)
                 (tried / calibrator).mkdir(parents=True)
-                for name in quantizer.files(ctx):
-                    shutil.copy2(ctx.staging / name, tried / calibrator / Path(name).name)
+                _copy_model_files(ctx, quantizer, tried / calibrator)
                 return hits
 
             choice = choose_calibrator(candidates, quantize_keep_and_hits, progress=lambda name: ctx.status(
                 f"--calibrator auto: {name} ({candidates.index(name) + 1} of {len(candidates)})"))
             best, scores, versus_first = choice.best, choice.scores, choice.versus_first
-            for name in quantizer.files(ctx):  # the chosen candidate's files, not quantized a second time
-                shutil.copy2(tried / best / Path(name).name, ctx.staging / name)
+            _copy_model_files(ctx, quantizer, tried / best, back=True)  # the chosen one's, not quantized again
         else:
             best = candidates[0]
             scores = {best: quantize_and_score(best)}

@@ -201,8 +201,8 @@ class TensorRTTarget(Target):
         from edgecnn.export.tensorrt_build import build_engine
 
         build_engine(ctx.staging / ONNX_FILE, ctx.staging / tensorrt.PLAN_FILE, input_name=ctx.input_name,
-                     input_shape=ctx.input_shape, fp16=ctx.precision in ("fp16", "int8"),
-                     int8=ctx.precision == "int8")
+                     input_shape=ctx.input_shape, fp16="--fp16" in tensorrt.TRTEXEC_PRECISION_FLAGS[ctx.precision],
+                     int8="--int8" in tensorrt.TRTEXEC_PRECISION_FLAGS[ctx.precision])
         output.files += [tensorrt.PLAN_FILE, tensorrt.ENGINE_RECORD]
         output.model_files["tensorrt_plan"] = tensorrt.PLAN_FILE
         output.info["engine_built"] = True
