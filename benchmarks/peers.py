@@ -17,16 +17,15 @@ same way; it is reused while its source ONNX and calibration settings match.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
-import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from edgecnn.errors import UserError
+from edgecnn.quiet import silenced
 
 if TYPE_CHECKING:
     from edgecnn.benchmarks.harness import AccuracyData
@@ -97,20 +96,6 @@ PEERS: tuple[Peer, ...] = (
 )
 
 
-@contextlib.contextmanager
-def _quiet_libraries() -> Iterator[None]:
-    """The quantizers log advice (pre-processing, subset sizes) that is about their defaults, i.e. the point."""
-    loggers = [logging.getLogger(), logging.getLogger("nncf")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)
-
-
 @functools.lru_cache(maxsize=4)
 def _train_split(data: str, root: str | None) -> Any:
     from edgecnn.data import load_dataset
@@ -144,7 +129,8 @@ def peer_artifact(peer: Peer, source: Path, cache_dir: Path, data: AccuracyData 
         raise UserError(f"the {peer.name} peer needs calibration images and this model has no dataset: "
                         "pass --data")
     from edgecnn.benchmarks.harness import cached_manifest
-    from edgecnn.export.manifest import describe_files, read_manifest, staging_directory, write_manifest
+    from edgecnn.export.manifest import (STAGING_MARKER, describe_files, read_manifest, staging_directory,
+                                         write_manifest)
     from edgecnn.registry import get_config
 
     manifest = read_manifest(source)
@@ -161,13 +147,13 @@ def peer_artifact(peer: Peer, source: Path, cache_dir: Path, data: AccuracyData 
     batches = calibration_batches(data, get_config(manifest["model"]["name"]), batch, samples)
     with staging_directory(path, overwrite=path.exists()) as staging:
         try:
-            with _quiet_libraries():
+            with silenced("", "nncf"):
                 model_files = peer.build(source, staging, batches, manifest["input"]["name"])
         except Exception as e:  # noqa: BLE001 (a library that cannot quantize this graph: a skip, not a crash)
             text = str(e).strip()
             raise UserError(f"{peer.name} could not be built: {type(e).__name__}"
                             + (f": {text.splitlines()[0]}" if text else "")) from e
-        files = sorted(p.name for p in staging.iterdir())
+        files = sorted(p.name for p in staging.iterdir() if p.name != STAGING_MARKER)
         write_manifest(staging, {
             **manifest, "target": peer.target, "precision": peer.precision, "files": describe_files(staging, files),
             "model_files": model_files, "default_backend": peer.runtime, "parity": [], "passes": [],

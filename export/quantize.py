@@ -26,11 +26,8 @@ Samples, the calibrator choice, the float fallback search and the provenance rec
 """
 from __future__ import annotations
 
-import contextlib
 import functools
-import io
 import itertools
-import logging
 import shutil
 import time
 from contextlib import contextmanager
@@ -48,6 +45,7 @@ from edgecnn.errors import UserError
 from edgecnn.export import parity
 from edgecnn.export.manifest import sha256_file
 from edgecnn.export.runtime import open_session
+from edgecnn.quiet import silenced
 
 if TYPE_CHECKING:
     from edgecnn.export.pipeline import ExportContext
@@ -198,20 +196,6 @@ def _feed_batch(ctx: ExportContext) -> int:
     return CALIBRATION_CHUNK if ctx.dynamic_batch else ctx.batch
 
 
-@contextmanager
-def _quiet_stdout() -> Iterator[None]:
-    """ONNX Runtime's calibrators print progress with print() and advice through the root logger ("consider
-    pre-processing", which edgecnn's own flow does); the CLI's stdout is the export report."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        root.setLevel(level)
-
-
 # Ops ONNX Runtime runs only in float, whose weights edgecnn still stores in INT8 (deform_resnet_fmnist: the
 # DeformConv weights are half the model; the file is 62 % of FP32 without this).
 WEIGHTS_ONLY_OPS = ("DeformConv",)
@@ -291,7 +275,7 @@ class OnnxRuntimeQuantizer(Quantizer):
         from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
         feed = OnnxRuntimeFeed(data.calibration, ctx.input_name, _feed_batch(ctx))
-        with _quiet_stdout():
+        with silenced("", stdout=True):
             if calibrator == "default":  # exactly what a user calling quantize_static alone gets
                 quantize_static(str(fp32), str(out), feed, nodes_to_exclude=exclude or None, **library_options)
                 return
@@ -372,17 +356,6 @@ class OnnxRuntimeQuantizer(Quantizer):
 
 # ---------------------------------------------------------------- OpenVINO + NNCF
 
-@contextmanager
-def _quiet_nncf() -> Iterator[None]:
-    logger = logging.getLogger("nncf")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
 @register_quantizer
 class NncfQuantizer(Quantizer):
     target = "openvino"
@@ -426,7 +399,7 @@ class NncfQuantizer(Quantizer):
 
         params = self._parameters(calibrator, data, _feed_batch(ctx))
         ignored = nncf.IgnoredScope(names=exclude) if exclude else None
-        with _quiet_nncf():
+        with silenced("nncf"):
             quantized = nncf.quantize(ov.Core().read_model(str(fp32)), params.pop("calibration_dataset"),
                                       ignored_scope=ignored, **params)
         ov.save_model(quantized, str(out), compress_to_fp16=False)
@@ -452,7 +425,7 @@ class NncfQuantizer(Quantizer):
                 per_item.append(float(hits.mean()))
             return 100.0 * correct / len(val.labels), per_item
 
-        with _quiet_nncf():
+        with silenced("nncf"):
             quantized = nncf.quantize_with_accuracy_control(
                 ov.Core().read_model(str(fp32)), params.pop("calibration_dataset"),
                 nncf.Dataset(items, lambda item: item[0]), validate, max_drop=max_drop,
@@ -562,7 +535,7 @@ class ModelOptQuantizer(Quantizer):
         from modelopt.onnx.quantization import quantize
 
         method = "max" if calibrator == "minmax" else calibrator
-        with _quiet_stdout(), _onnxruntime_quantization_restored(), _modelopt_bars_silenced():
+        with silenced("", stdout=True), _onnxruntime_quantization_restored(), _modelopt_bars_silenced():
             quantize(str(fp32), quantize_mode="int8", calibration_data=as_modelopt_data(data.calibration, ctx.input_name),
                      calibration_method=method, calibration_eps=["cpu"], output_path=str(out), log_level="WARNING",
                      nodes_to_exclude=exclude or None, high_precision_dtype="fp32", dq_only=True)
@@ -589,11 +562,16 @@ class ModelOptQuantizer(Quantizer):
         written = write_cache(ctx.staging / TRT_CACHE, amax, sha256_file(fp32), _tensorrt_version())
         ctx.output.parity_measures = {b: "the INT8 Q/DQ ONNX in ONNX Runtime (CPU), not a TensorRT engine"
                                       for b in ctx.output.parity_backends if b != "tensorrt"}
-        ctx.notes.append(f"INT8 engine: trtexec --onnx=model.onnx --int8 --fp16 (explicit Q/DQ, TensorRT 10; FP16 "
-                         f"for the layers left unquantized). Implicit quantization or DLA: {TRT_CACHE} holds the same "
-                         f"scales for the FP32 graph, which this export at --precision fp32 writes (its model.onnx's "
-                         f"SHA-256 is the cache's stamp; edgecnn.calibration.read_cache checks it): trtexec "
-                         f"--onnx=FP32_ARTIFACT/model.onnx --int8 --calib={TRT_CACHE}")
+        ctx.notes.append("INT8 engine: sh build_engine.sh (or python3 build_engine.py) picks the TensorRT generation it "
+                         "finds: 10.12+ and 11 build model_fp16.onnx strongly typed (trtexec --onnx=model_fp16.onnx "
+                         "--stronglyTyped: Q/DQ scales, FP16 elsewhere), 10.3-10.11 build model.onnx with trtexec "
+                         "--onnx=model.onnx --int8 --fp16 (FP16 for the layers left unquantized). "
+                         f"{TRT_CACHE} holds the same scales for the FP32 graph, which this export at --precision "
+                         "fp32 writes (its model.onnx's SHA-256 is the cache's stamp; edgecnn.calibration.read_cache "
+                         "checks it), for TensorRT 10's implicit quantization only: trtexec "
+                         f"--onnx=FP32_ARTIFACT/model.onnx --int8 --calib={TRT_CACHE}. TensorRT 11 has no "
+                         "calibrators, and the cache covers only the tensors that feed a QuantizeLinear, so it is no "
+                         "DLA calibration")
         return [p.name for p in written]
 
 

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import numpy as np
+
 from edgecnn.errors import UserError
 from edgecnn.export import tensorrt
 from edgecnn.export.onnx_graph import ExportError, HalfPrecision, export_onnx
@@ -150,12 +152,17 @@ def _openvino_reason(e: Exception) -> str:
 @register_target
 class TensorRTTarget(Target):
     name = "tensorrt"
-    description = ("TensorRT-ready ONNX (FP32 weights; FP16 is a builder flag) + build_engine.py/.sh; "
-                   "the engine is built where TensorRT and a GPU exist")
-    # What the engine's builder is told per artifact precision (tensorrt.TRTEXEC_PRECISION_FLAGS for trtexec).
-    builder_precision: ClassVar[dict[str, str]] = {
-        "fp32": "fp32", "fp16": "fp16 (BuilderFlag.FP16)",
-        "int8": "int8 from the graph's Q/DQ scales, fp16 elsewhere (BuilderFlag.INT8, BuilderFlag.FP16)"}
+    description = ("TensorRT-ready ONNX (FP32 weights, FP16 as a builder flag for TensorRT 10.3-10.11) and its "
+                   "strongly typed FP16/INT8 graph for TensorRT 10.12+/11, + build_engine.py/.sh; the engine is "
+                   "built where TensorRT and a GPU exist")
+    # What the engine's builder is told per artifact precision, per TensorRT generation.
+    builder_precision: ClassVar[dict[str, dict[str, str]]] = {
+        "fp32": {"weak": "fp32", "strong": "fp32 (model.onnx, strongly typed)"},
+        "fp16": {"weak": "fp16 (model.onnx, BuilderFlag.FP16)",
+                 "strong": f"fp16 ({tensorrt.TYPED_ONNX_FILE}: ModelOpt AutoCast, strongly typed)"},
+        "int8": {"weak": "int8 from model.onnx's Q/DQ scales, fp16 elsewhere (BuilderFlag.INT8, BuilderFlag.FP16)",
+                 "strong": f"int8 from {tensorrt.TYPED_ONNX_FILE}'s Q/DQ scales, fp16 elsewhere in the graph "
+                           "(strongly typed)"}}
 
     def check_ops(self, ops: dict[str, int], graph: Path | None = None) -> None:
         super().check_ops(ops, graph)
@@ -168,20 +175,33 @@ class TensorRTTarget(Target):
 
     def write(self, ctx: ExportContext) -> TargetOutput:
         report = self._write_onnx(ctx, ONNX_FILE, half=False)
+        # INT8 always has ModelOpt (its quantizer); FP16 needs AutoCast for the strongly typed graph.
+        typed = ctx.precision == "int8" or (ctx.precision == "fp16" and tensorrt.autocast_available())
+        typed_name = tensorrt.TYPED_ONNX_FILE if typed else None
         files = [ONNX_FILE] + tensorrt.write_build_scripts(ctx.staging, ONNX_FILE, ctx.input_name,
-                                                           ctx.input_shape, ctx.precision)
+                                                           ctx.input_shape, ctx.precision, typed_name)
         info = {"onnx": report, "engine_built": False, "builder_precision": self.builder_precision[ctx.precision],
+                "strongly_typed_graph": ONNX_FILE if ctx.precision == "fp32" else typed_name,
                 "ops_checked_against": tensorrt.TENSORRT_OPS_SOURCE, "unsupported_ops": []}
         output = TargetOutput(files, {"onnx": ONNX_FILE}, "onnxruntime", ("onnxruntime",), info, parity_measures={
             "onnxruntime": f"the FP32 TensorRT-ready ONNX in ONNX Runtime; no {ctx.precision.upper()} TensorRT "
                            "engine is built here"})
+        if ctx.precision == "fp16":
+            if typed:
+                self._add_strongly_typed_graph(ctx, output, quantized=False)
+            else:
+                output.notes.append(f"no strongly typed FP16 graph was written ({tensorrt.TYPED_ONNX_FILE} needs "
+                                    "NVIDIA ModelOpt: pip install 'edgecnn[tensorrt-int8]'), so TensorRT 10.12+ "
+                                    "and 11, which build strongly typed only, refuse this artifact; TensorRT "
+                                    "10.3-10.11 build it with --fp16")
         buildable, reason = tensorrt.engine_buildable_here()
         if not buildable:
             info["engine_not_built_because"] = reason
             checked = "the INT8 Q/DQ ONNX" if ctx.precision == "int8" else "the FP32 TensorRT-ready ONNX"
             output.notes.append(f"no TensorRT engine was built: {reason}. Run build_engine.py (TensorRT Python API) "
-                                f"or build_engine.sh (trtexec) on the target device. Parity was checked with "
-                                f"ONNX Runtime on {checked}.")
+                                f"or build_engine.sh (trtexec) on the target device: TensorRT 10.3-10.11 build "
+                                f"model.onnx with precision flags, 10.12+ and 11 the strongly typed graph. Parity "
+                                f"was checked with ONNX Runtime on {checked}.")
         elif ctx.precision != "int8":  # an INT8 engine needs the Q/DQ graph the INT8 pass writes: finish_int8
             self.build_engine(ctx, output)
         if report["opset"] > tensorrt.TENSORRT_MAX_OPSET:
@@ -191,18 +211,35 @@ class TensorRTTarget(Target):
         return output
 
     def finish_int8(self, ctx: ExportContext, output: TargetOutput) -> None:
+        self._add_strongly_typed_graph(ctx, output, quantized=True)
         if tensorrt.engine_buildable_here()[0]:
             self.build_engine(ctx, output)
 
     @staticmethod
+    def _add_strongly_typed_graph(ctx: ExportContext, output: TargetOutput, quantized: bool) -> None:
+        """Write model_fp16.onnx from the artifact's model.onnx as it stands, and record how far its outputs are
+        from model.onnx's on the export's example input (ONNX Runtime runs both on the CPU)."""
+        import onnxruntime as ort
+
+        source, typed = ctx.staging / ONNX_FILE, ctx.staging / tensorrt.TYPED_ONNX_FILE
+        tensorrt.write_strongly_typed_graph(source, typed, quantized)
+        feed = {ctx.input_name: ctx.example.numpy()}
+        outputs = [ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+                   for path in (source, typed)]
+        output.info["strongly_typed_max_abs_diff"] = float(np.max(np.abs(outputs[0] - outputs[1].astype(np.float32))))
+        output.files.append(tensorrt.TYPED_ONNX_FILE)
+        output.model_files[tensorrt.STRONGLY_TYPED_FORMAT] = tensorrt.TYPED_ONNX_FILE
+
+    @staticmethod
     def build_engine(ctx: ExportContext, output: TargetOutput) -> None:
-        """Build model.plan from the artifact's ONNX as it stands (for INT8, once ModelOpt has written its Q/DQ
+        """Build model.plan from the artifact's graphs as they stand (for INT8, once ModelOpt has written its Q/DQ
         graph), and make the engine the artifact's default and parity backend."""
         from edgecnn.export.tensorrt_build import build_engine
 
+        typed = output.model_files.get(tensorrt.STRONGLY_TYPED_FORMAT)
         build_engine(ctx.staging / ONNX_FILE, ctx.staging / tensorrt.PLAN_FILE, input_name=ctx.input_name,
-                     input_shape=ctx.input_shape, fp16="--fp16" in tensorrt.TRTEXEC_PRECISION_FLAGS[ctx.precision],
-                     int8="--int8" in tensorrt.TRTEXEC_PRECISION_FLAGS[ctx.precision])
+                     input_shape=ctx.input_shape, precision=ctx.precision,
+                     strongly_typed_onnx=ctx.staging / typed if typed else None)
         output.files += [tensorrt.PLAN_FILE, tensorrt.ENGINE_RECORD]
         output.model_files["tensorrt_plan"] = tensorrt.PLAN_FILE
         output.info["engine_built"] = True

@@ -1,15 +1,20 @@
 """TensorRT readiness: operator check, build scripts, and a real engine build where TensorRT runs.
 
 Engines are not portable across GPUs or TensorRT versions, so a TensorRT artifact is the ONNX
-graph plus `build_engine.py` (TensorRT 10 Python API) and `build_engine.sh` (trtexec). The graph's
-operators are checked against those TensorRT's ONNX parser supports, so an unsupported op is
-reported at export time rather than on the device.
+graph plus `build_engine.py` (TensorRT Python API) and `build_engine.sh` (trtexec). Both pick the
+TensorRT generation they find: 10.3-10.11 build model.onnx with precision flags; 10.12 and 11 build
+strongly typed, from the graph whose types are the precision (model_fp16.onnx for FP16 and INT8
+artifacts, written here with NVIDIA ModelOpt). The graph's operators are checked against those
+TensorRT's ONNX parser supports, so an unsupported op is reported at export time rather than on
+the device.
 """
 from __future__ import annotations
 
 import shlex
 from pathlib import Path
 from typing import Any, Iterable
+
+from edgecnn.quiet import silenced
 
 TENSORRT_OPS_SOURCE = "onnx-tensorrt docs/operators.md (TensorRT 10.x support matrix)"
 TENSORRT_MAX_OPSET = 20  # TensorRT 10.0 parses opsets 9..20 (later 10.x releases read newer ones)
@@ -36,6 +41,8 @@ PLAN_FILE = "model.plan"
 ENGINE_RECORD = "engine.json"   # what built the engine (tensorrt_build.ENGINE_RECORD; that file is standalone)
 TIMING_CACHE = "timing.cache"
 BUILD_LOG = "build_engine.log"
+TYPED_ONNX_FILE = "model_fp16.onnx"   # the strongly typed graph of an FP16 or INT8 artifact
+STRONGLY_TYPED_FORMAT = "onnx_strongly_typed"   # its key in model_files (tensorrt_build.STRONGLY_TYPED_FORMAT)
 
 
 def unsupported_ops(ops: Iterable[str]) -> list[str]:
@@ -79,37 +86,89 @@ def engine_buildable_here() -> tuple[bool, str]:
     return True, ""
 
 
-# Builder flags per artifact precision: INT8 is the explicit Q/DQ graph's own scales (no calibrator), plus FP16 for
-# the layers ModelOpt leaves unquantized (FC layers at batch 1, convs with few channels), as its own default
-# (high_precision_dtype="fp16") would make them; edgecnn keeps them FP32 in the ONNX so that CPU parity runs.
+# Weakly typed builds (TensorRT 10.3-10.11): precision as trtexec flags. INT8 is the explicit Q/DQ graph's own
+# scales (no calibrator), plus FP16 for the layers ModelOpt leaves unquantized (FC layers at batch 1, convs with
+# few channels), as its own default (high_precision_dtype="fp16") would make them; edgecnn keeps them FP32 in
+# model.onnx so that CPU parity runs. Strongly typed builds (10.12 on, 11) take no precision flag: trtexec 11 has
+# none (--fp16, --int8, --best, --calib are gone); the precision is in the strongly typed graph.
 TRTEXEC_PRECISION_FLAGS = {"fp32": [], "fp16": ["--fp16"], "int8": ["--int8", "--fp16"]}
+STRONGLY_TYPED_FLAG = "--stronglyTyped"
+STRONGLY_TYPED_SINCE = 101200   # trtexec's [TensorRT vNNNNNN]: major * 10000 + minor * 100 + patch
+OLDEST_TENSORRT = 100300        # 10.3 (JetPack 6.1); TensorRT 8.x prints major * 1000 + ..., below this too
+
+
+def _shell_words(words: list[str]) -> str:
+    return " ".join(shlex.quote(w) for w in words)
 
 
 def trtexec_script(onnx_name: str, input_name: str, input_shape: list[Any], precision: str,
-                   batch: int = 1, max_batch: int = 32, workspace_mib: int = 1024) -> str:
+                   batch: int = 1, max_batch: int = 32, workspace_mib: int = 1024,
+                   typed_onnx_name: str | None = None) -> str:
     """A POSIX shell script that builds model.plan with trtexec (a timing cache beside it) and writes the engine
-    record (engine.json: GPU, compute capability, TensorRT version, read from trtexec's log).
+    record (engine.json: GPU, compute capability, TensorRT version and typing, read from trtexec's log).
 
-    A dynamic batch axis gets an optimization profile, min 1 / opt BATCH / max MAX_BATCH (environment,
-    defaults `batch` / `max_batch`); WORKSPACE_MIB the builder's workspace; TRTEXEC names the binary; extra arguments pass through to trtexec.
+    The TensorRT generation is read from trtexec itself: 10.12 and newer build `typed_onnx_name` (the strongly
+    typed graph; `onnx_name` for FP32) with --stronglyTyped, 10.3-10.11 build `onnx_name` with precision flags,
+    anything older is refused. A dynamic batch axis gets an optimization profile, min 1 / opt BATCH / max MAX_BATCH
+    (environment, defaults `batch` / `max_batch`; min = opt = max = BATCH with --useDLACore, as the DLA needs);
+    WORKSPACE_MIB the builder's workspace; TRTEXEC names the binary; extra arguments pass through to trtexec.
     """
-    args = [f"--onnx={onnx_name}", f"--saveEngine={PLAN_FILE}", f"--timingCacheFile={TIMING_CACHE}"]
-    args += TRTEXEC_PRECISION_FLAGS[precision]
+    typed = typed_onnx_name or (onnx_name if precision == "fp32" else None)
+    refuse_typed = ('echo "build_engine.sh: TensorRT $major.$minor builds strongly typed only, and this '
+                    f'{precision} artifact has no strongly typed graph: export it again with this edgecnn and NVIDIA '
+                    "ModelOpt installed (pip install 'edgecnn[tensorrt-int8]')\" >&2; exit 1")
+    weak_flags = TRTEXEC_PRECISION_FLAGS[precision]
     lines = ["#!/bin/sh",
              "# Build model.plan from the TensorRT-ready ONNX with trtexec, on the device that will run it",
              "# (engines are tied to the GPU and TensorRT version that built them), and record what built it.",
+             "# TensorRT 10.12+ (11 included) builds the strongly typed graph with --stronglyTyped; 10.3-10.11 builds",
+             "# model.onnx with precision flags.",
              "#     sh build_engine.sh [trtexec options, e.g. --useDLACore=0 --allowGPUFallback]",
              "set -eu",
              'cd "$(dirname "$0")"',
-             'TRTEXEC=${TRTEXEC:-$(command -v trtexec || echo /usr/src/tensorrt/bin/trtexec)}',
-             f'set -- "--memPoolSize=workspace:${{WORKSPACE_MIB:-{workspace_mib}}}M" "$@"']
-    quoted = [shlex.quote(a) for a in args]
-    if not isinstance(input_shape[0], int):
-        chw = "x".join(str(d) for d in input_shape[1:])
+             'TRTEXEC=${TRTEXEC:-$(command -v trtexec || echo /usr/src/tensorrt/bin/trtexec)}']
+    dynamic = not isinstance(input_shape[0], int)
+    if dynamic:
         lines += [f"BATCH=${{BATCH:-{batch}}}", f"MAX_BATCH=${{MAX_BATCH:-{max_batch}}}",
                   'if [ "$BATCH" -gt "$MAX_BATCH" ]; then echo "build_engine.sh: BATCH $BATCH is larger than '
                   'MAX_BATCH $MAX_BATCH" >&2; exit 2; fi']
-        quoted += [f'"--minShapes={input_name}:1x{chw}"', f'"--optShapes={input_name}:${{BATCH}}x{chw}"',
+    lines += ['version=$("$TRTEXEC" --help 2>&1 | sed -n \'s/.*\\[TensorRT v\\([0-9][0-9]*\\)\\].*/\\1/p\' | head -n 1 || true)',
+             'case $version in',
+             "    ''|*[!0-9]*) echo \"build_engine.sh: $TRTEXEC printed no [TensorRT vNNNNNN] line, so its TensorRT "
+             'version is unknown: set TRTEXEC to the trtexec of TensorRT 10.3 or newer" >&2; exit 1 ;;',
+             "esac",
+             f'if [ "$version" -lt {OLDEST_TENSORRT} ]; then echo "build_engine.sh: $TRTEXEC is TensorRT older than '
+             '10.3 (v$version), the oldest edgecnn builds with (JetPack 6.1); JetPack 5 and 6.0 cannot parse these '
+             'graphs: upgrade JetPack, or run the ONNX model with ONNX Runtime" >&2; exit 1; fi',
+             'major=$((version / 10000)) minor=$((version / 100 % 100))',
+             'dla=""',
+             'for arg in "$@"; do case $arg in --useDLACore*) dla=1 ;; esac; done']
+    if precision == "int8":
+        lines.append('if [ -n "$dla" ]; then echo "build_engine.sh: INT8 on the DLA needs implicit quantization, which '
+                     'TensorRT ignores for this explicit Q/DQ graph (the engine would run on the GPU): build INT8 '
+                     'without --useDLACore, or export --precision fp16 for the DLA" >&2; exit 1; fi')
+    lines.append(f'if [ "$version" -ge {STRONGLY_TYPED_SINCE} ]; then')
+    if typed is None:
+        lines.append(f"    {refuse_typed}")
+    else:
+        if precision == "fp32":
+            lines.append('    if [ -n "$dla" ]; then echo "build_engine.sh: the DLA runs FP16 or INT8, never FP32, and '
+                         'TensorRT $major.$minor builds this FP32 graph as typed: export --precision fp16 for the DLA" '
+                         '>&2; exit 1; fi')
+        lines.append(f'    typing=strong; set -- {_shell_words([f"--onnx={typed}", STRONGLY_TYPED_FLAG])} "$@"')
+    lines += ["else",
+              f'    typing=weak; set -- {_shell_words([f"--onnx={onnx_name}", *weak_flags])} "$@"']
+    if precision == "fp32":
+        lines.append('    [ -n "$dla" ] && set -- "$@" --fp16  # the DLA has no FP32')
+    lines += ["fi",
+              f'set -- "--memPoolSize=workspace:${{WORKSPACE_MIB:-{workspace_mib}}}M" "$@"']
+    args = [f"--saveEngine={PLAN_FILE}", f"--timingCacheFile={TIMING_CACHE}"]
+    quoted = [shlex.quote(a) for a in args]
+    if dynamic:
+        chw = "x".join(str(d) for d in input_shape[1:])
+        lines += ['MIN_BATCH=1',
+                  'if [ -n "$dla" ]; then MIN_BATCH=$BATCH MAX_BATCH=$BATCH; fi  # the DLA needs min = opt = max']
+        quoted += [f'"--minShapes={input_name}:${{MIN_BATCH}}x{chw}"', f'"--optShapes={input_name}:${{BATCH}}x{chw}"',
                    f'"--maxShapes={input_name}:${{MAX_BATCH}}x{chw}"']
     command = " \\\n    ".join(['"$TRTEXEC"'] + quoted + ['"$@"', "2>&1 | tee build_engine.log"])
     record = ("field() { sed -n \"s/.*$1: *//p\" build_engine.log | head -n 1 | tr -d '\\r'; }\n"
@@ -120,16 +179,42 @@ def trtexec_script(onnx_name: str, input_name: str, input_shape: list[Any], prec
               '{"kind": "edgecnn-tensorrt-engine", "tensorrt": "$(field "TensorRT version")", '
               '"gpu": "$(field "Selected Device")", "compute_capability": "$(field "Compute Capability")", '
               '"built_utc": "$(date -u +%Y-%m-%dT%H:%M:%S+00:00)", "build": {"builder": "trtexec", '
-              f'"precision": "{precision}"}}}}\n'
+              f'"precision": "{precision}", "typing": "$typing"}}}}\n'
               "RECORD\n"
               f'echo "wrote model.plan and {ENGINE_RECORD}"\n')
     return "\n".join(lines) + "\n" + command + "\n" + record
 
 
 def write_build_scripts(directory: Path, onnx_name: str, input_name: str, input_shape: list[Any],
-                        precision: str) -> list[str]:
+                        precision: str, typed_onnx_name: str | None = None) -> list[str]:
     (directory / BUILD_SCRIPT).write_text((Path(__file__).with_name("tensorrt_build.py")).read_text())
-    (directory / TRTEXEC_SCRIPT).write_text(trtexec_script(onnx_name, input_name, input_shape, precision))
+    (directory / TRTEXEC_SCRIPT).write_text(trtexec_script(onnx_name, input_name, input_shape, precision,
+                                                           typed_onnx_name=typed_onnx_name))
     for name in (BUILD_SCRIPT, TRTEXEC_SCRIPT):
         (directory / name).chmod(0o755)
     return [BUILD_SCRIPT, TRTEXEC_SCRIPT]
+
+
+def autocast_available() -> bool:
+    """Whether NVIDIA ModelOpt's AutoCast, which writes the strongly typed FP16 graph, imports here."""
+    try:
+        import modelopt.onnx.autocast  # noqa: F401
+    except Exception:  # ImportError, or a missing optional dependency it imports eagerly
+        return False
+    return True
+
+
+def write_strongly_typed_graph(source: Path, out: Path, quantized: bool) -> None:
+    """The graph TensorRT 10.12+ builds for an FP16 or INT8 artifact: precision in the graph, since strongly
+    typed TensorRT has no precision flags. FP16: ModelOpt AutoCast (FP32 only where FP16 would overflow or lose
+    a reduction, I/O kept FP32); INT8 (a Q/DQ graph): the unquantized layers in FP16, as ModelOpt's own
+    high_precision_dtype="fp16" makes them."""
+    import onnx
+    from modelopt.onnx.autocast import convert_to_f16, convert_to_mixed_precision
+
+    with silenced("", "modelopt", stdout=True):
+        if quantized:
+            model = convert_to_f16(onnx.load(str(source)), keep_io_types=True, low_precision_type="fp16")
+        else:
+            model = convert_to_mixed_precision(str(source), low_precision_type="fp16", keep_io_types=True)
+    onnx.save(model, str(out))

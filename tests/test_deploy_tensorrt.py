@@ -29,11 +29,11 @@ def dynamic_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_trtexec_script_has_a_min_opt_max_profile_and_refuses_batch_above_max(dynamic_artifact: Path) -> None:
     script = (dynamic_artifact / "build_engine.sh").read_text()
-    for piece in ('"--minShapes=input:1x1x28x28"', '"--optShapes=input:${BATCH}x1x28x28"',
+    for piece in ('"--minShapes=input:${MIN_BATCH}x1x28x28"', '"--optShapes=input:${BATCH}x1x28x28"',
                   '"--maxShapes=input:${MAX_BATCH}x1x28x28"', "BATCH=${BATCH:-1}", "--timingCacheFile=timing.cache",
                   "engine.json", "Compute Capability", "TensorRT version"):
         assert piece in script
-    assert "--fp16" not in script and "--int8" not in script  # fp32 artifact
+    assert 'typing=weak; set -- --onnx=model.onnx "$@"' in script and "--int8" not in script  # fp32 artifact
     assert subprocess.run(["bash", "-n", str(dynamic_artifact / "build_engine.sh")]).returncode == 0
     refused = subprocess.run(["sh", str(dynamic_artifact / "build_engine.sh")], capture_output=True, text=True,
                              env={"PATH": "/usr/bin:/bin", "BATCH": "8", "MAX_BATCH": "4"})
@@ -43,9 +43,10 @@ def test_trtexec_script_has_a_min_opt_max_profile_and_refuses_batch_above_max(dy
 
 @pytest.mark.parametrize("precision, flags", [("fp32", []), ("fp16", ["--fp16"]), ("int8", ["--int8", "--fp16"])])
 def test_trtexec_precision_flags(precision: str, flags: list[str]) -> None:
-    script = tensorrt.trtexec_script("model.onnx", "input", [1, 1, 28, 28], precision)
-    lines = {line.strip(" \\") for line in script.splitlines()}
-    assert {"--fp16", "--int8"} & lines == set(flags)
+    """Precision flags for weakly typed TensorRT (10.3-10.11) only; 10.12+ and 11 take the typed graph."""
+    script = tensorrt.trtexec_script("model.onnx", "input", [1, 1, 28, 28], precision, typed_onnx_name="typed.onnx")
+    assert f'typing=weak; set -- {" ".join(["--onnx=model.onnx", *flags])} "$@"' in script
+    assert 'typing=strong; set -- --onnx=typed.onnx --stronglyTyped "$@"' in script
     assert "--minShapes" not in script  # a static batch has no profile
 
 

@@ -270,9 +270,9 @@ def test_tensorrt_int8_engine_is_built_from_the_qdq_graph_and_checked(tmp_path: 
     m = _export(tmp_path, "tensorrt", calibrator="entropy")
     info = m["target_info"]
     assert info["engine_built"] and "engine_not_built_because" not in info and "BuilderFlag.INT8" in \
-        info["builder_precision"]
+        info["builder_precision"]["weak"] and info["strongly_typed_graph"] == "model_fp16.onnx"
     assert {"model.plan", "engine.json"} <= set(m["files"]) and m["default_backend"] == "tensorrt"
-    assert json.loads((tmp_path / "tensorrt" / "engine.json").read_text())["int8"] is True
+    assert json.loads((tmp_path / "tensorrt" / "engine.json").read_text())["build"]["precision"] == "int8"
     parity = m["parity"][0]
     assert parity["backend"] == "tensorrt" and parity["passed"] and parity["test_split"]["drop"] <= 1.0
     assert not any("no TensorRT engine was built" in n for n in m["notes"])
