@@ -197,10 +197,10 @@ def test_jetson_bundle_falls_back_to_onnxruntime_and_setup_says_not_a_jetson(
     assert setup.stderr.strip().count("\n") == 0 and "this is not a Jetson" in setup.stderr
 
     release = tmp_path / "nv_tegra_release"
-    release.write_text("# R36 (release), REVISION: 3.0, GCID: 36191598, BOARD: generic, EABI: aarch64, DATE: x\n")
+    release.write_text("# R36 (release), REVISION: 4.3, GCID: 36191598, BOARD: generic, EABI: aarch64, DATE: x\n")
     jetson = _run(["sh", str(out / "setup.sh")], env={**ENV, "EDGECNN_TEGRA_RELEASE": str(release),
                                                      "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin"})
-    assert "L4T: R36.3.0 (JetPack 6.x)" in jetson.stdout and "memory:" in jetson.stdout
+    assert "L4T: R36.4.3 (JetPack 6.1/6.2)" in jetson.stdout and "memory:" in jetson.stdout
     if "not importable" in jetson.stdout and "trtexec not found" in jetson.stdout:  # no TensorRT here
         assert jetson.returncode == 1 and "missing: TensorRT" in jetson.stderr
     assert not (out / "model.plan").exists()

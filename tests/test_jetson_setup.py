@@ -1,0 +1,75 @@
+"""The Jetson bundle's setup.sh against JetPack's releases (5.1 = R35, TensorRT 8.5; 6.0 = R36.3, TensorRT 8.6;
+6.1/6.2 = R36.4, TensorRT 10.3; 7.0 on Thor = R38; 7.2 = R39) and the DLA's rules, on a simulated Jetson: an
+nv_tegra_release file and a device folder, no GPU."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edgecnn.export.deploy import build_bundle
+
+MODEL = "lenet5_fmnist"
+ENV = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root")}
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("jetson")
+    return {precision: build_bundle(MODEL, "jetson", precision, out=root / precision, parity_samples=8).path
+            for precision in ("fp16", "int8")}
+
+
+def _setup(bundle: Path, tmp_path: Path, release: str, *args: str, dla_devices: list[str] = ()) -> subprocess.CompletedProcess:
+    (tmp_path / "nv_tegra_release").write_text(f"# {release}, GCID: 1, BOARD: generic, EABI: aarch64, DATE: x\n")
+    devices = tmp_path / "dev"
+    devices.mkdir(exist_ok=True)
+    for name in dla_devices:
+        (devices / name).touch()
+    return subprocess.run(["sh", str(bundle / "setup.sh"), *args], capture_output=True, text=True,
+                          env={**ENV, "EDGECNN_TEGRA_RELEASE": str(tmp_path / "nv_tegra_release"),
+                               "EDGECNN_DLA_DEVICES": str(devices)})
+
+
+@pytest.mark.parametrize("release, jetpack", [("R35 (release), REVISION: 5.0", "5.x"),
+                                              ("R36 (release), REVISION: 3.0", "6.0")])
+def test_jetpack_before_6_1_is_refused_in_one_line(bundles: dict[str, Path], tmp_path: Path, release: str,
+                                                    jetpack: str) -> None:
+    run = _setup(bundles["fp16"], tmp_path, release)
+    assert run.returncode == 1 and f"JetPack {jetpack} ships TensorRT 8.x, older than 10.3" in run.stderr
+    assert run.stderr.strip().count("\n") == 0 and not (bundles["fp16"] / "model.plan").exists()
+
+
+@pytest.mark.parametrize("release, label", [("R36 (release), REVISION: 4.3", "R36.4.3 (JetPack 6.1/6.2)"),
+                                            ("R38 (release), REVISION: 2.0", "R38.2.0 (JetPack 7.0)"),
+                                            ("R39 (release), REVISION: 0.0", "R39.0.0 (JetPack 7.2)")])
+def test_jetpack_6_1_and_7_are_known(bundles: dict[str, Path], tmp_path: Path, release: str, label: str) -> None:
+    run = _setup(bundles["fp16"], tmp_path, release)
+    assert f"L4T: {label}" in run.stdout and "unknown to this script" not in run.stdout
+    assert "ships TensorRT 8.x" not in run.stderr
+
+
+def test_int8_on_the_dla_is_refused_before_any_build(bundles: dict[str, Path], tmp_path: Path) -> None:
+    run = _setup(bundles["int8"], tmp_path, "R36 (release), REVISION: 4.3", "--dla-core", "0",
+                 dla_devices=["nvhost-ctrl-nvdla0"])
+    assert run.returncode == 2 and "INT8 on the DLA needs implicit quantization" in run.stderr
+    assert "--calib" not in (bundles["int8"] / "setup.sh").read_text()  # TensorRT ignores it on a Q/DQ graph
+
+
+def test_the_dla_is_refused_on_a_board_without_one(bundles: dict[str, Path], tmp_path: Path) -> None:
+    run = _setup(bundles["fp16"], tmp_path, "R36 (release), REVISION: 4.3", "--dla-core", "0")
+    assert run.returncode == 2 and "this board has no DLA" in run.stderr
+    with_dla = _setup(bundles["fp16"], tmp_path, "R36 (release), REVISION: 4.3", "--dla-core", "0",
+                      dla_devices=["nvhost-ctrl-nvdla0", "nvhost-nvdla0"])
+    assert "this board has no DLA" not in with_dla.stderr
+
+
+def test_the_fp16_bundle_carries_both_generations_graphs(bundles: dict[str, Path], tmp_path: Path) -> None:
+    copy = shutil.copytree(bundles["fp16"], tmp_path / "b")
+    assert (copy / "model.onnx").is_file() and (copy / "model_fp16.onnx").is_file()
+    script = (copy / "build_engine.sh").read_text()
+    assert "--onnx=model_fp16.onnx --stronglyTyped" in script and "--onnx=model.onnx --fp16" in script
