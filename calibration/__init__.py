@@ -5,6 +5,9 @@
     data.calibration.inputs      # 512 preprocessed float32 images, class-balanced, from train minus validation
     data.validation              # the validation split the calibrator choice and --max-drop are scored on
 
+A --calib-data folder's class sub-folders are matched to the model's classes by name (`match_classes`);
+a flat folder of images calibrates alone (UNLABELLED_CALIBRATOR unless a fixed one is given).
+
 Modules: `samples` (selection, checks, provenance hashes), `feed` (each quantizer's input format),
 `selection` (calibrator choice by accuracy, the float fallback search), `tensorrt_cache` (TensorRT's
 calibration cache and its model stamp). The calibrators themselves are ONNX Runtime's, NNCF's and
@@ -12,15 +15,16 @@ ModelOpt's. It sits between the models/data (`edgecnn`) and the export stage, an
 from `edgecnn.export`.
 """
 from edgecnn.calibration.feed import OnnxRuntimeFeed, as_modelopt_data, as_nncf_dataset
-from edgecnn.calibration.samples import (CALIBRATOR_NAMES, DEFAULT_SAMPLES, CalibrationData, CalibrationOptions,
-                                         SampleSet, balanced_indices, batches, check_calibration_source, check_inputs,
-                                         from_arrays, prepare_calibration)
+from edgecnn.calibration.samples import (CALIBRATOR_NAMES, DEFAULT_SAMPLES, UNLABELLED_CALIBRATOR, CalibrationData,
+                                         CalibrationOptions, SampleSet, balanced_indices, batches,
+                                         check_calibration_source, check_inputs, from_arrays, match_classes,
+                                         prepare_calibration)
 from edgecnn.calibration.selection import CalibratorChoice, FallbackResult, accuracy, accuracy_of, choose_calibrator, \
     correct, fallback_to_float, paired_comparison
 from edgecnn.calibration.tensorrt_cache import read_cache, write_cache
 
-__all__ = ["CALIBRATOR_NAMES", "DEFAULT_SAMPLES", "CalibrationData", "CalibrationOptions", "CalibratorChoice",
-           "FallbackResult", "OnnxRuntimeFeed", "SampleSet", "accuracy", "accuracy_of", "as_modelopt_data",
-           "as_nncf_dataset", "balanced_indices", "batches", "check_calibration_source", "check_inputs",
-           "choose_calibrator", "correct", "fallback_to_float", "from_arrays", "paired_comparison",
-           "prepare_calibration", "read_cache", "write_cache"]
+__all__ = ["CALIBRATOR_NAMES", "DEFAULT_SAMPLES", "UNLABELLED_CALIBRATOR", "CalibrationData", "CalibrationOptions",
+           "CalibratorChoice", "FallbackResult", "OnnxRuntimeFeed", "SampleSet", "accuracy", "accuracy_of",
+           "as_modelopt_data", "as_nncf_dataset", "balanced_indices", "batches", "check_calibration_source",
+           "check_inputs", "choose_calibrator", "correct", "fallback_to_float", "from_arrays", "match_classes",
+           "paired_comparison", "prepare_calibration", "read_cache", "write_cache"]

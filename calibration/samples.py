@@ -5,10 +5,15 @@ carved out first, so the images that choose a calibrator or judge an accuracy dr
 ones the ranges were fitted on, and the test split is never touched. Selection is class-balanced
 (round-robin over the classes, each class in a seeded order) and reproducible: the same seed,
 data and N give the same indices, whose SHA-256 the manifest records.
+
+A `--calib-data` folder's classes are matched to the model's by name (or class number), never by
+sort order alone when the model has names; a flat folder of images (no labels) calibrates alone,
+with a fixed calibrator and no accuracy bound.
 """
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -16,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from edgecnn.data import ImageDataset, load_dataset, preprocess, train_val_split
+from edgecnn.data import ImageDataset, is_flat_image_folder, load_dataset, preprocess, train_val_split
 from edgecnn.errors import DatasetError, UserError
 from edgecnn.registry import ModelConfig
 from edgecnn.validation import non_negative_float, non_negative_int, positive_int
@@ -26,6 +31,9 @@ DEFAULT_SEED = 0
 # "default" is the runtime quantizer's own defaults (quantize_static's, nncf.quantize's); which ones `auto` tries,
 # and in which order, is each quantizer's (export/quantize.py).
 CALIBRATOR_NAMES = ("auto", "default", "minmax", "entropy", "percentile", "mse")
+# What an unset calibrator means for a flat --calib-data folder: auto needs labelled validation images.
+UNLABELLED_CALIBRATOR = "default"
+NEEDS_LABELS_FIX = f"pass a fixed --calibrator (e.g. {UNLABELLED_CALIBRATOR}) without --max-drop to calibrate only"
 # Datasets edgecnn ships or knows, by the name a model config gives.
 KNOWN_DATASETS = ("fashion_mnist",)
 PREPROCESS_CHUNK = 1024
@@ -33,16 +41,17 @@ PREPROCESS_CHUNK = 1024
 
 @dataclass(frozen=True)
 class CalibrationOptions:
-    """What the user asked for: `--calibrator`, `--calib-samples`, `--calib-data`, `--max-drop` (points)."""
-    calibrator: str = "auto"
+    """What the user asked for: `--calibrator`, `--calib-samples`, `--calib-data`, `--max-drop` (points).
+
+    An unset calibrator is `auto`, except for a flat `data` folder without `max_drop`: nothing labelled to choose
+    on, so UNLABELLED_CALIBRATOR (the quantizer's own defaults). An explicit `auto` there is refused."""
+    calibrator: str | None = None
     samples: int = DEFAULT_SAMPLES
     data: Path | None = None
     max_drop: float | None = None
     seed: int = DEFAULT_SEED
 
     def __post_init__(self) -> None:
-        if self.calibrator not in CALIBRATOR_NAMES:
-            raise UserError(f"unknown calibrator {self.calibrator!r}; choose one of {', '.join(CALIBRATOR_NAMES)}")
         positive_int("--calib-samples", self.samples)
         non_negative_int("seed", self.seed)
         if self.max_drop is not None:
@@ -51,7 +60,16 @@ class CalibrationOptions:
             object.__setattr__(self, "data", Path(self.data))
             if not self.data.is_dir():
                 raise UserError(f"--calib-data {self.data} is not a directory; pass a folder with one sub-folder "
-                                "of images per class (or Fashion-MNIST IDX files)")
+                                "of images per class, a flat folder of images, or Fashion-MNIST IDX files")
+        if self.calibrator is None:
+            object.__setattr__(self, "calibrator", UNLABELLED_CALIBRATOR if self.unlabelled_default else "auto")
+        if self.calibrator not in CALIBRATOR_NAMES:
+            raise UserError(f"unknown calibrator {self.calibrator!r}; choose one of {', '.join(CALIBRATOR_NAMES)}")
+
+    @property
+    def unlabelled_default(self) -> bool:
+        """Whether an unset calibrator falls back to UNLABELLED_CALIBRATOR: a flat folder, no --max-drop."""
+        return self.data is not None and self.max_drop is None and is_flat_image_folder(self.data)
 
     @property
     def needs_labels(self) -> bool:
@@ -113,54 +131,133 @@ def balanced_indices(labels: torch.Tensor, n: int, seed: int) -> np.ndarray:
 
 
 def _samples_from(ds: ImageDataset, indices: np.ndarray, config: ModelConfig, input_size: tuple[int, int, int],
-                  source: str, what: str) -> SampleSet:
+                  source: str, what: str, labelled: bool) -> SampleSet:
     cfg = replace(config, input_size=input_size)
     chunks = []
     for start in range(0, len(indices), PREPROCESS_CHUNK):
         images, _ = ds.get_batch(indices[start:start + PREPROCESS_CHUNK].tolist(), size=input_size[1:])
         chunks.append(preprocess(images, cfg).numpy())
     inputs = check_inputs(np.concatenate(chunks).astype(np.float32), what)
-    return SampleSet(inputs, ds.labels[torch.as_tensor(indices)].numpy(), indices, source, ds.fingerprint)
+    labels = ds.labels[torch.as_tensor(indices)].numpy() if labelled else None
+    return SampleSet(inputs, labels, indices, source, ds.fingerprint)
+
+
+def _comparable(name: str) -> str:
+    """A class name as a folder can spell it: case, spaces, punctuation ignored ('T-shirt/top' ~ 'tshirt_top')."""
+    return re.sub(r"[\W_]+", "", name).casefold()
+
+
+def _preview(names: list[str] | tuple[str, ...], shown: int = 5) -> str:
+    return ", ".join(names[:shown]) + (f" (and {len(names) - shown} more)" if len(names) > shown else "")
+
+
+def match_classes(folders: tuple[str, ...], config: ModelConfig) -> tuple[list[int], str]:
+    """Each class folder's index among the model's classes, and how they were matched.
+
+    By name (see `_comparable`) when every folder names one of the model's classes, else by number when every
+    folder is one (0, 1, …); sorted order only for a model without class names and a folder per class.
+    Anything else is a UserError saying why: sorted order would score validation against the wrong labels."""
+    names, n = config.class_names or (), config.num_classes
+    by_name = {_comparable(c): k for k, c in enumerate(names)}
+    if names and all(_comparable(f) in by_name for f in folders):
+        return [by_name[_comparable(f)] for f in folders], "classes matched to the model's by name"
+    if all(f.isdecimal() and int(f) < n for f in folders):
+        return [int(f) for f in folders], "classes matched to the model's by number"
+    if not names and len(folders) == n:
+        return list(range(n)), f"classes taken in sorted folder order ({config.name} has no class names)"
+    count = (f"{len(folders)} class folder{'s' if len(folders) != 1 else ''} but {config.name} predicts {n} classes"
+             if len(folders) != n else "")
+    if not names:
+        raise UserError(f"it has {count}, and no class names to match folders by: give one folder per class, or "
+                        f"folders named by class number 0-{n - 1}")
+    unknown = [f for f in folders if _comparable(f) not in by_name]
+    raise UserError(f"its folders {_preview(unknown)} are neither {config.name}'s class names ({_preview(names)}) "
+                    f"nor class numbers 0-{n - 1}{f', and it has {count}' if count else ''}: name the folders after "
+                    "the model's classes (case and punctuation do not matter)")
+
+
+@dataclass
+class _Source:
+    """The images to calibrate on, and whether their labels are the model's class indices (validation can score)."""
+    dataset: ImageDataset
+    name: str
+    labelled: bool
+    notes: tuple[str, ...] = ()
+
+
+def _folder_source(config: ModelConfig, options: CalibrationOptions) -> _Source:
+    """A --calib-data folder, its classes matched to the model's; refused when validation needs labels it lacks."""
+    data = options.data
+    try:
+        ds = load_dataset(data, split="train", require_labels=False)
+    except DatasetError as e:
+        raise DatasetError(f"--calib-data {data}: {e}") from e
+    skipped = (ds.skipped_summary(),) if ds.skipped else ()
+    if not ds.labelled:
+        if options.needs_labels:
+            raise UserError(f"--calib-data {data} is a flat folder of images with no class sub-folders, but "
+                            "--calibrator auto and --max-drop score accuracy on labelled validation images: "
+                            f"{NEEDS_LABELS_FIX}, or sort the images into one sub-folder per class")
+        return _Source(ds, str(data), False, ("a flat folder with no class sub-folders (unlabelled)", *skipped))
+    try:
+        indices, how = match_classes(ds.class_names, config)
+    except UserError as e:
+        if options.needs_labels:
+            raise UserError(f"--calib-data {data} cannot be labelled for {config.name}'s validation: {e}; or "
+                            f"{NEEDS_LABELS_FIX}") from e
+        return _Source(ds, str(data), False, ("class folders not matched to the model's classes, used for "
+                                              "balancing only", *skipped))
+    labels = torch.tensor(indices, dtype=torch.long)[ds.labels]
+    present = set(indices)
+    missing = [config.class_names[k] if config.class_names else str(k)
+               for k in range(config.num_classes) if k not in present]
+    if missing and options.needs_labels:
+        raise UserError(f"--calib-data {data} has images of {config.num_classes - len(missing)} of {config.name}'s "
+                        f"{config.num_classes} classes (missing: {_preview(missing)}); --calibrator auto and "
+                        "--max-drop score on a validation split that needs every class: add a folder per missing "
+                        f"class, or {NEEDS_LABELS_FIX}")
+    return _Source(replace(ds, labels=labels), str(data), True, (how, *skipped))
+
+
+def _calibration_source(config: ModelConfig, options: CalibrationOptions) -> _Source:
+    if options.data is not None:
+        return _folder_source(config, options)
+    if config.dataset not in KNOWN_DATASETS:
+        raise UserError(f"{config.name} is a model for {config.dataset} and edgecnn has no {config.dataset} images "
+                        "here: pass --calib-data DIR (one sub-folder of training images per class)")
+    return _Source(load_dataset(config.dataset, split="train"), config.dataset, True)
 
 
 def check_calibration_source(config: ModelConfig, options: CalibrationOptions) -> None:
-    """Refuse, before any export work, a model whose calibration images edgecnn has no way to find."""
-    if options.data is None and config.dataset not in KNOWN_DATASETS:
-        raise UserError(f"{config.name} is a model for {config.dataset} and edgecnn has no {config.dataset} images "
-                        "here: pass --calib-data DIR (one sub-folder of training images per class)")
-
-
-def _training_dataset(config: ModelConfig, data: Path | None) -> tuple[ImageDataset, str]:
-    if data is not None:
-        try:
-            ds = load_dataset(data, split="train")
-        except DatasetError as e:
-            raise DatasetError(f"--calib-data {data}: {e}") from e
-        if len(ds.class_names) > config.num_classes:
-            raise UserError(f"--calib-data {data} has {len(ds.class_names)} classes but {config.name} predicts "
-                            f"{config.num_classes}: use images of the model's own classes")
-        return ds, str(data)
-    return load_dataset(config.dataset, split="train"), config.dataset
+    """Refuse, before any export work, a model whose calibration images edgecnn has no way to find, and a
+    --calib-data folder that cannot give what the options ask for (labels matching the model's classes).
+    A folder is only listed here, not decoded; the shipped datasets are known to be fine."""
+    if options.data is not None or config.dataset not in KNOWN_DATASETS:
+        _calibration_source(config, options)
 
 
 def prepare_calibration(config: ModelConfig, input_size: tuple[int, int, int],
                         options: CalibrationOptions) -> CalibrationData:
-    """Calibration samples (balanced, seeded, validation split excluded) and the validation split to score on."""
-    check_calibration_source(config, options)
-    ds, name = _training_dataset(config, options.data)
-    train, val = split_positions(ds)
+    """Calibration samples (balanced, seeded, validation split excluded) and the validation split to score on.
+
+    A flat folder has no validation split to keep apart: every image is a calibration candidate."""
+    source = _calibration_source(config, options)
+    ds, name = source.dataset, source.name
+    train, val = split_positions(ds) if ds.labelled else (np.arange(len(ds)), np.zeros(0, dtype=np.int64))
     if len(train) < options.samples:
-        raise UserError(f"{name} has {len(train)} training images outside the validation split, fewer than the "
+        outside = " outside the validation split" if ds.labelled else ""
+        raise UserError(f"{name} has {len(train)} training images{outside}, fewer than the "
                         f"{options.samples} calibration samples asked for: pass --calib-samples {len(train)} "
                         "or fewer, or a --calib-data folder with more images")
     chosen = train[balanced_indices(ds.labels[torch.as_tensor(train)], options.samples, options.seed)]
-    calibration = _samples_from(ds, chosen, config, input_size,
-                                f"{name} train split, validation split excluded, class-balanced, seed {options.seed}",
-                                "calibration data")
+    how = "train split, validation split excluded, class-balanced" if ds.labelled else "all images, shuffled"
+    notes = "".join(f"; {note}" for note in source.notes)
+    calibration = _samples_from(ds, chosen, config, input_size, f"{name} {how}, seed {options.seed}{notes}",
+                                "calibration data", source.labelled)
     validation = None
     if len(val) and options.needs_labels:
-        validation = _samples_from(ds, val, config, input_size, f"{name} validation split (train_val_split)",
-                                   "validation data")
+        validation = _samples_from(ds, val, config, input_size, f"{name} validation split (train_val_split){notes}",
+                                   "validation data", True)
     if options.needs_labels and not len(val):
         raise UserError(f"{name} is too small to carve a validation split from, which --calibrator auto and "
                         "--max-drop score on: give more images or a fixed --calibrator without --max-drop")

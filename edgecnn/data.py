@@ -5,14 +5,18 @@ Images stay uint8 N×C×H×W until `preprocess` turns a batch into what a given 
 """
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import os
 import pickle
+import stat
 import struct
-from dataclasses import dataclass
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -20,6 +24,9 @@ import torch.nn.functional as F
 
 from edgecnn.errors import DatasetError
 from edgecnn.registry import CIFAR10_CLASSES, FMNIST_CLASSES, ModelConfig
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 FMNIST_DEFAULT_ROOT = Path("/usr/share/datasets/fashion-mnist")
 FMNIST_APT_HINT = "install it with `apt-get install -y dataset-fashion-mnist` or pass --data DIR"
@@ -30,6 +37,9 @@ FMNIST_FILES = {
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 VAL_SIZE = 5000
 VAL_SPLIT_SEED = 20260101  # fixed, independent of the training seed, so the val split never moves
+UNLABELLED = -1  # the label of every image in a flat folder (no class sub-folders)
+# The decompression-bomb guard: images with more pixels are refused (default: Pillow's MAX_IMAGE_PIXELS).
+IMAGE_PIXELS_ENV = "EDGECNN_MAX_IMAGE_PIXELS"
 
 
 @dataclass
@@ -41,9 +51,19 @@ class ImageDataset:
     images: torch.Tensor | None = None
     files: list[Path] | None = None
     fingerprint: str = ""  # SHA-256 over the source files, recorded in checkpoints
+    skipped: dict[str, int] = field(default_factory=dict)  # image-named entries not read, by why (not regular files)
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    @property
+    def labelled(self) -> bool:
+        """False for a flat folder of images: no class names, every label UNLABELLED (good for calibration only)."""
+        return bool(self.class_names)
+
+    def skipped_summary(self) -> str:
+        """One phrase for reports, e.g. 'skipped 2 entries that are not regular files (FIFO: 1, symlink loop: 1)'."""
+        return _skipped_summary(self.skipped)
 
     def get_batch(self, indices: Sequence[int] | torch.Tensor,
                   size: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,7 +76,14 @@ class ImageDataset:
         return ImageDataset(self.name, self.class_names, self.labels[indices],
                             None if self.images is None else self.images[indices],
                             None if self.files is None else [self.files[i] for i in indices.tolist()],
-                            self.fingerprint)
+                            self.fingerprint, self.skipped)
+
+
+def _skipped_summary(skipped: dict[str, int]) -> str:
+    if not skipped:
+        return ""
+    reasons = ", ".join(f"{why}: {n}" for why, n in sorted(skipped.items()))
+    return f"skipped {sum(skipped.values())} entries that are not regular files ({reasons})"
 
 
 def _sha256_files(paths: Sequence[Path]) -> str:
@@ -193,45 +220,154 @@ def load_cifar10(root: Path | str, split: str = "train") -> ImageDataset:
 
 # ---------------------------------------------------------------- image folders
 
-def load_image_folder(root: Path | str, split: str = "train") -> ImageDataset:
-    """One sub-folder per class (ImageNet validation layout too); `root/split/` is used when it exists."""
-    root = name_root = Path(root)  # the dataset is named after the folder the user gave, not after its split
+def _split_root(root: Path, split: str) -> Path:
+    """`root/split/` when it exists; refused when only the other split's folder does."""
     if (root / split).is_dir():
-        root = root / split
-    elif any((root / other).is_dir() for other in ("train", "test")):
+        return root / split
+    if any((root / other).is_dir() for other in ("train", "test")):
         raise DatasetError(f"{root} has {' and '.join(d for d in ('train', 'test') if (root / d).is_dir())}/ but no "
                            f"{split}/ sub-folder: add {root / split}/ (one sub-folder per class)")
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
-    if not classes:
+    return root
+
+
+def _class_folders(root: Path) -> list[str]:
+    return sorted(d.name for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
+
+
+def _not_regular(error: OSError | None, mode: int = 0) -> str:
+    """Why an image-named entry is not read: what it is instead of a regular file."""
+    if error is not None:
+        return {errno.ENOENT: "dangling symlink", errno.ELOOP: "symlink loop"}.get(error.errno, error.strerror or
+                                                                                   "unreadable")
+    for test, kind in ((stat.S_ISDIR, "directory"), (stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket")):
+        if test(mode):
+            return kind
+    return "device"
+
+
+def _regular_images(folder: Path, skipped: Counter) -> list[tuple[Path, int]]:
+    """Image files in `folder` with their sizes. Anything else with an image name (dangling symlink, symlink loop,
+    FIFO, device…) is counted in `skipped` by kind and never opened: opening a FIFO blocks forever."""
+    found = []
+    for f in sorted(folder.iterdir()):
+        if f.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        try:
+            info = f.stat()
+        except OSError as e:
+            skipped[_not_regular(e)] += 1
+            continue
+        if stat.S_ISREG(info.st_mode):
+            found.append((f, info.st_size))
+        else:
+            skipped[_not_regular(None, info.st_mode)] += 1
+    return found
+
+
+def load_image_folder(root: Path | str, split: str = "train", require_labels: bool = True) -> ImageDataset:
+    """One sub-folder per class (ImageNet validation layout too); `root/split/` is used when it exists.
+
+    Without class sub-folders, `require_labels=False` reads the folder's own images, unlabelled (calibration)."""
+    name_root = Path(root)  # the dataset is named after the folder the user gave, not after its split
+    root = _split_root(name_root, split)
+    classes = _class_folders(root)
+    skipped: Counter = Counter()
+    if classes:
+        per_class = [_regular_images(root / cls, skipped) for cls in classes]
+        found = [entry for entries in per_class for entry in entries]
+        labels = [label for label, entries in enumerate(per_class) for _ in entries]
+    elif require_labels or not root.is_dir():
         raise DatasetError(f"{root} has no class sub-folders: an image folder dataset needs one sub-folder per class")
-    files, labels = [], []
-    for label, cls in enumerate(classes):
-        for f in sorted((root / cls).iterdir()):
-            if f.suffix.lower() in IMAGE_SUFFIXES:
-                files.append(f)
-                labels.append(label)
-    if not files:
-        raise DatasetError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {root}")
+    else:
+        found = _regular_images(root, skipped)
+        labels = [UNLABELLED] * len(found)
+    if not found:
+        raise DatasetError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {root}"
+                           + (f" ({_skipped_summary(skipped)})" if skipped else ""))
     # Hashing every image of a large folder is slow; names and sizes identify the set well enough.
-    fingerprint = hashlib.sha256("\n".join(f"{f.relative_to(root)}:{f.stat().st_size}" for f in files)
+    fingerprint = hashlib.sha256("\n".join(f"{f.relative_to(root)}:{size}" for f, size in found)
                                  .encode()).hexdigest()
-    return ImageDataset(name_root.absolute().name, tuple(classes), torch.tensor(labels, dtype=torch.long), files=files,
-                        fingerprint=fingerprint)
+    return ImageDataset(name_root.absolute().name, tuple(classes), torch.tensor(labels, dtype=torch.long),
+                        files=[f for f, _ in found], fingerprint=fingerprint, skipped=dict(skipped))
+
+
+def max_image_pixels() -> int | None:
+    """The decompression-bomb limit: EDGECNN_MAX_IMAGE_PIXELS if set, else Pillow's MAX_IMAGE_PIXELS (None: none)."""
+    from PIL import Image
+
+    raw = os.environ.get(IMAGE_PIXELS_ENV)
+    if raw is None:
+        return Image.MAX_IMAGE_PIXELS
+    try:
+        limit = int(raw)
+    except ValueError:
+        limit = 0
+    if limit < 1:
+        raise DatasetError(f"{IMAGE_PIXELS_ENV}={raw!r} is not a whole number of pixels of 1 or more: set it to the "
+                           "largest image size (width × height) to accept, or unset it")
+    return limit
+
+
+@contextmanager
+def _pixel_limit_of_edgecnn() -> Iterator[int | None]:
+    """Pillow's own guard (a warning above MAX_IMAGE_PIXELS, an error above twice that) is replaced by edgecnn's
+    single limit for the duration, so raising EDGECNN_MAX_IMAGE_PIXELS really raises it; Pillow's is restored."""
+    from PIL import Image
+
+    limit, saved = max_image_pixels(), Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        yield limit
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
+def _to_8bit(im: Image.Image, path: Path) -> Image.Image:
+    """Scale 16-bit, 32-bit integer and float pixels by their mode's real range to 8 bits; refuse what has none."""
+    from PIL import Image
+
+    if not (im.mode == "F" or im.mode == "I" or im.mode.startswith("I;16")):
+        return im
+    values = np.asarray(im, dtype=np.float64)
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if im.mode == "F":
+        if not (np.isfinite(values).all() and 0.0 <= low and high <= 1.0):
+            raise DatasetError(f"image {path} has float pixels from {low:g} to {high:g}; edgecnn reads float images "
+                               "in [0, 1] only (scaled by 255): rescale it to [0, 1] or save it as 8-bit")
+        scale = 255.0
+    else:
+        if low < 0 or high > 65535:
+            raise DatasetError(f"image {path} has 32-bit integer pixels from {low:g} to {high:g}, outside the 16-bit "
+                               "range 0-65535 edgecnn scales from: save it as 8- or 16-bit")
+        scale = 255.0 / 65535.0
+    return Image.fromarray(np.round(values * scale).astype(np.uint8), "L")
+
+
+def _decode_image(path: Path, size: tuple[int, int] | None, limit: int | None) -> torch.Tensor:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        pixels = im.width * im.height
+        if limit is not None and pixels > limit:
+            raise DatasetError(f"image {path} is {im.width}×{im.height} = {pixels:,} pixels, more than the limit of "
+                               f"{limit:,} that guards against decompression bombs: if it is genuine, run with "
+                               f"{IMAGE_PIXELS_ENV}={pixels}, else remove it")
+        rgb = _to_8bit(im, path).convert("RGB")
+        if size is not None:
+            rgb = rgb.resize((size[1], size[0]), Image.BILINEAR)
+        return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1)
 
 
 def _decode_files(paths: Sequence[Path], size: tuple[int, int] | None) -> torch.Tensor:
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
 
     out = []
-    for p in paths:
-        try:
-            with Image.open(p) as im:
-                im = im.convert("RGB")
-                if size is not None:
-                    im = im.resize((size[1], size[0]), Image.BILINEAR)
-                out.append(torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1))
-        except (OSError, UnidentifiedImageError) as e:
-            raise DatasetError(f"cannot decode image {p} ({e}); remove or replace the file") from e
+    with _pixel_limit_of_edgecnn() as limit:
+        for p in paths:
+            try:
+                out.append(_decode_image(p, size, limit))
+            except (OSError, UnidentifiedImageError, ValueError) as e:
+                raise DatasetError(f"cannot decode image {p} ({e}); remove or replace the file") from e
     if len({t.shape for t in out}) > 1:
         raise DatasetError("images in the folder have different sizes; pass a size to get_batch (the model's input)")
     return torch.stack(out)
@@ -240,11 +376,11 @@ def _decode_files(paths: Sequence[Path], size: tuple[int, int] | None) -> torch.
 # ---------------------------------------------------------------- the one door
 
 def load_dataset(name_or_dir: str | Path = "fashion_mnist", split: str = "train",
-                 root: str | Path | None = None) -> ImageDataset:
+                 root: str | Path | None = None, require_labels: bool = True) -> ImageDataset:
     """`fashion_mnist` (root defaults to Debian's package), `cifar10` (root required), or a directory.
 
     A directory is recognised by its contents: IDX files → Fashion-MNIST, data_batch_* → CIFAR-10,
-    class sub-folders → image folder.
+    class sub-folders → image folder; a flat folder of images only with `require_labels=False` (unlabelled).
     """
     if split not in ("train", "test"):
         raise DatasetError(f"unknown split {split!r}: use 'train' or 'test' (validation is carved from train)")
@@ -258,12 +394,32 @@ def load_dataset(name_or_dir: str | Path = "fashion_mnist", split: str = "train"
     path = Path(name)
     if not path.is_dir():
         raise DatasetError(f"dataset {name!r} is neither a known name (fashion_mnist, cifar10) nor a directory")
+    kind = _directory_kind(path)
+    if kind == "fashion_mnist":
+        return load_fashion_mnist(path, split)
+    if kind == "cifar10":
+        return load_cifar10(path, split)
+    return load_image_folder(path, split, require_labels)
+
+
+def _directory_kind(path: Path) -> str:
     entries = set(os.listdir(path))
     if any(e.startswith("train-images-idx3-ubyte") for e in entries):
-        return load_fashion_mnist(path, split)
+        return "fashion_mnist"
     if "data_batch_1" in entries or "cifar-10-batches-py" in entries:
-        return load_cifar10(path, split)
-    return load_image_folder(path, split)
+        return "cifar10"
+    return "image_folder"
+
+
+def is_flat_image_folder(directory: str | Path, split: str = "train") -> bool:
+    """Whether `directory` is a folder of images without class sub-folders (no labels), judged from its listing."""
+    path = Path(directory)
+    if _directory_kind(path) != "image_folder":
+        return False
+    try:
+        return not _class_folders(_split_root(path, split))
+    except DatasetError:  # train/ without the split asked for: the loader says so
+        return False
 
 
 def train_val_split(ds: ImageDataset, val_size: int = VAL_SIZE) -> tuple[ImageDataset, ImageDataset]:

@@ -82,7 +82,7 @@ def test_folder_with_more_classes_than_the_model_is_refused(tmp_path: Path) -> N
     for k in range(11):
         (tmp_path / f"c{k}").mkdir()
         Image.new("RGB", (8, 8), (k, 2 * k, 3)).save(tmp_path / f"c{k}" / "0.png")
-    with pytest.raises(UserError, match="11 classes but lenet5_fmnist predicts 10"):
+    with pytest.raises(UserError, match="11 class folders but lenet5_fmnist predicts 10"):
         prepare_calibration(LENET, LENET.input_size, CalibrationOptions(samples=4, data=tmp_path))
 
 
