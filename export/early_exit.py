@@ -37,6 +37,7 @@ from edgecnn.data import load_dataset, preprocess, train_val_split
 from edgecnn.errors import DatasetError, UserError
 from edgecnn.calibration import CalibrationData
 from edgecnn.export.fold import fold_batchnorm
+from edgecnn.export.manifest import artifact_file
 from edgecnn.export.onnx_graph import BATCH_DIM, INPUT_NAME, OUTPUT_NAME
 from edgecnn.export.quantize import float_copy, get_quantizer
 from edgecnn.export.runtime import BACKENDS, InputSpec, Session, open_session, register_backend
@@ -330,7 +331,7 @@ def _check_stage_file(directory: Path, manifest: dict[str, Any], stage: dict[str
     if name not in manifest["files"]:
         raise UserError(f"stage {k + 1}'s graph {name!r} is not among the artifact's files; the manifest is "
                         "damaged: export again")
-    if not (Path(directory) / name).is_file():
+    if not artifact_file(Path(directory), name).is_file():
         raise UserError(f"stage {k + 1}'s graph {Path(directory) / name} is missing; the artifact is incomplete: "
                         "export again")
 

@@ -8,6 +8,8 @@ anything that is not a complete, untampered artifact:
 - `manifest_sha256`: the SHA-256 of the manifest's own canonical JSON (this field removed, keys sorted,
   no whitespace), so a record edited after the export (a model file dropped from it) is detected;
 - every file in `files` present, of the recorded size and SHA-256;
+- nothing read from outside the artifact: every file it names is a regular file inside it, reached without a
+  symbolic link, and every file a graph reads its weights from (ONNX external data, an IR's .bin) is in `files`;
 - never a staging directory: exports build in `.NAME.tmp-PID-XXXX` next to the target, write the
   manifest last and rename the whole directory in one step, so an interrupted export (Ctrl-C or
   SIGTERM cleans up; kill -9 leaves a hidden directory the next export removes) leaves no directory
@@ -33,7 +35,7 @@ import shutil
 import signal
 import tempfile
 import threading
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterator
 
 from edgecnn.errors import UserError
@@ -43,6 +45,7 @@ from edgecnn.registry import ModelConfig
 
 SCHEMA_VERSION = 2  # 2: manifest_sha256 and a typed schema
 MANIFEST_NAME = "manifest.json"
+SIGNATURE_NAME = "manifest.json.sig"  # `edgecnn deploy --sign` writes it beside a manifest whose `signature` says so
 ARTIFACT_KIND = "edgecnn-artifact"
 DIGEST_FIELD = "manifest_sha256"
 REQUIRED_FIELDS = ("schema_version", "kind", "model", "target", "precision", "input", "output",
@@ -114,6 +117,26 @@ class _Is(_Spec):
         return None if ok else f"{where} must be {self.text}"
 
 
+class _OneOf(_Spec):
+    """One of a fixed set of strings."""
+
+    def __init__(self, *values: str) -> None:
+        self.values, self.text = values, f"one of {', '.join(values)}"
+
+    def check(self, value: Any, where: str) -> str | None:
+        return None if isinstance(value, str) and value in self.values else f"{where} must be {self.text}"
+
+
+class _MayLack(_Spec):
+    """A field of an `_Object` that may be absent; when present, it is `inner`."""
+
+    def __init__(self, inner: _Spec) -> None:
+        self.inner, self.text = inner, inner.text
+
+    def check(self, value: Any, where: str) -> str | None:
+        return self.inner.check(value, where)
+
+
 class _Optional(_Spec):
     def __init__(self, inner: _Spec) -> None:
         self.inner, self.text = inner, f"{inner.text} or null"
@@ -147,53 +170,75 @@ class _Map(_Spec):
 
 
 class _Object(_Spec):
-    """An object with these required fields (more are allowed: later passes add their own records)."""
+    """An object with these fields, required unless `_MayLack` (more are allowed: later passes add their own
+    records)."""
 
     def __init__(self, **fields: _Spec) -> None:
-        self.fields, self.text = fields, f"an object with {', '.join(fields)}"
+        self.fields = fields
+        self.required = [f for f, spec in fields.items() if not isinstance(spec, _MayLack)]
+        self.text = f"an object with {', '.join(self.required)}"
 
     def check(self, value: Any, where: str) -> str | None:
         if not isinstance(value, dict):
             return f"{where} must be {self.text}"
-        missing = [f for f in self.fields if f not in value]
+        missing = [f for f in self.required if f not in value]
         if missing:
             return f"{where} lacks {', '.join(missing)}"
-        return next((e for f, spec in self.fields.items() if (e := spec.check(value[f], f"{where}.{f}"))), None)
+        return next((e for f, spec in self.fields.items()
+                     if f in value and (e := spec.check(value[f], f"{where}.{f}"))), None)
 
 
 _STR, _INT, _NUM, _BOOL, _DICT = _Is(str), _Is(int), _Is(float), _Is(bool), _Is(dict)
-_TENSOR = _Object(name=_STR, shape=_List(_Is(int, str), non_empty=True), dtype=_STR)
+# Element types of an artifact's inputs and outputs that its sessions take (numpy and torch spell them alike).
+TENSOR_DTYPES = ("float32", "float16", "uint8", "int8")
+_DTYPE = _OneOf(*TENSOR_DTYPES)
+_TENSOR = _Object(name=_STR, shape=_List(_Is(int, str), non_empty=True), dtype=_DTYPE)
+_MODEL_FILES = _Map(_STR, "a non-empty object mapping each model format to a file name", non_empty=True)
 MANIFEST_SCHEMA = _Object(
     schema_version=_INT, kind=_STR, target=_STR, precision=_STR, default_backend=_STR,
-    model=_Object(name=_STR, family=_STR, num_classes=_INT, in_chans=_INT, params=_INT,
-                  weights=_Object(source=_STR)),
-    input=_Object(name=_STR, shape=_List(_Is(int, str), non_empty=True), dtype=_STR, layout=_STR,
+    model=_Object(name=_STR, family=_STR, zoo_version=_STR, num_classes=_INT, in_chans=_INT, params=_INT,
+                  weights=_Object(source=_STR, path=_MayLack(_Optional(_STR)),
+                                  test_accuracy=_MayLack(_Optional(_NUM)))),
+    input=_Object(name=_STR, shape=_List(_Is(int, str), non_empty=True), dtype=_DTYPE, layout=_STR,
                   dynamic_batch=_BOOL),
     output=_TENSOR,
     preprocessing=_Object(steps=_List(_STR), scale=_NUM, resize=_List(_INT), channels=_INT,
-                          mean=_List(_NUM), std=_List(_NUM)),
+                          mean=_List(_NUM), std=_List(_NUM), resize_method=_MayLack(_Optional(_Object(mode=_STR)))),
     class_names=_Optional(_List(_STR, non_empty=True)),
     files=_Map(_Object(bytes=_INT, sha256=_STR), "an object mapping each file name to its bytes and sha256"),
-    model_files=_Map(_STR, "a non-empty object mapping each model format to a file name", non_empty=True),
-    parity=_List(_Object(backend=_STR, samples=_INT, passed=_BOOL)),
+    model_files=_MODEL_FILES,
+    # what `edgecnn inspect` and `export` print of each check, typed where present
+    parity=_List(_Object(backend=_STR, samples=_INT, passed=_BOOL, measures=_MayLack(_STR),
+                         tolerance=_MayLack(_NUM), max_abs_diff=_MayLack(_Optional(_NUM)),
+                         top1_agreement=_MayLack(_NUM))),
     passes=_List(_Object(name=_STR, seconds=_NUM)),
     tools=_Map(_Optional(_STR), "an object mapping each tool to its version or null"),
     export=_Object(created_utc=_STR, seconds=_NUM, host=_STR, cpu=_STR),
     notes=_List(_STR), calibration=_Optional(_DICT), target_info=_DICT, manifest_sha256=_STR,
 )
+# What the tuning of one precision records (inspect prints these; without a validation split, only the first).
+_PER_STAGE, _MEASURED = _MayLack(_List(_NUM)), _MayLack(_NUM)
+_EXIT_TUNING = _Object(
+    thresholds=_List(_NUM), runtime=_STR, exit_fractions=_PER_STAGE, exit_accuracy=_PER_STAGE, stage_ms=_PER_STAGE,
+    accuracy=_MEASURED, final_exit_accuracy=_MEASURED, accuracy_budget_pt=_MEASURED, expected_ms=_MEASURED,
+    trunk_ms=_MEASURED, expected_speedup_vs_trunk=_MEASURED)
 # Optional: only a multi-exit (BranchyNet) artifact has it; written by edgecnn.export.early_exit.
 EARLY_EXIT_SCHEMA = _Object(
     stages=_List(_Object(file=_STR, outputs=_Object(logits=_STR, features=_Optional(_STR)),
-                         input=_TENSOR, model_files=_Map(_STR, "an object mapping each model format to a file name",
-                                                         non_empty=True)), non_empty=True),
-    trunk=_Object(file=_STR), thresholds=_List(_NUM), exit_entropy=_STR, exit_rule=_STR, per_precision=_DICT,
+                         input=_TENSOR, model_files=_MODEL_FILES), non_empty=True),
+    trunk=_Object(file=_STR), thresholds=_List(_NUM), exit_entropy=_STR, exit_rule=_STR,
+    per_precision=_Map(_EXIT_TUNING, "an object mapping each precision to its tuning record"),
 )
 
 
 # ---------------------------------------------------------------- reading
 
 def read_manifest(directory: Path | str, verify: bool = True) -> dict[str, Any]:
-    """The validated manifest of an artifact directory; `verify=False` skips the files' SHA-256 pass."""
+    """The validated manifest of an artifact directory; `verify=False` skips the files' SHA-256 pass.
+
+    Nothing outside the artifact is read: every file it names is a regular file inside `directory`, reached without
+    a symbolic link, and every file a graph reads its weights from is listed (so checked like the graph itself).
+    """
     directory = Path(directory)
     if _STAGING_NAME.match(directory.name):
         raise ArtifactError(f"{directory} is an unfinished export's staging directory, not an artifact; "
@@ -203,13 +248,13 @@ def read_manifest(directory: Path | str, verify: bool = True) -> dict[str, Any]:
                             "wrote (the one holding manifest.json)")
     if not directory.is_dir():
         raise ArtifactError(f"artifact directory {directory} does not exist")
-    path = directory / MANIFEST_NAME
+    path = artifact_file(directory, MANIFEST_NAME)
     if not path.is_file():
         raise ArtifactError(f"{directory} is not an edgecnn artifact: it has no {MANIFEST_NAME}; export again")
     try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ArtifactError(f"{path} is corrupt or truncated (not valid JSON: {e}); export again") from e
+        manifest = read_json(path, "manifest")
+    except JSONFileError as e:
+        raise ArtifactError(f"{e}; export again") from e
     if not isinstance(manifest, dict) or manifest.get("kind") != ARTIFACT_KIND:
         raise ArtifactError(f"{path} is not an edgecnn artifact manifest (kind is not {ARTIFACT_KIND!r})")
     version = manifest.get("schema_version")
@@ -228,20 +273,50 @@ def read_manifest(directory: Path | str, verify: bool = True) -> dict[str, Any]:
         raise ArtifactError(f"{path} does not match its own {DIGEST_FIELD}: the manifest was edited after the "
                             "export; export again")
     files = manifest["files"]
-    for role, name in manifest["model_files"].items():
+    for what, name in _runtime_files(manifest):
         if name not in files:
-            raise ArtifactError(f"{path}: model file {name!r} ({role}) is not listed in 'files'; export again")
+            raise ArtifactError(f"{path}: {what} {name!r} is not listed in 'files'; export again")
     for name, entry in files.items():
         _check_file(directory, name, entry, verify)
+    for name in files:
+        _check_weight_files(directory, name, files)
     return manifest
 
 
-def _check_file(directory: Path, name: str, entry: dict[str, Any], verify: bool) -> None:
-    file = directory / name
-    if Path(name).is_absolute() or ".." in Path(name).parts:
+def artifact_file(directory: Path, name: str) -> Path:
+    """`directory / name` for a file name an artifact's manifest gives, refused in one line where it could lead
+    outside the artifact: an absolute path, `..`, or a symbolic link (the file or any folder on the way to it)."""
+    relative = Path(name)
+    if not relative.parts or relative.is_absolute() or ".." in relative.parts:
         raise ArtifactError(f"manifest in {directory} names {name!r}, which is outside the artifact")
-    if not file.is_file():
+    path = directory
+    for part in relative.parts:
+        path = path / part
+        if path.is_symlink():
+            raise ArtifactError(f"{directory}: {path.relative_to(directory).as_posix()!r} is a symbolic link (to "
+                                f"{os.readlink(path)!r}); edgecnn reads an artifact's files only from inside it, "
+                                "never through a link: put the file itself there, or export again")
+    return path
+
+
+def _runtime_files(manifest: dict[str, Any]) -> Iterator[tuple[str, str]]:
+    """(what it is, file name) for each file the manifest tells a runtime to load."""
+    for model_format, name in manifest["model_files"].items():
+        yield f"model file ({model_format})", name
+    early_exit = manifest.get("early_exit")
+    if early_exit:
+        yield "early-exit trunk", early_exit["trunk"]["file"]
+        for k, stage in enumerate(early_exit["stages"], 1):
+            for name in {stage["file"], *stage["model_files"].values()}:
+                yield f"early-exit stage {k} graph", name
+
+
+def _check_file(directory: Path, name: str, entry: dict[str, Any], verify: bool) -> None:
+    file = artifact_file(directory, name)
+    if not file.exists():
         raise ArtifactError(f"{file} is named in the manifest but missing; the artifact is incomplete: export again")
+    if not file.is_file():
+        raise ArtifactError(f"{file} is named in the manifest but is not a regular file; export again")
     size, recorded = file.stat().st_size, entry["bytes"]
     if size < recorded:
         raise ArtifactError(f"{file} is {size} bytes but the manifest records {recorded}: the file was truncated; "
@@ -252,6 +327,39 @@ def _check_file(directory: Path, name: str, entry: dict[str, Any], verify: bool)
     if verify and sha256_file(file) != entry["sha256"]:
         raise ArtifactError(f"{file} does not match its SHA-256 in the manifest: the file was modified; "
                             "export again")
+
+
+def _check_weight_files(directory: Path, name: str, files: dict[str, Any]) -> None:
+    """The files graph `name` reads its weights from (an ONNX graph's external data, an OpenVINO IR's .bin) must be
+    listed: a runtime loads them with the graph, so an unlisted one would run unchecked."""
+    graph = PurePosixPath(name)
+    if graph.suffix == ".onnx":
+        from edgecnn.export.onnx_graph import external_data_locations
+
+        locations = external_data_locations(directory / name)
+    elif graph.suffix == ".xml":
+        locations = [graph.with_suffix(".bin").name]
+    else:
+        return
+    for location in locations:
+        relative = PurePosixPath(location)
+        if relative.is_absolute() or ".." in relative.parts:
+            raise ArtifactError(f"{directory / name} reads its weights from {location!r}, outside the artifact; "
+                                "export again")
+        if (graph.parent / relative).as_posix() not in files:
+            raise ArtifactError(f"{directory / name} reads its weights from {location!r}, which is not listed in "
+                                "'files' (so never checked): export again")
+
+
+def unlisted_entries(directory: Path, manifest: dict[str, Any]) -> list[str]:
+    """What artifact `directory` holds besides its manifest (and signature), the files it lists, the folders holding
+    them and what edgecnn's build scripts add later (`_ADDED_LATER`): links too (never followed); a folder once,
+    not its content."""
+    listed = {MANIFEST_NAME, *manifest["files"], *([SIGNATURE_NAME] if manifest.get("signature") else [])}
+    folders = {parent.as_posix() for f in listed for parent in PurePosixPath(f).parents if parent != PurePosixPath(".")}
+    extra = {e for e in _relative_entries(directory)
+             if e not in listed and e not in folders and PurePosixPath(e).name not in _ADDED_LATER}
+    return sorted(e for e in extra if not any(p.as_posix() in extra for p in PurePosixPath(e).parents))
 
 
 # ---------------------------------------------------------------- writing
@@ -375,7 +483,8 @@ def _foreign_entries(out: Path) -> list[str] | None:
     if not isinstance(manifest, dict) or manifest.get("kind") != ARTIFACT_KIND:
         return None
     files = manifest.get("files")
-    listed = {MANIFEST_NAME, STAGING_MARKER, *(files if isinstance(files, dict) else ())}
+    listed = {MANIFEST_NAME, STAGING_MARKER, *(files if isinstance(files, dict) else ()),
+              *([SIGNATURE_NAME] if manifest.get("signature") else [])}
     # sub-directories holding listed files (an early-exit stage's stageK/) are edgecnn's, as is what the build
     # scripts add beside any model file (model.plan, engine.json, ...)
     folders = {parent.as_posix() for f in listed for parent in Path(f).parents if parent != Path(".")}

@@ -177,15 +177,37 @@ def _name_batch_dim(model: onnx.ModelProto) -> None:
         dim.dim_param = BATCH_DIM
 
 
+def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    """`graph` and every subgraph in it (the bodies of If, Loop, Scan), depth first."""
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                yield from _graphs(sub)
+
+
 def op_histogram(model: onnx.ModelProto) -> Counter:
-    ops: Counter = Counter()
+    return Counter(node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
+                   for graph in _graphs(model.graph) for node in graph.node)
 
-    def walk(graph: onnx.GraphProto) -> None:
-        for node in graph.node:
-            ops[node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"] += 1
-            for attr in node.attribute:
-                for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                    walk(sub)
 
-    walk(model.graph)
-    return ops
+def external_data_locations(path: Path) -> list[str]:
+    """Where the ONNX graph at `path` says its external data lies (paths relative to its folder, as written), without
+    reading that data. A file that does not parse as ONNX names none: its runtime refuses it on load, in one line."""
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # protobuf decode errors: not a graph at all
+        return []
+    return sorted({entry.value for graph in _graphs(model.graph) for tensor in _tensors(graph)
+                   if tensor.data_location == onnx.TensorProto.EXTERNAL
+                   for entry in tensor.external_data if entry.key == "location"})
+
+
+def _tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    """Every tensor stored in `graph` itself (not its subgraphs): initializers, sparse ones, attribute constants."""
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield from (sparse.values, sparse.indices)
+    for node in graph.node:
+        for attr in node.attribute:
+            yield from ([attr.t] if attr.HasField("t") else []) + list(attr.tensors)

@@ -38,7 +38,7 @@ from edgecnn.validation import positive_int
 class InputSpec:
     name: str
     shape: tuple[int | None, ...]   # None: the dynamic batch axis
-    dtype: np.dtype
+    dtype: np.dtype                 # one of manifest.TENSOR_DTYPES (named alike in numpy and torch)
     layout: str
 
     @classmethod
@@ -58,7 +58,7 @@ class InputSpec:
         if not isinstance(batch, np.ndarray):
             raise UserError(f"input must be a numpy array or a torch tensor, got {type(batch).__name__}")
         if batch.dtype != self.dtype:
-            cast = f"batch.to(torch.{_TORCH_DTYPES.get(self.dtype.name, self.dtype.name)})" if is_tensor \
+            cast = f"batch.to(torch.{self.dtype.name})" if is_tensor \
                 else f"batch.astype(np.{self.dtype})"
             raise UserError(f"input dtype is {batch.dtype}; the model takes {self.dtype}: use {cast}")
         _, channels, height, width = self.shape
@@ -85,9 +85,6 @@ class InputSpec:
         return batch
 
 
-_TORCH_DTYPES = {"float32": "float32", "float16": "float16", "uint8": "uint8", "int8": "int8"}
-
-
 def _tensor_to_numpy(tensor: Any, dtype: np.dtype) -> np.ndarray:
     tensor = tensor.detach()
     if tensor.device.type != "cpu":
@@ -96,7 +93,7 @@ def _tensor_to_numpy(tensor: Any, dtype: np.dtype) -> np.ndarray:
         return tensor.numpy()
     except TypeError as e:  # dtypes numpy lacks, such as bfloat16
         raise UserError(f"input dtype is {tensor.dtype}, which has no numpy equivalent; the model takes {dtype}: "
-                        f"use batch.to(torch.{_TORCH_DTYPES.get(dtype.name, dtype.name)})") from e
+                        f"use batch.to(torch.{dtype.name})") from e
 
 
 def refuse_non_finite(batch: np.ndarray) -> None:

@@ -65,7 +65,7 @@ def test_manifest_records_what_the_issue_asks(artifact: Path) -> None:
 
 
 @pytest.mark.parametrize("damage,message", [
-    (lambda d: (d / "manifest.json").write_text((d / "manifest.json").read_text()[:200]), "corrupt or truncated"),
+    (lambda d: (d / "manifest.json").write_text((d / "manifest.json").read_text()[:200]), "corrupt, truncated"),
     (lambda d: (d / "manifest.json").unlink(), "has no manifest.json"),
     (lambda d: (d / "model.onnx").unlink(), "missing"),
     (lambda d: (d / "model.onnx").write_bytes((d / "model.onnx").read_bytes()[:1000]), "was truncated"),

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from edgecnn.cli.table import format_table
+from edgecnn.text import printable
 from edgecnn.validation import arg_type, non_negative_float, non_negative_int, positive_int
 
 
@@ -61,19 +62,26 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_calibration_arguments(p: argparse.ArgumentParser) -> None:
-    from edgecnn.calibration import CALIBRATOR_NAMES, DEFAULT_SAMPLES
+    from edgecnn.calibration import CALIBRATOR_NAMES, DEFAULT_SAMPLES, UNLABELLED_CALIBRATOR
+    from edgecnn.data import IMAGE_PIXELS_ENV
 
     g = p.add_argument_group("INT8 calibration (--precision int8)")
     g.add_argument("--calibrator", choices=CALIBRATOR_NAMES,
                    help="range calibrator of the target's quantizer ('default': the library's own defaults, as "
                         "quantize_static or nncf.quantize alone would run); auto tries the target's candidates and "
                         "keeps the first unless another is significantly more accurate on the validation split "
-                        "(default: auto)")
+                        f"(default: auto; {UNLABELLED_CALIBRATOR} for a flat --calib-data folder, which has no labels "
+                        "to choose on)")
     g.add_argument("--calib-samples", type=arg_type(positive_int, "--calib-samples"), metavar="N",
                    help=f"calibration images, class-balanced, from the training split minus validation "
                         f"(default: {DEFAULT_SAMPLES})")
     g.add_argument("--calib-data", type=Path, metavar="DIR",
-                   help="calibrate on this folder (one sub-folder per class) instead of the model's dataset")
+                   help="calibrate on this folder instead of the model's dataset: one sub-folder per class, named "
+                        "after the model's classes (any case; or by class number), in any order, every class for "
+                        "auto and --max-drop, which score on it; or a flat folder of images, which calibrates only "
+                        "(auto and --max-drop need labels and are refused). Entries that are not regular files are "
+                        f"skipped and counted; images over {IMAGE_PIXELS_ENV} pixels (default: Pillow's limit) are "
+                        "refused")
     g.add_argument("--max-drop", type=arg_type(non_negative_float, "--max-drop"), metavar="PT",
                    help="largest validation top-1 drop allowed, in points: ONNX returns the most sensitive nodes to "
                         "float, OpenVINO uses NNCF's accuracy control (default: no bound)")
@@ -87,7 +95,12 @@ def _calibration_options(args: argparse.Namespace) -> Any:
                                ("data", args.calib_data), ("max_drop", args.max_drop)) if v is not None}
     if args.precision != "int8" and not given:
         return None
-    return CalibrationOptions(**given)
+    options = CalibrationOptions(**given)
+    if args.calibrator is None and options.unlabelled_default:
+        print(f"edgecnn: note: --calib-data {options.data} has no class sub-folders, so no labelled validation "
+              f"images to choose a calibrator on: using --calibrator {options.calibrator} (give another with "
+              "--calibrator)", file=sys.stderr)
+    return options
 
 
 def _calibration_lines(m: dict[str, Any]) -> list[str]:
@@ -137,10 +150,11 @@ def _parity_rows(manifest: dict[str, Any]) -> list[list[Any]]:
     rows = []
     for p in manifest["parity"]:
         tol = f"≤ {p['tolerance']:.1e}" if "tolerance" in p else "—"
-        diff = p.get("max_abs_diff")
+        diff = "—" if "max_abs_diff" not in p else "non-finite" if p["max_abs_diff"] is None else \
+            f"{p['max_abs_diff']:.2e}"
+        agree = f"{100 * p['top1_agreement']:.1f}%" if "top1_agreement" in p else "—"
         backend = f"{p['backend']} ({p['measures']})" if p.get("measures") else p["backend"]
-        rows.append([backend, p["samples"], "non-finite" if diff is None else f"{diff:.2e}", tol,
-                     f"{100 * p.get('top1_agreement', 0):.1f}%", "PASS" if p["passed"] else "FAIL"])
+        rows.append([backend, p["samples"], diff, tol, agree, "PASS" if p["passed"] else "FAIL"])
     return rows
 
 
@@ -187,6 +201,11 @@ def _preprocessing_summary(pre: dict[str, Any]) -> str:
             f"{f' ({how})' if how else ''}, then (x - mean) / std, mean {pre['mean']}, std {pre['std']}")
 
 
+# What the early-exit summary line needs; an artifact tuned without a validation split has none of it.
+_TUNING_SUMMARY = ("accuracy", "final_exit_accuracy", "accuracy_budget_pt", "expected_ms", "trunk_ms",
+                   "expected_speedup_vs_trunk")
+
+
 def _print_early_exit(m: dict) -> None:
     """The stages of a BranchyNet artifact, with what the validation split did at the tuned thresholds."""
     ee = m["early_exit"]
@@ -201,7 +220,7 @@ def _print_early_exit(m: dict) -> None:
             for k, (stage, t, f, a, c) in enumerate(zip(ee["stages"], thresholds, fractions, accuracy, costs))]
     print(format_table(rows, ["stage", "file", "input", "outputs", "threshold", "exit (val)", "exit alone acc",
                               "stage ms"]))
-    if tuning.get("accuracy") is not None:
+    if all(tuning.get(k) is not None for k in _TUNING_SUMMARY):
         print(f"early exit on the validation split ({tuning['runtime']}, {m['precision']}): accuracy "
               f"{tuning['accuracy']:.2f}% vs final exit {tuning['final_exit_accuracy']:.2f}% (budget "
               f"{tuning['accuracy_budget_pt']} pt), expected {tuning['expected_ms']:.4f} ms/sample at batch 1 "
@@ -211,18 +230,42 @@ def _print_early_exit(m: dict) -> None:
     print()
 
 
+def _escaped(value: Any) -> Any:
+    """`value` with every string in it (keys too) made safe to print: names come from a file anyone can edit."""
+    if isinstance(value, str):
+        return printable(value)
+    if isinstance(value, dict):
+        return {printable(k): _escaped(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_escaped(v) for v in value]
+    return value
+
+
+def _warn_unlisted(directory: Path, manifest: dict[str, Any]) -> None:
+    """Name what the artifact folder holds besides its listed files: nothing edgecnn reads, but worth knowing."""
+    from edgecnn.export.manifest import shown, unlisted_entries
+
+    extra = unlisted_entries(directory, manifest)
+    if extra:
+        print(f"edgecnn: warning: {printable(str(directory))} also holds {shown([printable(e) for e in extra])}, "
+              "which its manifest does not list: not part of the artifact, never loaded", file=sys.stderr)
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     from edgecnn.export.manifest import read_manifest
 
     m = read_manifest(args.directory)
+    _warn_unlisted(args.directory, m)
     if args.json:
         print(json.dumps(m, indent=2))
         return 0
+    m = _escaped(m)
     model, weights, pre = m["model"], m["model"]["weights"], m["preprocessing"]
-    source = weights.get("source")
+    source = weights["source"]
     if source == "checkpoint":
-        acc = weights.get("test_accuracy")
-        source = f"checkpoint {weights['path']}" + (f" (test accuracy {acc:.2f}%)" if acc is not None else "")
+        path, acc = weights.get("path"), weights.get("test_accuracy")
+        source = (f"checkpoint {path}" if path else "checkpoint") + \
+            (f" (test accuracy {acc:.2f}%)" if acc is not None else "")
     classes = m["class_names"]
     rows = [
         ["model", f"{model['name']} ({model['family']}, zoo v{model['zoo_version']}, {model['params']:,} params)"],
