@@ -247,3 +247,13 @@ def test_inspect_escapes_control_characters_in_names(artifact: Path, capsys: pyt
     assert "\x1b" not in out and "\r" not in out
     assert not any(line.startswith("FAKE") for line in out.splitlines())
     assert r"shirt\x1b[31m\nFAKE LINE" in out and r"host\r\nFAKE HOST" in out and r"lenet\x1b[31m" in out
+
+
+def test_an_error_line_quoting_a_hostile_name_stays_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A user error names what is wrong, and a file name may hold a newline or an ANSI escape: still one line."""
+    from edgecnn.cli import main
+
+    hostile = tmp_path / "evil\n\x1b[31mname"
+    assert main(["inspect", str(hostile)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "\x1b" not in err and "\\n" in err

@@ -18,6 +18,7 @@ import sys
 from typing import Sequence
 
 from edgecnn.errors import UserError
+from edgecnn.text import printable
 
 # Modules that add commands, in the order their commands appear in --help.
 COMMAND_MODULES = ["edgecnn.cli.models", "edgecnn.cli.training", "edgecnn.cli.export", "edgecnn.cli.bench",
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         if args.debug:
             raise
-        print(f"edgecnn: error: {e}", file=sys.stderr)
+        print(f"edgecnn: error: {printable(str(e))}", file=sys.stderr)  # one line, whatever names it quotes
         return 2
     except KeyboardInterrupt:
         print("edgecnn: interrupted", file=sys.stderr)
