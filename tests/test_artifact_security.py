@@ -251,8 +251,6 @@ def test_inspect_escapes_control_characters_in_names(artifact: Path, capsys: pyt
 
 def test_an_error_line_quoting_a_hostile_name_stays_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """A user error names what is wrong, and a file name may hold a newline or an ANSI escape: still one line."""
-    from edgecnn.cli import main
-
     hostile = tmp_path / "evil\n\x1b[31mname"
     assert main(["inspect", str(hostile)]) == 2
     err = capsys.readouterr().err
