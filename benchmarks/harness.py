@@ -33,7 +33,8 @@ from tqdm import tqdm
 
 from edgecnn.benchmarks import peers as peer_builders
 from edgecnn.benchmarks.machine import all_tool_versions, describe, machine_info, same_machine
-from edgecnn.benchmarks.schema import RESULTS_KIND, SCHEMA_VERSION, check_output, read_results, write_results
+from edgecnn.benchmarks.schema import (RESULTS_KIND, SCHEMA_VERSION, ResultsWriteError, check_output, config_name,
+                                       probe_writable, read_results, write_results)
 from edgecnn.benchmarks.stats import latency_stats, round_spread
 from edgecnn.errors import UserError
 from edgecnn.validation import non_negative_float, positive_float, positive_int
@@ -359,6 +360,8 @@ class Sweep:
         self.done: set[tuple[str, int]] = set()
         if earlier is not None:
             self.resume_from(earlier)
+        self.saved = False                                     # whether this run has written `out` yet
+        self.unsaved_from = len(self.results["records"])       # records from here on are not in `out` yet
 
     def resume_from(self, earlier: dict[str, Any]) -> None:
         """Keep an interrupted run's finished (model, batch) groups: their records and the skips met while
@@ -366,13 +369,33 @@ class Sweep:
         self.done = {(r["model"], r["batch"]) for r in earlier["records"]} & \
             {(m, b) for m in self.s.models for b in self.s.batches}
         self.results["records"] = [r for r in earlier["records"] if (r["model"], r["batch"]) in self.done]
-        self.results["resumed"] = [*earlier.get("resumed", []),
-                                   {"command": earlier["command"], "created_utc": earlier["created_utc"]}]
-        self.results["created_utc"] = earlier["created_utc"]
+        self.verify_kept(self.results["records"])
+        created = earlier.get("created_utc", self.results["created_utc"])
+        self.results["resumed"] = [*earlier.get("resumed", []), {"command": earlier["command"], "created_utc": created}]
+        self.results["created_utc"] = created
         for entry in earlier["skipped"]:
             batches = [b for b in entry["batch"] if (entry["model"], b) in self.done]
             if batches:
                 self._add_skip({**entry, "batch": batches})
+
+    def verify_kept(self, records: list[dict[str, Any]]) -> None:
+        """Each kept record's artifact must still be there, intact (its files' hashes), and the very export it
+        timed (its manifest_sha256): a record is kept as measured only while it describes what is on disk."""
+        from edgecnn.export.manifest import DIGEST_FIELD, ArtifactError, read_manifest
+
+        again = "drop --resume and pass --force to measure again"
+        digests: dict[str, str] = {}
+        for r in records:
+            path, label = r["artifact"]["path"], f"{r['model']} {config_name(r)} b{r['batch']} t{r['threads']}"
+            if path not in digests:
+                try:
+                    digests[path] = read_manifest(path)[DIGEST_FIELD]
+                except ArtifactError as e:
+                    raise UserError(f"{self.out}: the artifact {label} was timed on no longer verifies ({e}); "
+                                    f"its record cannot be kept: {again}") from e
+            if digests[path] != r["artifact"].get("manifest_sha256"):
+                raise UserError(f"{self.out}: {path} is not the export {label} was timed on (exported again "
+                                f"since); its record cannot be kept: {again}")
 
     # ------------------------------------------------------------------ planning
 
@@ -610,7 +633,9 @@ class Sweep:
             **round_spread(c.rounds),
             "memory": {"rss_delta_mb": round(c.rss_delta_mb, 1), "process_peak_rss_mb": round(_peak_rss_mb(), 1)},
             "load_seconds": round(c.load_s, 3),
+            "oversubscribed": c.threads > self.results["machine"]["logical_cores"],
             "artifact": {"path": str(c.artifact), "reused": c.reused, "bytes": _artifact_bytes(c.runtime, manifest),
+                         "manifest_sha256": manifest["manifest_sha256"],
                          "parity_passed": all(p.get("passed", False) for p in manifest["parity"])
                          if manifest["parity"] else None},
             "weights": manifest["model"]["weights"].get("source"),
@@ -618,9 +643,26 @@ class Sweep:
 
     # ------------------------------------------------------------------ the run
 
+    def save(self) -> None:
+        """Write the results so far; when that fails, one line saying what is lost and what `out` still holds."""
+        try:
+            write_results(self.out, self.results)
+        except ResultsWriteError as e:
+            lost = len(self.results["records"]) - self.unsaved_from
+            said = [str(e)] + ([f"{lost} configuration(s) measured since its last write are lost"] if lost else [])
+            said.append(f"{self.out} keeps its last write: rerun with --resume to measure the rest" if self.saved
+                        else f"{self.out} is left as it was")
+            raise ResultsWriteError("; ".join(said)) from e
+        self.saved, self.unsaved_from = True, len(self.results["records"])
+
     def run(self) -> dict[str, Any]:
         groups = self.plan()
-        write_results(self.out, self.results)
+        probe_writable(self.out)
+        cores = self.results["machine"]["logical_cores"]
+        if max(self.s.threads) > cores:
+            print(f"edgecnn: warning: --threads {max(self.s.threads)} is more than the {cores} logical cores here: the "
+                  "threads compete for cores and distort the timings; such records are marked oversubscribed",
+                  file=sys.stderr)
         peers_per_group = sum(p.runtime in self.s.runtimes for p in peer_builders.PEERS) * len(self.s.threads) \
             if self.s.peers else 0
         total = sum((len(entries) + peers_per_group) * (self.s.rounds + 1) for _, _, entries in groups)
@@ -629,15 +671,17 @@ class Sweep:
         try:
             for model, batch, entries in groups:
                 self.measure_group(model, batch, entries, bar)
-                write_results(self.out, self.results)
+                self.save()
             self.results["complete"] = True
         except KeyboardInterrupt:
-            self.results["interrupted"] = "stopped with Ctrl-C; the records of every finished (model, batch) are kept"
-            write_results(self.out, self.results)
+            if self.saved:  # before the first group finishes there is nothing to keep: `out` stays as it was
+                self.results["interrupted"] = ("stopped with Ctrl-C; the records of every finished (model, batch) "
+                                               "are kept")
+                self.save()
             raise
         finally:
             bar.close()
-        write_results(self.out, self.results)
+        self.save()
         return self.results
 
 
@@ -655,9 +699,10 @@ def run_sweep(settings: SweepSettings, out: Path | str, *, command: str | None =
 
 
 def resumable(out: Path, settings: SweepSettings) -> dict[str, Any]:
-    """The earlier results in `out`, if this run may continue them: same settings (the model list may
-    grow) and the same machine; otherwise one line saying what differs."""
-    earlier = read_results(out)
+    """The earlier results in `out`, if this run may continue them: not edited since edgecnn wrote them (their
+    digest), same settings (the model list may grow) and the same machine; otherwise one line saying what
+    differs. The records kept are re-verified against their artifacts (`Sweep.verify_kept`)."""
+    earlier = read_results(out, verify_digest=True)
     if not same_machine(earlier["machine"], machine_info()):
         raise UserError(f"{out} was measured on {describe(earlier['machine'])}, not this machine; --resume only "
                         "continues a run on the machine that started it (choose another --out)")

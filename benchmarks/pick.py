@@ -8,6 +8,10 @@ accuracy (the least lost), then latency; ties keep both, in latency order. Peers
 early-exit records) are shown in the report, never picked: they are what edgecnn is compared with. An
 early-exit record is a candidate like any other, held to its mean per call (`latency_statistic`; at batch 1
 its mean per-sample latency) whatever the statistic asked, since its latency depends on the exit taken.
+
+Results come through `read_results`, which refuses a record with an impossible number in one line; the drop is
+always worked out from the two top-1 figures (`accuracy_drop`), never read. A record timed with more threads
+than its machine has logical cores can still be picked, and is said to be oversubscribed when it is.
 """
 from __future__ import annotations
 
@@ -16,11 +20,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from edgecnn.benchmarks.machine import describe, machine_info, same_machine
-from edgecnn.benchmarks.schema import config_name, read_results
+from edgecnn.benchmarks.schema import STATISTICS, accuracy_drop, config_name, oversubscribed, read_results
 from edgecnn.errors import UserError
+from edgecnn.text import printable
 from edgecnn.validation import non_negative_float, positive_float, positive_int
 
-STATISTICS = ("mean", "p50", "p90", "p99")
 COMMITTED = Path(__file__).parent / "results"
 
 
@@ -32,13 +36,15 @@ class Candidate:
     accuracy: float | None
     drop: float | None
     statistic: str     # the latency statistic it is held to
+    oversubscribed: bool = False  # timed with more threads than its machine's logical cores: timings distorted
     reason: str = ""   # why it is excluded; empty for a qualifier
 
     @property
     def label(self) -> str:
+        """How it is named on the terminal (names from the file escaped: they may hold control characters)."""
         r = self.record
         held = f", {self.statistic}" if r.get("latency_statistic") else ""
-        return f"{r['model']} {config_name(r)} (threads {r['threads']}{held})"
+        return printable(f"{r['model']} {config_name(r)} (threads {r['threads']}{held})")
 
 
 @dataclass
@@ -78,7 +84,7 @@ def load_for_pick(paths: Sequence[Path | str] | None, any_machine: bool = False)
                             "`edgecnn pick --results bench.json ...`")
     results = [read_results(p) for p in paths]
     if not any_machine and not any(same_machine(r["machine"], here) for r in results):
-        names = ", ".join(sorted({describe(r["machine"]) for r in results}))
+        names = printable(", ".join(sorted({describe(r["machine"]) for r in results})))
         raise UserError(f"{', '.join(map(str, paths))} measured on {names}, not this machine ({describe(here)}); "
                         "pass --any-machine to pick from them anyway, or measure here with `edgecnn bench`")
     return results
@@ -99,17 +105,23 @@ def pick(results: Sequence[dict[str, Any]], budget_ms: float, max_drop: float | 
         for record in results_file["records"]:
             if record["flow"] != "edgecnn" or record["batch"] != batch:
                 continue
-            accuracy = record.get("accuracy") or {}
+            accuracy = record["accuracy"]
             held = record.get("latency_statistic") or statistic
             c = Candidate(record, results_file["machine"]["name"], record["latency_ms"][held],
-                          accuracy.get("top1"), accuracy.get("drop"), held)
+                          None if accuracy is None else accuracy["top1"],
+                          None if accuracy is None else accuracy_drop(accuracy), held,
+                          oversubscribed(record, results_file["machine"]))
             if not local:
                 c.reason = f"not measured on this machine (measured on {describe(results_file['machine'])})"
+            elif c.accuracy is None:  # never a candidate, whatever its latency
+                c.reason = "no accuracy measured (latency only: " + (
+                    "a deploy bundle's bench.sh measures no accuracy)" if record.get("deploy_bundle")
+                    else "pass --data to `edgecnn bench`)")
             elif c.latency_ms > budget_ms:
                 c.reason = f"over budget: {held} {c.latency_ms:.3g} ms > {budget_ms:g} ms"
-            elif c.accuracy is None:
-                c.reason = "no accuracy measured (latency only: pass --data to `edgecnn bench`)"
-            elif max_drop is not None and c.drop is not None and c.drop > max_drop:
+            elif max_drop is not None and c.drop is None:
+                c.reason = "no FP32 reference top-1 to measure its drop against --max-drop"
+            elif max_drop is not None and c.drop > max_drop:
                 c.reason = f"over the drop: {c.drop:.2f} pt below its FP32 > {max_drop:g} pt"
             (answer.excluded if c.reason else answer.chosen).append(c)
     answer.chosen.sort(key=lambda c: (-c.accuracy, c.latency_ms))

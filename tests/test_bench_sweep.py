@@ -2,18 +2,23 @@
 
 Asserts structure and sanity (ordering of the statistics, accuracy against PyTorch, reuse of artifacts,
 skips with reasons, Ctrl-C keeping what finished), never absolute times; and `--calibrator` for INT8
-exports (part of the reuse match, a calibrator a quantizer lacks is a skip).
+exports (part of the reuse match, a calibrator a quantizer lacks is a skip). `--resume` keeps only records it
+can re-verify; a full disk loses nothing already written; more threads than cores is said and recorded.
 """
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from edgecnn.benchmarks import harness
 from edgecnn.benchmarks.harness import SweepSettings, ensure_artifact, run_sweep
-from edgecnn.benchmarks.schema import SCHEMA_VERSION, read_results
+from edgecnn.benchmarks import schema
+from edgecnn.benchmarks.schema import DIGEST_FIELD, SCHEMA_VERSION, read_results, results_digest
 from edgecnn.calibration import CalibrationOptions
 from edgecnn.cli import main
 from edgecnn.errors import UserError
@@ -107,6 +112,7 @@ def test_resume_refuses_results_from_another_machine(sweep: tuple[dict, Path, Pa
     _, out, cache = sweep
     elsewhere = json.loads(out.read_text())
     elsewhere["machine"]["cpu"] = "Some Other CPU"
+    elsewhere[DIGEST_FIELD] = results_digest(elsewhere)  # as that machine's edgecnn would have sealed it
     moved = tmp_path / "elsewhere.json"
     moved.write_text(json.dumps(elsewhere))
     with pytest.raises(UserError, match="not this machine; --resume only continues"):
@@ -191,3 +197,116 @@ def test_an_unknown_calibrator_is_one_line(tmp_path: Path, capsys) -> None:
     with pytest.raises(SystemExit):
         main(["bench", "lenet5_fmnist", "--calibrator", "kl", "--out", str(tmp_path / "r.json")])
     assert "--calibrator: invalid choice: 'kl'" in capsys.readouterr().err
+
+
+def _resume_copy(out: Path, tmp_path: Path, edit=None) -> Path:
+    """A copy of a finished run's results, optionally edited, to resume (nothing is left to measure in it)."""
+    doc = json.loads(out.read_text())
+    if edit:
+        edit(doc)
+    copy = tmp_path / "resume.json"
+    copy.write_text(json.dumps(doc, indent=1))
+    return copy
+
+
+def test_resume_refuses_a_file_edited_since_it_was_written(sweep: tuple[dict, Path, Path], tmp_path: Path) -> None:
+    _, out, cache = sweep
+    assert run_sweep(quick(cache), _resume_copy(out, tmp_path), resume=True)["complete"] is True  # as written: kept
+
+    def improve(doc: dict) -> None:  # a record "improved" by hand, still plausible
+        record = doc["records"][0]
+        record["latency_ms"]["p50"], record["accuracy"]["top1"] = 0.0001, 99.99
+
+    for edit, message in ((improve, "was edited since edgecnn wrote it"),
+                          (lambda doc: doc.pop(DIGEST_FIELD), f"has no {DIGEST_FIELD}")):
+        copy = _resume_copy(out, tmp_path, edit)
+        before = copy.read_bytes()
+        with pytest.raises(UserError, match=message):
+            run_sweep(quick(cache), copy, resume=True)
+        assert copy.read_bytes() == before
+
+
+def test_resume_keeps_a_record_only_while_its_artifact_is_the_one_it_timed(sweep: tuple[dict, Path, Path],
+                                                                          tmp_path: Path) -> None:
+    from edgecnn.export import export_registered
+
+    results, out, cache = sweep
+    record = next(r for r in results["records"] if r["model"] == "lenet5_fmnist" and r["runtime"] == "onnxruntime")
+    artifact = Path(record["artifact"]["path"])
+    model_file = artifact / "model.onnx"
+    original = model_file.read_bytes()
+    try:
+        model_file.write_bytes(original[:100] + bytes([original[100] ^ 1]) + original[101:])  # same size
+        with pytest.raises(UserError, match="no longer verifies .*does not match its SHA-256"):
+            run_sweep(quick(cache), _resume_copy(out, tmp_path), resume=True)
+    finally:
+        model_file.write_bytes(original)
+    export_registered("lenet5_fmnist", "onnx", "fp32", artifact, batch=1, overwrite=True)  # intact, but another export
+    with pytest.raises(UserError, match="is not the export lenet5_fmnist onnxruntime fp32 b1 t1 was timed on"):
+        run_sweep(quick(cache), _resume_copy(out, tmp_path), resume=True)
+
+
+@pytest.fixture
+def disk_full_from(monkeypatch: pytest.MonkeyPatch):
+    """`arm(folder, n)`: from the n-th temporary file made in `folder` on, writes fail as on a full disk (the
+    temporary file's descriptor is pointed at /dev/full; the first one is the harness's writability probe)."""
+    real = tempfile.mkstemp
+
+    def arm(folder: Path, nth: int) -> None:
+        made = []
+
+        def mkstemp(*args, **kwargs):
+            fd, name = real(*args, **kwargs)
+            if Path(kwargs.get("dir") or "") == folder:
+                made.append(name)
+                if len(made) >= nth:
+                    full = os.open("/dev/full", os.O_WRONLY)
+                    os.dup2(full, fd)
+                    os.close(full)
+            return fd, name
+
+        monkeypatch.setattr(schema.tempfile, "mkstemp", mkstemp)
+    return arm
+
+
+def test_a_full_disk_never_replaces_good_results_and_leaves_no_temporary_file(
+        sweep: tuple[dict, Path, Path], tmp_path: Path, disk_full_from) -> None:
+    _, out, cache = sweep
+    settings = quick(cache, models=["lenet5_fmnist"], runtimes=["onnxruntime"])
+    good = tmp_path / "bench.json"
+    shutil.copy(out, good)
+    disk_full_from(tmp_path, 1)
+    with pytest.raises(UserError, match=r"^no space left on device writing .*bench\.json .*; 1 configuration\(s\) "
+                                        r"measured since its last write are lost; .*bench\.json is left as it was$"):
+        run_sweep(settings, good, force=True)
+    assert good.read_bytes() == out.read_bytes()  # the earlier complete results, not an empty start
+    assert [p.name for p in tmp_path.iterdir()] == ["bench.json"]
+
+
+def test_a_full_disk_at_the_last_write_keeps_what_was_measured_for_resume(
+        sweep: tuple[dict, Path, Path], tmp_path: Path, disk_full_from, monkeypatch: pytest.MonkeyPatch) -> None:
+    _, _, cache = sweep
+    settings = quick(cache, models=["lenet5_fmnist"], runtimes=["onnxruntime"])
+    out = tmp_path / "bench.json"
+    disk_full_from(tmp_path, 3)  # the probe, the group's write, then the final one (complete: true)
+    with pytest.raises(UserError, match=r"no space left on device .*keeps its last write: rerun with --resume"):
+        run_sweep(settings, out)
+    assert [p.name for p in tmp_path.iterdir()] == ["bench.json"]
+    kept = read_results(out)
+    assert kept["complete"] is False and len(kept["records"]) == 1
+    monkeypatch.undo()
+    resumed = run_sweep(settings, out, resume=True)
+    assert resumed["complete"] is True and resumed["records"] == kept["records"]
+
+
+def test_more_threads_than_cores_is_said_and_marked_in_every_record(sweep: tuple[dict, Path, Path], tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    _, _, cache = sweep
+    cores = os.cpu_count()
+    out = tmp_path / "over.json"
+    assert main(["bench", "lenet5_fmnist", "--targets", "onnxruntime", "--precisions", "fp32", "--threads",
+                 f"1,{cores + 1}", "--warmup-s", "0", "--iters", "4", "--rounds", "2", "--accuracy-samples", "64",
+                 "--cache", str(cache), "--no-progress", "--out", str(out)]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"--threads {cores + 1} is more than the {cores} logical cores here" in err[0]
+    assert {r["threads"]: r["oversubscribed"] for r in read_results(out)["records"]} == {1: False, cores + 1: True}

@@ -1,4 +1,5 @@
-"""`edgecnn pick` on crafted results: ranking, ties, nothing within budget, missing accuracy, other machines."""
+"""`edgecnn pick` on crafted results: ranking, ties, nothing within budget, missing accuracy, other machines,
+impossible numbers and untrusted drops, names that hold control characters, oversubscribed timings."""
 from __future__ import annotations
 
 import json
@@ -18,13 +19,16 @@ ELSEWHERE = {"name": "Jetson Orin ×6", "cpu": "ARMv8 Processor rev 1 (v8l)", "l
 
 
 def record(model: str, runtime: str, precision: str, p50: float, top1: float | None, reference: float = 92.0,
-           batch: int = 1, flow: str = "edgecnn") -> dict[str, Any]:
+           batch: int = 1, flow: str = "edgecnn", threads: int = 1) -> dict[str, Any]:
     accuracy = None if top1 is None else {"top1": top1, "reference_top1": reference,
                                           "drop": round(reference - top1, 3), "agreement_vs_torch_fp32": 99.0}
-    return {"model": model, "runtime": runtime, "precision": precision, "batch": batch, "threads": 1, "flow": flow,
-            "peer": {"name": "nncf-quantize"} if flow == "peer" else None,
+    return {"model": model, "runtime": runtime, "precision": precision, "batch": batch, "threads": threads,
+            "flow": flow, "peer": {"name": "nncf-quantize"} if flow == "peer" else None,
+            "executed_precision": precision,
             "latency_ms": {"mean": p50, "p50": p50, "p90": p50 * 1.1, "p99": p50 * 1.3, "min": p50 * 0.9,
-                           "max": p50 * 1.5, "std": 0.01}, "accuracy": accuracy}
+                           "max": p50 * 1.5, "std": 0.01}, "throughput": batch * 1e3 / p50,
+            "round_p50_ms": [p50], "spread_pct": 0.0, "memory": {"rss_delta_mb": 1.0},
+            "artifact": {"path": "crafted", "bytes": 1000}, "accuracy": accuracy}
 
 
 def results(records: list[dict[str, Any]], machine: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -176,3 +180,73 @@ def test_without_results_it_reads_the_committed_ones_for_this_cpu_or_says_what_t
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no committed results for this machine (Jetson Orin ×6)" in err
     assert "edgecnn bench" in err
+
+
+def _written(tmp_path: Path, document: dict[str, Any], name: str = "r.json") -> Path:
+    path = tmp_path / name
+    path.write_text(json.dumps(document))
+    return path
+
+
+@pytest.mark.parametrize("written_drop", [None, 0.0])
+def test_the_drop_is_worked_out_from_the_reference_never_read(written_drop: float | None, tmp_path: Path) -> None:
+    """50 % top-1 against a 91.5 % reference is 41.5 pt lost, whatever the file says the drop is."""
+    poor = record("a_fmnist", "onnxruntime", "int8", 0.5, 50.0, reference=91.5)
+    poor["accuracy"]["drop"] = written_drop
+    fair = record("a_fmnist", "onnxruntime", "fp32", 1.0, 91.5, reference=91.5)
+    for loaded in (load_for_pick([_written(tmp_path, results([poor, fair]))]), [results([poor, fair])]):
+        answer = pick(loaded, budget_ms=2.0, max_drop=0.5)
+        assert labels(answer.chosen) == ["a_fmnist onnxruntime fp32"]
+        assert [c.reason for c in answer.excluded] == ["over the drop: 41.50 pt below its FP32 > 0.5 pt"]
+
+
+@pytest.mark.parametrize("field, value", [("p50", float("nan")), ("p50", -5.0), ("top1", float("nan"))])
+def test_a_record_with_an_impossible_number_is_one_line_naming_it(field: str, value: float, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """Before, NaN or negative latencies and a NaN top-1 ranked first."""
+    bad = record("b_fmnist", "openvino", "int8", 0.2, 91.0)
+    (bad["accuracy"] if field == "top1" else bad["latency_ms"])[field] = value
+    path = _written(tmp_path, results([record("a_fmnist", "onnxruntime", "fp32", 1.0, 92.0), bad]))
+    assert main(["pick", "--budget-ms", "2", "--results", str(path)]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert captured.out == "" and len(err.splitlines()) == 1
+    assert f"{path}: record 1 (b_fmnist openvino int8, batch 1)" in err and f"{field} must be a finite number" in err
+
+
+def test_a_record_without_accuracy_is_said_to_lack_it_whatever_its_latency() -> None:
+    """Never a candidate: "over budget" would suggest a larger budget could pick it."""
+    bundle = {**record("a_fmnist", "tensorrt", "fp16", 40.0, None), "deploy_bundle": {"target": "jetson"}}
+    answer = pick([results([record("a_fmnist", "onnxruntime", "fp32", 40.0, None), bundle], ELSEWHERE)],
+                  budget_ms=1.0, any_machine=True)
+    assert [c.reason for c in answer.excluded] == [
+        "no accuracy measured (latency only: pass --data to `edgecnn bench`)",
+        "no accuracy measured (latency only: a deploy bundle's bench.sh measures no accuracy)"]
+
+
+def test_names_from_results_files_are_escaped_on_the_terminal(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    evil_model, evil_machine = "m\x1b[2J\nforged line", "box\x1b]0;title\x07\r"
+    path = _written(tmp_path, results([record(evil_model, "onnxruntime", "fp32", 1.0, 92.0),
+                                       record(evil_model, "openvino", "fp32", 3.0, 92.0)],
+                                      {**machine_info(), "name": evil_machine}))
+    assert main(["pick", "--budget-ms", "2", "--results", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert not any(c in out for c in "\x1b\x07\r") and "forged line" not in out.splitlines()[0]
+    assert not any(line.startswith("forged line") for line in out.splitlines())
+    assert "pick: m\\x1b[2J\\nforged line onnxruntime fp32" in out and "box\\x1b]0;title\\x07\\r" in out
+    assert "m\\x1b[2J\\nforged line openvino fp32 (threads 1): over budget" in out
+
+
+def test_an_oversubscribed_pick_is_said_to_be(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    here = machine_info()
+    over = record("a_fmnist", "onnxruntime", "fp32", 1.0, 92.0, threads=here["logical_cores"] + 1)
+    path = _written(tmp_path, results([over, record("a_fmnist", "openvino", "fp32", 1.5, 92.0)]))
+    assert main(["pick", "--budget-ms", "2", "--results", str(path)]) == 0
+    out = capsys.readouterr().out
+    pick_line = next(line for line in out.splitlines() if line.startswith("pick:"))
+    assert "a_fmnist onnxruntime fp32" in pick_line and "oversubscribed" in pick_line
+    assert f"{here['logical_cores'] + 1} (over)" in out
+    marked = {**record("a_fmnist", "onnxruntime", "fp32", 1.0, 92.0), "oversubscribed": True}  # as bench marks it
+    fair = record("a_fmnist", "openvino", "fp32", 1.5, 92.0)
+    assert [c.oversubscribed for c in pick([results([marked, fair])], budget_ms=2.0).chosen] == [True, False]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -133,3 +134,22 @@ def test_machines_that_share_a_name_are_told_apart_by_their_flags() -> None:
     assert machine_labels([older, newer, jetson, older]) == [f"{name} (no avx_vnni)", f"{name} (+avx_vnni)",
                                                             "Jetson Orin ×6", f"{name} (no avx_vnni)"]
     assert machine_labels([older]) == [name]
+
+
+def test_names_from_results_files_are_escaped_in_the_markdown_and_plots(tmp_path: Path) -> None:
+    """Control characters would drive a terminal showing the README, a newline or | would break its tables, and
+    a $…$ pair would be parsed as maths by the plots' labels (and fail to draw)."""
+    results = _tiny()
+    results["machine"]["name"] = "box|\x1b[31m\nred $x^$"
+    for r in results["records"]:
+        r["model"] = "lenet|\x1b]0;title\x07\n## forged"
+    results["skipped"][0]["reason"] = "no\rreason | here"
+    text = write_report([results], tmp_path / "r").read_text()
+    assert not any(c in text for c in "\x1b\x07\r")
+    assert not any(line.startswith(("## forged", "red ")) for line in text.splitlines())
+    assert "box\\|\\x1b[31m\\nred $x^$" in text and "lenet\\|\\x1b]0;title\\x07\\n## forged" in text
+    assert "no\\rreason \\| here" in text
+    for table in text.split("\n\n"):
+        rows = [line for line in table.splitlines() if line.startswith("|")]
+        # every row of a table has its header's cells: no name split one into more
+        assert len({len(re.split(r"(?<!\\)\|", row)) for row in rows}) <= 1, table

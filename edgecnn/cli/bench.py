@@ -77,7 +77,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="replace --out if it holds earlier edgecnn results")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run in --out (same settings and machine): its finished "
-                        "(model, batch) groups are kept, the rest measured; more models may be added")
+                        "(model, batch) groups are kept, the rest measured; more models may be added. A file edited "
+                        "since edgecnn wrote it, or whose artifacts changed, is refused")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_bench)
 
@@ -163,26 +164,32 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_pick(args: argparse.Namespace) -> int:
     from edgecnn.benchmarks.pick import load_for_pick, pick
     from edgecnn.cli.table import format_table
+    from edgecnn.text import printable
 
     results = load_for_pick(args.results, any_machine=args.any_machine)
     answer = pick(results, args.budget_ms, args.max_drop, args.batch, args.statistic, args.any_machine)
     drop = f", at most {answer.max_drop:g} pt below FP32" if answer.max_drop is not None else ""
-    print(f"budget {answer.budget_ms:g} ms ({answer.statistic} per call, batch {answer.batch}){drop}; "
-          f"results: {', '.join(answer.sources)}")
+    # names, paths and reasons come from the results files: escaped, so none can drive the terminal
+    print(printable(f"budget {answer.budget_ms:g} ms ({answer.statistic} per call, batch {answer.batch}){drop}; "
+                    f"results: {', '.join(answer.sources)}"))
     if answer.chosen:
         rows = [[i + 1, c.record["model"], c.record["runtime"],
-                 " ".join(filter(None, (c.record["precision"], c.record.get("variant")))), c.record["threads"],
+                 " ".join(filter(None, (c.record["precision"], c.record.get("variant")))),
+                 f"{c.record['threads']}{' (over)' if c.oversubscribed else ''}",
                  f"{c.latency_ms:.3f}" + ("" if c.statistic == answer.statistic else f" ({c.statistic})"),
                  f"{c.accuracy:.2f}%", f"{c.drop:+.2f}" if c.drop is not None else "—",
                  c.machine] for i, c in enumerate(answer.chosen[:args.top])]
-        print(format_table(rows, ["rank", "model", "runtime", "precision", "threads", f"{answer.statistic} ms",
-                                  "top-1", "drop pt", "machine"]))
+        print(format_table([[printable(str(cell)) for cell in row] for row in rows],
+                           ["rank", "model", "runtime", "precision", "threads", f"{answer.statistic} ms", "top-1",
+                            "drop pt", "machine"]))
         best = answer.chosen[0]
-        print(f"pick: {best.label}, {best.latency_ms:.3f} ms, {best.accuracy:.2f}% top-1")
+        over = (f"; timed with {best.record['threads']} threads, more than its machine's logical cores "
+                "(oversubscribed): its timings are distorted, measure it again with fewer") if best.oversubscribed else ""
+        print(f"pick: {best.label}, {best.latency_ms:.3f} ms, {best.accuracy:.2f}% top-1{over}")
     else:
         print("nothing meets the budget: raise --budget-ms or --max-drop, or measure a smaller model")
     if answer.excluded:
         print(f"\nexcluded ({len(answer.excluded)}):")
         for c in answer.excluded:
-            print(f"  {c.label}: {c.reason}")
+            print(f"  {c.label}: {printable(c.reason)}")
     return 0 if answer.chosen else 1
