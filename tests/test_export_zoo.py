@@ -7,10 +7,11 @@ agreement on 64 inputs (real Fashion-MNIST test images for models trained on it)
 or near-tied random logits). Beyond the manifest's own verdict, every case re-runs the exported file
 in its runtime on inputs made here and compares with logits of a PyTorch model built here.
 
-Default suite: every Fashion-MNIST model at its own size (FP32 and FP16, ONNX Runtime and OpenVINO;
-OpenVINO FP16 on 128 parity inputs in dynamic batches), and the smallest canonical model of each family at its smallest
-input size on 16 parity inputs (FP32 ONNX, plus OpenVINO for those up to 12M parameters); the rest,
-full sizes and the multi-exit (BranchyNet) models, are `slow`.
+Default suite: one export per family, FP32 ONNX (its smallest Fashion-MNIST model, else its smallest canonical
+model at its smallest input size on 16 parity inputs), and LeNet-5 on every target and precision (OpenVINO FP16
+on 128 parity inputs in dynamic batches). `slow` has the rest: every Fashion-MNIST model at FP32 and FP16 on
+ONNX Runtime and OpenVINO, the smallest canonical models on OpenVINO (up to 12M parameters), full sizes and
+the multi-exit (BranchyNet) models.
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ MIN_IMAGENET_SIDE = 32
 # VGG's parity alone took 27 s on 2 cores.
 REDUCED_SIZE_SAMPLES = 16
 EARLY_EXIT_FAMILY = "branchynet"
+EVERY_TARGET = "lenet5_fmnist"  # the default suite's model exported on every target and precision
 OPENVINO_FP16 = {"dynamic_batch": True, "parity_samples": 128}
 # The independent check: a few inputs, a bar looser than parity's own (which the manifest records).
 CHECK_SAMPLES = 4
@@ -60,11 +62,25 @@ def _smallest_canonical() -> dict[str, int]:
     return {name: params for params, name in smallest.values()}
 
 
+def _one_per_family(canonical: dict[str, int]) -> set[str]:
+    """The default suite's model of each family: its smallest Fashion-MNIST model, else its smallest canonical."""
+    chosen: dict[str, tuple[int, int, str]] = {}
+    for name in edgecnn.list_models():
+        cfg = edgecnn.get_config(name)
+        if cfg.family == EARLY_EXIT_FAMILY or (cfg.dataset != "fashion_mnist" and name not in canonical):
+            continue
+        entry = (cfg.dataset != "fashion_mnist", edgecnn.count_params(edgecnn.create_model(name)), name)
+        chosen[cfg.family] = min(chosen.get(cfg.family, entry), entry)
+    return {name for _, _, name in chosen.values()}
+
+
 def _cases() -> list:
     canonical = _smallest_canonical()
+    default_suite = _one_per_family(canonical)
     cases = []
 
     def case(name: str, target: str, precision: str, fast: bool, suffix: str = "", **options: object) -> None:
+        fast = fast and (name == EVERY_TARGET or (name in default_suite and target == "onnx" and precision == "fp32"))
         cases.append(pytest.param(name, target, precision, options, id=f"{name}-{target}-{precision}{suffix}",
                                   marks=() if fast else pytest.mark.slow))
 
