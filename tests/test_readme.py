@@ -60,9 +60,9 @@ def test_torchrun_line_trains_with_two_processes(tmp_path: Path) -> None:
 
 
 def test_ci_runs_the_readmes_test_command_verbatim() -> None:
-    """.ci/run runs scripts/test.sh, whose command must be the README's set-up command 2, character for character."""
+    """.ci/run runs tests/setup_and_run.sh, whose command must be the README's set-up command 2, character for character."""
     block = README.split("<!-- test-command -->", 1)[1]
     quoted = re.search(r"^```\n(.*?)\n```", block, flags=re.M | re.S).group(1).strip()
-    script = (ROOT / "scripts" / "test.sh").read_text().splitlines()
+    script = (ROOT / "tests" / "setup_and_run.sh").read_text().splitlines()
     assert script[-1] == quoted
-    assert "bash scripts/test.sh" in (ROOT / ".ci" / "run").read_text()
+    assert "bash tests/setup_and_run.sh" in (ROOT / ".ci" / "run").read_text()
