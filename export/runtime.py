@@ -493,20 +493,49 @@ class TensorRTSession(Session):
                                 "with build_engine.py")
         self._context = self._engine.create_execution_context()
         self._output = manifest["output"]["name"]
+        # The profile's largest batch (a static engine's own batch): larger batches run in chunks of it.
+        self._max_batch = int(self._engine.get_tensor_profile_shape(self.input_spec.name, 0)[2][0]) \
+            if isinstance(self.input_spec.shape[0], str) else int(self.input_spec.shape[0])
+        # A stream of the session's own (on torch's default stream TensorRT adds a device synchronisation) and
+        # device buffers allocated once per input shape, not per call: both would distort measured latency.
+        self._stream = torch.cuda.Stream()
+        self._buffers: dict[tuple[int, ...], tuple[Any, Any, Any]] = {}
+        self._bound: tuple[int, ...] | None = None
 
-    def _run(self, batch: np.ndarray) -> np.ndarray:
+    def _bind(self, shape: tuple[int, ...]) -> tuple[Any, Any, Any]:
+        """Device input, device output and pinned host output for this input shape, bound to the context (buffers
+        are made on a shape's first call, kept for the next)."""
         import torch
 
-        x = torch.from_numpy(batch).cuda()
-        self._context.set_input_shape(self.input_spec.name, tuple(x.shape))
-        y = torch.empty(tuple(self._context.get_tensor_shape(self._output)), device="cuda")
-        self._context.set_tensor_address(self.input_spec.name, x.data_ptr())
-        self._context.set_tensor_address(self._output, y.data_ptr())
-        stream = torch.cuda.current_stream()
-        if not self._context.execute_async_v3(stream.cuda_stream):
-            raise RuntimeError("TensorRT failed to run the engine")
-        stream.synchronize()
-        return y.cpu().numpy()
+        if shape != self._bound:
+            if not self._context.set_input_shape(self.input_spec.name, shape):
+                raise UserError(f"the engine {self.model_path} does not take input shape {list(shape)}; rebuild it "
+                                "with build_engine.py --batch/--max-batch covering it")
+            if shape not in self._buffers:
+                out_shape = tuple(self._context.get_tensor_shape(self._output))
+                self._buffers[shape] = (torch.empty(shape, device="cuda"), torch.empty(out_shape, device="cuda"),
+                                        torch.empty(out_shape, pin_memory=True))
+            x, y, _ = self._buffers[shape]
+            self._context.set_tensor_address(self.input_spec.name, x.data_ptr())
+            self._context.set_tensor_address(self._output, y.data_ptr())
+            self._bound = shape
+        return self._buffers[shape]
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        return np.concatenate([self._run_chunk(batch[i:i + self._max_batch])
+                               for i in range(0, len(batch), self._max_batch)])
+
+    def _run_chunk(self, chunk: np.ndarray) -> np.ndarray:
+        import torch
+
+        x, y, host = self._bind(tuple(chunk.shape))
+        with torch.cuda.stream(self._stream):
+            x.copy_(torch.from_numpy(chunk).pin_memory(), non_blocking=True)
+            if not self._context.execute_async_v3(self._stream.cuda_stream):
+                raise RuntimeError("TensorRT failed to run the engine")
+            host.copy_(y, non_blocking=True)
+        self._stream.synchronize()
+        return host.numpy().copy()
 
     def _executed_precision(self) -> str:
         """The precision the engine was built to allow (TensorRT still picks each layer's kernel among
@@ -516,6 +545,7 @@ class TensorRTSession(Session):
 
     def close(self) -> None:
         self._context = self._engine = None
+        self._buffers.clear()
         super().close()
 
 
