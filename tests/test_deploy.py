@@ -344,7 +344,9 @@ def test_early_exit_bundle_runs_the_stage_loop(tmp_path: Path, pngs: tuple[Path,
     build_bundle("b_lenet_fmnist", "onnxruntime", out=out, dynamic_batch=True, parity_samples=8, force=True)
     assert read_manifest(out)["early_exit"]
     stage = Path(read_manifest(out)["early_exit"]["stages"][0]["file"]).parent
-    (out / stage / "model.plan").write_bytes(b"an engine setup.sh built")  # edgecnn's: does not block --force
+    (out / stage / "model.plan").write_bytes(b"an engine")  # only a TensorRT bundle's setup.sh writes one
+    with pytest.raises(UserError, match=f"{stage}/model.plan, which edgecnn did not write"):
+        build_bundle("b_lenet_fmnist", "onnxruntime", out=out, dynamic_batch=True, force=True)
     (out / stage / "notes.txt").write_text("a user's file")
     with pytest.raises(UserError, match=f"{stage}/notes.txt, which edgecnn did not write"):
         build_bundle("b_lenet_fmnist", "onnxruntime", out=out, dynamic_batch=True, force=True)

@@ -36,6 +36,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="the bundle directory to write")
     p.add_argument("--force", action="store_true",
                    help="replace --out if it is an earlier edgecnn bundle (nothing else is ever replaced)")
+    p.add_argument("--sign", type=Path, metavar="KEY.pem",
+                   help="sign manifest.json with this Ed25519 private key (openssl genpkey -algorithm ed25519 -out "
+                        "KEY.pem) into manifest.json.sig; the device checks it with ./setup.sh --verify-key PUB.pem "
+                        "(openssl pkey -in KEY.pem -pubout -out PUB.pem). Needs pip install 'edgecnn[sign]'")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_deploy)
 
@@ -45,7 +49,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     from edgecnn.export.deploy import build_bundle
 
     result = build_bundle(args.name, args.target, args.precision, args.out, checkpoint=args.checkpoint,
-                          force=args.force, progress=not args.no_progress, batch=args.batch,
+                          force=args.force, progress=not args.no_progress, sign=args.sign, batch=args.batch,
                           dynamic_batch=args.dynamic_batch, calibration=_calibration_options(args))
     m = result.manifest
     print(f"{m['model']['name']} → {args.target} bundle ({m['target']} {m['precision']}): {result.path}")
@@ -53,5 +57,8 @@ def cmd_deploy(args: argparse.Namespace) -> int:
                        ["file", "bytes", "sha256"]))
     for line in _calibration_lines(m):
         print(line)
+    if m.get("signature"):
+        print(f"signed: {m['signature']['file']} (Ed25519, key SHA-256 {m['signature']['public_key_sha256'][:16]}…); "
+              "on the device: ./setup.sh --verify-key PUB.pem")
     print(f"\ncopy {result.path} to the device, then: ./setup.sh && python3 run.py IMAGE_OR_FOLDER && ./bench.sh")
     return 0

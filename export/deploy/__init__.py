@@ -11,14 +11,22 @@ schema), `README.md` and `requirements.txt`, all of them named with their SHA-25
 (`edgecnn inspect` and `runtime.load` read it), run.py checks every file before it loads a model, and
 `--force` replaces only a bundle edgecnn wrote. The bundle's Python code lives once, in templates/
 (`edgecnn_bundle.py`: manifest and hash checks, preprocessing, one runner class per runtime, the
-early-exit loop, benchmark statistics); deploy targets differ in data only.
+early-exit loop, benchmark statistics, the machine description); deploy targets differ in data only, and
+edgecnn itself uses that same file (`bundle_code`) where it needs what a bundle knows.
+
+`sign=KEY` (`edgecnn deploy --sign`) signs the finished manifest.json with an Ed25519 key and writes
+manifest.json.sig beside it; `setup.sh`/`run.py --verify-key PUB` refuse a bundle whose signature does not verify.
 """
 from __future__ import annotations
 
 import datetime as dt
-import json
+import functools
+import hashlib
+import importlib.util
 import os
 import shutil
+import stat
+import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,32 +105,105 @@ class BundleResult:
     manifest: dict[str, Any]
 
 
+@functools.lru_cache(maxsize=None)
+def bundle_code() -> types.ModuleType:
+    """templates/edgecnn_bundle.py, the code every bundle runs, as a module: edgecnn uses it rather than a copy
+    that could drift (the machine record of results files, the files a bundle may hold besides its listed ones)."""
+    spec = importlib.util.spec_from_file_location("edgecnn.export.deploy.edgecnn_bundle",
+                                                  TEMPLATES / "edgecnn_bundle.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def check_bundle_destination(out: Path | str, force: bool) -> Path:
-    """As exports do (edgecnn's own output only, with --force), and an export artifact is not a bundle."""
-    from edgecnn.export.manifest import MANIFEST_NAME, check_destination
+    """As exports do (edgecnn's own output only, with --force), and an export artifact is not a bundle: --force
+    replaces a bundle holding only what its manifest lists and what edgecnn's scripts write for that bundle's
+    target (a timing.cache only in a TensorRT bundle, where setup.sh builds it)."""
+    from edgecnn.export.manifest import MANIFEST_NAME, check_destination, shown
+    from edgecnn.jsonfile import read_json
 
     out = check_destination(out, force)
     if out.exists():
-        manifest = json.loads((out / MANIFEST_NAME).read_text())  # check_destination read it already
-        if (manifest.get("bundle") or {}).get("kind") != BUNDLE_KIND:
+        manifest = read_json(out / MANIFEST_NAME, "bundle manifest")  # check_destination found it edgecnn's
+        bundle = manifest.get("bundle")
+        if not isinstance(bundle, dict) or bundle.get("kind") != BUNDLE_KIND:
             raise UserError(f"{out} is an edgecnn export artifact, not a deploy bundle; --force replaces only an "
                             "earlier bundle: choose another --out")
+        foreign = bundle_code().unlisted_files(manifest, out)
+        if foreign:
+            raise UserError(f"{out} is an edgecnn {bundle.get('target')} bundle but also holds {shown(foreign)}, which "
+                            "edgecnn did not write for it; move them out or choose another --out")
     return out
+
+
+def load_signing_key(path: Path | str) -> Any:
+    """The Ed25519 private key of the PEM file `path` (as `openssl genpkey -algorithm ed25519` writes it), read
+    before any work so a wrong key costs nothing."""
+    try:
+        from cryptography.exceptions import UnsupportedAlgorithm
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+        from cryptography.hazmat.primitives.serialization import load_pem_private_key
+    except ImportError as e:
+        raise UserError("--sign needs the cryptography package: pip install 'edgecnn[sign]'") from e
+    path = Path(path)
+    make = "make one with: openssl genpkey -algorithm ed25519 -out KEY.pem"
+    try:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode) or info.st_size > 1 << 16:
+            raise UserError(f"signing key {path} is not a PEM key file; {make}")
+        pem = path.read_bytes()
+    except FileNotFoundError as e:
+        raise UserError(f"signing key {path} does not exist; {make}") from e
+    except OSError as e:
+        raise UserError(f"cannot read signing key {path}: {e.strerror or e}") from e
+    try:
+        key = load_pem_private_key(pem, password=None)
+    except TypeError as e:  # a passphrase-protected key
+        raise UserError(f"signing key {path} is encrypted; give an unencrypted copy (openssl pkey -in {path} -out "
+                        "PLAIN.pem), readable only by you") from e
+    except (ValueError, UnsupportedAlgorithm) as e:
+        raise UserError(f"signing key {path} is not a PEM private key; {make}") from e
+    if not isinstance(key, Ed25519PrivateKey):
+        raise UserError(f"signing key {path} is not an Ed25519 key; edgecnn signs bundles with Ed25519: {make}")
+    return key
+
+
+def signature_record(key: Any) -> dict[str, str]:
+    """The manifest's `signature` section: where the signature is and which key made it (SHA-256 of its raw
+    32-byte public key, to tell keys apart; trust comes from the public key the verifier is given, never this)."""
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    from edgecnn.export.manifest import SIGNATURE_NAME
+
+    raw = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    return {"file": SIGNATURE_NAME, "algorithm": "Ed25519", "public_key_sha256": hashlib.sha256(raw).hexdigest()}
+
+
+def sign_manifest(directory: Path, key: Any) -> Path:
+    """manifest.json.sig: the raw 64-byte Ed25519 signature of manifest.json's bytes as written (so `openssl
+    pkeyutl -verify -rawin` checks it too)."""
+    from edgecnn.export.manifest import MANIFEST_NAME, SIGNATURE_NAME
+
+    path = directory / SIGNATURE_NAME
+    path.write_bytes(key.sign((directory / MANIFEST_NAME).read_bytes()))
+    return path
 
 
 def build_bundle(name: str, target: str, precision: str = "fp32", out: Path | str = "bundle", *,
                  checkpoint: Path | str | None = None, force: bool = False, progress: bool = False,
-                 **export_options: Any) -> BundleResult:
+                 sign: Path | str | None = None, **export_options: Any) -> BundleResult:
     """Export `name` for the device kind `target` and write the bundle into `out`, atomically.
 
     `export_options` go to `export_registered` (batch, dynamic_batch, input_size, calibration, ...). A bundle
-    whose parity check failed is not written.
+    whose parity check failed is not written. `sign`: an Ed25519 private key PEM file to sign the manifest with.
     """
     from edgecnn.export.manifest import describe_files, read_manifest, staging_directory, write_manifest
     from edgecnn.export.pipeline import export_registered
 
     deploy = get_deploy_target(target)
     deploy.check_precision(precision)
+    key = load_signing_key(sign) if sign is not None else None
     out = check_bundle_destination(out, force)
     with staging_directory(out, force) as staging:
         result = export_registered(name, deploy.export_target, precision, staging / EXPORT_SUBDIR,
@@ -135,12 +216,16 @@ def build_bundle(name: str, target: str, precision: str = "fp32", out: Path | st
             os.replace(result.path / entry, staging / entry)
         result.path.rmdir()
         manifest = result.manifest
+        if key is not None:
+            manifest["signature"] = signature_record(key)
         written = _write_bundle_files(staging, deploy, manifest)
         manifest["bundle"] = {"kind": BUNDLE_KIND, "target": deploy.name, "description": deploy.description,
                               "backend": deploy.backend, "fallback": deploy.fallback, "files": written,
                               "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
         manifest["files"].update(describe_files(staging, written))
         write_manifest(staging, manifest)
+        if key is not None:
+            sign_manifest(staging, key)
     return BundleResult(out, read_manifest(out))
 
 
@@ -227,10 +312,15 @@ def render_readme(deploy: DeployTarget, m: dict[str, Any]) -> str:
     lines += [f"| {name} | {_size(entry['bytes'])} |" for name, entry in sorted(m["files"].items())]
     lines += ["| setup.sh, run.py, bench.py, bench.sh, edgecnn_bundle.py, README.md, requirements.txt | "
               "the bundle's own |", ""]
+    if m.get("signature"):
+        lines += [f"Signed: {m['signature']['file']} is the Ed25519 signature of manifest.json (key SHA-256 "
+                  f"{m['signature']['public_key_sha256'][:16]}…). `./setup.sh --verify-key PUB.pem` and `run.py "
+                  "--verify-key PUB.pem` refuse the bundle unless it verifies with the signer's public key; the "
+                  "hashes alone catch damage, not tampering.", ""]
     for note in m["notes"]:
         lines.append(f"Note: {note}")
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["BUNDLE_KIND", "BundleResult", "DEPLOY_TARGETS", "DeployTarget", "build_bundle", "get_deploy_target",
-           "register_deploy_target"]
+__all__ = ["BUNDLE_KIND", "BundleResult", "DEPLOY_TARGETS", "DeployTarget", "build_bundle", "bundle_code",
+           "get_deploy_target", "load_signing_key", "register_deploy_target"]

@@ -7,34 +7,35 @@ Warm-up, then timed calls in rounds; p50/p90/p99, throughput; on a Jetson the po
 the clock state (jetson_clocks --show), and with --power the board's input power sampled by tegrastats
 (energy per inference). The JSON merges into `edgecnn report` with results from any other machine.
 """
-from __future__ import annotations
-
-import argparse
-import json
-import os
-import resource
-import shlex
-import shutil
-import subprocess
 import sys
-import tempfile
-import time
 
+# As run.py: this folder off sys.path before any other import, so nothing dropped into the bundle is imported.
+if __name__ == "__main__" and not (sys.flags.isolated or getattr(sys.flags, "safe_path", False)):
+    del sys.path[0]
 sys.dont_write_bytecode = True
 
+import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import importlib.util  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import resource  # noqa: E402
+import shlex  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Any, Dict, Iterator, List, Optional  # noqa: E402
 
-try:
-    import numpy as np
-
-    import edgecnn_bundle as b
-except ImportError as e:  # the bundle's requirements are not installed for this interpreter
-    print(f"bench.py: error: {e.name} is not installed for {sys.executable}: pip install -r requirements.txt "
-          "(./setup.sh says what else is missing)", file=sys.stderr)
-    sys.exit(2)
+# run.py's start-up, by path: numpy and the bundle's code (edgecnn_bundle.py), or one line and exit 2
+_spec = importlib.util.spec_from_file_location("run", Path(__file__).resolve().with_name("run.py"))
+run = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(run)
+b, np = run.b, run.np
 
 
-def _command(args: list[str]) -> str | None:
+def _command(args: List[str]) -> Optional[str]:
     """A tool's output (first 2000 characters), or None where the tool is absent or refuses."""
     if not shutil.which(args[0]):
         return None
@@ -45,7 +46,7 @@ def _command(args: list[str]) -> str | None:
     return (done.stdout + done.stderr).strip()[:2000] or None
 
 
-def jetson_state() -> dict:
+def jetson_state() -> Dict[str, Any]:
     """Power mode and clock state of a Jetson; empty elsewhere."""
     if not Path("/etc/nv_tegra_release").is_file():
         return {}
@@ -54,7 +55,7 @@ def jetson_state() -> dict:
             "jetson_clocks": _command(["jetson_clocks", "--show"]) or _command(["sudo", "-n", "jetson_clocks", "--show"])}
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--iters", type=b.positive, default=200, help="timed calls (default: 200)")
     p.add_argument("--warmup", type=b.positive, default=20, help="untimed calls first (default: 20)")
@@ -65,39 +66,49 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images", type=Path, metavar="IMAGE|FOLDER",
                    help="time on these images, preprocessed as run.py does (default: seeded noise; an early-exit "
                         "model's latency depends on its inputs, so give real ones)")
+    p.add_argument("--max-image-pixels", type=b.positive, default=b.DEFAULT_MAX_IMAGE_PIXELS, metavar="N",
+                   help="refuse --images of more pixels, unread (decompression bombs; default: %(default)s)")
     p.add_argument("--power", action="store_true", help="Jetson: sample tegrastats for energy per inference")
     p.add_argument("--out", type=Path, help="results JSON (default: bench-HOST-TARGET-PRECISION.json here)")
     p.add_argument("--force", action="store_true", help="replace --out if it is an earlier results file")
+    p.add_argument("--verify-key", type=Path, metavar="PUB.pem",
+                   help="refuse the bundle unless manifest.json.sig is its signature by this Ed25519 public key")
     args = p.parse_args(argv)
     try:
-        manifest = b.load_manifest()
-        bundle = manifest["bundle"]
-        out = args.out or Path(f"bench-{os.uname().nodename}-{bundle['target']}-{manifest['precision']}.json")
-        if out.exists() and not (args.force and _is_results(out)):
-            raise b.BundleError(f"{out} exists; pass --force to replace earlier results, or choose another --out"
-                                if _is_results(out) else f"{out} exists and is not a results file; choose another --out")
-        static = manifest["input"]["shape"][0]
-        if isinstance(static, int) and args.batch not in (None, static):
-            raise b.BundleError(f"this graph takes batch {static} only; drop --batch or deploy with another batch")
-        batch = static if isinstance(static, int) else (args.batch or 1)
-        if args.power and not shutil.which("tegrastats"):
-            raise b.BundleError("--power samples tegrastats, which is not on this machine (Jetsons only)")
-        backend = b.pick_backend(manifest, args.backend, lambda line: print(f"note: {line}", file=sys.stderr))
-        rss_before = _rss_mb()
-        t0 = time.perf_counter()
-        model = b.Model(manifest, backend, args.threads)
-        x = _inputs(manifest, batch, args.images)
-        model.classify(x)
-        load_s = time.perf_counter() - t0
-        rss_delta = max(0.0, _rss_mb() - rss_before)
-        b.timed(lambda: model.classify(x), args.warmup)
-        sampler, log = _start_tegrastats() if args.power else (None, None)
-        per_round = -(-args.iters // args.rounds)
-        rounds = [b.timed(lambda: model.classify(x), per_round) for _ in range(args.rounds)]
-        power_mw = _stop_tegrastats(sampler, log) if sampler else None
+        return _bench(args, " ".join(shlex.quote(a) for a in ["bench.py", *(sys.argv[1:] if argv is None else argv)]))
     except b.BundleError as e:
-        print(f"bench.py: error: {e}", file=sys.stderr)
+        print(f"bench.py: error: {b.printable(str(e))}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return run.interrupted()
+
+
+def _bench(args: argparse.Namespace, command: str) -> int:
+    """Check everything, time the model, then write the results file in one step (nothing written otherwise)."""
+    manifest = b.load_manifest(verify_key=args.verify_key)
+    bundle = manifest["bundle"]
+    out = args.out or Path(f"bench-{os.uname().nodename}-{bundle['target']}-{manifest['precision']}.json")
+    _check_out(out, args.force)
+    static = manifest["input"]["shape"][0]
+    if isinstance(static, int) and args.batch not in (None, static):
+        raise b.BundleError(f"this graph takes batch {static} only; drop --batch or deploy with another batch")
+    batch = static if isinstance(static, int) else (args.batch or 1)
+    if args.power and not shutil.which("tegrastats"):
+        raise b.BundleError("--power samples tegrastats, which is not on this machine (Jetsons only)")
+    backend = b.pick_backend(manifest, args.backend, lambda line: print(f"note: {line}", file=sys.stderr))
+    rss_before = _rss_mb()
+    t0 = time.perf_counter()
+    model = b.Model(manifest, backend, args.threads)
+    x = _inputs(manifest, batch, args.images, args.max_image_pixels)
+    model.classify(x)
+    load_s = time.perf_counter() - t0
+    rss_delta = max(0.0, _rss_mb() - rss_before)
+    print(f"timing {manifest['model']['name']} on {backend}: {args.warmup} warm-up calls, then {args.iters} in "
+          f"{args.rounds} rounds", file=sys.stderr)
+    b.timed(lambda: model.classify(x), args.warmup)
+    per_round = -(-args.iters // args.rounds)
+    with _tegrastats(args.power) as power:
+        rounds = [b.timed(lambda: model.classify(x), per_round) for _ in range(args.rounds)]
     times = [t for r in rounds for t in r]
     stats = b.latency_stats(times, batch)
     record = {
@@ -121,19 +132,14 @@ def main(argv: list[str] | None = None) -> int:
         exits = model.classify(x)[1]
         record["early_exit"] = {"thresholds": model.thresholds, "inputs": settings_inputs(args.images),
                                 "exit_fractions": [round(float((exits == k).mean()), 4) for k in range(len(model.stages))]}
+    power_mw = power.get("mean_mw")
     if power_mw is not None:
         record["power"] = {"source": "tegrastats VDD_IN / POM_5V_IN (board input)", "mean_mw": round(power_mw, 1),
                            "energy_mj_per_inference": round(power_mw * stats["mean"] / 1e3 / batch, 4)}
     settings = {"iters": args.iters, "warmup": args.warmup, "rounds": args.rounds, "batch": batch,
                 "threads": args.threads, "backend": backend, "power": args.power,
                 "inputs": settings_inputs(args.images)}
-    command = " ".join(shlex.quote(a) for a in ["bench.py", *(sys.argv[1:] if argv is None else argv)])
-    document = b.results_document(record, command, settings, jetson_state())
-    fd, tmp = tempfile.mkstemp(dir=out.absolute().parent, prefix=f".{out.name}.tmp-")
-    with os.fdopen(fd, "w") as f:
-        json.dump(document, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, out)
+    write_results(out, b.results_document(record, command, settings, jetson_state()))
     lat = record["latency_ms"]
     print(f"{record['model']} {backend} {record['precision']} batch {batch}: p50 {lat['p50']:.3f} ms, "
           f"p90 {lat['p90']:.3f}, p99 {lat['p99']:.3f}, {record['throughput']:.1f} samples/s"
@@ -142,24 +148,58 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def settings_inputs(images: Path | None) -> str:
+def _check_out(out: Path, force: bool) -> None:
+    """Before any timing: --out goes into an existing folder, and replaces only an earlier results file."""
+    if not out.absolute().parent.is_dir():
+        raise b.BundleError(f"{out.parent} is not an existing folder, so --out {out} cannot be written: create it "
+                            "or choose another --out")
+    if os.path.lexists(out):
+        if not _is_results(out):
+            raise b.BundleError(f"{out} exists and is not a results file; choose another --out")
+        if not force:
+            raise b.BundleError(f"{out} exists; pass --force to replace earlier results, or choose another --out")
+
+
+def write_results(out: Path, document: Dict[str, Any]) -> None:
+    """`document` into `out` in one step: a temporary file beside it, renamed over it. On any failure (a full
+    disk, Ctrl-C) the temporary file is removed and `out` is as it was."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=out.absolute().parent, prefix=f".{out.name}.tmp-")
+    except OSError as e:
+        raise b.BundleError(f"cannot write {out}: {e.strerror or e}; nothing was written: choose another "
+                            "--out") from None
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(document, f, indent=1)
+            f.write("\n")
+        os.replace(tmp, out)
+    except BaseException as e:
+        os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise b.BundleError(f"cannot write {out}: {e.strerror or e}; nothing was written: free some space or "
+                                "choose another --out") from None
+        raise
+
+
+def settings_inputs(images: Optional[Path]) -> str:
     return str(images) if images else "seeded standard-normal noise"
 
 
-def _inputs(manifest: dict, batch: int, images: Path | None) -> np.ndarray:
+def _inputs(manifest: Dict[str, Any], batch: int, images: Optional[Path], max_pixels: int) -> "np.ndarray":
     """One batch: the given images (repeated to fill it), preprocessed, or seeded standard-normal noise."""
     if images is None:
         return np.random.default_rng(0).standard_normal((batch, *manifest["input"]["shape"][1:])).astype(np.float32)
-    pixels = [b.decode_image(path) for path in b.image_paths(images)[:batch]]
+    pixels = [b.decode_image(path, max_pixels) for path in b.image_paths(images)[:batch]]
     x = np.stack([b.to_input(p, manifest["preprocessing"]) for p in pixels])
     return np.resize(x, (batch, *x.shape[1:]))
 
 
 def _is_results(path: Path) -> bool:
     try:
-        return json.loads(path.read_text()).get("kind") == b.RESULTS_KIND
-    except (OSError, ValueError, AttributeError):
+        document = b.read_json(path, "results file", "")
+    except b.BundleError:
         return False
+    return isinstance(document, dict) and document.get("kind") == b.RESULTS_KIND
 
 
 def _rss_mb() -> float:
@@ -171,19 +211,28 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _start_tegrastats() -> tuple[subprocess.Popen, Path]:
-    log = Path(tempfile.mkstemp(prefix="edgecnn-tegrastats-")[1])
-    sampler = subprocess.Popen(["tegrastats", "--interval", "100"], stdout=open(log, "w"), stderr=subprocess.DEVNULL)
-    time.sleep(0.3)
-    return sampler, log
-
-
-def _stop_tegrastats(sampler: subprocess.Popen, log: Path) -> float | None:
-    sampler.terminate()
-    sampler.wait(timeout=10)
-    lines = log.read_text().splitlines()
-    log.unlink()
-    return b.tegrastats_power_mw(lines)
+@contextlib.contextmanager
+def _tegrastats(enabled: bool) -> Iterator[Dict[str, Optional[float]]]:
+    """With `enabled`, tegrastats samples the board's input power while the block runs; the mean (mW) lands in the
+    yielded dict. The sampler and its log are gone afterwards, whatever happened (Ctrl-C included)."""
+    power: Dict[str, Optional[float]] = {}
+    if not enabled:
+        yield power
+        return
+    fd, name = tempfile.mkstemp(prefix="edgecnn-tegrastats-")
+    log = Path(name)
+    try:
+        with os.fdopen(fd, "w") as sink:
+            sampler = subprocess.Popen(["tegrastats", "--interval", "100"], stdout=sink, stderr=subprocess.DEVNULL)
+        try:
+            time.sleep(0.3)
+            yield power
+        finally:
+            sampler.terminate()
+            sampler.wait(timeout=10)
+        power["mean_mw"] = b.tegrastats_power_mw(log.read_text().splitlines())
+    finally:
+        log.unlink()
 
 
 if __name__ == "__main__":

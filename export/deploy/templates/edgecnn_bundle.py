@@ -4,25 +4,47 @@ runtime (ONNX Runtime, OpenVINO or TensorRT): nothing from edgecnn, no torch.
 Everything comes from manifest.json beside this file: the files and their SHA-256 (checked before any model
 is loaded), the input name/shape/dtype, the preprocessing steps, the class names, the early-exit stages and
 thresholds. edgecnn writes this file once into every bundle (and tests it against its own preprocessing).
+
+What the checks protect against: the hashes and `manifest_sha256` catch a damaged or incomplete copy and an
+accidental edit, not an attacker (anyone can recompute them). A bundle signed by `edgecnn deploy --sign` carries
+manifest.json.sig, an Ed25519 signature of manifest.json's bytes; `--verify-key PUB` checks it before anything
+else, and then every listed file against the signed hashes. Nothing in the bundle folder is ever imported
+through sys.path (run.py and bench.py take their own folder off it and load this file, and build_engine.py,
+by path), so a file the manifest does not list never runs; `run.py --check` names such files.
 """
 from __future__ import annotations
 
 import argparse
 import datetime as dt
 import hashlib
+import importlib.util
 import json
+import math
 import os
 import platform
+import stat
 import time
-from pathlib import Path
+import types
+import warnings
+from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
 MANIFEST = "manifest.json"
+SIGNATURE = "manifest.json.sig"    # `edgecnn deploy --sign`: Ed25519 over manifest.json's bytes, raw 64 bytes
 DIGEST_FIELD = "manifest_sha256"
+BUNDLE_KIND = "edgecnn-deploy-bundle"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
+MAX_MANIFEST_BYTES = 16 << 20      # a bundle's manifest is a few KiB; a larger one is not a manifest
+MAX_SIDE = 8192                    # pixels per side of the model input: larger is a corrupt or hostile manifest
+MAX_BATCH = 4096
+MAX_CLASSES = 100_000
+DEFAULT_MAX_IMAGE_PIXELS = 89_478_485   # Pillow's own decompression-bomb limit (--max-image-pixels raises it)
+# What a TensorRT bundle's setup.sh writes beside its graphs (the engine, its record) and at the top (the timing
+# cache, trtexec's log): edgecnn's own output, although no manifest can list it.
+DEVICE_BUILT = ("model.plan", "engine.json", "timing.cache", "build_engine.log")
 
 
 def positive(text: str) -> int:
@@ -37,6 +59,51 @@ class BundleError(Exception):
     """Something the user can fix; run.py and bench.py print it as one line and exit 2."""
 
 
+def printable(text: str) -> str:
+    """`text` with control and other invisible characters escaped (\\n, \\x1b, \\u202e): a class or file name
+    printed by the bundle can never move the cursor, recolour the terminal or fake another line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)  # as edgecnn's text.printable
+
+
+# ---------------------------------------------------------------- small JSON files, read defensively
+
+def read_small_file(path: Path, what: str, remedy: str, max_bytes: int = MAX_MANIFEST_BYTES) -> bytes:
+    """The bytes of the regular file `path` (no symbolic link, directory or device), at most `max_bytes`."""
+    try:
+        info = os.lstat(path)
+        if stat.S_ISLNK(info.st_mode):
+            raise BundleError(f"{path} is a symbolic link, not the {what} itself; {remedy}")
+        if not stat.S_ISREG(info.st_mode):
+            raise BundleError(f"{path} is not a regular file (a folder or a device), so not the {what}; {remedy}")
+        if info.st_size > max_bytes:
+            raise BundleError(f"{path} is {info.st_size:,} bytes, more than a {what} can be ({max_bytes:,}); {remedy}")
+        with open(path, "rb") as f:
+            raw = f.read(max_bytes + 1)
+    except FileNotFoundError:
+        raise BundleError(f"{path} is missing; {remedy}") from None
+    except OSError as e:
+        raise BundleError(f"cannot read {path}: {e.strerror or e}; {remedy}") from None
+    if len(raw) > max_bytes:  # grew while being read
+        raise BundleError(f"{path} is more than {max_bytes:,} bytes, more than a {what} can be; {remedy}")
+    return raw
+
+
+def parse_json(raw: bytes, path: Path, what: str, remedy: str) -> Any:
+    """`raw` parsed, or one line: not UTF-8 JSON, nested too deep to parse, or a number of thousands of digits."""
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except RecursionError:
+        raise BundleError(f"{path} nests deeper than Python parses, so it is not a {what}; {remedy}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BundleError(f"{path} is corrupt or not a {what} (not valid JSON: {e}); {remedy}") from None
+    except ValueError:  # Python 3.11+ refuses integers of more than 4300 digits
+        raise BundleError(f"{path} holds a number thousands of digits long, so it is not a {what}; {remedy}") from None
+
+
+def read_json(path: Path, what: str, remedy: str) -> Any:
+    return parse_json(read_small_file(path, what, remedy), path, what, remedy)
+
+
 # ---------------------------------------------------------------- the manifest and the files it names
 
 def _sha256(path: Path) -> str:
@@ -47,28 +114,237 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def load_manifest(directory: Path = HERE, verify: bool = True) -> dict[str, Any]:
-    """The bundle's manifest, after checking its own digest and every file's size and SHA-256."""
-    path = directory / MANIFEST
-    try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise BundleError(f"{path} is missing: this folder is not a complete edgecnn bundle; copy it again") from None
-    except ValueError as e:
-        raise BundleError(f"{path} is corrupt (not valid JSON: {e}); copy the bundle again") from None
+def manifest_digest(manifest: dict[str, Any]) -> str:
+    """SHA-256 of the manifest's canonical JSON without its own digest field (as edgecnn's manifest_digest)."""
     body = {k: v for k, v in manifest.items() if k != DIGEST_FIELD}
-    digest = hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-    if digest != manifest.get(DIGEST_FIELD):
-        raise BundleError(f"{path} was edited after edgecnn wrote it (its {DIGEST_FIELD} does not match); "
-                          "copy the bundle again")
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def load_manifest(directory: Path = HERE, verify: bool = True, verify_key: Path | None = None) -> dict[str, Any]:
+    """The bundle's manifest, after checking (with `verify_key`) its signature, its own digest, the type and size
+    of every field the scripts read, and every listed file: inside the bundle, a regular file, its size and SHA-256."""
+    path = directory / MANIFEST
+    again = "copy the bundle again"
+    raw = read_small_file(path, "bundle manifest", f"this folder is not a complete edgecnn bundle: {again}")
+    if verify_key is not None:
+        verify_signature(directory, raw, verify_key)
+    manifest = parse_json(raw, path, "bundle manifest", again)
+    if not isinstance(manifest, dict):
+        raise BundleError(f"{path} holds a JSON {type(manifest).__name__}, not an edgecnn bundle manifest; {again}")
+    if manifest_digest(manifest) != manifest.get(DIGEST_FIELD):
+        raise BundleError(f"{path} was edited after edgecnn wrote it (its {DIGEST_FIELD} does not match); {again}")
+    problem = manifest_problem(manifest)
+    if problem:
+        raise BundleError(f"{path} is damaged: {problem}; {again}")
     for name, entry in manifest["files"].items():
-        file = directory / name
-        if not file.is_file():
-            raise BundleError(f"{file} is missing from the bundle; copy the bundle again")
+        file = listed_file(directory, name)
         if file.stat().st_size != entry["bytes"] or (verify and _sha256(file) != entry["sha256"]):
-            raise BundleError(f"{file} was altered (its size or SHA-256 differs from manifest.json); "
-                              "copy the bundle again")
+            raise BundleError(f"{file} was altered (its size or SHA-256 differs from manifest.json); {again}")
     return manifest
+
+
+def listed_file(directory: Path, name: str) -> Path:
+    """The bundle's file `name`: a relative path inside the bundle, no symbolic link on the way, a regular file."""
+    parts = PurePosixPath(name).parts
+    if not parts or PurePosixPath(name).is_absolute() or ".." in parts or "\0" in name:
+        raise BundleError(f"{directory / MANIFEST} names {name!r}, which is not a file inside the bundle; "
+                          "copy the bundle again")
+    path = directory
+    for part in parts:
+        path = path / part
+        if path.is_symlink():
+            raise BundleError(f"{path} is a symbolic link; a bundle holds its files themselves: copy the bundle again "
+                              "without links (cp -rL)")
+    if not path.exists():
+        raise BundleError(f"{path} is missing from the bundle; copy the bundle again")
+    if not path.is_file():
+        raise BundleError(f"{path} is not a regular file; copy the bundle again")
+    return path
+
+
+# Every field run.py and bench.py read: its type, and bounds on whatever sizes an array or a loop.
+_MISSING = object()
+
+
+def _int_in(low: int, high: int) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and low <= v <= high
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _numbers(v: Any) -> bool:
+    return isinstance(v, list) and bool(v) and all(_number(x) for x in v)
+
+
+def _text(v: Any) -> bool:
+    return isinstance(v, str)
+
+
+def _names(v: Any) -> bool:
+    return isinstance(v, dict) and bool(v) and all(isinstance(k, str) and isinstance(n, str) for k, n in v.items())
+
+
+def _file_entries(v: Any) -> bool:
+    return isinstance(v, dict) and bool(v) and all(
+        isinstance(name, str) and isinstance(e, dict) and _int_in(0, 2**62)(e.get("bytes"))
+        and isinstance(e.get("sha256"), str) and len(e["sha256"]) == 64 for name, e in v.items())
+
+
+def _float_dtype(v: Any) -> bool:
+    try:
+        return isinstance(v, str) and np.dtype(v).kind == "f"
+    except TypeError:
+        return False
+
+
+def _input_shape(v: Any) -> bool:
+    return (isinstance(v, list) and len(v) == 4 and (isinstance(v[0], str) or _int_in(1, MAX_BATCH)(v[0]))
+            and all(_int_in(1, MAX_SIDE)(d) for d in v[1:]))
+
+
+_FIELDS: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
+    ("model.name", _text, "a string"),
+    ("model.family", _text, "a string"),
+    ("model.num_classes", _int_in(1, MAX_CLASSES), f"an integer from 1 to {MAX_CLASSES:,}"),
+    ("model.weights", lambda v: isinstance(v, dict), "an object"),
+    ("target", _text, "a string"),
+    ("precision", _text, "a string"),
+    ("input.name", _text, "a string"),
+    ("input.shape", _input_shape, f"[batch, channels, height, width]: a batch of 1 to {MAX_BATCH} (or a name), "
+                                  f"the others 1 to {MAX_SIDE}"),
+    ("input.dtype", _float_dtype, "a float type name (float32, float16)"),
+    ("preprocessing.scale", _number, "a number"),
+    ("preprocessing.channels", _int_in(1, 4), "1, 2, 3 or 4"),
+    ("preprocessing.resize", lambda v: isinstance(v, list) and len(v) == 2 and all(_int_in(1, MAX_SIDE)(s) for s in v),
+     f"[height, width], each an integer from 1 to {MAX_SIDE}"),
+    ("preprocessing.mean", _numbers, "a list of numbers"),
+    ("preprocessing.std", lambda v: _numbers(v) and all(s != 0 for s in v), "a list of non-zero numbers"),
+    ("class_names", lambda v: v is None or (isinstance(v, list) and all(isinstance(n, str) for n in v)),
+     "null or a list of strings"),
+    ("files", _file_entries, "an object mapping each file name to its bytes and 64-digit sha256"),
+    ("model_files", _names, "an object mapping each model format to a file name"),
+    ("parity", lambda v: isinstance(v, list) and all(isinstance(p, dict) and isinstance(p.get("passed"), bool)
+                                                    for p in v), "a list of checks, each with passed true or false"),
+    ("bundle.kind", lambda v: v == BUNDLE_KIND, repr(BUNDLE_KIND)),
+    ("bundle.target", _text, "a string"),
+    ("bundle.backend", lambda v: v in RUNNERS, "the name of a runtime run.py knows"),
+    ("bundle.fallback", lambda v: v in RUNNERS, "the name of a runtime run.py knows"),
+    ("bundle.created_utc", _text, "a string"),
+)
+
+
+def _at(manifest: dict[str, Any], field: str) -> Any:
+    value: Any = manifest
+    for key in field.split("."):
+        if not isinstance(value, dict) or key not in value:
+            return _MISSING
+        value = value[key]
+    return value
+
+
+def manifest_problem(manifest: dict[str, Any]) -> str | None:
+    """What is wrong with the manifest's fields, as a phrase; None when run.py and bench.py can use all of them."""
+    for field, fits, expected in _FIELDS:
+        value = _at(manifest, field)
+        if value is _MISSING:
+            return f"it lacks {field}"
+        if not fits(value):
+            return f"{field} must be {expected}"
+    pre, names = manifest["preprocessing"], manifest["class_names"]
+    channels, classes = pre["channels"], manifest["model"]["num_classes"]
+    if manifest["input"]["shape"][1:] != [channels, *pre["resize"]]:
+        return "input.shape does not match preprocessing (channels and resize)"
+    if names is not None and len(names) != classes:
+        return f"class_names has {len(names)} names for model.num_classes {classes}"
+    if any(len(pre[key]) not in (1, channels) for key in ("mean", "std")):
+        return f"preprocessing.mean and std must have 1 or {channels} values"
+    if channels == 1 and not (_numbers(_at(pre, "channel_adaptation.rgb_to_grey.weights"))
+                              and len(pre["channel_adaptation"]["rgb_to_grey"]["weights"]) == 3):
+        return "preprocessing.channel_adaptation.rgb_to_grey.weights must be 3 numbers"
+    graphs = [manifest["model_files"]]
+    section = manifest.get("early_exit")
+    if section is not None:
+        stages = section.get("stages") if isinstance(section, dict) else None
+        if not (isinstance(stages, list) and stages and all(
+                isinstance(s, dict) and _names(s.get("model_files")) and _text(_at(s, "input.name")) for s in stages)):
+            return "early_exit.stages must be a non-empty list of stages, each with model_files and input.name"
+        thresholds = section.get("thresholds")
+        if not (isinstance(thresholds, list) and len(thresholds) >= len(stages) - 1
+                and all(_number(t) for t in thresholds)):
+            return f"early_exit.thresholds must be {len(stages) - 1} numbers"
+        graphs += [s["model_files"] for s in stages]
+    for files in graphs:
+        unlisted = sorted(set(files.values()) - set(manifest["files"]))
+        if unlisted:
+            return f"model file {unlisted[0]!r} is not listed (with its SHA-256) in files"
+    return None
+
+
+def unlisted_files(manifest: dict[str, Any], directory: Path = HERE) -> list[str]:
+    """What the bundle folder holds besides the files the manifest lists and what edgecnn's own scripts write for
+    this bundle (its signature; a TensorRT bundle's engines, their records, the timing cache and the build log).
+
+    Such files are never verified, imported or loaded; `run.py --check` names them, and `edgecnn deploy --force`
+    refuses to replace a bundle holding them.
+    """
+    files = manifest.get("files")
+    expected = {MANIFEST, *(files if isinstance(files, dict) else ())}
+    if manifest.get("signature"):
+        expected.add(SIGNATURE)
+    bundle = manifest.get("bundle")
+    if isinstance(bundle, dict) and bundle.get("backend") == "tensorrt":
+        folders = {PurePosixPath(name).parent for name in expected}
+        expected |= {(folder / name).as_posix() for folder in folders for name in DEVICE_BUILT}
+    holding = {parent.as_posix() for name in expected for parent in PurePosixPath(name).parents}
+    found = []
+    for root, dirs, names in os.walk(directory):
+        base = PurePosixPath(Path(root).relative_to(directory).as_posix())
+        for name in sorted(dirs):
+            if (base / name).as_posix() not in holding:
+                found.append(f"{(base / name).as_posix()}/")
+                dirs.remove(name)  # named once, not descended into
+        found += [(base / name).as_posix() for name in names if (base / name).as_posix() not in expected]
+    return sorted(found)
+
+
+def verify_signature(directory: Path, manifest_bytes: bytes, key_path: Path) -> None:
+    """Refuse, in one line, a bundle whose manifest.json is not signed by the Ed25519 key whose public half is
+    the PEM file `key_path` (a missing signature included): then every listed file is as its signer made it."""
+    try:
+        from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+        from cryptography.hazmat.primitives.serialization import load_pem_public_key
+    except ImportError:
+        raise BundleError("--verify-key checks the bundle's Ed25519 signature with the cryptography package, which "
+                          "is not installed here: pip install cryptography") from None
+    pem = read_small_file(key_path, "public key", "give the signer's public key PEM file", max_bytes=1 << 16)
+    try:
+        public = load_pem_public_key(pem)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise BundleError(f"{key_path} is not a PEM public key; make it from the signing key with "
+                          "openssl pkey -in KEY.pem -pubout -out KEY.pub.pem") from None
+    if not isinstance(public, Ed25519PublicKey):
+        raise BundleError(f"{key_path} is not an Ed25519 public key; edgecnn signs bundles with Ed25519")
+    path = directory / SIGNATURE
+    if not os.path.lexists(path):
+        raise BundleError(f"this bundle is not signed ({path} is missing), and --verify-key asks for a signed one: "
+                          "do not run it; deploy it again with --sign")
+    signature = read_small_file(path, "signature", "deploy the bundle again with --sign", max_bytes=1024)
+    try:
+        public.verify(signature, manifest_bytes)
+    except InvalidSignature:
+        raise BundleError(f"{directory / MANIFEST} does not match its signature under {key_path}: the bundle was "
+                          "changed after it was signed, or signed with another key; do not run it") from None
+
+
+def bundle_module(name: str, directory: Path = HERE) -> types.ModuleType:
+    """The bundle's own `name`.py (a listed file), loaded by its path: the bundle folder is never on sys.path."""
+    spec = importlib.util.spec_from_file_location(name, directory / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 # ---------------------------------------------------------------- preprocessing, as the manifest spells it
@@ -116,23 +392,54 @@ def to_input(pixels: np.ndarray, pre: dict[str, Any]) -> np.ndarray:
     return ((x - mean) / std).astype(np.float32)
 
 
-def decode_image(path: Path) -> np.ndarray:
-    """uint8 C×H×W pixels (grey stays one channel, anything else becomes RGB), or one line saying why not."""
+def decode_image(path: Path, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
+    """C×H×W pixels on the 0–255 scale (grey stays one channel, anything else becomes RGB), or one line saying
+    why not. 8-bit images come back as uint8; 16-bit ones (I;16) are scaled by 255/65535 and float ones (F, read
+    as 0–1) by 255, as float32, so no precision is lost and nothing is clipped to black or white. An image of more
+    than `max_pixels` pixels (a decompression bomb, or just huge) is refused before it is decoded."""
     try:
         from PIL import Image, UnidentifiedImageError
     except ImportError:
         raise BundleError("Pillow is not installed here, and run.py decodes images with it: "
                           "pip install -r requirements.txt") from None
 
+    limit = Image.MAX_IMAGE_PIXELS
     try:
-        with Image.open(path) as image:
-            image.load()
-            grey = image.mode in ("1", "L", "LA", "I", "I;16", "F")
-            array = np.asarray(image.convert("L" if grey else "RGB"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # Pillow only warns up to twice its limit
+            Image.MAX_IMAGE_PIXELS = max_pixels
+            with Image.open(path) as image:
+                image.load()
+                array = _pixel_values(image, path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise BundleError(f"{path} has more pixels than --max-image-pixels allows ({max_pixels:,}): a decompression "
+                          "bomb or a huge image; pass --max-image-pixels N to raise the limit if you trust the "
+                          "file") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise BundleError(f"{path} is not an image Pillow can decode ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0] if str(e) else 'no detail'}); give a PNG, JPEG or BMP file") from None
+        detail = str(e).splitlines()[0] if str(e) else "no detail"
+        raise BundleError(f"{path} is not an image Pillow can decode ({type(e).__name__}: {detail}); give a PNG, "
+                          "JPEG or BMP file") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
     return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+
+
+def _pixel_values(image: Any, path: Path) -> np.ndarray:
+    """H×W (grey) or H×W×3 values on the 0–255 scale, by the image mode's real range (never guessed)."""
+    if image.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N"):  # 16-bit PNG/PGM/TIFF (older Pillows say "I")
+        values = np.asarray(image, dtype=np.float64)
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            raise BundleError(f"{path} holds 32-bit integer pixels (beyond 0–65535), whose range run.py cannot know; "
+                              "save it as an 8- or 16-bit image")
+        return (values * (255 / 65535)).astype(np.float32)
+    if image.mode == "F":
+        values = np.asarray(image, dtype=np.float32)
+        if values.size and not (np.isfinite(values).all() and values.min() >= 0 and values.max() <= 1):
+            raise BundleError(f"{path} holds floating-point pixels outside 0–1, so their range is unknown; run.py "
+                              "reads float images as 0–1 only: save it as an 8- or 16-bit image")
+        return values * np.float32(255)
+    grey = image.mode in ("1", "L", "LA", "La")
+    return np.asarray(image.convert("L" if grey else "RGB"))
 
 
 def image_paths(target: Path) -> list[Path]:
@@ -286,7 +593,7 @@ class TensorRTRunner(Runner):
         super().__init__(path, input_name, threads)
         import tensorrt as trt
 
-        import build_engine  # the artifact's own build script, beside this file
+        build_engine = bundle_module("build_engine")  # the artifact's own build script, beside this file
 
         try:  # before deserialising: an engine built for another GPU or TensorRT fails there, or worse
             build_engine.check_engine_record(path)
@@ -338,6 +645,12 @@ def open_runner(backend: str, path: Path, input_name: str, threads: int | None, 
     except ImportError as e:
         raise BundleError(f"the {backend} runtime is not importable here ({e}): "
                           "pip install -r requirements.txt, or run ./setup.sh to see what is missing") from None
+    except (BundleError, KeyboardInterrupt):
+        raise
+    except Exception as e:  # each runtime raises its own types for a model it cannot read
+        detail = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise BundleError(f"the {backend} runtime cannot load {path} ({detail}); the file matches manifest.json, so "
+                          "the bundle was made for another runtime version or altered: deploy it again") from None
 
 
 # ---------------------------------------------------------------- the model: one graph, or the early-exit loop
