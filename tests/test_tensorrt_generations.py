@@ -55,7 +55,7 @@ OBJECT_API = {
     "ITimingCache": ("serialize",),
     "Runtime": ("deserialize_cuda_engine",),
     "ICudaEngine": ("create_execution_context", "num_io_tensors", "get_tensor_name", "get_tensor_mode",
-                    "get_tensor_profile_shape",
+                    "get_tensor_profile_shape", "get_tensor_shape",
                     "get_tensor_dtype"),
     "IExecutionContext": ("set_input_shape", "get_tensor_shape", "set_tensor_address", "execute_async_v3"),
 }

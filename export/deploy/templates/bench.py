@@ -133,8 +133,12 @@ def _bench(args: argparse.Namespace, command: str) -> int:
         record["early_exit"] = {"thresholds": model.thresholds, "inputs": settings_inputs(args.images),
                                 "exit_fractions": [round(float((exits == k).mean()), 4) for k in range(len(model.stages))]}
     power_mw = power.get("mean_mw")
+    if args.power and power_mw is None:
+        print("warning: --power found none of the input-power rails this bundle knows in tegrastats' output "
+              f"({', '.join(source.split(':')[0] for _, source in b.INPUT_POWER_RAILS)}); no power recorded",
+              file=sys.stderr)
     if power_mw is not None:
-        record["power"] = {"source": "tegrastats VDD_IN / POM_5V_IN (board input)", "mean_mw": round(power_mw, 1),
+        record["power"] = {"source": f"tegrastats {power['source']}", "mean_mw": round(power_mw, 1),
                            "energy_mj_per_inference": round(power_mw * stats["mean"] / 1e3 / batch, 4)}
     settings = {"iters": args.iters, "warmup": args.warmup, "rounds": args.rounds, "batch": batch,
                 "threads": args.threads, "backend": backend, "power": args.power,
@@ -230,7 +234,7 @@ def _tegrastats(enabled: bool) -> Iterator[Dict[str, Optional[float]]]:
         finally:
             sampler.terminate()
             sampler.wait(timeout=10)
-        power["mean_mw"] = b.tegrastats_power_mw(log.read_text().splitlines())
+        power["mean_mw"], power["source"] = b.tegrastats_power(log.read_text().splitlines())
     finally:
         log.unlink()
 

@@ -23,6 +23,7 @@ import math
 import os
 import platform
 import stat
+import sys
 import time
 import types
 import warnings
@@ -547,18 +548,26 @@ class OpenVinoRunner(Runner):
 
 
 class _Cuda:
-    """The few CUDA runtime calls a TensorRT engine needs, through ctypes (JetPack ships libcudart)."""
+    """The few CUDA runtime calls a TensorRT engine needs, through ctypes (JetPack ships libcudart): device and
+    pinned host memory, asynchronous copies and the runner's own stream. Buffers live as long as the runner's
+    process (one set per input shape)."""
     HOST_TO_DEVICE, DEVICE_TO_HOST = 1, 2
+    LIBRARIES = ("libcudart.so", "libcudart.so.13", "libcudart.so.12")
 
     def __init__(self) -> None:
         import ctypes
         import ctypes.util
 
-        name = ctypes.util.find_library("cudart") or "libcudart.so"
-        try:
-            self.lib = ctypes.CDLL(name)
-        except OSError as e:
-            raise BundleError(f"the CUDA runtime library is not loadable ({e}); install JetPack's CUDA "
+        names = [n for n in (ctypes.util.find_library("cudart"), *self.LIBRARIES) if n]
+        self.lib = None
+        for name in names:
+            try:
+                self.lib = ctypes.CDLL(name)
+                break
+            except OSError as e:
+                error = e
+        if self.lib is None:
+            raise BundleError(f"the CUDA runtime library is not loadable ({error}); install JetPack's CUDA "
                               "(nvidia-jetpack) or run with --backend onnxruntime") from None
         self.ctypes = ctypes
         self.stream = ctypes.c_void_p()
@@ -570,15 +579,23 @@ class _Cuda:
 
     def malloc(self, nbytes: int) -> int:
         pointer = self.ctypes.c_void_p()
-        self._check(self.lib.cudaMalloc(self.ctypes.byref(pointer), self.ctypes.c_size_t(nbytes)), "cudaMalloc")
+        self._check(self.lib.cudaMalloc(self.ctypes.byref(pointer), self.ctypes.c_size_t(max(nbytes, 1))),
+                    "cudaMalloc")
         return pointer.value
 
-    def free(self, pointer: int) -> None:
-        self.lib.cudaFree(self.ctypes.c_void_p(pointer))
+    def pinned(self, shape: tuple, dtype: object) -> tuple[int, np.ndarray]:
+        """Page-locked host memory as a numpy array (copies to and from it run asynchronously)."""
+        nbytes = max(int(np.prod(shape)) * np.dtype(dtype).itemsize, 1)
+        pointer = self.ctypes.c_void_p()
+        self._check(self.lib.cudaMallocHost(self.ctypes.byref(pointer), self.ctypes.c_size_t(nbytes)),
+                    "cudaMallocHost")
+        raw = (self.ctypes.c_char * nbytes).from_address(pointer.value)
+        return pointer.value, np.frombuffer(raw, dtype=np.uint8)[:int(np.prod(shape)) * np.dtype(dtype).itemsize] \
+            .view(dtype).reshape(shape)
 
-    def copy(self, dst: int, src: int, nbytes: int, kind: int) -> None:
-        self._check(self.lib.cudaMemcpy(self.ctypes.c_void_p(dst), self.ctypes.c_void_p(src),
-                                        self.ctypes.c_size_t(nbytes), kind), "cudaMemcpy")
+    def copy_async(self, dst: int, src: int, nbytes: int, kind: int) -> None:
+        self._check(self.lib.cudaMemcpyAsync(self.ctypes.c_void_p(dst), self.ctypes.c_void_p(src),
+                                             self.ctypes.c_size_t(nbytes), kind, self.stream), "cudaMemcpyAsync")
 
     def synchronize(self) -> None:
         self._check(self.lib.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
@@ -606,31 +623,47 @@ class TensorRTRunner(Runner):
         self._context = self._engine.create_execution_context()
         self._outputs = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)
                          if self._engine.get_tensor_mode(self._engine.get_tensor_name(i)) == trt.TensorIOMode.OUTPUT]
+        static = self._engine.get_tensor_shape(input_name)[0]
+        self.max_batch = static if static > 0 else self._engine.get_tensor_profile_shape(input_name, 0)[2][0]
+        self._buffers: dict = {}
+        self._bound: tuple | None = None
 
     def run_all(self, x: np.ndarray) -> list[np.ndarray]:
-        trt, cuda = self.trt, self.cuda
-        x = np.ascontiguousarray(x, dtype=trt.nptype(self._engine.get_tensor_dtype(self.input_name)))
-        self._context.set_input_shape(self.input_name, x.shape)
-        buffers = [cuda.malloc(x.nbytes)]
-        try:
-            cuda.copy(buffers[0], x.ctypes.data, x.nbytes, cuda.HOST_TO_DEVICE)
-            self._context.set_tensor_address(self.input_name, buffers[0])
-            outputs = []
-            for name in self._outputs:
-                out = np.empty(tuple(self._context.get_tensor_shape(name)),
-                               dtype=trt.nptype(self._engine.get_tensor_dtype(name)))
-                buffers.append(cuda.malloc(max(out.nbytes, 1)))
-                self._context.set_tensor_address(name, buffers[-1])
-                outputs.append(out)
-            if not self._context.execute_async_v3(cuda.stream.value or 0):
-                raise RuntimeError("TensorRT failed to run the engine")
-            cuda.synchronize()
-            for out, pointer in zip(outputs, buffers[1:]):
-                cuda.copy(out.ctypes.data, pointer, out.nbytes, cuda.DEVICE_TO_HOST)
-            return [o.astype(np.float32) for o in outputs]
-        finally:
-            for pointer in buffers:
-                cuda.free(pointer)
+        """Every output for a batch, in chunks of the engine profile's largest batch."""
+        x = np.ascontiguousarray(x, dtype=self.trt.nptype(self._engine.get_tensor_dtype(self.input_name)))
+        chunks = [self._run_chunk(x[i:i + self.max_batch]) for i in range(0, len(x), self.max_batch)]
+        return [np.concatenate(parts).astype(np.float32) for parts in zip(*chunks)]
+
+    def _bind(self, shape: tuple) -> dict:
+        """Device and pinned host buffers for this input shape, made on its first call and kept (allocating per
+        call, with pageable copies, would be timed as inference), bound to the execution context."""
+        if shape != self._bound:
+            if not self._context.set_input_shape(self.input_name, shape):
+                raise BundleError(f"the engine does not take input shape {list(shape)}; build it again with "
+                                  "./setup.sh --batch/--max-batch covering it")
+            if shape not in self._buffers:
+                names = [self.input_name, *self._outputs]
+                shapes = [shape, *(tuple(self._context.get_tensor_shape(n)) for n in self._outputs)]
+                dtypes = [self.trt.nptype(self._engine.get_tensor_dtype(n)) for n in names]
+                self._buffers[shape] = {n: (self.cuda.malloc(int(np.prod(sh)) * np.dtype(dt).itemsize),
+                                            *self.cuda.pinned(sh, dt)) for n, sh, dt in zip(names, shapes, dtypes)}
+            for name, (device, _, _) in self._buffers[shape].items():
+                self._context.set_tensor_address(name, device)
+            self._bound = shape
+        return self._buffers[shape]
+
+    def _run_chunk(self, x: np.ndarray) -> list[np.ndarray]:
+        cuda, buffers = self.cuda, self._bind(tuple(x.shape))
+        device, host_pointer, host = buffers[self.input_name]
+        host[...] = x
+        cuda.copy_async(device, host_pointer, host.nbytes, cuda.HOST_TO_DEVICE)
+        if not self._context.execute_async_v3(cuda.stream.value or 0):
+            raise RuntimeError("TensorRT failed to run the engine")
+        for name in self._outputs:
+            device, host_pointer, host = buffers[name]
+            cuda.copy_async(host_pointer, device, host.nbytes, cuda.DEVICE_TO_HOST)
+        cuda.synchronize()
+        return [buffers[name][2].copy() for name in self._outputs]
 
     def version(self) -> str:
         return self.trt.__version__
@@ -734,6 +767,11 @@ def pick_backend(manifest: dict[str, Any], requested: str | None, say: Callable[
             say("no TensorRT engine is built here (run ./setup.sh on the Jetson to build it): "
                 f"falling back to {bundle['fallback']} on the CPU")
             return bundle["fallback"]
+        if importlib.util.find_spec("tensorrt") is None:  # e.g. trtexec built the engine, run from a virtualenv
+            say(f"the engine is built, but TensorRT's Python module is not importable from {sys.executable} "
+                "(sudo apt install python3-libnvinfer; a virtualenv sees it only when made with "
+                f"--system-site-packages): falling back to {bundle['fallback']} on the CPU")
+            return bundle["fallback"]
     return bundle["backend"]
 
 
@@ -820,18 +858,32 @@ def tool_versions() -> dict[str, str | None]:
     return versions
 
 
-def tegrastats_power_mw(lines: Sequence[str]) -> float | None:
-    """Mean board input power (mW) from tegrastats lines: VDD_IN (Orin, Xavier) or POM_5V_IN (Nano, TX2),
-    each printed as `NAME current/average` in mW."""
+# The board's input power per Jetson module, as tegrastats names its rails ("NAME current/average", mW), in the
+# order they are looked for; AGX Orin has no single input rail: its module power is the sum of three.
+INPUT_POWER_RAILS = (
+    (("VDD_IN",), "VDD_IN: module input (Orin NX, Orin Nano, Xavier NX)"),
+    (("POM_5V_IN",), "POM_5V_IN: module input (Nano, TX1, TX2)"),
+    (("VIN",), "VIN: module input (Thor)"),
+    (("VDD_GPU_SOC", "VDD_CPU_CV", "VIN_SYS_5V0"), "VDD_GPU_SOC + VDD_CPU_CV + VIN_SYS_5V0: module power (AGX Orin)"),
+)
+
+
+def tegrastats_rails(line: str) -> dict[str, float]:
+    """Each rail's current reading (mW) on one tegrastats line."""
     import re
 
-    pattern = re.compile(r"\b(VDD_IN|POM_5V_IN)\s+(\d+)mW/(\d+)mW|\b(VDD_IN|POM_5V_IN)\s+(\d+)/(\d+)")
-    values = []
-    for line in lines:
-        m = pattern.search(line)
-        if m:
-            values.append(float(m.group(2) or m.group(5)))
-    return sum(values) / len(values) if values else None
+    return {m.group(1): float(m.group(2)) for m in re.finditer(r"\b([A-Z][A-Z0-9_]*)\s+(\d+)(?:mW)?/(\d+)(?:mW)?", line)}
+
+
+def tegrastats_power(lines: Sequence[str]) -> tuple[float | None, str | None]:
+    """Mean board input power (mW) over tegrastats lines, and which rail(s) it is; (None, None) when none of
+    INPUT_POWER_RAILS is there (the caller says so: a module this code does not know)."""
+    samples = [tegrastats_rails(line) for line in lines]
+    for rails, source in INPUT_POWER_RAILS:
+        values = [sum(sample[r] for r in rails) for sample in samples if all(r in sample for r in rails)]
+        if values:
+            return sum(values) / len(values), source
+    return None, None
 
 
 def results_document(record: dict[str, Any], command: str, settings: dict[str, Any],
