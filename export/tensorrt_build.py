@@ -25,14 +25,18 @@ cache (--timing-cache) makes rebuilds on the same device fast.
 edgecnn copies this file into every TensorRT artifact as build_engine.py; `edgecnn export` also calls
 `build_engine` directly when tensorrt imports and a GPU is present.
 """
-from __future__ import annotations
+import os
+import sys
+
+if __name__ == "__main__":  # run from an artifact or bundle: nothing beside this script may shadow a module it imports
+    _here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
 
 import argparse
 import ctypes
 import ctypes.util
 import datetime as dt
 import json
-import sys
 from pathlib import Path
 
 DEFAULT_WORKSPACE_MIB = 1024

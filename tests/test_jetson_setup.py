@@ -73,3 +73,44 @@ def test_the_fp16_bundle_carries_both_generations_graphs(bundles: dict[str, Path
     assert (copy / "model.onnx").is_file() and (copy / "model_fp16.onnx").is_file()
     script = (copy / "build_engine.sh").read_text()
     assert "--onnx=model_fp16.onnx --stronglyTyped" in script and "--onnx=model.onnx --fp16" in script
+
+
+def test_files_dropped_into_the_bundle_are_never_imported_by_setup_or_the_build(bundles: dict[str, Path],
+                                                                                tmp_path: Path) -> None:
+    """A tensorrt.py or argparse.py placed in the bundle must not run: setup.sh checks modules with the bundle's
+    folder off sys.path, and build_engine.py takes its own folder off before importing anything."""
+    bundle = shutil.copytree(bundles["fp16"], tmp_path / "b")
+    marker = tmp_path / "ran"
+    for name in ("tensorrt.py", "argparse.py", "numpy.py"):
+        (bundle / name).write_text(f"open({str(marker)!r}, 'a').write({name!r})\n__version__ = '10.16.1'\n")
+    run = _setup(bundle, tmp_path, "R36 (release), REVISION: 4.3")
+    assert "TensorRT: python not importable" in run.stdout and not marker.exists()
+    help_text = subprocess.run([sys.executable, str(bundle / "build_engine.py"), "--help"], capture_output=True,
+                               text=True, env=ENV)
+    assert help_text.returncode == 0 and "--dla-core" in help_text.stdout and not marker.exists()
+
+
+def test_setup_takes_verify_key_and_refuses_an_unsigned_bundle_before_building(bundles: dict[str, Path],
+                                                                             tmp_path: Path) -> None:
+    pytest.importorskip("cryptography")
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    public = tmp_path / "pub.pem"
+    public.write_bytes(Ed25519PrivateKey.generate().public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    source = (bundles["fp16"] / "setup.sh").read_text()
+    assert "--verify-key" in source and source.index("load_manifest(verify_key") < source.index("build_engine.py")
+    bundle = shutil.copytree(bundles["fp16"], tmp_path / "b")
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "trtexec").write_text("#!/bin/sh\necho '&&&& RUNNING TensorRT.trtexec [TensorRT v101600]'\n")
+    (fake / "trtexec").chmod(0o755)
+    (fake / "nvcc").write_text("#!/bin/sh\necho 'Cuda compilation tools, release 12.6, V12.6.68'\n")
+    (fake / "nvcc").chmod(0o755)
+    (tmp_path / "nv_tegra_release").write_text("# R36 (release), REVISION: 4.3, GCID: 1, BOARD: generic\n")
+    run = subprocess.run(["sh", str(bundle / "setup.sh"), "--verify-key", str(public)], capture_output=True,
+                         text=True, env={**ENV, "PATH": f"{fake}:{ENV['PATH']}",
+                                         "EDGECNN_TEGRA_RELEASE": str(tmp_path / "nv_tegra_release")})
+    assert run.returncode == 2 and "setup.sh:" in run.stderr and "sig" in run.stderr, run.stdout + run.stderr
+    assert run.stderr.strip().count("\n") == 0 and not (bundle / "model.plan").exists()

@@ -2,22 +2,23 @@
 # Check this Jetson (L4T / JetPack release, TensorRT, CUDA, free memory), say exactly what is missing, then build
 # the TensorRT engine here with the artifact's build script (engines are tied to the GPU and TensorRT version that
 # built them) and check the bundle with python3 run.py --check.
-#     ./setup.sh [--dla-core N] [--workspace-mib MIB] [--batch N] [--max-batch N] [--rebuild]
+#     ./setup.sh [--dla-core N] [--workspace-mib MIB] [--batch N] [--max-batch N] [--rebuild] [--verify-key PUB.pem]
 # Needs JetPack 6.1 or newer (TensorRT 10.3+; JetPack 7 on Thor included). The timing cache (timing.cache) is
 # kept beside the engine, so a rebuild takes seconds. --dla-core needs a board with DLA cores (AGX/NX Orin) and
 # an FP16 (or, on TensorRT < 10.12, FP32) bundle: TensorRT runs INT8 on the DLA only by implicit quantization.
 set -u
-cd "$(dirname "$0")" || exit 1
 PY=${PYTHON:-python3}
 RELEASE=${EDGECNN_TEGRA_RELEASE:-/etc/nv_tegra_release}
 precision="@@PRECISION@@"
 DLA_DEVICES=${EDGECNN_DLA_DEVICES:-/dev}
-dla="" workspace=1024 batch="" max_batch="" rebuild=0
+dla="" workspace=1024 batch="" max_batch="" rebuild=0 key=""
 need_value() { [ $# -ge 2 ] || { echo "setup.sh: $1 needs a value" >&2; exit 2; }; }
 number() {  # name value minimum
     case $2 in ''|*[!0-9]*) echo "setup.sh: $1 must be an integer of at least $3, got '$2'" >&2; exit 2 ;; esac
     [ "$2" -ge "$3" ] || { echo "setup.sh: $1 must be at least $3, got $2" >&2; exit 2; }
 }
+# Python with this folder off sys.path: a file dropped into the bundle (numpy.py, tensorrt/) is never imported.
+py() { "$PY" -B -c "import os, sys; sys.path[:] = [p for p in sys.path if p not in ('', '.')]; $1"; }
 while [ $# -gt 0 ]; do
     case $1 in
         --dla-core) need_value "$@"; number --dla-core "$2" 0; dla=$2; shift 2 ;;
@@ -25,10 +26,12 @@ while [ $# -gt 0 ]; do
         --batch) need_value "$@"; number --batch "$2" 1; batch=$2; shift 2 ;;
         --max-batch) need_value "$@"; number --max-batch "$2" 1; max_batch=$2; shift 2 ;;
         --rebuild) rebuild=1; shift ;;
+        --verify-key) need_value "$@"; case $2 in /*) key=$2 ;; *) key="$PWD/$2" ;; esac; shift 2 ;;
         -h|--help) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "setup.sh: unknown option $1 (see ./setup.sh --help)" >&2; exit 2 ;;
     esac
 done
+cd "$(dirname "$0")" || exit 1
 if [ ! -f "$RELEASE" ]; then
     echo "setup.sh: this is not a Jetson ($RELEASE is missing): copy the bundle to the Jetson and run ./setup.sh there; on this machine run.py runs the ONNX model on ONNX Runtime (CPU) instead" >&2
     exit 1
@@ -62,7 +65,7 @@ if [ -n "$dla" ]; then
         exit 2
     fi
 fi
-trt_python=$("$PY" -c 'import tensorrt; print(tensorrt.__version__)' 2>/dev/null || true)
+trt_python=$(py 'import tensorrt; print(tensorrt.__version__)' 2>/dev/null || true)
 trtexec=$(command -v trtexec || { [ -x /usr/src/tensorrt/bin/trtexec ] && echo /usr/src/tensorrt/bin/trtexec; } || true)
 echo "TensorRT: python ${trt_python:-not importable}; trtexec ${trtexec:-not found}"
 if [ -z "$trt_python" ] && [ -z "$trtexec" ]; then
@@ -86,12 +89,24 @@ if [ -n "$free_mib" ] && [ "$free_mib" -lt $((workspace + 512)) ]; then
 fi
 for pair in numpy:numpy PIL:pillow; do
     module=${pair%%:*}
-    "$PY" -c "import $module" 2>/dev/null || missing="$missing $PY-package:${pair#*:}"
+    py "import $module" 2>/dev/null || missing="$missing $PY-package:${pair#*:}"
 done
 if [ -n "$missing" ]; then
     echo "setup.sh: missing:$missing" >&2
     exit 1
 fi
+# Every listed file's SHA-256 (and with --verify-key the signature) before any of the bundle's code builds anything.
+EDGECNN_VERIFY_KEY="$key" py "
+import importlib.util as u, pathlib
+spec = u.spec_from_file_location('edgecnn_bundle', 'edgecnn_bundle.py')
+b = u.module_from_spec(spec)
+spec.loader.exec_module(b)
+key = os.environ['EDGECNN_VERIFY_KEY']
+try:
+    b.load_manifest(verify_key=pathlib.Path(key) if key else None)
+except b.BundleError as e:
+    sys.exit('setup.sh: ' + b.printable(str(e)))
+" || exit 2
 @@STAGES@@
 for onnx in $onnx_files; do
     plan="${onnx%.onnx}.plan"
@@ -117,5 +132,8 @@ for onnx in $onnx_files; do
 done
 if [ -z "$trt_python" ]; then
     echo "note: trtexec built the engine, but TensorRT's Python module is not importable from $PY, so run.py falls back to ONNX Runtime: sudo apt install python3-libnvinfer (a virtualenv needs --system-site-packages to see it), then python3 run.py --check"
+fi
+if [ -n "$key" ]; then
+    exec "$PY" -B run.py --check --verify-key "$key"
 fi
 exec "$PY" -B run.py --check
