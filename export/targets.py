@@ -237,9 +237,12 @@ class TensorRTTarget(Target):
         from edgecnn.export.tensorrt_build import build_engine
 
         typed = output.model_files.get(tensorrt.STRONGLY_TYPED_FORMAT)
-        build_engine(ctx.staging / ONNX_FILE, ctx.staging / tensorrt.PLAN_FILE, input_name=ctx.input_name,
-                     input_shape=ctx.input_shape, precision=ctx.precision,
-                     strongly_typed_onnx=ctx.staging / typed if typed else None)
+        try:
+            build_engine(ctx.staging / ONNX_FILE, ctx.staging / tensorrt.PLAN_FILE, input_name=ctx.input_name,
+                         input_shape=ctx.input_shape, precision=ctx.precision,
+                         strongly_typed_onnx=ctx.staging / typed if typed else None)
+        except RuntimeError as e:  # refused for this TensorRT, or its parser or builder failed: one line
+            raise ExportError(f"the TensorRT engine could not be built here: {e}") from e
         output.files += [tensorrt.PLAN_FILE, tensorrt.ENGINE_RECORD]
         output.model_files["tensorrt_plan"] = tensorrt.PLAN_FILE
         output.info["engine_built"] = True
