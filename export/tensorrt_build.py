@@ -181,8 +181,21 @@ def _place_on_dla(trt: object, builder: object, config: object, network: object,
     config.default_device_type = trt.DeviceType.DLA
     config.DLA_core = dla_core
     config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # the engine inspector then names each layer's tactic
     on_dla = sum(bool(config.can_run_on_DLA(network.get_layer(i))) for i in range(network.num_layers))
-    return {"dla_core": dla_core, "dla_layers": on_dla, "gpu_fallback_layers": network.num_layers - on_dla}
+    return {"dla_core": dla_core, "network_layers_dla_can_run": on_dla,
+            "network_layers_falling_back": network.num_layers - on_dla}
+
+
+def _engine_layers_by_device(trt: object, logger: object, serialized: object) -> dict:
+    """From the built engine's inspector: how many engine layers run on the DLA (the DLA subgraphs TensorRT made,
+    each one ForeignNode layer) and how many on the GPU; the network's own count above is what the builder was
+    offered, this is what it did."""
+    engine = trt.Runtime(logger).deserialize_cuda_engine(serialized)
+    report = json.loads(engine.create_engine_inspector().get_engine_information(trt.LayerInformationFormat.JSON))
+    layers = [layer for layer in report.get("Layers", []) if isinstance(layer, dict)]
+    on_dla = sum("DLA" in json.dumps(layer) for layer in layers)
+    return {"engine_layers_on_dla": on_dla, "engine_layers_on_gpu": len(layers) - on_dla}
 
 
 def build_engine(onnx_path: Path, plan_path: Path, *, input_name: str, input_shape: list, precision: str,
@@ -230,6 +243,8 @@ def build_engine(onnx_path: Path, plan_path: Path, *, input_name: str, input_sha
     if engine is None:
         raise RuntimeError("TensorRT failed to build the engine; see its log above")
     plan_path.write_bytes(bytes(engine))
+    if placement is not None:
+        placement.update(_engine_layers_by_device(trt, logger, engine))
     if cache is not None:
         Path(timing_cache).write_bytes(bytes(cache.serialize()))
     record = engine_record(trt.__version__, cuda_device(), builder="build_engine.py (TensorRT Python API)",
