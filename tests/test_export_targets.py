@@ -88,19 +88,19 @@ def test_tensorrt_bundle_without_tensorrt(tmp_path: Path) -> None:
     m = export_registered(MODEL, "tensorrt", "fp16", out, dynamic_batch=True, parity_samples=16).manifest
     if tensorrt.engine_buildable_here()[0]:
         pytest.skip("TensorRT and a GPU are present: the engine is built (see test_tensorrt_engine_builds)")
-    assert set(m["files"]) == {"model.onnx", "build_engine.py", "build_engine.sh"}
+    # model_fp16.onnx: the strongly typed graph TensorRT 10.12+ builds; model.onnx for 10.3-10.11
+    assert set(m["files"]) == {"model.onnx", "model_fp16.onnx", "build_engine.py", "build_engine.sh"}
     info = m["target_info"]
     assert info["engine_built"] is False and info["engine_not_built_because"] and info["unsupported_ops"] == []
     assert any("no TensorRT engine was built" in n for n in m["notes"])
     assert m["parity"][0]["backend"] == "onnxruntime" and m["parity"][0]["passed"]
     script = (out / "build_engine.sh").read_text()
-    for flag in ("trtexec", "--onnx=model.onnx", "--saveEngine=model.plan", "--fp16",
-                 "--minShapes=input:1x1x28x28", "--maxShapes=input:${MAX_BATCH}x1x28x28", "MAX_BATCH=${MAX_BATCH:-32}"):
+    for flag in ("trtexec", "--onnx=model.onnx --fp16", "--onnx=model_fp16.onnx --stronglyTyped", "--saveEngine=model.plan",
+                 "--minShapes=input:${MIN_BATCH}x1x28x28", "--maxShapes=input:${MAX_BATCH}x1x28x28", "MAX_BATCH=${MAX_BATCH:-32}"):
         assert flag in script
     help_text = subprocess.run([sys.executable, str(out / "build_engine.py"), "--help"], capture_output=True,
                                text=True, check=True).stdout
-    assert "--workspace-mib" in help_text and "--no-fp16" in help_text
-    assert "BuilderFlag.FP16" in (out / "build_engine.py").read_text()
+    assert "--workspace-mib" in help_text and "--dla-core" in help_text and "--max-batch" in help_text
 
 
 class _Det(nn.Module):
@@ -177,7 +177,8 @@ def test_build_engine_without_tensorrt_says_what_to_install(tmp_path: Path) -> N
     export_registered(MODEL, "tensorrt", "fp16", out, parity_samples=8)
     run = subprocess.run([sys.executable, str(out / "build_engine.py")], capture_output=True, text=True)
     assert run.returncode != 0 and not (out / "model.plan").exists()
-    assert "pip install tensorrt" in run.stderr and "JetPack" in run.stderr and "Traceback" not in run.stderr
+    assert "pip install 'tensorrt>=10.3,<12'" in run.stderr and "JetPack" in run.stderr
+    assert "Traceback" not in run.stderr and len(run.stderr.strip().splitlines()) == 1
 
 
 def _tensorrt_importable() -> bool:
