@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from edgecnn.benchmarks.early_exit_record import predicted_settings
 from edgecnn.benchmarks.harness import SweepSettings, run_sweep
-from edgecnn.benchmarks.pick import pick
+from edgecnn.benchmarks.pick import Candidate, confirm, pick
+from edgecnn.benchmarks.schema import read_results
 from edgecnn.cli.bench import _print_records
 from edgecnn.export.manifest import read_manifest
 
@@ -18,12 +20,18 @@ SAMPLES, ITERS, ROUNDS = 200, 20, 2
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def results_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("bench_ee")
     settings = SweepSettings(models=["b_lenet_fmnist"], runtimes=["torch", "onnxruntime"], precisions=["fp32"],
                              batches=[1], threads=[1], warmup_s=0.05, duration_s=None, iters=ITERS, rounds=ROUNDS,
                              accuracy_samples=SAMPLES, cache_dir=root / "cache")
-    return run_sweep(settings, root / "bench.json", command="pytest early-exit sweep")
+    run_sweep(settings, root / "bench.json", command="pytest early-exit sweep")
+    return root / "bench.json"
+
+
+@pytest.fixture(scope="module")
+def results(results_file: Path) -> dict:
+    return read_results(results_file)
 
 
 def _one(results: dict, **match: object) -> dict:
@@ -69,6 +77,17 @@ def test_early_exit_section_is_consistent_with_the_records(results: dict) -> Non
     assert abs(section["exit_accuracy"][-1] - section["trunk_accuracy"]) <= 0.5
 
 
+def test_record_names_the_form_it_ran_and_its_stage_costs_at_its_threads(results: dict) -> None:
+    ee = _one(results, runtime="onnxruntime", flow="edgecnn")
+    section = ee["early_exit"]
+    stored = read_manifest(Path(ee["artifact"]["path"]))["early_exit"]
+    assert section["form"] == stored["form"] == ee["session"]["form"]
+    assert len(section["stage_ms"]) == section["stages"] and min(section["stage_ms"]) >= 0
+    assert "at this record's threads" in section["stage_ms_measures"]
+    front = section["tuning"]["front"]
+    assert all(len(s["thresholds"]) == section["stages"] - 1 for s in front), "pick names the thresholds it picks"
+
+
 def test_torch_on_a_multi_exit_model_is_the_eager_trunk(results: dict) -> None:
     eager = _one(results, runtime="torch")
     assert eager["flow"] == "edgecnn" and eager["variant"] == "trunk" and "early_exit" not in eager
@@ -84,6 +103,62 @@ def test_pick_takes_the_early_exit_record_at_its_mean(results: dict) -> None:
     label = "b_lenet_fmnist onnxruntime fp32 early-exit (threads 1, mean)"
     assert label in chosen and chosen[label].latency_ms == ee["latency_ms"]["mean"]
     assert not any(c.record["flow"] == "trunk" for c in answer.chosen + answer.excluded)  # a baseline, not a pick
+
+
+def test_pick_searches_every_threshold_setting_of_the_sweep_predicted_from_the_records_stage_costs(
+        results: dict) -> None:
+    from edgecnn.export.early_exit import expected_ms
+
+    ee = _one(results, runtime="onnxruntime", flow="edgecnn")
+    section, tuning = ee["early_exit"], ee["early_exit"]["tuning"]
+    others = [s for s in tuning["front"] if s["thresholds"] != section["thresholds"]]
+    assert others, "the sweep has settings besides the stored one"
+    around = ee["latency_ms"]["mean"] - expected_ms(section["exit_fractions"], section["stage_ms"])
+    answer = pick([results], budget_ms=1e3)
+    predicted = [c for c in answer.chosen + answer.excluded if c.predicted]
+    assert sorted(tuple(c.thresholds) for c in predicted) == sorted(tuple(s["thresholds"]) for s in others)
+    for c in predicted:
+        s = next(s for s in others if s["thresholds"] == c.thresholds)
+        assert c.latency_ms == pytest.approx(expected_ms(s["exit_fractions"], section["stage_ms"]) + around)
+        assert c.accuracy == pytest.approx(ee["accuracy"]["top1"] + s["accuracy"] - tuning["chosen"]["accuracy"])
+        assert c.drop == pytest.approx(ee["accuracy"]["reference_top1"] - c.accuracy, abs=1e-3)
+        assert "predicted" in c.label and c.record is ee
+    # a budget between two predicted settings keeps the faster, and says the slower is over it (predicted)
+    fast, slow = min(predicted, key=lambda c: c.latency_ms), max(predicted, key=lambda c: c.latency_ms)
+    tight = pick([results], budget_ms=(fast.latency_ms + slow.latency_ms) / 2)
+    assert fast.thresholds in [c.thresholds for c in tight.chosen]
+    assert any(c.thresholds == slow.thresholds and "over budget: mean (predicted)" in c.reason
+               for c in tight.excluded)
+    assert predicted_settings({**ee, "batch": 4}) == [], "latency at batch 1 only"
+
+
+def test_confirm_measures_a_setting_on_its_artifact_as_the_record_was_measured(results: dict) -> None:
+    ee = _one(results, runtime="onnxruntime", flow="edgecnn")
+    own = confirm(Candidate(ee, "here", 0.0, 0.0, 0.0, "mean", thresholds=list(ee["early_exit"]["thresholds"])))
+    measured = own.confirmation
+    assert measured["images"] == SAMPLES and measured["latency_ms"] > 0
+    # the record's own setting is timed again beside it: how much busier or quieter the machine is than then
+    assert measured["machine_drift"] == pytest.approx(measured["recorded_setting_ms_now"] / ee["latency_ms"]["mean"],
+                                                      rel=1e-3)
+    # its thresholds, the same images: the top-1 of the exit rule the record saw
+    assert measured["top1"] == pytest.approx(ee["early_exit"]["accuracy_by_rule"], abs=1e-3)
+    gone = confirm(Candidate({**ee, "artifact": {**ee["artifact"], "path": "/nonexistent/artifact"}}, "here", 0.0,
+                             0.0, 0.0, "mean", thresholds=[0.0]))
+    assert "/nonexistent/artifact cannot be run here" in gone.confirmation["not_measured"]
+    plain = Candidate(ee, "here", 1.0, 90.0, 0.5, "mean")
+    assert confirm(plain).confirmation is None, "a measured record needs no confirmation"
+
+
+def test_cli_pick_confirms_a_predicted_answer_before_saying_it(results_file: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from edgecnn.cli import main
+
+    main(["pick", "--results", str(results_file), "--budget-ms", "1000"])
+    out = capsys.readouterr().out
+    pick_line = next(line for line in out.splitlines() if line.startswith("pick: "))
+    assert "early-exit" in pick_line and "at thresholds" in pick_line and "predicted" in pick_line
+    assert "confirmed by one measurement: " in out and "% against the prediction; within the budget" in out
+    assert "the record's own thresholds, timed in the same rounds, ran " in out
 
 
 def test_cli_prints_the_early_exit_table(results: dict, capsys: pytest.CaptureFixture[str]) -> None:
@@ -106,3 +181,7 @@ def test_record_carries_the_export_sweep_and_the_report_draws_it(results: dict, 
     index = write_report([results], tmp_path / "report")
     assert "![early-exit threshold sweeps](early-exit-curves.png)" in index.read_text()
     assert (index.parent / "early-exit-curves.png").stat().st_size > 10_000
+    # every sweep on one plot with the plain models' points, and listed as the report's own file
+    assert "![early exit among the plain models](early-exit-tradeoff.png)" in index.read_text()
+    assert (index.parent / "early-exit-tradeoff.png").stat().st_size > 10_000
+    assert "early-exit-tradeoff.png" in (index.parent / "edgecnn-report.json").read_text()
