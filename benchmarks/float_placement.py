@@ -1,0 +1,161 @@
+"""The measured float placements of issue 27, timed here and written as JSON under benchmarks/results/.
+
+    .venv/bin/python benchmarks/float_placement.py placement --threads 1    # --placement fast vs FP32 and INT8
+    .venv/bin/python benchmarks/float_placement.py fallback --threads 1     # --fallback cost vs sensitivity
+
+placement: per model, the FP32 artifact, the default INT8 one and the `--placement fast` one (`--target`, ONNX
+Runtime by default; `--threads` for the placement's own timings too), loaded together and timed in interleaved
+rounds (A B C A B C …);
+the bar is `--placement fast` no slower than FP32 (the sign test of quantization.py's `no_slower`) at ≤ 0.5 pt drop
+on the validation split (the test split's drop beside it where the export scored it).
+fallback: per model, INT8 with `--calibrator entropy --max-drop PT` (a calibrator that drops more than PT here), once
+with `--fallback sensitivity` and once with `--fallback cost` (ONNX Runtime; on OpenVINO sensitivity is NNCF's
+accuracy control), timed with FP32 in one interleaved run; both must
+meet the drop on the validation split, and the cost one is no slower.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).parent / "results"
+PLACEMENT_MODELS = ("lenet5_fmnist", "pyramidnet_fmnist", "bn_inception_fmnist", "inception_v3_fmnist")
+FALLBACK_MODELS = ("resnet18_fmnist", "alexnet_fmnist", "vgg11_bn_fmnist", "googlenet_fmnist")
+MAX_DROP_PT = 0.5   # the placement bar's accuracy bound
+
+
+def _export(name: str, target: str, out: Path, precision: str, threads: int, **calibration: Any) -> dict[str, Any]:
+    from edgecnn.calibration import CalibrationOptions
+    from edgecnn.export.pipeline import export_registered
+
+    options = CalibrationOptions(**calibration, profile_threads=threads) if precision == "int8" else None
+    # a parity failure is recorded (the artifact is written), not raised: the bars are latency and drop
+    return export_registered(name, target, precision, out, calibration=options, fail_on_parity=False).manifest
+
+
+def _timed(name: str, artifacts: dict[str, Path], threads: int, rounds: int, iters: int) -> dict[str, Any]:
+    """Round medians of every variant, loaded together, interleaved; each against FP32 by the sign test."""
+    import numpy as np
+
+    from edgecnn.benchmarks.quantization import _round_medians, no_slower
+    from edgecnn.export import runtime
+
+    sessions = {k: runtime.load(path, threads=threads) for k, path in artifacts.items()}
+    batch, *rest = sessions["fp32"].input_spec.shape
+    x = np.random.default_rng(0).standard_normal((batch or 1, *rest)).astype(np.float32)
+    per_round = _round_medians({k: (lambda s=s: s.run(x)) for k, s in sessions.items()}, rounds, iters)
+    return {"median_ms": {k: round(statistics.median(v), 4) for k, v in per_round.items()},
+            "rounds_median_ms": {k: [round(t, 4) for t in v] for k, v in per_round.items()},
+            "versus_fp32": {k: no_slower(v, per_round["fp32"]) for k, v in per_round.items() if k != "fp32"}}
+
+
+def _test_drop(manifest: dict[str, Any]) -> float | None:
+    """The drop on the whole test split, where the export could score it."""
+    return manifest["parity"][0].get("test_split", {}).get("drop")
+
+
+def placement_model(name: str, target: str, work: Path, threads: int, rounds: int, iters: int) -> dict[str, Any]:
+    manifests = {"fp32": _export(name, target, work / "fp32", "fp32", threads),
+                 "int8": _export(name, target, work / "int8", "int8", threads),
+                 "int8_fast": _export(name, target, work / "int8_fast", "int8", threads, placement="fast")}
+    timing = _timed(name, {k: work / k for k in manifests}, threads, rounds, iters)
+    placement = manifests["int8_fast"]["calibration"]["placement"]
+    drop = manifests["int8_fast"]["calibration"]["validation_drop"]
+    return {"model": name, "target": target, **timing,
+            "placement": {k: v for k, v in placement.items() if k != "machine"},
+            "validation_drop_pt": {k: m["calibration"]["validation_drop"] for k, m in manifests.items() if k != "fp32"},
+            "test_drop_pt": {k: _test_drop(m) for k, m in manifests.items() if k != "fp32"},
+            "bars": {"int8_no_faster_than_fp32_without_placement": timing["versus_fp32"]["int8"]["median_ratio"] >= 1,
+                     "fast_no_slower_than_fp32": timing["versus_fp32"]["int8_fast"]["no_slower"],
+                     "fast_drop_within_0.5pt": drop <= MAX_DROP_PT}}
+
+
+def fallback_model(name: str, target: str, work: Path, threads: int, rounds: int, iters: int, max_drop: float,
+                   calibrator: str) -> dict[str, Any]:
+    manifests = {"fp32": _export(name, target, work / "fp32", "fp32", threads)}
+    for fallback in ("sensitivity", "cost"):
+        started = time.perf_counter()
+        manifests[fallback] = _export(name, target, work / fallback, "int8", threads, calibrator=calibrator,
+                                      max_drop=max_drop, fallback=fallback)
+        manifests[fallback]["seconds"] = round(time.perf_counter() - started, 1)
+    timing = _timed(name, {k: work / k for k in manifests}, threads, rounds, iters)
+    record = {"model": name, "target": target, **timing, "variants": {}}
+    for fallback in ("sensitivity", "cost"):
+        c = manifests[fallback]["calibration"]
+        record["variants"][fallback] = {
+            "validation_drop_pt": c["validation_drop"], "first_int8_drop_pt": round(
+                c["fp32_validation_accuracy"] - c["scores_validation_accuracy"][calibrator], 2),
+            "nodes_to_exclude": c["nodes_to_exclude"], "test_drop_pt": _test_drop(manifests[fallback]),
+            "parity": {k: manifests[fallback]["parity"][0].get(k) for k in ("passed", "top1_agreement")},
+            "export_seconds": manifests[fallback]["seconds"],
+            "fallback": {k: v for k, v in (c["fallback"] or {}).items() if k not in ("machine",)}}
+    ratio = statistics.median(a / b for a, b in zip(record["rounds_median_ms"]["cost"],
+                                                    record["rounds_median_ms"]["sensitivity"]))
+    record["cost_over_sensitivity_median_ratio"] = round(ratio, 3)
+    record["bars"] = {"both_meet_max_drop": all(v["validation_drop_pt"] <= max_drop
+                                                for v in record["variants"].values()),
+                      "cost_no_slower_than_sensitivity": ratio <= 1.0}
+    return record
+
+
+def _payload(args: argparse.Namespace) -> dict[str, Any]:
+    from edgecnn.benchmarks.machine import all_tool_versions, machine_info
+
+    return {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "threads": args.threads,
+            "machine": machine_info(), "tools": all_tool_versions(), "models": []}
+
+
+def _write(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def run(args: argparse.Namespace) -> None:
+    payload = _payload(args)
+    out = args.out or RESULTS / f"{args.what}-{args.target}-{args.host}-{args.threads}t.json"
+    if args.what == "fallback":
+        payload.update(max_drop_pt=args.max_drop, calibrator=args.calibrator)
+    from edgecnn.errors import UserError
+
+    for name in args.models:
+        with tempfile.TemporaryDirectory(prefix="edgecnn-placement-") as tmp:
+            try:
+                record = (placement_model(name, args.target, Path(tmp), args.threads, args.rounds, args.iters)
+                          if args.what == "placement" else
+                          fallback_model(name, args.target, Path(tmp), args.threads, args.rounds, args.iters,
+                                         args.max_drop, args.calibrator))
+            except UserError as e:  # an export edgecnn refuses (e.g. no float fallback meets the drop) is a result
+                record = {"model": name, "refused": str(e), "median_ms": None, "bars": None}
+        payload["models"].append(record)
+        _write(out, payload)
+        print(json.dumps({"model": name, "median_ms": record["median_ms"], "bars": record["bars"]}), flush=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("what", choices=("placement", "fallback"))
+    p.add_argument("--models", nargs="*")
+    p.add_argument("--target", choices=("onnx", "openvino"), default="onnx")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--iters", type=int, default=200)
+    p.add_argument("--max-drop", type=float, default=0.3, help="fallback: --max-drop (default: %(default)s)")
+    p.add_argument("--calibrator", default="entropy", help="fallback: --calibrator (default: %(default)s)")
+    p.add_argument("--host", default="amd-epyc-avxvnni-2", help="results file suffix (default: %(default)s)")
+    p.add_argument("--out", type=Path)
+    args = p.parse_args()
+    args.models = args.models or list(PLACEMENT_MODELS if args.what == "placement" else FALLBACK_MODELS)
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    run(args)
+
+
+if __name__ == "__main__":
+    main()
