@@ -13,9 +13,15 @@ all alike; threads are pinned through each runtime's own option. Results are wri
 (model, batch), atomically, so Ctrl-C keeps what finished. An artifact that is more than one graph (early
 exit) is handled by the extension registered for its manifest section (`RECORD_EXTENSIONS`), never by
 special cases here.
+
+A MODEL is any form `edgecnn.model_ref` resolves (a zoo name or pattern, a checkpoint, an ONNX file, an artifact
+folder, side by side in one run); `models.BenchModel` knows its weights, the dataset its accuracy is measured on
+(the weights' own unless --data names another, said in every record with the weights' SHA-256), its artifacts
+and its FP32 reference.
 """
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import itertools
 import json
@@ -33,6 +39,7 @@ from tqdm import tqdm
 
 from edgecnn.benchmarks import peers as peer_builders
 from edgecnn.benchmarks.machine import all_tool_versions, describe, machine_info, same_machine
+from edgecnn.benchmarks.models import BenchModel, bench_model
 from edgecnn.benchmarks.schema import (RESULTS_KIND, SCHEMA_VERSION, ResultsWriteError, check_output, config_name,
                                        probe_writable, read_results, write_results)
 from edgecnn.benchmarks.stats import latency_stats, round_spread
@@ -41,6 +48,7 @@ from edgecnn.validation import non_negative_float, positive_float, positive_int
 
 if TYPE_CHECKING:
     from edgecnn.calibration import CalibrationOptions
+    from edgecnn.model_ref import Description, WeightsData
 
 DEFAULT_CACHE = Path("artifacts/bench")
 DEFAULT_ROUNDS = 5
@@ -158,29 +166,23 @@ class SweepSettings:
     iters: int | None = None                   # or timed calls per configuration (replaces duration_s)
     rounds: int = DEFAULT_ROUNDS
     peers: bool = False
-    data: str | None = None                    # accuracy dataset; default Fashion-MNIST for *_fmnist models
+    data: str | None = None                    # accuracy dataset; default: the weights' own (model_ref.WeightsData)
     data_root: str | None = None
+    mean: str | None = None                    # ONNX files without metadata_props: as `edgecnn export --mean`
+    std: str | None = None
+    classes: str | None = None
     accuracy_samples: int | None = None        # None: the whole test split
     calibration_samples: int = peer_builders.DEFAULT_CALIBRATION_SAMPLES
     calibrator: str = "auto"                   # INT8 exports' calibrator (edgecnn.calibration.CALIBRATOR_NAMES)
+    calib_samples: int | None = None           # INT8 exports' calibration images (None: `edgecnn export`'s default)
     cache_dir: Path = DEFAULT_CACHE
 
     def validated(self) -> SweepSettings:
         """The settings with patterns expanded and every name and number checked (one UserError each)."""
-        from edgecnn.registry import get_config, list_models
+        from edgecnn.model_ref import expand_models
 
-        models: list[str] = []
-        for entry in self.models:
-            if any(c in entry for c in "*?["):
-                matched = list_models(entry)
-                if not matched:
-                    raise UserError(f"no model matches {entry!r}; run `edgecnn list` to see the zoo")
-            else:
-                get_config(entry)  # unknown model: one clear line with suggestions
-                matched = [entry]
-            models += [m for m in matched if m not in models]
-        if not models:
-            raise UserError("name at least one model to benchmark (e.g. resnet18_fmnist or '*_fmnist')")
+        models = [ref.label for ref in expand_models(self.models)]
+        self.description()  # --mean, --std, --classes that do not parse: one line
         unknown = [r for r in self.runtimes if r not in RUNTIMES]
         if unknown or not self.runtimes:
             raise UserError(f"unknown runtime {', '.join(map(repr, unknown)) or '(none given)'} in --targets; "
@@ -213,7 +215,14 @@ class SweepSettings:
         """What INT8 exports calibrate with: the same options object `edgecnn export --calibrator` builds."""
         from edgecnn.calibration import CalibrationOptions
 
-        return CalibrationOptions(calibrator=self.calibrator)
+        return CalibrationOptions(calibrator=self.calibrator,
+                                  **({"samples": self.calib_samples} if self.calib_samples is not None else {}))
+
+    def description(self) -> Description:
+        """What ONNX files without metadata_props are said to take (--mean, --std, --classes)."""
+        from edgecnn.model_ref import Description
+
+        return Description(mean=self.mean, std=self.std, classes=self.classes)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
@@ -291,14 +300,27 @@ def _timed_calls(run: Callable[[np.ndarray], Any], feed: Iterator[np.ndarray], s
 class AccuracyData:
     """Test images of one dataset, preprocessed per model in chunks, and the PyTorch FP32 reference."""
 
-    def __init__(self, data: str, root: str | None, samples: int | None) -> None:
-        from edgecnn.data import load_dataset
-
-        self.test = load_dataset(data, "test", root)
-        self.data, self.root = data, root
+    def __init__(self, source: WeightsData, samples: int | None) -> None:
+        self.source = source
+        self.test = source.load("test")
+        self.data, self.root = source.source, None   # what load_dataset takes (peers read the train split)
         self.count = min(samples or len(self.test), len(self.test))
         self.labels = self.test.labels[:self.count].numpy()
         self._inputs: dict[tuple[Any, ...], np.ndarray] = {}
+
+    def aligned(self, config: Any) -> AccuracyData | None:
+        """This data with its labels as `config`'s class indices (its class names may order them otherwise); None
+        when it is not labelled with the model's classes."""
+        from edgecnn.model_ref import aligned_labels
+
+        if len(self.test.class_names) != config.num_classes:
+            return None
+        order = aligned_labels(self.test.class_names, config)
+        if order is None:
+            return self
+        view = copy.copy(self)
+        view.labels = np.asarray(order)[self.labels]
+        return view
 
     def _preprocessed(self, config: Any, start: int, stop: int) -> np.ndarray:
         from edgecnn.data import preprocess
@@ -342,6 +364,7 @@ class Sweep:
                  earlier: dict[str, Any] | None = None) -> None:
         self.s, self.out = settings, out
         self.progress = progress
+        self.models: dict[str, BenchModel] = {}   # by label, resolved when first planned
         self.artifacts: dict[tuple[Any, ...], tuple[Path, bool] | UserError] = {}
         self.datasets: dict[tuple[Any, ...], AccuracyData] = {}
         self.references: dict[str, tuple[np.ndarray, float] | None] = {}
@@ -399,6 +422,19 @@ class Sweep:
 
     # ------------------------------------------------------------------ planning
 
+    def model(self, label: str) -> BenchModel:
+        """The MODEL argument `label` names, resolved once (weights, data, artifacts, reference)."""
+        if label not in self.models:
+            from edgecnn.model_ref import resolve_model
+
+            self.models[label] = bench_model(resolve_model(label), self.s.data, self.s.data_root,
+                                             self.s.description())
+        return self.models[label]
+
+    def model_config(self, label: str) -> Any:
+        """The ModelConfig (classes, preprocessing) of the model `label` names."""
+        return self.model(label).config
+
     def plan(self) -> list[tuple[str, int, list[tuple[str, str, int]]]]:
         """(model, batch, [(runtime, precision, threads)]) groups; impossible combinations become skips."""
         s = self.s
@@ -413,8 +449,19 @@ class Sweep:
                         self._add_skip(_skip(m, name, precision, s.batches, s.threads, why))
                 else:
                     runnable.append((name, precision))
-        return [(m, b, [(r, p, t) for r, p in runnable for t in s.threads])
-                for m in s.models for b in s.batches if (m, b) not in self.done]
+        groups = []
+        for m in s.models:
+            for b in s.batches:
+                entries = []
+                for r, p in runnable:
+                    why = self.model(m).why_not(r, RUNTIMES[r].target, p, b)
+                    if why:
+                        self._add_skip(_skip(m, r, p, [b], s.threads, why))
+                    else:
+                        entries += [(r, p, t) for t in s.threads]
+                if (m, b) not in self.done:
+                    groups.append((m, b, entries))
+        return groups
 
     # ------------------------------------------------------------------ artifacts
 
@@ -424,7 +471,8 @@ class Sweep:
         if key not in self.artifacts:
             calibration = self.calibration if precision == CALIBRATED_PRECISION else None
             try:
-                self.artifacts[key] = ensure_artifact(model, target, precision, batch, self.s.cache_dir, calibration)
+                self.artifacts[key] = ensure_artifact(self.model(model), target, precision, batch, self.s.cache_dir,
+                                                      calibration, self.s.data)
             except UserError as e:
                 self.artifacts[key] = e
         found = self.artifacts[key]
@@ -508,39 +556,41 @@ class Sweep:
     # ------------------------------------------------------------------ accuracy
 
     def dataset(self, model: str) -> AccuracyData | None:
-        """The accuracy dataset for `model`: --data, or Fashion-MNIST for models trained on it."""
-        from edgecnn.registry import get_config
-
-        config = get_config(model)
-        data = self.s.data or ("fashion_mnist" if config.dataset == "fashion_mnist" else None)
-        if data is None:
+        """The accuracy data of `model`: the weights' own test split (or --data's), labelled with its classes;
+        None when no dataset is known for its weights (latency only) or it is a latency-only artifact."""
+        bench = self.model(model)
+        if bench.data is None or bench.latency_only:
             return None
-        key = (data, self.s.data_root)
+        key = (bench.data.source,)
         if key not in self.datasets:
-            self.datasets[key] = AccuracyData(data, self.s.data_root, self.s.accuracy_samples)
-        found = self.datasets[key]
-        return found if len(found.test.class_names) == config.num_classes else None
+            self.datasets[key] = AccuracyData(bench.data, self.s.accuracy_samples)
+        return self.datasets[key].aligned(bench.config)
 
     def reference(self, model: str) -> tuple[np.ndarray, float] | None:
-        """Predictions and top-1 of the eager PyTorch FP32 model (the artifacts' own weights), once per model."""
+        """Predictions and top-1 of the FP32 reference (the artifacts' own weights), once per model; None without
+        accuracy data, or for an artifact whose source cannot be rebuilt here."""
         if model not in self.references:
-            data = self.dataset(model)
-            self.references[model] = None if data is None else _reference_predictions(model, data, max(self.s.threads))
+            data, module = self.dataset(model), None
+            if data is not None:
+                module = self.model(model).reference_module()
+            self.references[model] = None if module is None else \
+                _reference_predictions(module, self.model_config(model), data, max(self.s.threads))
         return self.references[model]
 
     def measure_accuracy(self, config: Config) -> dict[str, Any] | None:
         if config.accuracy_key not in self.accuracy:
-            reference = self.reference(config.model)
-            if reference is None:
-                return None
             data = self.dataset(config.model)
-            preds = data.predictions(config.session.run, _model_config(config.session), config.batch)
-            ref_preds, ref_top1 = reference
-            top1 = data.top1(preds)
+            if data is None:
+                return None
+            preds = data.predictions(config.session.run, self.model_config(config.model), config.batch)
+            top1, reference = data.top1(preds), self.reference(config.model)
+            ref_preds, ref_top1 = reference if reference is not None else (None, None)
             self.accuracy[config.accuracy_key] = {
                 "dataset": data.test.name, "split": "test", "samples": data.count, "top1": top1,
-                "reference_top1": ref_top1, "drop": round(ref_top1 - top1, 3),
-                "agreement_vs_torch_fp32": round(float((preds == ref_preds).mean() * 100), 3),
+                "classes": self.model_config(config.model).num_classes,
+                "reference_top1": ref_top1, "drop": None if ref_top1 is None else round(ref_top1 - top1, 3),
+                "agreement_vs_torch_fp32": None if ref_preds is None
+                else round(float((preds == ref_preds).mean() * 100), 3),
                 "measured_at_batch": config.batch}
         return self.accuracy[config.accuracy_key]
 
@@ -562,7 +612,7 @@ class Sweep:
         spec = config.session.input_spec
         data = self.dataset(config.model)
         if data is not None:
-            x, _ = next(data.batches(_model_config(config.session), config.batch))
+            x, _ = next(data.batches(self.model_config(config.model), config.batch))
         else:
             x = np.random.default_rng(0).standard_normal((config.batch, *spec.shape[1:]), dtype=np.float32)
         return x.astype(spec.dtype)
@@ -574,7 +624,7 @@ class Sweep:
         if not config.varied_inputs or data is None:
             return [self.input_for(config)]
         dtype = config.session.input_spec.dtype
-        full = [x.astype(dtype, copy=False) for x, rows in data.batches(_model_config(config.session), config.batch)
+        full = [x.astype(dtype, copy=False) for x, rows in data.batches(self.model_config(config.model), config.batch)
                 if rows == config.batch]
         return full or [self.input_for(config)]
 
@@ -622,6 +672,7 @@ class Sweep:
         info = c.session.info()
         manifest = c.session.manifest
         stats = latency_stats(times, c.batch)
+        accuracy = self.measure_accuracy(c)
         return {
             "model": c.model, "family": manifest["model"]["family"], "runtime": c.runtime,
             "target": manifest["target"] if RUNTIMES[c.runtime].target else None, "precision": c.precision,
@@ -639,7 +690,8 @@ class Sweep:
                          "parity_passed": all(p.get("passed", False) for p in manifest["parity"])
                          if manifest["parity"] else None},
             "weights": manifest["model"]["weights"].get("source"),
-            "accuracy": self.measure_accuracy(c), "session": _jsonable(info)}
+            **self.model(c.model).record_fields(measured=accuracy is not None),
+            "accuracy": accuracy, "session": _jsonable(info)}
 
     # ------------------------------------------------------------------ the run
 
@@ -717,36 +769,6 @@ def resumable(out: Path, settings: SweepSettings) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------- artifacts on disk
 
-def expected_weights(model: str) -> dict[str, Any]:
-    """The weight record an export of `model` would carry now (committed checkpoint hash, or seeded init)."""
-    from edgecnn.checkpoint import committed_checkpoint
-    from edgecnn.export.manifest import sha256_file
-    from edgecnn.export.source import DEFAULT_SEED
-
-    path = committed_checkpoint(model)
-    return {"source": "checkpoint", "sha256": sha256_file(path)} if path else \
-        {"source": "random_init", "seed": DEFAULT_SEED}
-
-
-def _matches(manifest: dict[str, Any], model: str, target: str, precision: str, batch: int,
-             calibration: CalibrationOptions | None = None) -> bool:
-    """Whether a cached artifact is what an export now would be: model, weights, target, precision, input shape,
-    the calibrator asked for (an INT8 artifact from another --calibrator is not reused), and the tools and edgecnn
-    code that made it (an upgrade, or an edit to an editable install, exports again)."""
-    from edgecnn.export.pipeline import tool_versions
-    from edgecnn.registry import get_config
-
-    weights = manifest["model"]["weights"]
-    expected = expected_weights(model)
-    return (manifest["model"]["name"] == model and manifest["target"] == target
-            and manifest["precision"] == precision
-            and manifest["input"]["shape"] == [batch, *get_config(model).input_size]
-            and all(weights.get(k) == v for k, v in expected.items())
-            and manifest.get("tools") == tool_versions()
-            and (calibration is None
-                 or (manifest.get("calibration") or {}).get("requested") == calibration.calibrator))
-
-
 def cached_manifest(path: Path) -> dict[str, Any] | None:
     """The manifest of an edgecnn artifact at `path` (None if it is corrupt, so it may be rebuilt);
     a UserError if something that is not edgecnn's sits there."""
@@ -765,41 +787,36 @@ def cached_manifest(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def ensure_artifact(model: str, target: str, precision: str, batch: int, cache_dir: Path,
-                    calibration: CalibrationOptions | None = None) -> tuple[Path, bool]:
-    """(path, reused): the artifact for this combination, exported unless a matching one is cached;
-    `calibration` (INT8 only) is how the export calibrates, and part of the match."""
-    from edgecnn.export import export_registered
+def ensure_artifact(model: str | BenchModel, target: str, precision: str, batch: int, cache_dir: Path,
+                    calibration: CalibrationOptions | None = None, data: str | None = None) -> tuple[Path, bool]:
+    """(path, reused): the artifact for this combination — an artifact folder itself, else exported unless a
+    matching one is cached; `calibration` (INT8 only) is how the export calibrates, and part of the match; `data`
+    (--data) replaces the weights' own dataset. `model` is a BenchModel or a MODEL argument."""
+    from edgecnn.model_ref import resolve_model
 
-    path = Path(cache_dir) / f"{model}-{target}-{precision}-b{batch}"
+    bench = model if isinstance(model, BenchModel) else bench_model(resolve_model(model), data)
+    if bench.manifest is not None:
+        return bench.own_artifact(target, precision, batch), True
+    path = Path(cache_dir) / bench.cache_name(target, precision, batch)
     if path.exists():
         manifest = cached_manifest(path)
-        if manifest is not None and _matches(manifest, model, target, precision, batch, calibration):
+        if manifest is not None and bench.matches(manifest, target, precision, batch, calibration):
             return path, True
-    export_registered(model, target, precision, path, batch=batch, overwrite=path.exists(), calibration=calibration)
+    bench.export(target, precision, batch, path, calibration, data)
     return path, False
 
 
-def _reference_predictions(model: str, data: AccuracyData, threads: int) -> tuple[np.ndarray, float]:
+def _reference_predictions(module: Any, config: Any, data: AccuracyData, threads: int) -> tuple[np.ndarray, float]:
     import torch
 
-    from edgecnn.export.source import load_source_model
-
-    module, _ = load_source_model(model)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         with torch.no_grad():
-            preds = data.predictions(lambda x: module(torch.from_numpy(x)).numpy(), module.config, REFERENCE_BATCH)
+            preds = data.predictions(lambda x: module(torch.from_numpy(x)).numpy(), config, REFERENCE_BATCH)
     finally:
         torch.set_num_threads(previous)
     return preds, data.top1(preds)
-
-
-def _model_config(session: Any) -> Any:
-    from edgecnn.registry import get_config
-
-    return get_config(session.manifest["model"]["name"])
 
 
 def _artifact_bytes(runtime: str, manifest: dict[str, Any]) -> int:

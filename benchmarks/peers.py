@@ -129,9 +129,9 @@ def peer_artifact(peer: Peer, source: Path, cache_dir: Path, data: AccuracyData 
         raise UserError(f"the {peer.name} peer needs calibration images and this model has no dataset: "
                         "pass --data")
     from edgecnn.benchmarks.harness import cached_manifest
+    from edgecnn.benchmarks.models import manifest_config
     from edgecnn.export.manifest import (STAGING_MARKER, describe_files, read_manifest, staging_directory,
                                          write_manifest)
-    from edgecnn.registry import get_config
 
     manifest = read_manifest(source)
     record = {"name": peer.name, "description": peer.description, "source": str(source),
@@ -139,12 +139,12 @@ def peer_artifact(peer: Peer, source: Path, cache_dir: Path, data: AccuracyData 
               "calibration_split": "train",
               "calibration_data": _train_split(data.data, data.root).fingerprint[:16]}
     batch = manifest["input"]["shape"][0]
-    path = Path(cache_dir) / f"{manifest['model']['name']}-peer-{peer.name}-b{batch}"
+    path = Path(cache_dir) / f"{source.name.rsplit('-', 3)[0]}-peer-{peer.name}-b{batch}"  # named as its source
     if path.exists():
         cached = cached_manifest(path)
         if cached is not None and cached.get("peer") == record:
             return path, True
-    batches = calibration_batches(data, get_config(manifest["model"]["name"]), batch, samples)
+    batches = calibration_batches(data, manifest_config(manifest), batch, samples)
     with staging_directory(path, overwrite=path.exists()) as staging:
         try:
             with silenced("", "nncf"):

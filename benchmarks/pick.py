@@ -4,10 +4,18 @@ least accuracy lost, and why every other one does not.
 A candidate is one edgecnn record (model × runtime × precision × threads) at the asked batch, measured on
 this machine. It qualifies when its latency statistic (p50 by default, per call) is within the budget and
 its accuracy drop against its own model's PyTorch FP32 is within `max_drop` points. Qualifiers rank by
-accuracy (the least lost), then latency; ties keep both, in latency order. Peers (and the trunks timed beside
-early-exit records) are shown in the report, never picked: they are what edgecnn is compared with. An
-early-exit record is a candidate like any other, held to its mean per call (`latency_statistic`; at batch 1
+accuracy, where differences within the test's noise are ties and the faster wins among ties (`resolution`).
+A configuration near chance for its class count (no trained model for that data), a latency-only one (INT8
+calibrated on synthetic inputs) and one whose parity check failed are excluded, with the reason. Peers
+(and the trunks timed beside early-exit records) are shown in the report, never picked: they are what edgecnn is
+compared with. An early-exit record is a candidate like any other, held to its mean per call (`latency_statistic`; at batch 1
 its mean per-sample latency) whatever the statistic asked, since its latency depends on the exit taken.
+
+Early exit is searched jointly: at batch 1, every other threshold setting of an early-exit record's validation sweep
+(the one export tuned from) is a candidate too, at that record's runtime, precision, form and threads, its mean
+latency and top-1 predicted from what the record measured (`early_exit_record.predicted_settings`). Such a
+candidate is marked predicted; `confirm` measures the answer once on its artifact before it is said (the CLI does),
+or says why it stays predicted.
 
 Results come through `read_results`, which refuses a record with an impossible number in one line; the drop is
 always worked out from the two top-1 figures (`accuracy_drop`), never read. A record timed with more threads
@@ -20,6 +28,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from edgecnn.benchmarks.machine import describe, machine_info, same_machine
+from edgecnn.benchmarks.resolution import accuracy_resolution, latency_tied, near_chance, rank
 from edgecnn.benchmarks.schema import STATISTICS, accuracy_drop, config_name, oversubscribed, read_results
 from edgecnn.errors import UserError
 from edgecnn.text import printable
@@ -38,13 +47,23 @@ class Candidate:
     statistic: str     # the latency statistic it is held to
     oversubscribed: bool = False  # timed with more threads than its machine's logical cores: timings distorted
     reason: str = ""   # why it is excluded; empty for a qualifier
+    thresholds: list[float] | None = None  # an early-exit setting other than the record's: predicted, not measured
+    confirmation: dict[str, Any] | None = None  # `confirm`'s measurement of a predicted setting
+
+    @property
+    def predicted(self) -> bool:
+        return self.thresholds is not None
 
     @property
     def label(self) -> str:
         """How it is named on the terminal (names from the file escaped: they may hold control characters)."""
         r = self.record
         held = f", {self.statistic}" if r.get("latency_statistic") else ""
-        return printable(f"{r['model']} {config_name(r)} (threads {r['threads']}{held})")
+        if not self.predicted:
+            return printable(f"{r['model']} {config_name(r)} (threads {r['threads']}{held})")
+        setting = ", ".join(f"{t:.4g}" for t in self.thresholds)
+        return printable(f"{r['model']} {config_name(r)} {r['early_exit'].get('form', 'stages')} at thresholds "
+                         f"[{setting}] (threads {r['threads']}{held}, predicted)")
 
 
 @dataclass
@@ -57,6 +76,7 @@ class Answer:
     machine: str
     chosen: list[Candidate] = field(default_factory=list)
     excluded: list[Candidate] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)   # the measurement's resolution where it decided the order
 
 
 def committed_results(machine: dict[str, Any] | None = None) -> list[Path]:
@@ -100,6 +120,8 @@ def pick(results: Sequence[dict[str, Any]], budget_ms: float, max_drop: float | 
         raise UserError(f"unknown latency statistic {statistic!r}; choose one of {', '.join(STATISTICS)}")
     here = machine or machine_info()
     answer = Answer(budget_ms, max_drop, batch, statistic, [r.get("source", "?") for r in results], here["name"])
+    from edgecnn.benchmarks.early_exit_record import predicted_settings
+
     for results_file in results:
         local = any_machine or same_machine(results_file["machine"], here)
         for record in results_file["records"]:
@@ -107,26 +129,85 @@ def pick(results: Sequence[dict[str, Any]], budget_ms: float, max_drop: float | 
                 continue
             accuracy = record["accuracy"]
             held = record.get("latency_statistic") or statistic
-            c = Candidate(record, results_file["machine"]["name"], record["latency_ms"][held],
-                          None if accuracy is None else accuracy["top1"],
-                          None if accuracy is None else accuracy_drop(accuracy), held,
-                          oversubscribed(record, results_file["machine"]))
-            if not local:
-                c.reason = f"not measured on this machine (measured on {describe(results_file['machine'])})"
-            elif c.accuracy is None:  # never a candidate, whatever its latency
-                c.reason = "no accuracy measured (latency only: " + (
-                    "a deploy bundle's bench.sh measures no accuracy)" if record.get("deploy_bundle")
-                    else "pass --data to `edgecnn bench`)")
-            elif c.latency_ms > budget_ms:
-                c.reason = f"over budget: {held} {c.latency_ms:.3g} ms > {budget_ms:g} ms"
-            elif max_drop is not None and c.drop is None:
-                c.reason = "no FP32 reference top-1 to measure its drop against --max-drop"
-            elif max_drop is not None and c.drop > max_drop:
-                c.reason = f"over the drop: {c.drop:.2f} pt below its FP32 > {max_drop:g} pt"
-            (answer.excluded if c.reason else answer.chosen).append(c)
-    answer.chosen.sort(key=lambda c: (-c.accuracy, c.latency_ms))
+            candidates = [Candidate(record, results_file["machine"]["name"], record["latency_ms"][held],
+                                    None if accuracy is None else accuracy["top1"],
+                                    None if accuracy is None else accuracy_drop(accuracy), held,
+                                    oversubscribed(record, results_file["machine"]))]
+            candidates += [Candidate(record, results_file["machine"]["name"], s.latency_ms, s.top1,
+                                     accuracy_drop({**accuracy, "top1": s.top1}), held, candidates[0].oversubscribed,
+                                     thresholds=list(s.thresholds)) for s in predicted_settings(record)]
+            for c in candidates:
+                c.reason = _exclusion(c, local, results_file["machine"], budget_ms, max_drop)
+                (answer.excluded if c.reason else answer.chosen).append(c)
+    answer.chosen = rank(answer.chosen, lambda c: c.accuracy, lambda c: c.latency_ms, _resolution)
+    answer.notes = _tie_notes(answer.chosen)
     answer.excluded.sort(key=lambda c: (c.reason.split(":")[0], c.latency_ms))
     return answer
 
 
-__all__ = ["Answer", "Candidate", "STATISTICS", "committed_results", "load_for_pick", "pick"]
+def _exclusion(c: Candidate, local: bool, machine: dict[str, Any], budget_ms: float, max_drop: float | None) -> str:
+    """Why a candidate is not a qualifier ("" when it is)."""
+    if not local:
+        return f"not measured on this machine (measured on {describe(machine)})"
+    if c.record.get("latency_only"):
+        return ("latency only: INT8 calibrated on synthetic inputs (--calib-data synthetic), its accuracy is "
+                "unknown; never an accuracy answer")
+    if (c.record.get("artifact") or {}).get("parity_passed") is False:
+        return "its parity check failed at export: the artifact does not compute what its source model computes"
+    if c.accuracy is None:  # never a candidate, whatever its latency
+        return "no accuracy measured (latency only: " + (
+            "a deploy bundle's bench.sh measures no accuracy)" if c.record.get("deploy_bundle")
+            else "pass --data to `edgecnn bench`)")
+    chance = near_chance({**c.record["accuracy"], "top1": c.accuracy})
+    if chance:
+        return chance
+    if c.latency_ms > budget_ms:
+        held = f"{c.statistic}{' (predicted)' if c.predicted else ''}"
+        return f"over budget: {held} {c.latency_ms:.3g} ms > {budget_ms:g} ms"
+    if max_drop is not None and c.drop is None:
+        return "no FP32 reference top-1 to measure its drop against --max-drop"
+    if max_drop is not None and c.drop > max_drop:
+        return f"over the drop: {c.drop:.2f} pt below its FP32 > {max_drop:g} pt"
+    return ""
+
+
+def _paired(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """One model's configurations: the same weights measured on the same images against the same reference."""
+    keys = ("weights_sha256", "dataset")
+    return all(a.get(k) is not None and a.get(k) == b.get(k) for k in keys) and \
+        a["accuracy"].get("samples") == b["accuracy"].get("samples")
+
+
+def _resolution(a: Candidate, b: Candidate) -> float:
+    return accuracy_resolution({**a.record["accuracy"], "top1": a.accuracy}, {**b.record["accuracy"], "top1": b.accuracy},
+                               _paired(a.record, b.record))
+
+
+def _tie_notes(ranked: list[Candidate]) -> list[str]:
+    """What the measurement could not tell apart at the top of the ranking, and so how the pick was decided."""
+    if len(ranked) < 2:
+        return []
+    best, notes = ranked[0], []
+    for other in ranked[1:]:
+        gap, resolution = other.accuracy - best.accuracy, _resolution(best, other)
+        if gap > 0 and gap < resolution:
+            notes.append(f"{other.label} is {gap:.2f} pt more accurate, within the test's resolution of "
+                         f"{resolution:.2f} pt (95 %, {other.record['accuracy'].get('samples', '?')} images): a tie, "
+                         "and the faster wins")
+        elif abs(gap) < resolution and latency_tied(best.record, other.record, best.latency_ms, other.latency_ms):
+            notes.append(f"{other.label} ties on accuracy ({gap:+.2f} pt, resolution {resolution:.2f} pt) and on "
+                         "latency (within the rounds' spread): either answers the question")
+    return [printable(n) for n in notes[:3]]
+
+
+def confirm(candidate: Candidate) -> Candidate:
+    """Measure a predicted early-exit setting once on its artifact (`confirm_setting`): the candidate, with the
+    measurement (or why there is none) in `confirmation`. A measured candidate is returned as it is."""
+    from edgecnn.benchmarks.early_exit_record import confirm_setting
+
+    if candidate.predicted and candidate.confirmation is None:
+        candidate.confirmation = confirm_setting(candidate.record, candidate.thresholds)
+    return candidate
+
+
+__all__ = ["Answer", "Candidate", "STATISTICS", "committed_results", "confirm", "load_for_pick", "pick"]

@@ -272,6 +272,21 @@ def _headline_rows(records: list[dict[str, Any]], max_drop: float = 0.5) -> list
     return rows
 
 
+def _weights_rows(records: list[dict[str, Any]]) -> list[list[Any]]:
+    """One row per model: its weights (source, SHA-256) and the data its accuracy was measured on."""
+    from edgecnn.model_ref import WeightsData
+
+    rows: dict[str, list[Any]] = {}
+    for r in records:
+        if r["flow"] != "edgecnn" or (r["model"] in rows and not r.get("dataset")):
+            continue
+        data = WeightsData.from_record(r.get("dataset") or {})
+        said = data.said if data else ("latency only (synthetic calibration)" if r.get("latency_only")
+                                       else (r.get("accuracy") or {}).get("dataset", "— (timed only)"))
+        rows[r["model"]] = [r["model"], r.get("weights") or "?", (r.get("weights_sha256") or "—")[:16], said]
+    return [rows[m] for m in sorted(rows)]
+
+
 def _all_rows(records: list[dict[str, Any]]) -> list[list[Any]]:
     rows = []
     for r in sorted(records, key=lambda r: (r["machine"], r["model"], r["batch"], r["flow"], r["runtime"],
@@ -374,6 +389,9 @@ def _markdown(results: Sequence[dict[str, Any]], records: list[dict[str, Any]], 
                        " / ".join(str(r["tools"].get(t)) for t in ("torch", "onnxruntime", "openvino")),
                        r.get("created_utc", "?"), "yes" if r.get("complete") else "no (interrupted)" if r.get("interrupted") else "no (stopped)",
                        f"`{r['command']}`"] for r, label in zip(results, labels)]))
+    md += ["", "## Weights and data", "", "Which weights each model's records measured, and the test split their "
+           "accuracy is on (the weights' own dataset unless `--data` named another).", "",
+           _table(["model", "weights", "SHA-256", "data"], _weights_rows(records))]
     md += ["", "## Headline", "", "Fastest edgecnn configuration per model within 0.5 pt of its PyTorch FP32 "
            "accuracy, at the smallest batch measured; speed-up against eager PyTorch FP32 on the same threads.", ""]
     md.append(_table(["machine", "model", "batch", "fastest", "p50 ms", "vs torch", "FP32 top-1", "top-1"],

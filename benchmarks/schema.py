@@ -8,7 +8,9 @@ A record holds `latency_ms` (mean, p50, p90, p99, min, max, std per call), `thro
 `round_p50_ms` + `spread_pct` (drift across the interleaved rounds), `memory`, `artifact`,
 `executed_precision`, `accuracy` (or null), `flow` ("edgecnn", "peer", or "trunk": the plain network timed
 beside an early-exit one) and `variant` (what an extension made of the artifact: "early-exit", "trunk"; null
-for a plain one). An early-exit record adds its `early_exit` section and `latency_statistic` ("mean": the
+for a plain one), `weights_sha256` and `dataset` (which weights, and which data its accuracy was measured on:
+the weights' own, or what --data named instead), `latency_only` (an artifact calibrated on synthetic inputs,
+whose accuracy is unknown). An early-exit record adds its `early_exit` section and `latency_statistic` ("mean": the
 statistic `pick` holds it to, since its latency depends on the exit taken). Deploy bundles' `bench.sh`
 writes the same schema, so `edgecnn report` merges results from any machine.
 
@@ -105,15 +107,34 @@ def _shown(value: Any) -> str:
 
 _POSITIVE, _NON_NEGATIVE, _FINITE = _Number(0, above=True), _Number(0), _Number()
 _PERCENT, _COUNT, _BYTES, _BOOL = _Number(0, 100), _Number(1, integer=True), _Number(0, integer=True), _Is(bool)
+
+
+class _Hex(_Spec):
+    """A lowercase hexadecimal digest of `length` digits (a SHA-256 is 64)."""
+
+    def __init__(self, length: int) -> None:
+        self.length, self.text = length, f"a {length}-digit hexadecimal digest"
+
+    def check(self, value: Any, where: str) -> str | None:
+        fits = isinstance(value, str) and len(value) == self.length and all(c in "0123456789abcdef" for c in value)
+        return None if fits else f"{where} must be {self.text} (got {_shown(value)})"
+
+
+_SHA256 = _Hex(64)
 RECORD_SCHEMA = _Fields(
     model=_STR, runtime=_STR, precision=_STR, batch=_COUNT, threads=_COUNT, flow=_STR,
     latency_ms=_Object(**{s: _POSITIVE for s in ("mean", "p50", "p90", "p99", "min", "max")}, std=_NON_NEGATIVE),
     accuracy=_Optional(_Fields(top1=_PERCENT, optional={"reference_top1": _Optional(_PERCENT),
-                                                        "agreement_vs_torch_fp32": _Optional(_PERCENT)})),
+                                                        "agreement_vs_torch_fp32": _Optional(_PERCENT),
+                                                        "samples": _COUNT, "classes": _COUNT})),
     executed_precision=_Optional(_STR), throughput=_POSITIVE, round_p50_ms=_List(_POSITIVE, non_empty=True),
     spread_pct=_NON_NEGATIVE, memory=_Object(rss_delta_mb=_FINITE), artifact=_Object(path=_STR, bytes=_BYTES),
     optional={"peer": _Optional(_Object(name=_STR)), "variant": _Optional(_STR),
-              "latency_statistic": _Optional(_OneOf(*STATISTICS)), "oversubscribed": _BOOL})
+              "latency_statistic": _Optional(_OneOf(*STATISTICS)), "oversubscribed": _BOOL,
+              # which weights and which data every number belongs to (edgecnn.model_ref)
+              "weights_sha256": _Optional(_SHA256), "architecture": _STR, "latency_only": _BOOL,
+              "dataset": _Optional(_Fields(name=_STR, optional={"path": _Optional(_STR), "origin": _STR,
+                                                                 "instead_of": _STR}))})
 RECORD_FIELDS = tuple(RECORD_SCHEMA.fields)
 SKIP_SCHEMA = _Object(model=_STR, runtime=_STR, precision=_STR, batch=_List(_COUNT), threads=_List(_COUNT),
                       flow=_STR, reason=_STR)

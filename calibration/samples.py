@@ -6,14 +6,16 @@ ones the ranges were fitted on, and the test split is never touched. Selection i
 (round-robin over the classes, each class in a seeded order) and reproducible: the same seed,
 data and N give the same indices, whose SHA-256 the manifest records.
 
-A `--calib-data` folder's classes are matched to the model's by name (or class number), never by
+The images are the weights' own dataset (`edgecnn.model_ref.WeightsData`: the checkpoint's, the one
+stated for an ONNX file, or the one the user named with --data), never another one silently. A
+`--calib-data` folder's classes are matched to the model's by name (or class number), never by
 sort order alone when the model has names; a flat folder of images (no labels) calibrates alone,
-with a fixed calibrator and no accuracy bound.
+with a fixed calibrator and no accuracy bound. `--calib-data synthetic` calibrates on generated
+inputs: an INT8 latency answer for a model without data, whose accuracy is unknown.
 """
 from __future__ import annotations
 
 import hashlib
-import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ import torch
 
 from edgecnn.data import ImageDataset, is_flat_image_folder, load_dataset, preprocess, train_val_split
 from edgecnn.errors import DatasetError, UserError
+from edgecnn.model_ref import WeightsData, aligned_labels, comparable_class_name, weights_data
 from edgecnn.registry import ModelConfig
 from edgecnn.validation import non_negative_float, non_negative_int, positive_int
 
@@ -34,9 +37,16 @@ CALIBRATOR_NAMES = ("auto", "default", "minmax", "entropy", "percentile", "mse")
 # What an unset calibrator means for a flat --calib-data folder: auto needs labelled validation images.
 UNLABELLED_CALIBRATOR = "default"
 NEEDS_LABELS_FIX = f"pass a fixed --calibrator (e.g. {UNLABELLED_CALIBRATOR}) without --max-drop to calibrate only"
-# Datasets edgecnn ships or knows, by the name a model config gives.
-KNOWN_DATASETS = ("fashion_mnist",)
+# How --max-drop picks the layers it returns to float: the most sensitive first, or the cheapest set that fits
+# (measured accuracy per millisecond); and where layers compute: INT8 wherever quantizable, or only where faster.
+FALLBACKS = ("sensitivity", "cost")
+PLACEMENTS = ("accuracy", "fast")
 PREPROCESS_CHUNK = 1024
+SYNTHETIC = "synthetic"  # --calib-data synthetic: generated inputs, latency only
+SYNTHETIC_SOURCE = ("synthetic: uniform random pixels 0-255, seed {seed}, preprocessed as the model's inputs "
+                    "(no data: an INT8 latency answer, accuracy unknown)")
+NO_DATA_FIX = ("pass --data DIR (the dataset the weights were trained on), --calib-data DIR (images to calibrate "
+               "on) or --calib-data synthetic (generated inputs: an INT8 latency answer, accuracy unknown)")
 
 
 @dataclass(frozen=True)
@@ -50,12 +60,30 @@ class CalibrationOptions:
     data: Path | None = None
     max_drop: float | None = None
     seed: int = DEFAULT_SEED
+    fallback: str = "sensitivity"           # --fallback
+    placement: str = "accuracy"             # --placement
+    profile_threads: int | None = None      # --threads the runtime is profiled with (None: its default)
+    synthetic: bool = False                 # --calib-data synthetic: calibrate on generated inputs (latency only)
 
     def __post_init__(self) -> None:
         positive_int("--calib-samples", self.samples)
+        if self.fallback not in FALLBACKS:
+            raise UserError(f"unknown --fallback {self.fallback!r}; choose one of {', '.join(FALLBACKS)}")
+        if self.placement not in PLACEMENTS:
+            raise UserError(f"unknown --placement {self.placement!r}; choose one of {', '.join(PLACEMENTS)}")
+        if self.fallback == "cost" and self.max_drop is None:
+            raise UserError("--fallback cost chooses which layers --max-drop returns to float: give --max-drop PT too")
+        if self.profile_threads is not None:
+            positive_int("--threads", self.profile_threads)
         non_negative_int("seed", self.seed)
         if self.max_drop is not None:
             non_negative_float("--max-drop", self.max_drop)
+        if self.synthetic and self.data is not None:
+            raise UserError("--calib-data is a folder or synthetic, not both")
+        if self.synthetic and (self.calibrator == "auto" or self.max_drop is not None):
+            raise UserError("--calib-data synthetic has no labels, and --calibrator auto and --max-drop score on "
+                            f"labelled validation images: use a fixed --calibrator (e.g. {UNLABELLED_CALIBRATOR}) "
+                            "without --max-drop, or real data")
         if self.data is not None:
             object.__setattr__(self, "data", Path(self.data))
             if not self.data.is_dir():
@@ -68,8 +96,14 @@ class CalibrationOptions:
 
     @property
     def unlabelled_default(self) -> bool:
-        """Whether an unset calibrator falls back to UNLABELLED_CALIBRATOR: a flat folder, no --max-drop."""
-        return self.data is not None and self.max_drop is None and is_flat_image_folder(self.data)
+        """Whether an unset calibrator falls back to UNLABELLED_CALIBRATOR: synthetic inputs, or a flat folder
+        without --max-drop."""
+        return self.synthetic or (self.data is not None and self.max_drop is None and is_flat_image_folder(self.data))
+
+    @property
+    def measures_latency(self) -> bool:
+        """Whether quantizing times layers on the runtime (--placement fast, --fallback cost)."""
+        return self.placement == "fast" or self.fallback == "cost"
 
     @property
     def needs_labels(self) -> bool:
@@ -142,11 +176,6 @@ def _samples_from(ds: ImageDataset, indices: np.ndarray, config: ModelConfig, in
     return SampleSet(inputs, labels, indices, source, ds.fingerprint)
 
 
-def _comparable(name: str) -> str:
-    """A class name as a folder can spell it: case, spaces, punctuation ignored ('T-shirt/top' ~ 'tshirt_top')."""
-    return re.sub(r"[\W_]+", "", name).casefold()
-
-
 def _preview(names: list[str] | tuple[str, ...], shown: int = 5) -> str:
     return ", ".join(names[:shown]) + (f" (and {len(names) - shown} more)" if len(names) > shown else "")
 
@@ -158,9 +187,9 @@ def match_classes(folders: tuple[str, ...], config: ModelConfig) -> tuple[list[i
     folder is one (0, 1, …); sorted order only for a model without class names and a folder per class.
     Anything else is a UserError saying why: sorted order would score validation against the wrong labels."""
     names, n = config.class_names or (), config.num_classes
-    by_name = {_comparable(c): k for k, c in enumerate(names)}
-    if names and all(_comparable(f) in by_name for f in folders):
-        return [by_name[_comparable(f)] for f in folders], "classes matched to the model's by name"
+    by_name = {comparable_class_name(c): k for k, c in enumerate(names)}
+    if names and all(comparable_class_name(f) in by_name for f in folders):
+        return [by_name[comparable_class_name(f)] for f in folders], "classes matched to the model's by name"
     if all(f.isdecimal() and int(f) < n for f in folders):
         return [int(f) for f in folders], "classes matched to the model's by number"
     if not names and len(folders) == n:
@@ -170,7 +199,7 @@ def match_classes(folders: tuple[str, ...], config: ModelConfig) -> tuple[list[i
     if not names:
         raise UserError(f"it has {count}, and no class names to match folders by: give one folder per class, or "
                         f"folders named by class number 0-{n - 1}")
-    unknown = [f for f in folders if _comparable(f) not in by_name]
+    unknown = [f for f in folders if comparable_class_name(f) not in by_name]
     raise UserError(f"its folders {_preview(unknown)} are neither {config.name}'s class names ({_preview(names)}) "
                     f"nor class numbers 0-{n - 1}{f', and it has {count}' if count else ''}: name the folders after "
                     "the model's classes (case and punctuation do not matter)")
@@ -219,29 +248,62 @@ def _folder_source(config: ModelConfig, options: CalibrationOptions) -> _Source:
     return _Source(replace(ds, labels=labels), str(data), True, (how, *skipped))
 
 
-def _calibration_source(config: ModelConfig, options: CalibrationOptions) -> _Source:
+def _weights_dataset(config: ModelConfig, dataset: WeightsData | None) -> WeightsData:
+    """The dataset to calibrate on when no --calib-data is given: the weights' own (or --data), else one line."""
+    data = dataset or weights_data(config, None)
+    if data is None:
+        raise UserError(f"{config.name}'s weights name no dataset to calibrate on: {NO_DATA_FIX}")
+    return data
+
+
+def _calibration_source(config: ModelConfig, options: CalibrationOptions, dataset: WeightsData | None) -> _Source:
     if options.data is not None:
         return _folder_source(config, options)
-    if config.dataset not in KNOWN_DATASETS:
-        raise UserError(f"{config.name} is a model for {config.dataset} and edgecnn has no {config.dataset} images "
-                        "here: pass --calib-data DIR (one sub-folder of training images per class)")
-    return _Source(load_dataset(config.dataset, split="train"), config.dataset, True)
+    data = _weights_dataset(config, dataset)
+    ds = data.load("train")
+    if len(ds.class_names) != config.num_classes:
+        raise UserError(f"{data.label} has {len(ds.class_names)} classes but {config.name} predicts "
+                        f"{config.num_classes}; pass --data with the dataset these weights were trained on")
+    order = aligned_labels(ds.class_names, config)
+    if order is not None:
+        ds = replace(ds, labels=torch.tensor(order, dtype=torch.long)[ds.labels])
+    return _Source(ds, data.name if data.path is None else data.label, True,
+                   (f"--data, instead of the weights' own {data.instead_of}",) if data.instead_of else ())
 
 
-def check_calibration_source(config: ModelConfig, options: CalibrationOptions) -> None:
+def check_calibration_source(config: ModelConfig, options: CalibrationOptions,
+                             dataset: WeightsData | None = None) -> None:
     """Refuse, before any export work, a model whose calibration images edgecnn has no way to find, and a
     --calib-data folder that cannot give what the options ask for (labels matching the model's classes).
-    A folder is only listed here, not decoded; the shipped datasets are known to be fine."""
-    if options.data is not None or config.dataset not in KNOWN_DATASETS:
-        _calibration_source(config, options)
+    A folder is only listed here, not decoded; a named dataset is read when it is used."""
+    if options.synthetic:
+        return
+    if options.data is not None:
+        _calibration_source(config, options, dataset)
+        return
+    data = _weights_dataset(config, dataset)
+    if data.path is not None and not Path(data.path).is_dir():
+        data.load("train")  # one line asking for --data
+
+
+def synthetic_samples(config: ModelConfig, input_size: tuple[int, int, int], samples: int, seed: int) -> SampleSet:
+    """Seeded uniform random pixels preprocessed as the model's inputs: ranges for a latency-only INT8 artifact."""
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (samples, *input_size), dtype=torch.uint8, generator=generator)
+    inputs = check_inputs(preprocess(images, replace(config, input_size=input_size)).numpy(), "synthetic inputs")
+    return SampleSet(inputs, None, np.arange(samples), SYNTHETIC_SOURCE.format(seed=seed),
+                     hashlib.sha256(inputs.tobytes()).hexdigest())
 
 
 def prepare_calibration(config: ModelConfig, input_size: tuple[int, int, int],
-                        options: CalibrationOptions) -> CalibrationData:
+                        options: CalibrationOptions, dataset: WeightsData | None = None) -> CalibrationData:
     """Calibration samples (balanced, seeded, validation split excluded) and the validation split to score on.
 
-    A flat folder has no validation split to keep apart: every image is a calibration candidate."""
-    source = _calibration_source(config, options)
+    `dataset` is the weights' (`edgecnn.model_ref.weights_data`; None: the config's, Fashion-MNIST for the zoo's
+    own). A flat folder has no validation split to keep apart: every image is a calibration candidate."""
+    if options.synthetic:
+        return CalibrationData(synthetic_samples(config, input_size, options.samples, options.seed), None)
+    source = _calibration_source(config, options, dataset)
     ds, name = source.dataset, source.name
     train, val = split_positions(ds) if ds.labelled else (np.arange(len(ds)), np.zeros(0, dtype=np.int64))
     if len(train) < options.samples:

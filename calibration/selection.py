@@ -68,6 +68,24 @@ def choose_calibrator(candidates: Sequence[str], score: Callable[[str], np.ndarr
     return CalibratorChoice(best, scores, versus)
 
 
+def measurable_drop(max_drop: float, images: int) -> float:
+    """--max-drop as a validation split of `images` can measure it: rounded up to a whole number of images (one image
+    is 100 / images points), so a drop that differs from the bound by less than one image is never acted on."""
+    one_image = 100.0 / images
+    return math.ceil(max_drop / one_image - 1e-9) * one_image
+
+
+def resolution_record(images: int, max_drop: float | None) -> dict[str, Any]:
+    """What the validation split can tell apart, for the manifest: one image in points, the calibrator choice's
+    rule, and --max-drop as measured."""
+    return {"validation_images": images, "one_image_pt": round(100.0 / images, 4),
+            "calibrator_choice": f"a calibrator replaces the first only when McNemar's test finds it better at 5 % "
+                                 f"(gained − lost > {SWITCH_Z} × sqrt(gained + lost) images)",
+            **({"max_drop_as_measured_pt": round(measurable_drop(max_drop, images), 4),
+                "max_drop_rule": "a drop within one image of --max-drop is not acted on"}
+               if max_drop is not None else {})}
+
+
 def accuracy_of(hits: np.ndarray) -> float:
     """Top-1 accuracy in percent from per-image correctness."""
     return round(float(100.0 * np.asarray(hits, dtype=bool).mean()), 4)

@@ -24,15 +24,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from edgecnn.checkpoint import (SAFETENSORS_SUFFIX, ensure_writable_dir, is_edgecnn_checkpoint,
-                                is_edgecnn_sidecar, is_edgecnn_training_state, load_training_state,
-                                save_checkpoint, save_training_state, sidecar_path)
+from edgecnn.checkpoint import (SAFETENSORS_SUFFIX, committed_checkpoint, ensure_writable_dir,
+                                is_edgecnn_checkpoint, is_edgecnn_sidecar, is_edgecnn_training_state, load_checkpoint,
+                                load_training_state, read_sidecar, save_checkpoint, save_training_state,
+                                sidecar_path)
 from edgecnn.branchynet import MultiExitNet, exit_accuracies
 from edgecnn.data import ImageDataset, load_dataset, preprocess, train_val_split
 from edgecnn.errors import UserError
 from edgecnn.layers import AuxOutputs, logits_of
-from edgecnn.registry import create_model
+from edgecnn.model_ref import WeightsData, comparable_class_name, config_from_sidecar, weights_data
+from edgecnn.registry import ModelConfig, create_model, get_config
 from edgecnn.validation import non_negative_int, positive_float, positive_int
+from edgecnn.zoo.branchynet import TRUNKS
 
 AUGMENTATIONS = ("none", "crop", "crop+flip")
 # Without --epochs a run gets its recipe's epochs, raised on small data so it takes at least
@@ -134,9 +137,11 @@ def augment_batch(images: torch.Tensor, mode: str, generator: torch.Generator, p
 
 
 def make_optimizer(model: nn.Module, recipe: Recipe, lr: float) -> torch.optim.Optimizer:
-    # No weight decay on norms and biases: they are not what regularisation means to shrink.
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    # No weight decay on norms and biases: they are not what regularisation means to shrink. A frozen part (a
+    # BranchyNet's trunk) is not the optimizer's at all.
+    trained = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in trained if p.ndim > 1]
+    no_decay = [p for p in trained if p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if recipe.optimizer == "rmsprop":
         return torch.optim.RMSprop(groups, lr=lr, alpha=recipe.rmsprop_alpha, eps=recipe.rmsprop_eps,
@@ -209,6 +214,7 @@ class TrainResult:
     val_accuracy: float
     test_accuracy: float
     wall_time_s: float
+    dataset: str = ""  # the name of the data the accuracies are measured on
 
 
 def _is_training_log(path: Path) -> bool:
@@ -257,24 +263,143 @@ def check_outputs(out: Path, *, resume: bool, force: bool) -> None:
     ensure_writable_dir(out.parent)
 
 
-def _dataset_path(data: str, data_root: str | None) -> str | None:
+def _data_loader(data: str | None, data_root: str | None,
+                 start: StartingWeights | None) -> Callable[[str], ImageDataset]:
+    """How the run reads a split: `data` when given, else the dataset the starting weights were trained on (one line
+    asking for --data when it is not here), else Fashion-MNIST."""
+    if data is None and data_root is None and start is not None and start.dataset is not None:
+        return start.dataset.load
+    return lambda split: load_dataset(data or "fashion_mnist", split, data_root)
+
+
+def _dataset_path(data: str | None, data_root: str | None, start: StartingWeights | None) -> str | None:
     """Where the data was read from; None for a named dataset in its default place."""
     if data_root is not None:
         return str(Path(data_root).resolve())
+    if data is None:
+        return start.dataset.path if start is not None and start.dataset is not None else None
     return str(Path(data).resolve()) if Path(data).is_dir() else None
 
 
+# ---------------------------------------------------------------- starting from trained weights
+
+COMMITTED = "committed"  # --init/--trunk: edgecnn's committed Fashion-MNIST weights
+
+
+@dataclass(frozen=True)
+class StartingWeights:
+    """Trained weights a run starts from (timm's pretrained=True): the whole model's (`role` "init", fine-tuning)
+    or a BranchyNet trunk's ("trunk"). `config` says how they were trained (classes, channels), `dataset` on what."""
+    role: str
+    path: Path
+    committed: bool
+    config: ModelConfig
+    dataset: WeightsData | None
+    frozen: bool = False
+
+    def record(self, reinitialised: list[str]) -> dict[str, Any]:
+        """What the run's sidecar says it started from."""
+        return {"weights": COMMITTED if self.committed else str(self.path.absolute()), "model": self.config.name,
+                "num_classes": self.config.num_classes, "class_names": list(self.config.class_names or []) or None,
+                "dataset": self.dataset.record() if self.dataset else None,
+                **({"frozen": self.frozen} if self.role == "trunk" else {"reinitialised": reinitialised})}
+
+
+def _weights_file(name: str, given: str | Path, flag: str) -> tuple[Path, bool]:
+    """(path, committed) of --init/--trunk: 'committed' or a checkpoint file."""
+    if str(given) == COMMITTED:
+        path = committed_checkpoint(name)
+        if path is None:
+            raise UserError(f"{flag} committed: {name} has no committed weights; pass a checkpoint file "
+                            f"(train one with `edgecnn train {name}`)")
+        return path, True
+    path = Path(given)
+    if not path.is_file():
+        raise UserError(f"{flag} {str(given)!r} is neither 'committed' nor a checkpoint file; pass a .safetensors "
+                        "checkpoint (with its .json sidecar) or a torchvision-style .pth state dict")
+    return path, False
+
+
+def starting_weights(name: str, init: str | Path | None = None, trunk: str | Path | None = None,
+                     train_trunk: bool = False) -> StartingWeights | None:
+    """The weights `--init` or `--trunk` names, read before any data is: one line for a combination that does not
+    make sense. A checkpoint's sidecar says its classes, channels and dataset; a file without one (timm, torchvision)
+    is taken as trained for the zoo configuration of `name` (its trunk's, for `--trunk`)."""
+    if train_trunk and trunk is None:
+        raise UserError("--train-trunk goes with --trunk CHECKPOINT: it fine-tunes that trunk jointly with the exits")
+    if init is not None and trunk is not None:
+        raise UserError("--init and --trunk both say where the weights start (--init: the whole model, --trunk: a "
+                        "BranchyNet's trunk, its exits fresh); give one")
+    given, role = (trunk, "trunk") if trunk is not None else (init, "init")
+    if given is None:
+        return None
+    get_config(name)  # an unknown model: one line with suggestions
+    if role == "trunk" and name not in TRUNKS:
+        raise UserError(f"--trunk goes with a BranchyNet model ({', '.join(TRUNKS)}); {name} has no exits: start it "
+                        "from trained weights with --init")
+    architecture = TRUNKS[name] if role == "trunk" else name
+    path, committed = _weights_file(architecture, given, f"--{role}")
+    meta = read_sidecar(path)
+    trained = meta.get("model") if isinstance(meta.get("model"), str) else None
+    if trained not in (None, architecture):
+        raise UserError(f"--{role} {path} holds {trained} weights, not {architecture}'s; pass {architecture} weights"
+                        + (f" (the trunk of {name})" if role == "trunk" else f", or fine-tune {trained} with them"))
+    source = config_from_sidecar(trained, meta) if trained else get_config(architecture)
+    record = {"dataset": meta.get("dataset"), "committed": committed}
+    return StartingWeights(role, path, committed, source, weights_data(source, record),
+                           frozen=role == "trunk" and not train_trunk)
+
+
+def build_model(name: str, start: StartingWeights | None, class_names: tuple[str, ...],
+                model_kwargs: dict[str, Any]) -> tuple[nn.Module, list[str]]:
+    """The model a run trains on data of `class_names`, and the tensors re-initialised because the data's class count
+    differs from the weights'. `--init`: every tensor of the weights kept but the classifier when the class count
+    differs (timm's pretrained=True); `--trunk`: the BranchyNet built on that trunk (frozen unless --train-trunk)."""
+    if start is None:
+        return create_model(name, **model_kwargs), []
+    source = start.config
+    kwargs = {"in_chans": source.input_size[0], **model_kwargs}
+    if start.role == "trunk":
+        _check_trunk_data(start, class_names)
+        weights = COMMITTED if start.committed else str(start.path)
+        return create_model(name, **{**kwargs, "num_classes": source.num_classes}, trunk_weights=weights,
+                            train_trunk=not start.frozen), []
+    trained = create_model(name, **{**kwargs, "num_classes": source.num_classes})
+    load_checkpoint(trained, start.path)
+    model = create_model(name, **{"num_classes": len(class_names), **kwargs})
+    own = model.state_dict()
+    reinitialised = [k for k, v in trained.state_dict().items() if v.shape != own[k].shape]
+    model.load_state_dict({k: v for k, v in trained.state_dict().items() if k not in reinitialised}, strict=False)
+    return model, reinitialised
+
+
+def _check_trunk_data(start: StartingWeights, class_names: tuple[str, ...]) -> None:
+    """A trunk's classifier is the final exit: the data must have its classes (by name when the trunk records them)."""
+    names = start.config.class_names
+    same = (len(class_names) == start.config.num_classes and
+            (not names or [comparable_class_name(n) for n in names] == [comparable_class_name(n) for n in class_names]))
+    if not same:
+        raise UserError(f"the trunk {start.path} was trained on {start.config.num_classes} classes "
+                        f"({', '.join((names or ('unnamed',))[:3])}…) and the data has {len(class_names)} "
+                        f"({', '.join(class_names[:3])}…); train the exits on the trunk's own data (leave --data out), "
+                        "or fine-tune the trunk on this data first (edgecnn train TRUNK --init ...)")
+
+
 def train(name: str, *, epochs: int | None = None, batch_size: int | None = None, lr: float | None = None,
-          recipe: str | None = None, data: str = "fashion_mnist", data_root: str | None = None,
+          recipe: str | None = None, data: str | None = None, data_root: str | None = None,
           out: str | Path | None = None, seed: int = 0, resume: bool = False, force: bool = False,
           threads: int | None = None, limit: int | None = None, augment: str | None = None,
           save_dtype: torch.dtype = torch.float32, progress: bool = True,
-          model_kwargs: dict[str, Any] | None = None) -> TrainResult:
+          model_kwargs: dict[str, Any] | None = None, init: str | Path | None = None,
+          trunk: str | Path | None = None, train_trunk: bool = False) -> TrainResult:
     """Train a registered model; write `out` (.safetensors + .json sidecar + .log) and return the result.
 
     `None` means the recipe's value (epochs: see `default_epochs`); zero and negative numbers are errors.
     `limit` trains on the first N training images (smoke tests); the val/test sets stay whole.
     `force` replaces an earlier run's files at `out`; files edgecnn did not write are never replaced.
+    `init` ('committed' or a checkpoint) starts from trained weights, the classifier re-initialised when the data's
+    class count differs; `trunk` (BranchyNet models) trains exits on that trained trunk, frozen unless `train_trunk`.
+    `data` defaults to the dataset those weights were trained on, else Fashion-MNIST.
     """
     epochs = None if epochs is None else positive_int("epochs", epochs)
     batch_size = None if batch_size is None else positive_int("batch_size", batch_size)
@@ -285,11 +410,11 @@ def train(name: str, *, epochs: int | None = None, batch_size: int | None = None
     if threads is not None:
         torch.set_num_threads(positive_int("threads", threads))
     out = Path(out) if out is not None else Path("runs") / name / f"{name}.safetensors"
+    start = starting_weights(name, init, trunk, train_trunk)
+    load_split = _data_loader(data, data_root, start)
     rank, world = _world()
     seed_everything(seed + rank)
-    model = create_model(name, **(model_kwargs or {}))
-    config = model.config
-    recipe = config.recipe if recipe is None else recipe
+    recipe = get_config(name).recipe if recipe is None else recipe
     rcp = get_recipe(recipe)
     check_outputs(out, resume=resume, force=force)
     if world > 1:
@@ -299,18 +424,21 @@ def train(name: str, *, epochs: int | None = None, batch_size: int | None = None
         raise UserError(f"--batch-size {batch_size} must divide evenly over {world} processes")
     lr = rcp.lr * batch_size / rcp.batch_size if lr is None else lr
     augment = rcp.augment if augment is None else augment
-    smoothing = config.label_smoothing if rcp.label_smoothing is None else rcp.label_smoothing
     files = run_files(out)
     state_path, log_path = files["state"], files["log"]
 
-    full = load_dataset(data, "train", data_root)
+    full = load_split("train")
     train_ds, val_ds = train_val_split(full)
     if limit is not None:
         train_ds = train_ds.subset(torch.arange(min(limit, len(train_ds))))
-    test_ds = load_dataset(data, "test", data_root)
+    test_ds = load_split("test")
+    model, reinitialised = build_model(name, start, train_ds.class_names, model_kwargs or {})
+    config = model.config
     if len(train_ds.class_names) != config.num_classes:
-        raise UserError(f"{name} predicts {config.num_classes} classes but {data} has {len(train_ds.class_names)}; "
-                        f"pick a model made for it or pass a matching dataset")
+        raise UserError(f"{name} predicts {config.num_classes} classes but {full.name} has "
+                        f"{len(train_ds.class_names)}; pick a model made for it, pass a matching dataset, or "
+                        f"fine-tune it to these classes with --init committed")
+    smoothing = config.label_smoothing if rcp.label_smoothing is None else rcp.label_smoothing
 
     # Channels-last is this CPU's fast layout (max-pooling ~8x faster than NCHW in torch's CPU build).
     model = model.to(memory_format=torch.channels_last)
@@ -350,7 +478,8 @@ def train(name: str, *, epochs: int | None = None, batch_size: int | None = None
         out.parent.mkdir(parents=True, exist_ok=True)
         log_path.write_text("")
     run_args = dict(epochs=epochs, batch_size=batch_size, lr=lr, recipe=recipe, seed=seed,
-                    world_size=world, label_smoothing=smoothing, aux_weight=config.aux_weight, data=data,
+                    world_size=world, label_smoothing=smoothing, aux_weight=config.aux_weight,
+                    data=data if data is not None else full.name,
                     augment=augment, train_images=len(train_ds), val_images=len(val_ds),
                     model_kwargs=model_kwargs or {})
     t0 = time.time() - sum(h["epoch_time_s"] for h in history)
@@ -403,18 +532,20 @@ def train(name: str, *, epochs: int | None = None, batch_size: int | None = None
     test_acc = evaluate(net, test_ds, rank=rank, world=world)
     wall = time.time() - t0
     result = TrainResult(name, str(out), epochs, history[-1]["val_acc"] if history else float("nan"),
-                         round(test_acc, 2), round(wall, 1))
+                         round(test_acc, 2), round(wall, 1), full.name)
     if rank == 0:
         class_names = list(train_ds.class_names)
         exits = ({"exit_accuracy": {"val": exit_accuracies(model, val_ds), "test": exit_accuracies(model, test_ds),
                                     "exit_weights": list(model.exit_weights)}}
                  if isinstance(model, MultiExitNet) else {})
-        save_checkpoint(model, out, {**exits,
+        started = {start.role: start.record(reinitialised)} if start is not None else {}
+        save_checkpoint(model, out, {**exits, **started,
             "model": name, "config": {**config.to_dict(), "class_names": class_names, "dataset": full.name},
             "epochs": epochs, "val_accuracy": result.val_accuracy,
             "test_accuracy": result.test_accuracy, "wall_time_s": result.wall_time_s,
             "class_names": class_names,
-            "dataset": {"name": full.name, "path": _dataset_path(data, data_root), "fingerprint": full.fingerprint},
+            "dataset": {"name": full.name, "path": _dataset_path(data, data_root, start),
+                        "fingerprint": full.fingerprint},
             "data_fingerprint": full.fingerprint, "train": run_args, "history": history, "schedule": schedule,
             "recipe": asdict(replace(rcp, epochs=epochs, batch_size=batch_size, lr=lr, augment=augment)),
         }, dtype=save_dtype)

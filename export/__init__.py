@@ -11,14 +11,33 @@ export + checks, FP16), `targets` (onnx / openvino / tensorrt writers, one regis
 (operator check, build scripts), `parity` (artifact vs PyTorch), `manifest` (the artifact contract,
 atomic writes), `runtime` (backend sessions, one registry), `pipeline` (the passes, `export_model`).
 OpenVINO and TensorRT are imported only when used.
+
+The package itself is callable: `edgecnn.export(model_or_name_or_path, target, precision, out, ...)` is
+`edgecnn.export.api.export`, which takes a zoo name, a checkpoint file, an ONNX file or an nn.Module.
 """
+import sys
+import types
+from typing import Any
+
 from edgecnn.export import runtime
+from edgecnn.export.api import export
 from edgecnn.export.fold import FoldReport, fold_batchnorm
 from edgecnn.export.manifest import ArtifactError, read_manifest
 from edgecnn.export.onnx_graph import ExportError
-from edgecnn.export.pipeline import ExportContext, ExportResult, Pass, Pipeline, export_model, export_registered
+from edgecnn.export.pipeline import (ExportContext, ExportResult, ParityError, Pass, Pipeline, export_model,
+                                     export_registered)
 from edgecnn.export.targets import TARGETS, register_target
 
-__all__ = ["ArtifactError", "ExportContext", "ExportError", "ExportResult", "FoldReport", "Pass", "Pipeline",
-           "TARGETS", "export_model", "export_registered", "fold_batchnorm", "read_manifest", "register_target",
-           "runtime"]
+
+class _CallableModule(types.ModuleType):
+    """`edgecnn.export(...)` calls `export`, while `edgecnn.export` stays the package it always was."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> ExportResult:
+        return export(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
+
+__all__ = ["ArtifactError", "ExportContext", "ExportError", "ExportResult", "FoldReport", "ParityError", "Pass",
+           "Pipeline", "TARGETS", "export", "export_model", "export_registered", "fold_batchnorm", "read_manifest",
+           "register_target", "runtime"]

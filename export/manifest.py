@@ -228,6 +228,9 @@ EARLY_EXIT_SCHEMA = _Object(
                          input=_TENSOR, model_files=_MODEL_FILES), non_empty=True),
     trunk=_Object(file=_STR), thresholds=_List(_NUM), exit_entropy=_STR, exit_rule=_STR,
     per_precision=_Map(_EXIT_TUNING, "an object mapping each precision to its tuning record"),
+    # the single-graph form (stages, entropy and exit decision in one graph) and which form runs by default
+    graph=_MayLack(_Object(file=_STR, input=_TENSOR, model_files=_MODEL_FILES)),
+    form=_MayLack(_OneOf("graph", "stages")),
 )
 
 
@@ -309,6 +312,10 @@ def _runtime_files(manifest: dict[str, Any]) -> Iterator[tuple[str, str]]:
         for k, stage in enumerate(early_exit["stages"], 1):
             for name in {stage["file"], *stage["model_files"].values()}:
                 yield f"early-exit stage {k} graph", name
+        graph = early_exit.get("graph")
+        if graph:
+            for name in {graph["file"], *graph["model_files"].values()}:
+                yield "early-exit single graph", name
 
 
 def _check_file(directory: Path, name: str, entry: dict[str, Any], verify: bool) -> None:

@@ -35,6 +35,7 @@ from edgecnn.errors import UserError
 from edgecnn.export import parity
 from edgecnn.export.early_exit import EarlyExitStages
 from edgecnn.export.fold import count_batchnorms, fold_batchnorm
+from edgecnn.export.onnx_source import OnnxModel
 from edgecnn.export.manifest import (ARTIFACT_KIND, SCHEMA_VERSION, check_destination, describe_files,
                                      preprocessing_record, read_manifest, staging_directory, write_manifest)
 from edgecnn.export.onnx_graph import BATCH_DIM, DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, ExportError
@@ -43,10 +44,15 @@ from edgecnn.export.source import DEFAULT_SEED, check_input_size, load_source_mo
 from edgecnn.export.quantize import Quantize, check_int8
 from edgecnn.export.targets import Target, TargetOutput, get_target
 from edgecnn.layers import count_params
+from edgecnn.model_ref import WeightsData, weights_data, with_data
 from edgecnn.registry import ModelConfig, get_config
 from edgecnn.validation import non_negative_float, non_negative_int, positive_int
 
 TOOLS = ("torch", "onnx", "onnxruntime", "onnxscript", "openvino", "tensorrt")
+# The manifest's mark of an INT8 artifact calibrated on generated inputs (--calib-data synthetic).
+LATENCY_ONLY = {"reason": "latency only: INT8 calibrated on synthetic inputs (--calib-data synthetic), so its accuracy "
+                          "is unknown and parity's top-1 bar was not applied; measure latency with it, never accuracy",
+                "accuracy": None}
 PARITY_CHUNK = 16
 
 
@@ -77,6 +83,8 @@ class ExportContext:
     output_names: tuple[str, ...] = (OUTPUT_NAME,)   # of the graph the target writes
     early_exit: dict[str, Any] | None = None          # the manifest's `early_exit`, from the early-exit pass
     exit_budget_pt: float | None = None               # early-exit accuracy budget; None: the pass's default
+    early_exit_form: str = "auto"                     # graph, stages, or auto: the one measured faster
+    data: WeightsData | None = None   # what parity, test accuracy, calibration and exit tuning use (model_ref)
     # What a long pass is doing now (the export bar's postfix; a no-op without a bar)
     status: Callable[[str], None] = field(default=lambda detail: None, repr=False)
 
@@ -108,6 +116,11 @@ class ExportContext:
     def io_dtype(self) -> str:
         return self.output.io_dtype if self.output else "float32"
 
+    @property
+    def latency_only(self) -> bool:
+        """INT8 calibrated on synthetic inputs: the artifact answers latency questions only, its accuracy is unknown."""
+        return self.calibration is not None and self.calibration.synthetic
+
     def manifest(self, started: float, hash_files: bool = True) -> dict[str, Any]:
         cfg, out = self.config, self.output
         files = describe_files(self.staging, out.files) if hash_files else \
@@ -116,7 +129,7 @@ class ExportContext:
             "schema_version": SCHEMA_VERSION,
             "kind": ARTIFACT_KIND,
             "model": {"name": cfg.name, "family": cfg.family, "description": cfg.description,
-                      "dataset": (self.weights.get("dataset") or {}).get("name") or cfg.dataset, "zoo_version": edgecnn.ZOO_VERSION,
+                      "dataset": self.data.name if self.data else cfg.dataset, "zoo_version": edgecnn.ZOO_VERSION,
                       "edgecnn_version": edgecnn.__version__, "num_classes": cfg.num_classes,
                       "in_chans": cfg.input_size[0], "params": count_params(self.reference),
                       "weights": self.weights},
@@ -141,6 +154,7 @@ class ExportContext:
                        "seconds": round(time.perf_counter() - started, 2), **host_info()},
             "notes": self.notes,
             **({"early_exit": self.early_exit} if self.early_exit else {}),
+            **({"latency_only": LATENCY_ONLY} if self.latency_only else {}),
         }
 
 
@@ -174,10 +188,15 @@ def _logits_only(output: object) -> torch.Tensor:
 
 
 class FoldBatchNorm(Pass):
+    """Conv-BN folding: edgecnn's torch.fx transform, or ONNX Runtime's optimizer for an ONNX source."""
     name = "fold_batchnorm"
 
     def run(self, ctx: ExportContext) -> dict[str, Any]:
-        folded, report = fold_batchnorm(ctx.module)
+        if isinstance(ctx.module, OnnxModel):
+            folded, record = ctx.module.fold()
+        else:
+            folded, report = fold_batchnorm(ctx.module)
+            record = report.to_dict()
         left = count_batchnorms(folded.modules())
         if left:
             raise ExportError(f"{left} BatchNorm layer(s) survived folding; report this as a bug with the model")
@@ -185,7 +204,7 @@ class FoldBatchNorm(Pass):
         with torch.no_grad():
             before, after = _logits_only(ctx.module(x)), _logits_only(folded(x))
         ctx.module = folded
-        return {**report.to_dict(), "max_abs_diff_vs_unfolded": float((before - after).abs().max())}
+        return {**record, "max_abs_diff_vs_unfolded": float((before - after).abs().max())}
 
 
 class WriteTarget(Pass):
@@ -202,7 +221,7 @@ class CheckParity(Pass):
 
     def run(self, ctx: ExportContext) -> dict[str, Any]:
         samples = ctx.parity_samples or parity.default_samples(ctx.precision)
-        inputs, description = parity.parity_inputs(ctx.config, ctx.input_size, samples, ctx.weights.get("dataset"))
+        inputs, description = parity.parity_inputs(ctx.config, ctx.input_size, samples, ctx.data)
         reference = parity.torch_logits(ctx.reference, inputs)
         chaotic = ctx.precision == "fp32" and ctx.weights.get("source") == "random_init"
         noise = parity.fp32_noise(ctx.reference, inputs) if chaotic else 0.0
@@ -213,10 +232,12 @@ class CheckParity(Pass):
             with open_session(ctx.staging, manifest, backend) as session:
                 logits = parity.run_in_batches(session.run, feed, chunk)
                 accuracy = parity.test_split_accuracy(ctx.reference, session.run, ctx.config, ctx.input_size,
-                                                      chunk, ctx.precision)
-            ctx.parity.append({"backend": backend, "reference": "torch (eager, unfolded)", "inputs": description,
+                                                      chunk, ctx.precision, ctx.data)
+            ctx.parity.append({"backend": backend, "inputs": description,
+                               "reference": getattr(ctx.reference, "reference_label", "torch (eager, unfolded)"),
                                "samples": len(inputs), "measures": ctx.output.parity_measures.get(backend, ""),
-                               **parity.compare(reference, logits, ctx.precision, noise), **accuracy})
+                               **parity.compare(reference, logits, ctx.precision, noise, ctx.latency_only),
+                               **accuracy})
         return {"backends": list(ctx.output.parity_backends),
                 "passed": all(p["passed"] for p in ctx.parity)}
 
@@ -261,20 +282,37 @@ class ExportResult:
         return all(p["passed"] for p in self.manifest["parity"])
 
 
+class ParityError(UserError):
+    """The artifact was written but does not compute what its reference computes: `result` holds it, for
+    inspection. The Python API raises it (`fail_on_parity=False` returns the result instead)."""
+
+    def __init__(self, result: ExportResult) -> None:
+        failed = [p["backend"] for p in result.manifest["parity"] if not p["passed"]]
+        super().__init__(f"parity FAILED on {', '.join(failed)}: {result.path} was written but does not match its "
+                         "reference within tolerance (`edgecnn inspect` shows the checks); do not deploy it")
+        self.result = result
+
+
 def export_model(model: nn.Module, target: str = "onnx", precision: str = "fp32", out: Path | str = "artifact", *,
                  batch: int = 1, dynamic_batch: bool = False, opset: int = DEFAULT_OPSET,
                  exporter: str = "auto", input_size: tuple[int, int] | None = None,
                  keep_io_types: bool = True, parity_samples: int | None = None,
                  weights: dict[str, Any] | None = None, overwrite: bool = False, progress: bool = False,
                  pipeline: Pipeline | None = None, calibration: CalibrationOptions | None = None,
-                 exit_budget_pt: float | None = None) -> ExportResult:
+                 exit_budget_pt: float | None = None, early_exit_form: str = "auto",
+                 data: str | Path | WeightsData | None = None, fail_on_parity: bool = True) -> ExportResult:
     """Export `model` (which carries `.config`, as `edgecnn.create_model` gives it) to one artifact directory.
 
     `input_size` (H, W) overrides the config's spatial size (e.g. its `min_input_size` for fast checks);
     `weights` is the record `load_source_model` returns, so the torch backend can rebuild the model;
     `calibration` (INT8 only) says how to calibrate (default: auto, 512 samples, no accuracy bound);
     `exit_budget_pt` (multi-exit models only) is the validation accuracy the exit thresholds may give up
-    against the final exit alone (default 0.5 points).
+    against the final exit alone (default 0.5 points); `early_exit_form` (multi-exit models only) is "graph" (also
+    write the single graph, and run it by default), "stages" (stage graphs only) or "auto" (write the single graph
+    where the target has one, and make the form measured faster here the default). `data` is a dataset to score and
+    calibrate on instead of the weights' own (said in the output and recorded); by default the weights' own is used
+    (`weights["dataset"]`, or Fashion-MNIST for a zoo configuration made for it), never another one silently.
+    A failed parity check raises ParityError after the artifact is written, unless `fail_on_parity` is False.
     """
     config = getattr(model, "config", None)
     if not isinstance(config, ModelConfig):
@@ -284,11 +322,10 @@ def export_model(model: nn.Module, target: str = "onnx", precision: str = "fp32"
     if precision not in target_obj.precisions:
         raise UserError(f"target {target!r} exports precisions {', '.join(target_obj.precisions)}, not {precision!r}")
     target_obj.check_precision(precision)
-    EarlyExitStages.check(model, precision)
+    EarlyExitStages.check(model, precision, target, early_exit_form)
     if precision == "int8":
         calibration = calibration or CalibrationOptions()
         check_int8(target, calibration)
-        check_calibration_source(config, calibration)
     elif calibration is not None:
         raise UserError(f"calibration options (--calibrator, --calib-samples, --calib-data, --max-drop) apply to "
                         f"--precision int8, not {precision}")
@@ -297,6 +334,11 @@ def export_model(model: nn.Module, target: str = "onnx", precision: str = "fp32"
     _check_numbers(batch, opset, parity_samples, input_size)
     if exit_budget_pt is not None:
         non_negative_float("exit_budget_pt", exit_budget_pt)
+    weights = weights or {"source": "in_memory"}
+    chosen = with_data(weights_data(config, weights), data)
+    weights = {**weights, "dataset": chosen.record() if chosen else None}  # what every number was measured on
+    if precision == "int8":
+        check_calibration_source(config, calibration, chosen)
     out = check_destination(out, overwrite)
     if input_size:
         check_input_size(config, input_size, batch, model)
@@ -304,14 +346,23 @@ def export_model(model: nn.Module, target: str = "onnx", precision: str = "fp32"
     ctx = ExportContext(reference=model.eval(), config=config, target=target_obj, precision=precision,
                         staging=Path(), input_size=size, batch=batch, dynamic_batch=dynamic_batch, opset=opset,
                         exporter=exporter, keep_io_types=keep_io_types, parity_samples=parity_samples,
-                        weights=weights or {"source": "in_memory"}, calibration=calibration,
-                        exit_budget_pt=exit_budget_pt)
+                        weights=weights, calibration=calibration, exit_budget_pt=exit_budget_pt,
+                        early_exit_form=early_exit_form, data=chosen)
+    ctx.notes.extend(getattr(model, "export_notes", ()))
+    if chosen is not None and chosen.instead_of:
+        ctx.notes.append(f"scored and calibrated on {chosen.label} (--data), not on the weights' own dataset "
+                         f"{chosen.instead_of}")
+    if ctx.latency_only:
+        ctx.notes.append(LATENCY_ONLY["reason"])
     if ctx.weights["source"] == "random_init":
         ctx.notes.append("exported with random initial weights (no checkpoint given and none committed), "
                          "BatchNorm statistics re-estimated on seeded standard-normal inputs: fine for latency, "
                          "meaningless for accuracy")
     path = (pipeline or Pipeline()).run(ctx, Path(out), overwrite=overwrite, progress=progress)
-    return ExportResult(path, read_manifest(path, verify=False))
+    result = ExportResult(path, read_manifest(path, verify=False))
+    if fail_on_parity and not result.parity_passed:
+        raise ParityError(result)
+    return result
 
 
 def export_registered(name: str, target: str = "onnx", precision: str = "fp32", out: Path | str = "artifact", *,
@@ -380,5 +431,5 @@ def host_info() -> dict[str, Any]:
     return {"host": platform.node(), "cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
 
 
-__all__ = ["CheckParity", "DEFAULT_PASSES", "ExportContext", "ExportResult", "FoldBatchNorm", "Pass", "Pipeline",
-           "PrepareForTarget", "WriteTarget", "export_model", "export_registered", "host_info"]
+__all__ = ["CheckParity", "DEFAULT_PASSES", "ExportContext", "ExportResult", "FoldBatchNorm", "ParityError", "Pass",
+           "Pipeline", "PrepareForTarget", "WriteTarget", "export_model", "export_registered", "host_info"]

@@ -28,11 +28,12 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 import shutil
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Iterator
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator
 
 import numpy as np
 from onnxruntime.quantization import CalibrationMethod
@@ -40,10 +41,12 @@ from onnxruntime.quantization.operators.qdq_base_operator import QDQOperatorBase
 
 from edgecnn.calibration import (CalibrationData, CalibrationOptions, OnnxRuntimeFeed, accuracy_of, as_modelopt_data,
                                  as_nncf_dataset, batches, choose_calibrator, correct, fallback_to_float,
-                                 prepare_calibration, write_cache)
+                                 measurable_drop, prepare_calibration, resolution_record, write_cache)
 from edgecnn.errors import UserError
 from edgecnn.export import parity
 from edgecnn.export.manifest import sha256_file
+from edgecnn.export.placement import Trial, cheapest_fallback, place_for_speed
+from edgecnn.export.profile import PROFILED_TARGETS, ModelRun, graph_layers, layer_sqnr
 from edgecnn.export.runtime import open_session
 from edgecnn.quiet import silenced
 
@@ -68,6 +71,7 @@ class Quantizer:
     calibrators: ClassVar[dict[str, str]]    # edgecnn's name → what the library calls it (for the manifest)
     model_format: ClassVar[str]              # the key of model_files this quantizer rewrites
     max_drop_by: ClassVar[str | None] = None  # how --max-drop is honoured; None: it is not
+    ranked_by: ClassVar[str] = ""             # what `sensitivity` ranks nodes by, for the manifest
     scheme: ClassVar[str]                     # what the INT8 model is, for the manifest
     default_scheme: ClassVar[str | None] = None  # what the "default" calibrator's INT8 model is, where it differs
 
@@ -151,6 +155,10 @@ def check_int8(target: str, options: CalibrationOptions) -> None:
     if options.max_drop is not None and quantizer.max_drop_by is None:
         raise UserError(f"--max-drop is not supported for the {target} target ({quantizer.tool} has no accuracy "
                         "control here); drop --max-drop, or bound the drop on the onnx or openvino target")
+    if options.measures_latency and target not in PROFILED_TARGETS:
+        raise UserError(f"--placement fast and --fallback cost time each layer with the runtime's own profiler, and "
+                        f"the {target} target's runtime has none edgecnn can run here (TensorRT's needs the engine, "
+                        "built on the device): drop them, or use the onnx or openvino target")
     missing = quantizer.available()
     if missing:
         raise UserError(f"INT8 for the {target} target needs {quantizer.tool}, which is not installed: {missing}")
@@ -187,6 +195,25 @@ def float_copy(ctx: ExportContext, quantizer: Quantizer) -> Iterator[tuple[Path,
         yield fp32_dir / Path(files[0]).name, ctx.staging / files[0]
     finally:
         shutil.rmtree(fp32_dir, ignore_errors=True)
+
+
+def _trial(ctx: ExportContext, quantizer: Quantizer, fp32: Path, model: Path, data: CalibrationData,
+           options: CalibrationOptions, quantize_and_score: Callable[[list[str]], float]) -> Trial:
+    """The float-placement searches' view of this export: quantize into the staging model, keep copies of it in
+    float_copy's directory, time models on the target's runtime (calibration images, the graph's batch)."""
+    from edgecnn.export.profile import profile_models
+
+    def keep(name: str) -> Path:
+        (fp32.parent / name).mkdir(exist_ok=True)
+        _copy_model_files(ctx, quantizer, fp32.parent / name)
+        return fp32.parent / name / model.name
+
+    batch = data.calibration.inputs[:1 if ctx.dynamic_batch else ctx.batch]
+    backend = ctx.output.default_backend
+    return Trial(fp32, quantize_and_score, keep,
+                 lambda path: _copy_model_files(ctx, quantizer, path.parent, back=True),
+                 lambda paths: profile_models([ModelRun(p, backend, "fp32" if p == fp32 else "int8") for p in paths],
+                                              batch, options.profile_threads))
 
 
 # ---------------------------------------------------------------- ONNX Runtime
@@ -235,6 +262,7 @@ class OnnxRuntimeQuantizer(Quantizer):
     auto_skips = {"default": "S8 activations per-tensor run slower than FP32 on ONNX Runtime's CPU EP (resnet18_fmnist "
                              "batch 1: 1.61 ms, FP32 0.52 ms, U8S8 per-channel 0.37 ms)"}
     max_drop_by = "edgecnn: most sensitive nodes back to float (nodes_to_exclude)"
+    ranked_by = "ONNX Runtime QDQ debugger SQNR"
     scheme = "QDQ; U8 asymmetric activations; S8 symmetric per-channel weights, full range"
     default_scheme = "QDQ; S8 activations, S8 per-tensor weights, full range (quantize_static's defaults)"
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
@@ -365,7 +393,8 @@ class NncfQuantizer(Quantizer):
                    "percentile": "RangeEstimatorParametersSet.MEAN_QUANTILE",
                    "mse": "RangeEstimatorParametersSet.HISTOGRAM (minimises the quantization error)"}
     model_format = "openvino"
-    max_drop_by = "nncf.quantize_with_accuracy_control"
+    max_drop_by = "nncf.quantize_with_accuracy_control (--fallback cost or --placement fast: edgecnn's search)"
+    ranked_by = "SQNR of each layer's output against FP32, nncf.quantize defaults"
     scheme = "OpenVINO IR with FakeQuantize, NNCF PERFORMANCE preset (symmetric), S8 per-channel weights"
 
     def available(self) -> str | None:
@@ -403,6 +432,17 @@ class NncfQuantizer(Quantizer):
             quantized = nncf.quantize(ov.Core().read_model(str(fp32)), params.pop("calibration_dataset"),
                                       ignored_scope=ignored, **params)
         ov.save_model(quantized, str(out), compress_to_fp16=False)
+
+    def sensitivity(self, ctx: ExportContext, fp32: Path, data: CalibrationData) -> list[str]:
+        """Graph nodes, those of the layer whose output strays furthest from FP32 (lowest SQNR) first."""
+        quantized = fp32.with_name("sensitivity.xml")
+        self.quantize(ctx, fp32, quantized, "default", data, [])
+        layers = graph_layers(fp32)
+        sqnr = layer_sqnr(ModelRun(fp32, "openvino"), ModelRun(quantized, "openvino", "int8"), layers,
+                          graph_layers(fp32, quantized), data.calibration.inputs[:SENSITIVITY_SAMPLES],
+                          _feed_batch(ctx))
+        ranked = sorted(sqnr, key=lambda layer: math.inf if sqnr[layer] is None else sqnr[layer])
+        return [node for layer in ranked for node in layers.nodes[layer]]
 
     def accuracy_control(self, ctx: ExportContext, fp32: Path, out: Path, calibrator: str, data: CalibrationData,
                          fp32_accuracy: float, max_drop: float) -> dict[str, Any]:
@@ -597,7 +637,7 @@ class Quantize:
         options = ctx.calibration or CalibrationOptions()
         quantizer = get_quantizer(ctx.target.name)
         check_int8(ctx.target.name, options)
-        data = prepare_calibration(ctx.config, ctx.input_size, options)
+        data = prepare_calibration(ctx.config, ctx.input_size, options, ctx.data)
         with float_copy(ctx, quantizer) as (fp32, model):
             fp32_hash = sha256_file(fp32)
             record = self._quantize(ctx, quantizer, options, data, fp32, model)
@@ -655,25 +695,42 @@ class Quantize:
                         "same validation images (McNemar, 5 %)", "versus_first": versus_first,
                 "not_tried": quantizer.auto_skips},
             "fp32_validation_accuracy": fp32_accuracy, "int8_validation_accuracy": scores[best] if labelled else None,
-            "max_drop": options.max_drop, "nodes_to_exclude": [], "fallback": None}
-        if options.max_drop is not None and fp32_accuracy - scores[best] > options.max_drop:
-            controlled = quantizer.accuracy_control(ctx, fp32, model, best, data, fp32_accuracy, options.max_drop)
+            "max_drop": options.max_drop, "nodes_to_exclude": [], "fallback": None,
+            "resolution": resolution_record(len(data.validation), options.max_drop) if labelled else None}
+        # --max-drop as the validation split measures it: never acting on less than one image
+        max_drop = measurable_drop(options.max_drop, len(data.validation)) \
+            if labelled and options.max_drop is not None else options.max_drop
+        accuracy_now, placed = scores[best] if labelled else None, []
+        trial = _trial(ctx, quantizer, fp32, model, data, options,
+                       lambda exclude: quantize_and_score(best, exclude)) if options.measures_latency else None
+        if options.placement == "fast":
+            placed, accuracy_now, record["placement"] = place_for_speed(trial, graph_layers(fp32), [], accuracy_now,
+                                                                        fp32_accuracy)
+            record.update(nodes_left_in_float_for_speed=placed, int8_validation_accuracy=accuracy_now)
+        if max_drop is not None and fp32_accuracy - accuracy_now > max_drop:
+            controlled = None if placed or options.fallback == "cost" else \
+                quantizer.accuracy_control(ctx, fp32, model, best, data, fp32_accuracy, max_drop)
             if controlled is not None:
                 accuracy_now = accuracy_of(self._hits(ctx, data))
-                if fp32_accuracy - accuracy_now > options.max_drop:
+                if fp32_accuracy - accuracy_now > max_drop:
                     raise UserError(f"{quantizer.tool} could not bring the INT8 drop within --max-drop "
                                     f"{options.max_drop:g} pt (best {fp32_accuracy - accuracy_now:.2f} pt): every "
                                     "node is too sensitive. Nothing was written; raise --max-drop or export fp32")
                 record.update(fallback=controlled, int8_validation_accuracy=accuracy_now)
             else:
                 ranked = quantizer.sensitivity(ctx, fp32, data)
-                result = fallback_to_float(ranked, lambda exclude: quantize_and_score(best, exclude), fp32_accuracy,
-                                           scores[best], options.max_drop)
-                quantize_and_score(best, result.excluded)
-                record.update(nodes_to_exclude=result.excluded, int8_validation_accuracy=result.accuracy,
-                              fallback={"method": "edgecnn: most sensitive first (ONNX Runtime QDQ debugger "
-                                                  "SQNR), doubling, then bisection", "ranked_nodes": len(ranked),
-                                        "steps": result.steps})
+                if options.fallback == "cost":
+                    nodes, accuracy, cost = cheapest_fallback(trial, graph_layers(fp32), ranked, placed,
+                                                              fp32_accuracy, accuracy_now, options.max_drop)
+                    record.update(nodes_to_exclude=nodes, int8_validation_accuracy=accuracy, fallback=cost)
+                else:
+                    result = fallback_to_float(ranked, lambda exclude: quantize_and_score(best, placed + exclude),
+                                               fp32_accuracy, accuracy_now, options.max_drop)
+                    quantize_and_score(best, placed + result.excluded)
+                    record.update(nodes_to_exclude=result.excluded, int8_validation_accuracy=result.accuracy,
+                                  fallback={"method": f"edgecnn: most sensitive first ({quantizer.ranked_by}), "
+                                                      "doubling, then bisection", "ranked_nodes": len(ranked),
+                                            "steps": result.steps})
         if labelled:
             record["validation_drop"] = round(fp32_accuracy - record["int8_validation_accuracy"], 2)
         record["seconds"] = round(time.perf_counter() - started, 2)

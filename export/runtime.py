@@ -181,6 +181,10 @@ class Session:
         """Every output of the graph, in order, for an already validated batch (multi-output stage graphs)."""
         return [self._run(batch)]
 
+    def _run_feeds(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Every output of a graph with more inputs than the image (an early-exit graph's thresholds), in order."""
+        raise UserError(f"the {self.name} backend runs graphs with one input only")
+
     @functools.cached_property
     def executed_precision(self) -> str:
         """The precision the runtime really computes in (fp32, fp16, bf16, int8, or e.g. int8+fp32 when mixed).
@@ -251,6 +255,32 @@ def onnx_compute_precision(model: Any, fallback: str) -> str:
     return _summarise_precisions(found, fallback)
 
 
+def onnxruntime_options(threads: int | None) -> Any:
+    """The SessionOptions every edgecnn ONNX Runtime session runs with (its per-layer profiler adds its own)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads or 0  # 0: onnxruntime's default (one per physical core)
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return options
+
+
+def onnxruntime_compute_precision(model_path: Path | str, fallback: str, threads: int | None = None) -> str:
+    """The precision ONNX Runtime computes the graph in, read from the graph it actually runs after its
+    optimisations: on a CPU without FP16 kernels it casts an fp16 graph's weights to fp32 and computes in fp32,
+    and it fuses QDQ into integer kernels."""
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="edgecnn-ort-") as tmp:
+        options = onnxruntime_options(threads)
+        options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+        return onnx_compute_precision(onnx.load(options.optimized_model_filepath), fallback)
+
+
 @register_backend
 class OnnxRuntimeSession(Session):
     name = "onnxruntime"
@@ -267,17 +297,11 @@ class OnnxRuntimeSession(Session):
             raise _load_error(self, e) from e
         self._output = self._session.get_outputs()[0].name
 
-    def _inference_session(self, optimized_model_path: Path | None = None) -> Any:
+    def _inference_session(self) -> Any:
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = self.threads or 0  # 0: onnxruntime's default (one per physical core)
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        if optimized_model_path is not None:
-            options.optimized_model_filepath = str(optimized_model_path)
-        return ort.InferenceSession(str(self.model_path), options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(self.model_path), onnxruntime_options(self.threads),
+                                    providers=["CPUExecutionProvider"])
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         return self._session.run([self._output], {self.input_spec.name: batch})[0]
@@ -285,16 +309,12 @@ class OnnxRuntimeSession(Session):
     def _run_all(self, batch: np.ndarray) -> list[np.ndarray]:
         return self._session.run(None, {self.input_spec.name: batch})
 
-    def _executed_precision(self) -> str:
-        """Read from the graph ONNX Runtime actually runs after its optimisations: on a CPU without FP16
-        kernels it casts an fp16 graph's weights to fp32 and computes in fp32, and it fuses QDQ into
-        integer kernels. Built once, on first request, so an ordinary load pays nothing."""
-        import onnx
+    def _run_feeds(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self._session.run(None, feeds)
 
-        with tempfile.TemporaryDirectory(prefix="edgecnn-ort-") as tmp:
-            optimized = Path(tmp) / "optimized.onnx"
-            self._inference_session(optimized)
-            return onnx_compute_precision(onnx.load(str(optimized)), self.manifest["precision"])
+    def _executed_precision(self) -> str:
+        """`onnxruntime_compute_precision`, worked out once, on first request, so an ordinary load pays nothing."""
+        return onnxruntime_compute_precision(self.model_path, self.manifest["precision"], self.threads)
 
     def info(self) -> dict[str, Any]:
         import onnxruntime as ort
@@ -383,7 +403,10 @@ class OpenVinoSession(Session):
         return self._request.get_output_tensor(0).data.copy()
 
     def _run_all(self, batch: np.ndarray) -> list[np.ndarray]:
-        self._infer(batch)
+        return self._run_feeds({self.input_spec.name: batch})
+
+    def _run_feeds(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        self._request.infer(feeds, share_inputs=True, share_outputs=True)
         return [self._request.get_output_tensor(i).data.copy() for i in range(len(self._compiled.outputs))]
 
     def _executed_precision(self) -> str:

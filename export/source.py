@@ -14,16 +14,16 @@ and the dataset (name, path, fingerprint) the model was trained on.
 from __future__ import annotations
 
 import os
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
 
-from edgecnn.checkpoint import committed_checkpoint, load_checkpoint
-from edgecnn.errors import CheckpointError, UserError
+from edgecnn.checkpoint import committed_checkpoint, load_checkpoint, read_sidecar
+from edgecnn.errors import UserError
 from edgecnn.export.manifest import sha256_file
+from edgecnn.model_ref import WeightsData, config_from_sidecar
 from edgecnn.registry import ModelConfig, create_model
 
 DEFAULT_SEED = 0
@@ -65,38 +65,32 @@ def reestimate_batchnorm(model: nn.Module, input_size: tuple[int, int, int], see
     return record
 
 
-def _sidecar_config(config: ModelConfig, meta: dict[str, Any], path: Path) -> ModelConfig:
-    """The config with the class names the checkpoint was trained with, if its sidecar records them."""
-    names = meta.get("class_names")
-    if names is None:
-        return config
-    if not (isinstance(names, list) and len(names) == config.num_classes and all(isinstance(n, str) for n in names)):
-        raise CheckpointError(f"the sidecar of {path} records class_names that are not {config.num_classes} "
-                              "strings; fix its JSON or train again")
-    return replace(config, class_names=tuple(names))
-
-
 def load_source_model(name: str, checkpoint: Path | str | None = None, seed: int = DEFAULT_SEED,
                       input_size: tuple[int, int] | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """The eval-mode model to export and the record of its weights.
 
-    `input_size` (H, W) is the export's: a random-init model's BatchNorm statistics are estimated there.
+    A checkpoint's sidecar says how the model was trained (class count and names, input channels, mean and std:
+    `config_from_sidecar`) and on which data: the record carries that dataset, so everything that scores or
+    calibrates the export uses it. `input_size` (H, W) is the export's: a random-init model's BatchNorm
+    statistics are estimated there.
     """
     path = Path(checkpoint) if checkpoint is not None else committed_checkpoint(name)
+    meta = read_sidecar(path) if path is not None and path.suffix == ".safetensors" else {}
+    config = config_from_sidecar(name, meta)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        model = create_model(name)
+        model = create_model(name, num_classes=config.num_classes, in_chans=config.input_size[0])
     if path is None:
         size = (model.config.input_size[0], *(input_size or model.config.input_size[1:]))
         return model.eval(), {"source": "random_init", "seed": seed, "path": None, "sha256": None,
                               "batchnorm_reestimation": reestimate_batchnorm(model, size, seed)}
     meta = load_checkpoint(model, path)
-    model.config = _sidecar_config(model.config, meta, path)
-    dataset = meta.get("dataset")
+    model.config = config
+    dataset = WeightsData.from_record(meta.get("dataset"))
     return model.eval(), {"source": "checkpoint", "committed": checkpoint is None, "path": str(path.absolute()),
                           "sha256": sha256_file(path), "seed": seed,
                           "test_accuracy": meta.get("test_accuracy"), "epochs": meta.get("epochs"),
-                          "dataset": dataset if isinstance(dataset, dict) else None}
+                          "dataset": dataset.record() if dataset else None}
 
 
 def rebuild_source_model(model_section: dict[str, Any]) -> nn.Module:

@@ -16,6 +16,7 @@ import numpy as np
 from edgecnn.errors import UserError
 from edgecnn.export import tensorrt
 from edgecnn.export.onnx_graph import ExportError, HalfPrecision, export_onnx
+from edgecnn.export.onnx_source import OnnxModel
 
 if TYPE_CHECKING:
     from edgecnn.export.pipeline import ExportContext
@@ -65,6 +66,11 @@ class Target:
         """After the INT8 pass has quantized `output`'s model in `ctx.staging`: what the target builds from it."""
 
     def _write_onnx(self, ctx: ExportContext, name: str, half: bool) -> dict[str, Any]:
+        if isinstance(ctx.module, OnnxModel):  # an ONNX source: its folded graph, not a torch export
+            report = ctx.module.write(ctx.staging / name, ctx.batch, ctx.dynamic_batch, half, ctx.keep_io_types,
+                                      ctx.input_size)
+            self.check_ops(report["ops"], ctx.staging / name)
+            return report
         module = HalfPrecision(ctx.module, ctx.keep_io_types) if half else ctx.module
         example = ctx.example.half() if half and not ctx.keep_io_types else ctx.example
         report = export_onnx(module, example, ctx.staging / name, opset=ctx.opset,

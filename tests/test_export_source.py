@@ -51,7 +51,8 @@ def test_checkpoint_of_a_users_dataset_carries_its_names_and_parity_data(digits_
     m = export_registered(MODEL, "onnx", "fp32", tmp_path / "art", checkpoint=digits_checkpoint).manifest
     assert m["class_names"] == DIGITS
     assert m["model"]["dataset"] == "digits" and m["model"]["weights"]["dataset"]["fingerprint"] == "f" * 64
-    assert m["parity"][0]["inputs"] == "digits test[0:20]" and m["parity"][0]["passed"]
+    folder = tmp_path / "digits"
+    assert m["parity"][0]["inputs"] == f"digits ({folder}) test[0:20]" and m["parity"][0]["passed"]
 
 
 def test_parity_says_plainly_when_the_checkpoints_dataset_is_gone(digits_checkpoint: Path, tmp_path: Path) -> None:
@@ -60,7 +61,8 @@ def test_parity_says_plainly_when_the_checkpoints_dataset_is_gone(digits_checkpo
     shutil.rmtree(tmp_path / "digits")
     m = export_registered(MODEL, "onnx", "fp32", tmp_path / "art", checkpoint=digits_checkpoint).manifest
     inputs = m["parity"][0]["inputs"]
-    assert inputs.startswith("random inputs: standard normal") and "digits is not readable here" in inputs
+    assert inputs.startswith("random inputs: standard normal") and "digits" in inputs
+    assert "is not on this machine" in inputs and "pass --data DIR" in inputs
     assert m["class_names"] == DIGITS
 
 

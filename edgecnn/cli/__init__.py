@@ -22,7 +22,7 @@ from edgecnn.text import printable
 
 # Modules that add commands, in the order their commands appear in --help.
 COMMAND_MODULES = ["edgecnn.cli.models", "edgecnn.cli.training", "edgecnn.cli.export", "edgecnn.cli.bench",
-                   "edgecnn.cli.deploy"]
+                   "edgecnn.cli.deploy", "edgecnn.cli.explain"]
 
 
 def declared_commands(module: str) -> list[tuple[str, str | None]] | None:

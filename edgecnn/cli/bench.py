@@ -39,7 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "what finished). Combinations a runtime cannot do here are listed as skipped with the reason. "
                     "A multi-exit (BranchyNet) model runs its exit loop at the stored thresholds, timed beside its "
                     "own trunk in the same rounds.")
-    p.add_argument("models", nargs="+", metavar="MODEL", help="zoo names or shell patterns such as '*_fmnist'")
+    p.add_argument("models", nargs="+", metavar="MODEL",
+                   help="zoo names or shell patterns such as '*_fmnist', edgecnn checkpoints (runs/x/x.safetensors), "
+                        "ONNX files and artifact folders (timed as they are, never exported again), side by side")
     p.add_argument("--targets", type=_list_of(), default=DEFAULT_TARGETS.split(","), metavar="RUNTIMES",
                    help=f"runtimes, comma-separated: {DEFAULT_TARGETS} (torch is the eager FP32 reference; default: all of them)")
     p.add_argument("--precisions", type=_list_of(), metavar="LIST",
@@ -60,13 +62,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--peers", action="store_true",
                    help="also time what a user would pick instead, built from the same FP32 ONNX: "
                         "ONNX Runtime quantize_static and NNCF defaults, OpenVINO reading the ONNX")
-    p.add_argument("--data", help="accuracy dataset (default: Fashion-MNIST test for *_fmnist models; "
-                                  "canonical models are timed only)")
+    p.add_argument("--data", help="accuracy dataset, instead of each model's own (default: the weights' own test split "
+                                  "and, for INT8, their training split to calibrate on: a checkpoint's sidecar says "
+                                  "which, Fashion-MNIST for the zoo's committed weights; models without a dataset "
+                                  "are timed only). Every record says which dataset it was measured on")
+    p.add_argument("--mean", help="ONNX files without metadata_props: per-channel mean on the [0, 1] scale")
+    p.add_argument("--std", help="ONNX files without metadata_props: per-channel std on the [0, 1] scale")
+    p.add_argument("--classes", metavar="FILE|a,b,c", help="ONNX files without metadata_props: class names")
     p.add_argument("--data-root", help="where the named dataset lives")
     p.add_argument("--accuracy-samples", type=arg_type(positive_int, "--accuracy-samples"),
                    help="test images for accuracy (default: the whole test split)")
     p.add_argument("--calibration-samples", type=arg_type(positive_int, "--calibration-samples"), default=300,
                    help="train images the peers calibrate on (300 is NNCF's default subset)")
+    p.add_argument("--calib-samples", type=arg_type(positive_int, "--calib-samples"), metavar="N",
+                   help="calibration images of edgecnn's INT8 exports, from each model's own training split minus "
+                        "validation, as `edgecnn export --calib-samples` (default: 512)")
     p.add_argument("--calibrator", choices=CALIBRATOR_NAMES, default="auto",
                    help="range calibrator of edgecnn's INT8 exports, as `edgecnn export --calibrator`; a cached "
                         "artifact calibrated otherwise is exported again, and a calibrator a target's quantizer "
@@ -119,7 +129,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         threads=args.threads, warmup_s=args.warmup_s,
         duration_s=None if args.iters else (args.duration_s or 10.0), iters=args.iters, rounds=args.rounds,
         peers=args.peers, data=args.data, data_root=args.data_root, accuracy_samples=args.accuracy_samples,
-        calibration_samples=args.calibration_samples, calibrator=args.calibrator, cache_dir=args.cache)
+        mean=args.mean, std=args.std, classes=args.classes,
+        calibration_samples=args.calibration_samples, calibrator=args.calibrator, calib_samples=args.calib_samples,
+        cache_dir=args.cache)
     results = run_sweep(settings, args.out, force=args.force, resume=args.resume,
                         progress=not args.no_progress)
     _print_records(results)
@@ -138,7 +150,9 @@ def _print_records(results: dict[str, Any]) -> None:
         rows.append([r["model"], flow_name(r), r["runtime"], r["precision"], r["executed_precision"] or "?",
                      r["batch"], r["threads"], f"{lat['mean']:.3f}", f"{lat['p50']:.3f}", f"{lat['p90']:.3f}",
                      f"{r['spread_pct']:.1f}%", f"{r['throughput']:.0f}",
-                     f"{acc['top1']:.2f}%" if acc else "—", f"{acc['agreement_vs_torch_fp32']:.1f}%" if acc else "—"])
+                     f"{acc['top1']:.2f}%" if acc else "—",
+                     f"{acc['agreement_vs_torch_fp32']:.1f}%" if acc and acc.get("agreement_vs_torch_fp32") is not None
+                     else "—"])
     if rows:
         print(format_table(rows, ["model", "flow", "runtime", "precision", "executed", "batch", "threads",
                                   "mean ms", "p50 ms", "p90 ms", "spread", "samples/s", "top-1", "agree"]))
@@ -147,8 +161,40 @@ def _print_records(results: dict[str, Any]) -> None:
         if extra:
             print()
             print(format_table(extra, headers))
+    for line in weights_and_data(results["records"]):
+        print(line)
     for s in results["skipped"]:
         print(f"skipped: {s['model']} {s['runtime']} {s['precision']}: {s['reason']}")
+
+
+def measured_on(record: dict[str, Any]) -> str:
+    """' on DATA test (N images; weights sha256 …)': which data and weights a record's top-1 belongs to."""
+    from edgecnn.model_ref import WeightsData
+    from edgecnn.text import printable
+
+    accuracy = record["accuracy"]
+    data = WeightsData.from_record(record.get("dataset") or {})
+    sha = record.get("weights_sha256")
+    return printable(f" on {data.label if data else accuracy.get('dataset', '?')} {accuracy.get('split', 'test')} "
+                     f"({accuracy.get('samples', '?')} images{f'; weights sha256 {sha[:16]}' if sha else ''})")
+
+
+def weights_and_data(records: list[dict[str, Any]]) -> list[str]:
+    """One line per model: which weights (SHA-256) and which data its records' accuracy was measured on."""
+    from edgecnn.model_ref import WeightsData
+    from edgecnn.text import printable
+
+    lines: dict[str, str] = {}
+    for r in records:
+        if r["flow"] != "edgecnn" or r["model"] in lines and r.get("dataset") is None:
+            continue
+        data = WeightsData.from_record(r.get("dataset") or {})
+        sha = r.get("weights_sha256")
+        said = data.said if data else ("accuracy unknown: latency only (synthetic calibration)" if r.get("latency_only")
+                                       else "no dataset known for these weights: timed only (pass --data)")
+        lines[r["model"]] = printable(f"{r['model']}: weights {r.get('weights') or '?'}"
+                                      f"{f' sha256 {sha[:16]}' if sha else ''}; data: {said}")
+    return list(lines.values())
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -161,8 +207,24 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _confirmation_line(best: Any, budget_ms: float) -> str:
+    """What the one measurement of a predicted early-exit setting found, against its prediction and the budget."""
+    measured = best.confirmation
+    if "not_measured" in measured:
+        return f"predicted, not measured: {measured['not_measured']}"
+    off = 100 * (measured["latency_ms"] / best.latency_ms - 1)
+    drift = measured["machine_drift"]
+    verdict = "within the budget" if measured["latency_ms"] <= budget_ms else "OVER the budget"
+    return (f"confirmed by one measurement: {measured['latency_ms']:.3f} ms per sample ({off:+.1f} % against the "
+            f"prediction; {verdict}), {measured['top1']:.2f}% top-1 (predicted {best.accuracy:.2f}%) over "
+            f"{measured['images']} images, {measured['timed_images']} timed one at a time in {measured['rounds']} "
+            f"rounds; the record's own thresholds, timed in the same rounds, ran {100 * (drift - 1):+.1f} % against "
+            f"the record (the machine's load then and now): against the prediction moved by as much, "
+            f"{100 * (measured['latency_ms'] / (best.latency_ms * drift) - 1):+.1f} %")
+
+
 def cmd_pick(args: argparse.Namespace) -> int:
-    from edgecnn.benchmarks.pick import load_for_pick, pick
+    from edgecnn.benchmarks.pick import confirm, load_for_pick, pick
     from edgecnn.cli.table import format_table
     from edgecnn.text import printable
 
@@ -174,7 +236,8 @@ def cmd_pick(args: argparse.Namespace) -> int:
                     f"results: {', '.join(answer.sources)}"))
     if answer.chosen:
         rows = [[i + 1, c.record["model"], c.record["runtime"],
-                 " ".join(filter(None, (c.record["precision"], c.record.get("variant")))),
+                 " ".join(filter(None, (c.record["precision"], c.record.get("variant"))))
+                 + (f" at [{', '.join(f'{t:.3g}' for t in c.thresholds)}], predicted" if c.predicted else ""),
                  f"{c.record['threads']}{' (over)' if c.oversubscribed else ''}",
                  f"{c.latency_ms:.3f}" + ("" if c.statistic == answer.statistic else f" ({c.statistic})"),
                  f"{c.accuracy:.2f}%", f"{c.drop:+.2f}" if c.drop is not None else "—",
@@ -182,10 +245,14 @@ def cmd_pick(args: argparse.Namespace) -> int:
         print(format_table([[printable(str(cell)) for cell in row] for row in rows],
                            ["rank", "model", "runtime", "precision", "threads", f"{answer.statistic} ms", "top-1",
                             "drop pt", "machine"]))
-        best = answer.chosen[0]
+        best = confirm(answer.chosen[0])
         over = (f"; timed with {best.record['threads']} threads, more than its machine's logical cores "
                 "(oversubscribed): its timings are distorted, measure it again with fewer") if best.oversubscribed else ""
-        print(f"pick: {best.label}, {best.latency_ms:.3f} ms, {best.accuracy:.2f}% top-1{over}")
+        print(f"pick: {best.label}, {best.latency_ms:.3f} ms, {best.accuracy:.2f}% top-1{measured_on(best.record)}{over}")
+        for note in answer.notes:
+            print(f"tie: {note}")
+        if best.predicted:
+            print(printable(_confirmation_line(best, answer.budget_ms)))
     else:
         print("nothing meets the budget: raise --budget-ms or --max-drop, or measure a smaller model")
     if answer.excluded:

@@ -5,11 +5,12 @@ import argparse
 from pathlib import Path
 
 from edgecnn.cli.table import format_table
+from edgecnn.errors import UserError
 from edgecnn.validation import arg_type, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from edgecnn.cli.export import _add_calibration_arguments
+    from edgecnn.cli.export import MODEL_HELP, _add_calibration_arguments, _add_description_arguments
     from edgecnn.export.deploy import DEPLOY_TARGETS
     from edgecnn.export.targets import PRECISIONS
 
@@ -20,12 +21,18 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "builds the TensorRT engine), run.py IMAGE|FOLDER (top-k classes), bench.sh (results in "
                     "edgecnn's bench schema, for `edgecnn report`), README.md and requirements.txt. Targets: "
                     + "; ".join(f"{t.name}: {t.description}" for t in DEPLOY_TARGETS.values()))
-    p.add_argument("name", metavar="NAME")
+    p.add_argument("name", metavar="MODEL", help=MODEL_HELP + ", or an artifact folder (bundled as it is, never "
+                                                             "exported again)")
     p.add_argument("--target", required=True, choices=list(DEPLOY_TARGETS))
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                   help="default: fp32; jetson: fp32/fp16/int8 (engine built on the device), openvino: also bf16 "
-                        "(CPUs with AVX-512 BF16 or AMX)")
-    p.add_argument("--checkpoint", help="a .safetensors checkpoint (default: the committed weights, if any)")
+    p.add_argument("--precision", choices=PRECISIONS,
+                   help="default: fp32 (an artifact's own); jetson: fp32/fp16/int8 (engine built on the device), "
+                        "openvino: also bf16 (CPUs with AVX-512 BF16 or AMX)")
+    p.add_argument("--checkpoint", help="weights for a zoo name: a .safetensors or .pth file (default: the committed "
+                                        "weights, if any)")
+    p.add_argument("--timing-only", action="store_true",
+                   help="allow a latency-only model (INT8 calibrated with --calib-data synthetic, accuracy unknown): "
+                        "the bundle is for timing")
+    _add_description_arguments(p)
     _add_calibration_arguments(p)
     batch = p.add_mutually_exclusive_group()
     batch.add_argument("--batch", type=arg_type(positive_int, "--batch"), default=1,
@@ -45,14 +52,26 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
-    from edgecnn.cli.export import _calibration_lines, _calibration_options
+    from edgecnn.cli.export import _calibration_lines, _calibration_options, description_options, weights_line
     from edgecnn.export.deploy import build_bundle
 
-    result = build_bundle(args.name, args.target, args.precision, args.out, checkpoint=args.checkpoint,
-                          force=args.force, progress=not args.no_progress, sign=args.sign, batch=args.batch,
-                          dynamic_batch=args.dynamic_batch, calibration=_calibration_options(args))
+    precision = args.precision or "fp32"
+    options = {"batch": args.batch, "dynamic_batch": args.dynamic_batch, "calibration": _calibration_options(args),
+               **{k: v for k, v in description_options(args).items() if v is not None}}
+    if Path(args.name).is_dir():  # an artifact, bundled as it is: export options do not apply to it
+        given = [flag for flag, on in (("--batch", args.batch != 1), ("--dynamic-batch", args.dynamic_batch),
+                                       ("calibration options", options["calibration"] is not None),
+                                       *((f"--{k}", True) for k in ("data", "mean", "std", "classes") if k in options))
+                 if on]
+        if given:
+            raise UserError(f"{args.name} is an artifact, bundled as it is: {', '.join(given)} would need an export")
+        options, precision = {}, args.precision
+    result = build_bundle(args.name, args.target, precision, args.out, checkpoint=args.checkpoint,
+                          force=args.force, progress=not args.no_progress, sign=args.sign,
+                          timing_only=args.timing_only, **options)
     m = result.manifest
     print(f"{m['model']['name']} → {args.target} bundle ({m['target']} {m['precision']}): {result.path}")
+    print(weights_line(m))
     print(format_table([[name, f"{f['bytes']:,}", f["sha256"][:16]] for name, f in m["files"].items()],
                        ["file", "bytes", "sha256"]))
     for line in _calibration_lines(m):

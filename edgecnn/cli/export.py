@@ -1,4 +1,6 @@
-"""`edgecnn export` (a zoo model → one artifact directory) and `edgecnn inspect` (read one back)."""
+"""`edgecnn export` (a MODEL → one artifact directory) and `edgecnn inspect` (read one back).
+
+A MODEL is a zoo name, an edgecnn checkpoint, an ONNX file or an artifact folder (`edgecnn.model_ref`)."""
 from __future__ import annotations
 
 import argparse
@@ -17,18 +19,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     from edgecnn.export.targets import PRECISIONS, TARGETS
 
     p = sub.add_parser(
-        "export", help="export a zoo model to ONNX / OpenVINO IR / TensorRT-ready ONNX",
+        "export", help="export a model (zoo name, checkpoint, ONNX file) to ONNX / OpenVINO IR / TensorRT-ready ONNX",
         description="Fold BatchNorm, write the target's model files and a manifest (hashes, parity against "
-                    "PyTorch, tool versions) into one directory, atomically. Without --checkpoint a model's "
-                    "committed Fashion-MNIST weights are used; a model without any exports its seeded random "
-                    "init, and the manifest says so.")
-    p.add_argument("name", metavar="NAME")
-    p.add_argument("--checkpoint", help="a .safetensors checkpoint (default: the committed weights, if any)")
+                    "the source model, tool versions) into one directory, atomically. MODEL is a zoo name (its "
+                    "committed Fashion-MNIST weights, or --checkpoint; a model without any exports its seeded random "
+                    "init, and the manifest says so), an edgecnn checkpoint (its sidecar says the architecture, "
+                    "classes, preprocessing and training data) or an ONNX file (say its --mean, --std, --classes and "
+                    "--data, or put them in its metadata_props). Parity, test accuracy and INT8 calibration use the "
+                    "weights' own dataset; --data names another one, and the output says so.")
+    p.add_argument("name", metavar="MODEL", help=MODEL_HELP)
+    p.add_argument("--checkpoint", help="weights for a zoo name: an edgecnn or timm .safetensors file or a "
+                                        "torchvision-style .pth state dict (default: the committed weights, if any)")
+    _add_description_arguments(p)
     p.add_argument("--target", choices=list(TARGETS), default="onnx", help="default: onnx")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="default: fp32; int8 calibrates on data (options below); bf16: openvino, on CPUs with "
                         "AVX-512 BF16 or AMX")
     _add_calibration_arguments(p)
+    _add_placement_arguments(p)
     batch = p.add_mutually_exclusive_group()
     batch.add_argument("--batch", type=arg_type(positive_int, "--batch"), default=1,
                        help="static batch size of the graph (default: 1)")
@@ -42,11 +50,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--parity-samples", type=arg_type(positive_int, "--parity-samples"),
                    help="inputs parity is checked on (default: 64 at fp32, 512 at fp16, int8 and bf16; "
                         "int8 and bf16 also score Fashion-MNIST models on the whole test split)")
-    p.add_argument("--seed", type=arg_type(non_negative_int, "--seed"), default=0,
-                   help="init seed when there are no weights (default: 0)")
+    p.add_argument("--seed", type=arg_type(non_negative_int, "--seed"),
+                   help="init seed of a zoo model without weights (default: 0)")
     p.add_argument("--exit-budget", type=arg_type(non_negative_float, "--exit-budget"), metavar="PT",
                    help="multi-exit (BranchyNet) models: validation accuracy the exit thresholds may give up "
                         "against the final exit alone, in points (default: 0.5)")
+    p.add_argument("--early-exit", choices=("auto", "graph", "stages"), default="auto",
+                   help="multi-exit models: also write the single graph (stages, entropy and exit decision in one "
+                        "graph, later stages inside If branches; ONNX and OpenVINO targets) and run it by default "
+                        "(graph), keep one graph per stage only (stages), or write both and default to the one "
+                        "measured faster here (auto, the default)")
     p.add_argument("--out", type=Path, help="artifact directory (default: artifacts/NAME-TARGET-PRECISION)")
     p.add_argument("--force", action="store_true",
                    help="replace --out if it is an earlier edgecnn artifact (nothing else is ever replaced)")
@@ -55,10 +68,35 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("inspect", help="show an artifact's manifest and verify its file hashes",
                        description="Print the manifest of an export as tables and check every file's size "
-                                   "and SHA-256; a missing or modified file is an error (exit 2).")
-    p.add_argument("directory", type=Path, metavar="DIR")
+                                   "and SHA-256; a missing or modified file is an error (exit 2), an artifact whose "
+                                   "parity check failed exits 1.")
+    p.add_argument("directory", type=Path, metavar="ARTIFACT", help="an artifact folder (or a deploy bundle)")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON instead")
     p.set_defaults(func=cmd_inspect)
+
+
+MODEL_HELP = ("a zoo name (`edgecnn list`), an edgecnn checkpoint (runs/x/x.safetensors with its .json sidecar) or an "
+              "ONNX file (my.onnx)")
+
+
+def _add_description_arguments(p: argparse.ArgumentParser) -> None:
+    """--data (any MODEL) and what a sidecar would say about an ONNX file (--mean, --std, --classes)."""
+    p.add_argument("--data", metavar="DIR",
+                   help="the dataset to score and calibrate on: by default the weights' own (the checkpoint's "
+                        "sidecar; Fashion-MNIST for the zoo's committed weights). For an ONNX file, the dataset it "
+                        "was trained on (train/ and test/, one sub-folder per class). Another dataset is said in "
+                        "the output and recorded in the manifest")
+    g = p.add_argument_group("ONNX file: what a checkpoint's sidecar would say (default: its metadata_props mean, "
+                             "std, class_names, dataset, input_size)")
+    g.add_argument("--mean", metavar="M[,M,M]", help="per-channel mean on the [0, 1] scale (after /255)")
+    g.add_argument("--std", metavar="S[,S,S]", help="per-channel std on the [0, 1] scale")
+    g.add_argument("--classes", metavar="FILE|a,b,c",
+                   help="class names in output order: a file (one per line) or comma-separated")
+
+
+def description_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The export keywords of --data, --mean, --std and --classes (edgecnn.export.api.export's)."""
+    return {"data": args.data, "mean": args.mean, "std": args.std, "classes": args.classes}
 
 
 def _add_calibration_arguments(p: argparse.ArgumentParser) -> None:
@@ -75,8 +113,10 @@ def _add_calibration_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--calib-samples", type=arg_type(positive_int, "--calib-samples"), metavar="N",
                    help=f"calibration images, class-balanced, from the training split minus validation "
                         f"(default: {DEFAULT_SAMPLES})")
-    g.add_argument("--calib-data", type=Path, metavar="DIR",
-                   help="calibrate on this folder instead of the model's dataset: one sub-folder per class, named "
+    g.add_argument("--calib-data", metavar="DIR|synthetic",
+                   help="synthetic: calibrate on generated inputs, for a model without data (an INT8 latency answer, "
+                        "as trtexec --int8 without a calibrator gives; the artifact is marked latency-only, accuracy "
+                        "unknown). Or calibrate on this folder instead of the weights' dataset: one sub-folder per class, named "
                         "after the model's classes (any case; or by class number), in any order, every class for "
                         "auto and --max-drop, which score on it; or a flat folder of images, which calibrates only "
                         "(auto and --max-drop need labels and are refused). Entries that are not regular files are "
@@ -87,14 +127,46 @@ def _add_calibration_arguments(p: argparse.ArgumentParser) -> None:
                         "float, OpenVINO uses NNCF's accuracy control (default: no bound)")
 
 
+def _add_placement_arguments(p: argparse.ArgumentParser) -> None:
+    from edgecnn.calibration import FALLBACKS, PLACEMENTS
+
+    g = p.add_argument_group("INT8 layers left in float, by measurement on the target's runtime (--precision int8)")
+    g.add_argument("--placement", choices=PLACEMENTS,
+                   help="fast: leave in float the layers whose INT8 kernel the runtime's profiler measures slower than "
+                        "their float one, and every layer if no INT8 placement beats FP32 here (default: accuracy, "
+                        "INT8 wherever the quantizer can)")
+    g.add_argument("--fallback", choices=FALLBACKS,
+                   help="with --max-drop, which layers go back to float: sensitivity, the most sensitive first "
+                        "(default); cost, the set that meets the drop with the least latency lost, from the accuracy "
+                        "each recovers and the latency each adds (measured), confirmed by scoring it")
+    g.add_argument("--threads", type=arg_type(positive_int, "--threads"), metavar="N",
+                   help="threads the runtime is timed with for --placement fast and --fallback cost (default: the "
+                        "runtime's own)")
+
+
+def _with_placement(args: argparse.Namespace, options: Any) -> Any:
+    """The calibration options with --placement, --fallback and --threads (refused off int8 as the others are)."""
+    from dataclasses import replace
+
+    from edgecnn.calibration import CalibrationOptions
+
+    given = {k: v for k, v in (("placement", args.placement), ("fallback", args.fallback),
+                               ("profile_threads", args.threads)) if v is not None}
+    if not given:
+        return options
+    return replace(options, **given) if options is not None else CalibrationOptions(**given)
+
+
 def _calibration_options(args: argparse.Namespace) -> Any:
     """CalibrationOptions for int8; None otherwise (calibration flags on another precision are refused)."""
-    from edgecnn.calibration import CalibrationOptions
+    from edgecnn.calibration import SYNTHETIC, CalibrationOptions
 
     given = {k: v for k, v in (("calibrator", args.calibrator), ("samples", args.calib_samples),
                                ("data", args.calib_data), ("max_drop", args.max_drop)) if v is not None}
     if args.precision != "int8" and not given:
         return None
+    if given.get("data") == SYNTHETIC:
+        given["synthetic"] = given.pop("data")
     options = CalibrationOptions(**given)
     if args.calibrator is None and options.unlabelled_default:
         print(f"edgecnn: note: --calib-data {options.data} has no class sub-folders, so no labelled validation "
@@ -114,6 +186,13 @@ def _calibration_lines(m: dict[str, Any]) -> list[str]:
         scores = ", ".join(f"{k} {v:.2f}%" for k, v in (c["scores_validation_accuracy"] or {}).items())
         lines.append(f"validation top-1: FP32 {c['fp32_validation_accuracy']:.2f}% → INT8 "
                      f"{c['int8_validation_accuracy']:.2f}% (drop {c['validation_drop']:.2f} pt; tried {scores})")
+    resolution = c.get("resolution")
+    if resolution:
+        bound = (f"; --max-drop {c['max_drop']:g} pt acted on as {resolution['max_drop_as_measured_pt']:.2f} pt "
+                 "(a whole number of images)" if c.get("max_drop") is not None else "")
+        lines.append(f"resolution: {resolution['validation_images']} validation images, one image = "
+                     f"{resolution['one_image_pt']:.2f} pt; a calibrator is switched only on a significant gain "
+                     f"(McNemar, 5 %){bound}")
     if c.get("nodes_to_exclude"):
         lines.append(f"returned to float for --max-drop: {', '.join(c['nodes_to_exclude'])}")
     returned = set(c.get("nodes_to_exclude") or [])
@@ -126,6 +205,23 @@ def _calibration_lines(m: dict[str, Any]) -> list[str]:
             t = p["test_split"]
             lines.append(f"{p['backend']} test split ({t['inputs']}): FP32 {t['fp32_accuracy']:.2f}% → "
                          f"{m['precision'].upper()} {t['accuracy']:.2f}% (drop {t['drop']:.2f} pt)")
+    return lines
+
+
+def _placement_lines(m: dict[str, Any]) -> list[str]:
+    """What --placement fast and --fallback cost measured and chose."""
+    c = m.get("calibration") or {}
+    lines = []
+    placement = c.get("placement")
+    if placement:
+        ratios = ", ".join(f"{k} {v:.2f}×" for k, v in placement["ratio_to_fp32"].items())
+        left = placement["left_in_float"]
+        lines.append(f"--placement fast: {placement['chosen']} (latency against FP32, same run: {ratios}); left in "
+                     f"float for speed: {left if isinstance(left, str) else ', '.join(left) or 'none'}")
+    fallback = c.get("fallback") or {}
+    for layer in fallback.get("chosen") or []:
+        lines.append(f"--fallback cost: {layer['layer']} back to float: +{layer['accuracy_gain_pt']:.2f} pt, "
+                     f"{layer['latency_cost_us']:+.1f} µs")
     return lines
 
 
@@ -162,32 +258,53 @@ PARITY_HEADERS = ["backend", "samples", "max |Δlogit|", "tolerance", "top-1 agr
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from edgecnn.export.pipeline import export_registered
+    from edgecnn.export.api import export
 
-    out = args.out or Path("artifacts") / f"{args.name}-{args.target}-{args.precision}"
-    result = export_registered(args.name, args.target, args.precision, out, checkpoint=args.checkpoint,
-                               seed=args.seed, batch=args.batch, dynamic_batch=args.dynamic_batch,
-                               opset=args.opset, exporter=args.exporter, input_size=args.input_size,
-                               keep_io_types=not args.half_io, parity_samples=args.parity_samples,
-                               overwrite=args.force, progress=not args.no_progress,
-                               calibration=_calibration_options(args), exit_budget_pt=args.exit_budget)
+    result = export(args.name, args.target, args.precision, args.out, checkpoint=args.checkpoint, seed=args.seed,
+                    batch=args.batch, dynamic_batch=args.dynamic_batch, opset=args.opset, exporter=args.exporter,
+                    input_size=args.input_size, keep_io_types=not args.half_io, parity_samples=args.parity_samples,
+                    overwrite=args.force, progress=not args.no_progress, fail_on_parity=False,
+                    calibration=_with_placement(args, _calibration_options(args)), exit_budget_pt=args.exit_budget,
+                    early_exit_form=args.early_exit, **description_options(args))
     m = result.manifest
     fold = next(p for p in m["passes"] if p["name"] == "fold_batchnorm")
     print(f"{m['model']['name']} → {m['target']} {m['precision']}: {result.path}  "
           f"({m['export']['seconds']:.1f} s; {fold['bn_folded']} BN folded, {fold['bn_to_affine']} as affine)")
+    print(weights_line(m))
     print(format_table([[name, _size(f["bytes"]), f["sha256"][:16]] for name, f in m["files"].items()],
                        ["file", "size", "sha256"]))
     print()
     print(format_table(_parity_rows(m), PARITY_HEADERS))
-    for line in _calibration_lines(m):
+    for line in _calibration_lines(m) + _placement_lines(m):
         print(line)
     for note in m["notes"] + [f"{p['backend']}: {p['diagnosis']}" for p in m["parity"] if "diagnosis" in p]:
         print(f"note: {note}")
     if not result.parity_passed:
-        print("edgecnn: parity FAILED: the artifact was written but does not match PyTorch within tolerance",
-              file=sys.stderr)
+        print("edgecnn: parity FAILED: the artifact was written but does not match its source model within "
+              "tolerance; do not deploy it", file=sys.stderr)
         return 1
     return 0
+
+
+def data_said(m: dict[str, Any]) -> str:
+    """Which data an artifact's numbers (parity, test accuracy, calibration) come from, and how it was chosen."""
+    from edgecnn.model_ref import WeightsData
+
+    data = WeightsData.from_record(m["model"]["weights"].get("dataset") or {})
+    latency = "; LATENCY ONLY: INT8 calibrated on synthetic inputs, accuracy unknown" if m.get("latency_only") else ""
+    return (data.said if data else "none known (parity on random inputs)") + latency
+
+
+def weights_said(m: dict[str, Any]) -> str:
+    """Which weights an artifact holds: where they came from and their SHA-256."""
+    weights = m["model"]["weights"]
+    sha = f" (sha256 {weights['sha256'][:16]})" if weights.get("sha256") else ""
+    return " ".join(filter(None, (weights["source"], weights.get("path")))) + sha
+
+
+def weights_line(m: dict[str, Any]) -> str:
+    """Which weights and which data an artifact's numbers belong to, in one line."""
+    return printable(f"weights: {weights_said(m)}; data: {data_said(m)}")
 
 
 def _format_shape(spec: dict[str, Any]) -> str:
@@ -227,6 +344,8 @@ def _print_early_exit(m: dict) -> None:
               f"vs {tuning['trunk_ms']:.4f} ms for the trunk ({tuning['expected_speedup_vs_trunk']:.2f}× expected); "
               f"trunk: {ee['trunk']['file']}; "
               f"rule: {ee['exit_rule']} ({ee['exit_entropy']})")
+    if "graph" in ee:
+        print(f"single graph: {ee['graph']['file']} (batch 1); default form: {ee.get('form', 'stages')}")
     print()
 
 
@@ -256,20 +375,20 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
     m = read_manifest(args.directory)
     _warn_unlisted(args.directory, m)
+    failed = [p["backend"] for p in m["parity"] if not p["passed"]]
+    verdict = 1 if failed else 0
     if args.json:
         print(json.dumps(m, indent=2))
-        return 0
+        return verdict
     m = _escaped(m)
     model, weights, pre = m["model"], m["model"]["weights"], m["preprocessing"]
-    source = weights["source"]
-    if source == "checkpoint":
-        path, acc = weights.get("path"), weights.get("test_accuracy")
-        source = (f"checkpoint {path}" if path else "checkpoint") + \
-            (f" (test accuracy {acc:.2f}%)" if acc is not None else "")
+    acc = weights.get("test_accuracy")
+    source = weights_said(m) + (f", test accuracy {acc:.2f}% at training" if acc is not None else "")
     classes = m["class_names"]
     rows = [
         ["model", f"{model['name']} ({model['family']}, zoo v{model['zoo_version']}, {model['params']:,} params)"],
         ["weights", source],
+        ["data", data_said(m)],
         ["target / precision", f"{m['target']} / {m['precision']} (default backend: {m['default_backend']})"],
         ["input", _format_shape(m["input"])],
         ["output", _format_shape(m["output"])],
@@ -297,4 +416,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     print(format_table([[p["name"], f"{p['seconds']:.2f}"] for p in m["passes"]], ["pass", "seconds"]))
     for note in m.get("notes", []):
         print(f"note: {note}")
-    return 0
+    if failed:
+        print(f"edgecnn: parity FAILED on {', '.join(failed)}: this artifact does not compute what its source model "
+              "computes; do not deploy it", file=sys.stderr)
+    return verdict

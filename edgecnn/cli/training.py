@@ -6,7 +6,6 @@ from pathlib import Path
 
 import torch
 
-from edgecnn.checkpoint import committed_checkpoint, load_checkpoint, read_sidecar
 from edgecnn.errors import UserError
 from edgecnn.validation import arg_type, non_negative_int, positive_float, positive_int
 
@@ -32,11 +31,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--augment", choices=AUGMENTATIONS,
                    help="random crop (pad 2) and horizontal flip of training images; default: the recipe's "
                         "(fmnist: crop+flip; use crop or none for digits and text)")
-    p.add_argument("--data", default="fashion_mnist",
-                   help="fashion_mnist (default), cifar10 or a dataset directory (IDX, CIFAR-10 batches or one "
-                        "sub-folder per class)")
+    p.add_argument("--data",
+                   help="fashion_mnist, cifar10 or a dataset directory (IDX, CIFAR-10 batches or one sub-folder per "
+                        "class); default: the dataset the --init/--trunk weights were trained on, else fashion_mnist")
     p.add_argument("--data-root", help="where the named dataset lives; default for Fashion-MNIST: Debian's "
                                        "package path")
+    start = p.add_mutually_exclusive_group()
+    start.add_argument("--init", metavar="committed|CHECKPOINT",
+                       help="start from trained weights (fine-tuning, as timm's pretrained=True): the committed ones "
+                            "or a checkpoint of NAME; the classifier is re-initialised when the data has another "
+                            "class count, every other weight is kept")
+    start.add_argument("--trunk", metavar="committed|CHECKPOINT",
+                       help="BranchyNet models (b_*): train the exits on this trained trunk (the committed one or a "
+                            "checkpoint of the trunk model, e.g. yours), frozen unless --train-trunk")
+    p.add_argument("--train-trunk", action="store_true",
+                   help="with --trunk: train trunk and exits jointly (the paper's joint training), from that trunk")
     p.add_argument("--out", help="checkpoint path ending in .safetensors (a .json sidecar and a .log go next "
                                  "to it); default: runs/NAME/NAME.safetensors")
     p.add_argument("--force", action="store_true",
@@ -50,18 +59,37 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fp16-weights", action="store_true", help="save weights in fp16 (half the size)")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="test accuracy of a model's checkpoint",
-                       description="Print top-1 accuracy on the test split. Without --checkpoint the committed "
-                                   "weights are used.")
-    p.add_argument("name", metavar="NAME")
-    p.add_argument("--checkpoint", help="an edgecnn or timm .safetensors file, or a torchvision-style .pth "
-                                        "state dict (tensors only); default: the committed weights")
-    p.add_argument("--data", default="fashion_mnist",
-                   help="fashion_mnist (default), cifar10 or a dataset directory; its test split is scored")
-    p.add_argument("--data-root", help="where the named dataset lives; default for Fashion-MNIST: Debian's "
+    p = sub.add_parser("eval", help="score any model on a labelled dataset: top-1, per class, confusion matrix",
+                       description="Score MODEL on the test split of its weights' own dataset (a checkpoint's "
+                                   "sidecar, an artifact's manifest; the committed weights: Fashion-MNIST) or of "
+                                   "--data: top-1, per-class accuracy, the confusion matrix and the precision the "
+                                   "runtime executed. MODEL is a zoo name (its committed weights, or --checkpoint), "
+                                   "an edgecnn checkpoint, an ONNX file, an artifact folder or a deploy bundle; "
+                                   "artifacts and bundles run on the runtime their manifest names, as bench times "
+                                   "them.")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("--checkpoint", help="with a zoo name: an edgecnn or timm .safetensors file, or a "
+                                        "torchvision-style .pth state dict (tensors only); default: the committed "
+                                        "weights")
+    p.add_argument("--data",
+                   help="a labelled dataset to score on instead of the weights' own: a folder (test/ with one "
+                        "sub-folder per class, or the class sub-folders themselves), IDX files, CIFAR-10 batches, or "
+                        "fashion_mnist / cifar10")
+    p.add_argument("--data-root", help="where the named --data lives; default for Fashion-MNIST: Debian's "
                                        "package path")
+    p.add_argument("--mean", help="ONNX files without metadata_props: per-channel mean on the [0, 1] scale")
+    p.add_argument("--std", help="ONNX files without metadata_props: per-channel std on the [0, 1] scale")
+    p.add_argument("--classes", metavar="FILE|a,b,c", help="ONNX files without metadata_props: class names")
+    p.add_argument("--backend", help="artifacts and bundles: the runtime to run on (default: the manifest's)")
+    p.add_argument("--threads", type=arg_type(positive_int, "--threads"),
+                   help="threads of the runtime (default: the runtime's own)")
     p.add_argument("--batch-size", type=arg_type(positive_int, "--batch-size"), default=500,
-                   help="images per forward pass (default: 500)")
+                   help="images per call where the model takes any batch (default: 500)")
+    p.add_argument("--limit", type=arg_type(positive_int, "--limit"), help="score the first N test images only")
+    p.add_argument("--out", type=Path,
+                   help="a directory for eval.txt, eval.json and confusion.png (default: print only)")
+    p.add_argument("--force", action="store_true",
+                   help="replace --out if it is an earlier edgecnn output (nothing else is ever replaced)")
     p.set_defaults(func=cmd_eval)
 
 
@@ -71,35 +99,32 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = train(args.name, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, recipe=args.recipe,
                    data=args.data, data_root=args.data_root, out=args.out, seed=args.seed, resume=args.resume,
                    force=args.force, threads=args.threads, limit=args.limit, augment=args.augment,
-                   save_dtype=torch.float16 if args.fp16_weights else torch.float32)
+                   save_dtype=torch.float16 if args.fp16_weights else torch.float32, init=args.init, trunk=args.trunk,
+                   train_trunk=args.train_trunk)
     import torch.distributed as dist
 
     if not dist.is_initialized() or dist.get_rank() == 0:
-        print(f"{result.model}: test accuracy {result.test_accuracy:.2f}% (val {result.val_accuracy:.2f}%) "
+        print(f"{result.model}: test accuracy {result.test_accuracy:.2f}% (val {result.val_accuracy:.2f}%) on "
+              f"{result.dataset} "
               f"after {result.epochs} epochs in {result.wall_time_s:.0f} s → {result.checkpoint}")
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from edgecnn.data import load_dataset
-    from edgecnn.registry import create_model
-    from edgecnn.train import evaluate
+    from edgecnn.benchmarks.evaluation import check_out, evaluate, write_evaluation
+    from edgecnn.model_ref import Description, WeightsData
 
-    path = committed_checkpoint(args.name) if args.checkpoint is None else Path(args.checkpoint)
-    if path is not None and not path.name:
+    if args.checkpoint is not None and not Path(args.checkpoint).name:
         raise UserError(f"--checkpoint {args.checkpoint!r} is not a file name")
-    if path is None:
-        raise UserError(f"{args.name} has no committed weights; pass --checkpoint PATH (train one with "
-                        f"`edgecnn train {args.name}`)")
-    # a model trained on the user's own data may predict other classes from other channels than the zoo's
-    trained = read_sidecar(path).get("config") or {}
-    model = create_model(args.name, num_classes=trained.get("num_classes"),
-                         in_chans=(trained.get("input_size") or [None])[0])
-    load_checkpoint(model, path)
-    ds = load_dataset(args.data, "test", args.data_root)
-    if len(ds.class_names) != model.config.num_classes:
-        raise UserError(f"{args.name} predicts {model.config.num_classes} classes but {args.data} has "
-                        f"{len(ds.class_names)}")
-    acc = evaluate(model, ds, batch_size=args.batch_size, progress=True)
-    print(f"{args.name}: test accuracy {acc:.2f}% on {len(ds)} {ds.name} images ({path})")
+    if args.out is not None:
+        check_out(args.out, args.force)  # before any work: nothing is scored for an --out that cannot be written
+    if args.data_root is not None and args.data is None:
+        raise UserError("--data-root says where the dataset --data names lives; give --data too (e.g. --data cifar10)")
+    data = WeightsData.named(args.data, root=args.data_root) if args.data is not None else None
+    result = evaluate(args.model, data, checkpoint=args.checkpoint, threads=args.threads, backend=args.backend,
+                      batch_size=args.batch_size, limit=args.limit,
+                      description=Description(mean=args.mean, std=args.std, classes=args.classes))
+    print("\n".join(result.lines()))
+    if args.out is not None:
+        print(f"wrote {write_evaluation(result, args.out, args.force)}/: eval.txt, eval.json, confusion.png")
     return 0

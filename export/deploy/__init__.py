@@ -190,43 +190,101 @@ def sign_manifest(directory: Path, key: Any) -> Path:
     return path
 
 
-def build_bundle(name: str, target: str, precision: str = "fp32", out: Path | str = "bundle", *,
+def build_bundle(name: str, target: str, precision: str | None = "fp32", out: Path | str = "bundle", *,
                  checkpoint: Path | str | None = None, force: bool = False, progress: bool = False,
-                 sign: Path | str | None = None, **export_options: Any) -> BundleResult:
-    """Export `name` for the device kind `target` and write the bundle into `out`, atomically.
+                 sign: Path | str | None = None, timing_only: bool = False, **export_options: Any) -> BundleResult:
+    """Export the MODEL `name` (a zoo name, a checkpoint, an ONNX file: `edgecnn.model_ref`) for the device kind
+    `target`, or take an artifact folder as it is, and write the bundle into `out`, atomically.
 
-    `export_options` go to `export_registered` (batch, dynamic_batch, input_size, calibration, ...). A bundle
-    whose parity check failed is not written. `sign`: an Ed25519 private key PEM file to sign the manifest with.
+    `export_options` go to `edgecnn.export.api.export` (batch, dynamic_batch, input_size, calibration, data, mean,
+    ...); `precision` None is an artifact's own (fp32 otherwise). A bundle whose parity check failed is not written,
+    nor a latency-only one (INT8 calibrated on synthetic inputs) unless `timing_only`. `sign`: an Ed25519 private key
+    PEM file to sign the manifest with.
     """
     from edgecnn.export.manifest import describe_files, read_manifest, staging_directory, write_manifest
-    from edgecnn.export.pipeline import export_registered
+    from edgecnn.model_ref import resolve_model
 
     deploy = get_deploy_target(target)
+    ref = resolve_model(name, checkpoint=checkpoint)
+    source = read_manifest(ref.path) if ref.kind == "artifact" else None
+    precision = precision or (source["precision"] if source else "fp32")
     deploy.check_precision(precision)
+    calibration = export_options.get("calibration")
+    _check_timing_only(ref.label, bool(source and source.get("latency_only")) or
+                       bool(calibration is not None and calibration.synthetic), timing_only)
     key = load_signing_key(sign) if sign is not None else None
     out = check_bundle_destination(out, force)
     with staging_directory(out, force) as staging:
-        result = export_registered(name, deploy.export_target, precision, staging / EXPORT_SUBDIR,
-                                   checkpoint=checkpoint, progress=progress, **export_options)
-        if not result.parity_passed:
-            failed = [p["backend"] for p in result.manifest["parity"] if not p["passed"]]
-            raise UserError(f"the {deploy.export_target} {precision} export of {name} failed its parity check on "
-                            f"{', '.join(failed)}; no bundle was written (`edgecnn export` shows the details)")
-        for entry in os.listdir(result.path):
-            os.replace(result.path / entry, staging / entry)
-        result.path.rmdir()
-        manifest = result.manifest
+        if source is not None:
+            manifest = _artifact_as_is(ref.path, source, deploy, precision, staging)
+        else:
+            manifest = _exported(ref, deploy, precision, staging, progress, export_options)
+        if timing_only:
+            manifest["notes"].append("deployed for timing only (--timing-only): its accuracy is unknown")
         if key is not None:
             manifest["signature"] = signature_record(key)
         written = _write_bundle_files(staging, deploy, manifest)
         manifest["bundle"] = {"kind": BUNDLE_KIND, "target": deploy.name, "description": deploy.description,
                               "backend": deploy.backend, "fallback": deploy.fallback, "files": written,
+                              "timing_only": timing_only,
                               "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
         manifest["files"].update(describe_files(staging, written))
         write_manifest(staging, manifest)
         if key is not None:
             sign_manifest(staging, key)
     return BundleResult(out, read_manifest(out))
+
+
+def _check_timing_only(label: str, latency_only: bool, timing_only: bool) -> None:
+    """A latency-only artifact (synthetic calibration, accuracy unknown) is bundled only when said to be for timing."""
+    if latency_only and not timing_only:
+        raise UserError(f"{label} is latency-only (INT8 calibrated on synthetic inputs, accuracy unknown): a bundle "
+                        "of it would classify without anyone knowing how well; pass --timing-only to bundle it for "
+                        "timing, or calibrate on real data (--data or --calib-data DIR)")
+
+
+def _parity_failure(label: str, manifest: dict[str, Any]) -> UserError | None:
+    failed = [p["backend"] for p in manifest["parity"] if not p["passed"]]
+    if not failed:
+        return None
+    return UserError(f"the {manifest['target']} {manifest['precision']} export of {label} failed its parity check on "
+                     f"{', '.join(failed)}; no bundle was written (`edgecnn export` shows the details)")
+
+
+def _exported(ref: Any, deploy: DeployTarget, precision: str, staging: Path, progress: bool,
+              export_options: dict[str, Any]) -> dict[str, Any]:
+    """Export the MODEL into the staging directory; its manifest (a failed parity check writes no bundle)."""
+    from edgecnn.export.api import export
+
+    model = ref.path if ref.is_file else ref.name
+    result = export(model, deploy.export_target, precision, staging / EXPORT_SUBDIR, checkpoint=ref.checkpoint,
+                    progress=progress, fail_on_parity=False, **export_options)
+    failure = _parity_failure(ref.label, result.manifest)
+    if failure:
+        raise failure
+    for entry in os.listdir(result.path):
+        os.replace(result.path / entry, staging / entry)
+    result.path.rmdir()
+    return result.manifest
+
+
+def _artifact_as_is(path: Path, manifest: dict[str, Any], deploy: DeployTarget, precision: str,
+                    staging: Path) -> dict[str, Any]:
+    """Copy an artifact folder's manifest and listed files into the staging directory, never exporting it again."""
+    from edgecnn.export.manifest import MANIFEST_NAME, artifact_file
+
+    if manifest.get("bundle"):
+        raise UserError(f"{path} is already a deploy bundle; copy it, or bundle the artifact or model it came from")
+    if manifest["target"] != deploy.export_target or manifest["precision"] != precision:
+        raise UserError(f"{path} is a {manifest['target']} {manifest['precision']} artifact; a {deploy.name} bundle at "
+                        f"{precision} takes a {deploy.export_target} {precision} one: export that, or give the model")
+    failure = _parity_failure(str(path), manifest)
+    if failure:
+        raise failure
+    for name in (MANIFEST_NAME, *manifest["files"]):
+        (staging / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(artifact_file(path, name), staging / name)
+    return manifest
 
 
 def _write_bundle_files(directory: Path, deploy: DeployTarget, manifest: dict[str, Any]) -> list[str]:
@@ -266,6 +324,19 @@ def _size(n: int) -> str:
     return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"
 
 
+def _measured_on(m: dict[str, Any]) -> str:
+    """Which weights and which data the numbers above belong to (the README says it, as every output does)."""
+    from edgecnn.model_ref import WeightsData
+
+    weights = m["model"]["weights"]
+    data = WeightsData.from_record(weights.get("dataset") or {})
+    sha = f" (SHA-256 {weights['sha256'][:16]}…)" if weights.get("sha256") else ""
+    said = (f"the test split of {data.said}" if data else "random inputs (no dataset is known for these weights)")
+    latency = (" This artifact is latency-only: INT8 calibrated on synthetic inputs, its accuracy is unknown."
+               if m.get("latency_only") else "")
+    return f"Weights: {weights['source']}{sha}. Parity inputs and test top-1: {said}.{latency}"
+
+
 def render_readme(deploy: DeployTarget, m: dict[str, Any]) -> str:
     """What is inside, how to run it, and what was measured where (the export's parity and accuracy)."""
     model, export = m["model"], m["export"]
@@ -278,6 +349,7 @@ def render_readme(deploy: DeployTarget, m: dict[str, Any]) -> str:
              "python3 run.py IMAGE_OR_FOLDER --top-k 5",
              "./bench.sh --iters 200           # latency p50/p90/p99 + throughput → bench-HOST-....json"
              + (" (--power: tegrastats energy)" if deploy.backend == "tensorrt" else ""),
+             "./bench.sh --images LABELLED_DIR # + top-1 on a folder of one sub-folder per class (run.py prints it too)",
              "```", "",
              f"Input: `{m['input']['name']}` {shape} {m['input']['dtype']} NCHW; run.py preprocesses images exactly as "
              "manifest.json's `preprocessing` says (numpy + Pillow only):", ""]
@@ -304,7 +376,8 @@ def render_readme(deploy: DeployTarget, m: dict[str, Any]) -> str:
         test = (p.get("test_split") or {}).get("accuracy")
         lines.append(f"| {p['backend']} | {p.get('measures') or 'the artifact'} | {p['samples']} | "
                      f"{p.get('top1_agreement', 0) * 100:.1f}% | {p.get('max_abs_diff', float('nan')):.2e} | "
-                     f"{'yes' if p['passed'] else 'NO'} | {'—' if test is None else f'{test}%'} |")
+                     f"{'yes' if p['passed'] else 'NO'} | {'—' if test is None else f'{test:.2f}%'} |")
+    lines += ["", _measured_on(m)]
     lines += ["", "Nothing was measured on the device yet: run ./bench.sh there.", "", "## Files", "",
               "Every file below is checked against its SHA-256 in manifest.json before run.py loads a model; an "
               "altered file is refused. setup.sh may add model.plan, engine.json, timing.cache and "

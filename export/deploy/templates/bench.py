@@ -5,7 +5,9 @@
 
 Warm-up, then timed calls in rounds; p50/p90/p99, throughput; on a Jetson the power mode (nvpmodel -q) and
 the clock state (jetson_clocks --show), and with --power the board's input power sampled by tegrastats
-(energy per inference). The JSON merges into `edgecnn report` with results from any other machine.
+(energy per inference). With --images a labelled folder (one sub-folder per class, named as the model's classes)
+every image is scored too, and the record holds its top-1 accuracy, so `edgecnn pick` can answer from results
+measured on the device. The JSON merges into `edgecnn report` with results from any other machine.
 """
 import sys
 
@@ -65,7 +67,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--backend", help="runtime (default: the bundle's; see run.py)")
     p.add_argument("--images", type=Path, metavar="IMAGE|FOLDER",
                    help="time on these images, preprocessed as run.py does (default: seeded noise; an early-exit "
-                        "model's latency depends on its inputs, so give real ones)")
+                        "model's latency depends on its inputs, so give real ones); a labelled folder (one "
+                        "sub-folder per class) is also scored, and its top-1 recorded")
     p.add_argument("--max-image-pixels", type=b.positive, default=b.DEFAULT_MAX_IMAGE_PIXELS, metavar="N",
                    help="refuse --images of more pixels, unread (decompression bombs; default: %(default)s)")
     p.add_argument("--power", action="store_true", help="Jetson: sample tegrastats for energy per inference")
@@ -103,6 +106,7 @@ def _bench(args: argparse.Namespace, command: str) -> int:
     model.classify(x)
     load_s = time.perf_counter() - t0
     rss_delta = max(0.0, _rss_mb() - rss_before)
+    accuracy = _accuracy(model, manifest, args.images, args.max_image_pixels)
     print(f"timing {manifest['model']['name']} on {backend}: {args.warmup} warm-up calls, then {args.iters} in "
           f"{args.rounds} rounds", file=sys.stderr)
     b.timed(lambda: model.classify(x), args.warmup)
@@ -123,7 +127,8 @@ def _bench(args: argparse.Namespace, command: str) -> int:
         "load_seconds": round(load_s, 3),
         "artifact": {"path": str(b.HERE), "reused": True, "bytes": sum(f["bytes"] for f in manifest["files"].values()),
                      "parity_passed": all(p["passed"] for p in manifest["parity"]) if manifest["parity"] else None},
-        "weights": manifest["model"]["weights"].get("source"), "accuracy": None,
+        "weights": manifest["model"]["weights"].get("source"), "accuracy": accuracy,
+        **_provenance(manifest, accuracy),
         "session": {"backend": backend, "bundle_target": bundle["target"], "version": model.stages[0].version(),
                     "threads": args.threads or "default", "stages": len(model.stages)},
         "deploy_bundle": {"target": bundle["target"], "created_utc": bundle["created_utc"]},
@@ -147,7 +152,8 @@ def _bench(args: argparse.Namespace, command: str) -> int:
     lat = record["latency_ms"]
     print(f"{record['model']} {backend} {record['precision']} batch {batch}: p50 {lat['p50']:.3f} ms, "
           f"p90 {lat['p90']:.3f}, p99 {lat['p99']:.3f}, {record['throughput']:.1f} samples/s"
-          + (f", {record['power']['energy_mj_per_inference']:.2f} mJ/inference" if "power" in record else ""))
+          + (f", {record['power']['energy_mj_per_inference']:.2f} mJ/inference" if "power" in record else "")
+          + (f", top-1 {accuracy['top1']:.2f}% ({accuracy['correct']}/{accuracy['samples']})" if accuracy else ""))
     print(f"wrote {out}")
     return 0
 
@@ -183,6 +189,32 @@ def write_results(out: Path, document: Dict[str, Any]) -> None:
             raise b.BundleError(f"cannot write {out}: {e.strerror or e}; nothing was written: free some space or "
                                 "choose another --out") from None
         raise
+
+
+def _accuracy(model: Any, manifest: Dict[str, Any], images: Optional[Path], max_pixels: int) -> Optional[Dict[str, Any]]:
+    """Top-1 on --images when it is a labelled folder (every image in a sub-folder named as a class); else None."""
+    if images is None:
+        return None
+    paths = b.image_paths(images)
+    labels = b.labelled_images(images, paths, manifest["class_names"])
+    if labels is None:
+        print(f"note: {b.printable(str(images))} is not a labelled folder (one sub-folder per class, named as the "
+              "model's classes), so no accuracy is recorded", file=sys.stderr)
+        return None
+    print(f"scoring {len(paths)} labelled images", file=sys.stderr)
+    logits, _ = b.classify_images(model, paths, manifest, max_pixels)
+    return b.accuracy_record(logits.argmax(axis=1), labels, images, manifest)
+
+
+def _provenance(manifest: Dict[str, Any], accuracy: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """Which weights (their SHA-256) and which data the record's numbers belong to, as edgecnn's bench says."""
+    digest = manifest["model"]["weights"].get("sha256")
+    found: Dict[str, Any] = {"architecture": manifest["model"]["name"]}
+    if isinstance(digest, str) and len(digest) == 64:
+        found["weights_sha256"] = digest
+    if accuracy is not None:
+        found["dataset"] = {"name": accuracy["dataset"], "path": accuracy["path"], "origin": "bench.sh --images"}
+    return found
 
 
 def settings_inputs(images: Optional[Path]) -> str:

@@ -22,6 +22,7 @@ import json
 import math
 import os
 import platform
+import re
 import stat
 import sys
 import time
@@ -43,6 +44,7 @@ MAX_SIDE = 8192                    # pixels per side of the model input: larger 
 MAX_BATCH = 4096
 MAX_CLASSES = 100_000
 DEFAULT_MAX_IMAGE_PIXELS = 89_478_485   # Pillow's own decompression-bomb limit (--max-image-pixels raises it)
+IMAGE_CHUNK = 256                  # images decoded and run at a time (a folder may hold thousands)
 # What a TensorRT bundle's setup.sh writes beside its graphs (the engine, its record) and at the top (the timing
 # cache, trtexec's log): edgecnn's own output, although no manifest can list it.
 DEVICE_BUILT = ("model.plan", "engine.json", "timing.cache", "build_engine.log")
@@ -453,6 +455,56 @@ def image_paths(target: Path) -> list[Path]:
     if not target.exists():
         raise BundleError(f"{target} does not exist; give an image file or a folder of images")
     return [target]
+
+
+def comparable_class_name(name: str) -> str:
+    """A class name as a folder can spell it: case, spaces and punctuation ignored ('T-shirt/top' ~ 'tshirt_top'),
+    as edgecnn matches a dataset's class sub-folders to a model's classes."""
+    return re.sub(r"[\W_]+", "", name).casefold()
+
+
+def labelled_images(folder: Path, paths: Sequence[Path], class_names: Sequence[str]) -> list[int] | None:
+    """Each image's true class (an index into `class_names`) when `folder` is labelled: every image sits in a
+    sub-folder named as one of the model's classes (one sub-folder per class, any order, as `edgecnn eval --data`
+    reads one). None when it is not (a flat folder, or sub-folders with other names, e.g. train/ and test/)."""
+    if not folder.is_dir() or not class_names:
+        return None
+    by_name = {comparable_class_name(n): k for k, n in enumerate(class_names)}
+    labels = []
+    for path in paths:
+        parts = path.relative_to(folder).parts
+        label = by_name.get(comparable_class_name(parts[0])) if len(parts) > 1 else None
+        if label is None:
+            return None
+        labels.append(label)
+    return labels
+
+
+def classify_images(model: "Model", paths: Sequence[Path], manifest: dict[str, Any],
+                    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[np.ndarray, np.ndarray | None]:
+    """Logits (N×classes) of every image, and the exit each took (None for a single-graph model): decoded and run
+    IMAGE_CHUNK images at a time, in the batches the graph takes (a static batch's padding dropped)."""
+    logits, exits = [], []
+    for start in range(0, len(paths), IMAGE_CHUNK):
+        chunk = [decode_image(path, max_pixels) for path in paths[start:start + IMAGE_CHUNK]]
+        results = [model.classify(x) for x in batch_of(chunk, manifest)]
+        logits.append(np.concatenate([z for z, _ in results])[:len(chunk)])
+        if results[0][1] is not None:
+            exits.append(np.concatenate([e for _, e in results])[:len(chunk)])
+    return np.concatenate(logits), np.concatenate(exits) if exits else None
+
+
+def accuracy_record(predictions: np.ndarray, labels: Sequence[int], folder: Path,
+                    manifest: dict[str, Any]) -> dict[str, Any]:
+    """Top-1 on a labelled folder, as edgecnn's bench records accuracy (a results record's `accuracy`); a folder
+    named train, val or test is that split of the dataset its parent folder names."""
+    where = folder.resolve()
+    split = where.name if where.name in ("train", "val", "test") else None
+    correct = int((np.asarray(predictions) == np.asarray(labels)).sum())
+    return {"dataset": where.parent.name if split else where.name, "split": split or "all", "path": str(where),
+            "samples": len(labels), "correct": correct, "top1": round(100.0 * correct / len(labels), 3),
+            "classes": manifest["model"]["num_classes"], "reference_top1": None, "drop": None,
+            "agreement_vs_torch_fp32": None, "labels": "the class sub-folders of the images"}
 
 
 # ---------------------------------------------------------------- runtimes: one class each, registered once

@@ -4,6 +4,9 @@
     python3 run.py IMAGE|FOLDER [--top-k 5] [--backend NAME] [--threads N] [--verify-key PUB.pem]
     python3 run.py --check          # verify every file's SHA-256 and load the model once (setup.sh does this)
 
+A labelled FOLDER (one sub-folder per class, named as the model's classes, as `edgecnn eval --data` reads one) also
+gets its top-1 accuracy, on the last line.
+
 Needs numpy, Pillow and the runtime in requirements.txt (and cryptography for --verify-key); nothing from edgecnn,
 no torch.
 """
@@ -77,21 +80,22 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.check:
             return _check(manifest, model, backend, signed=args.verify_key is not None)
         paths = b.image_paths(args.images)
-        pixels = [b.decode_image(path, args.max_image_pixels) for path in paths]
         names = manifest["class_names"] or [str(i) for i in range(manifest["model"]["num_classes"])]
+        labels = b.labelled_images(args.images, paths, manifest["class_names"])
+        logits, exits = b.classify_images(model, paths, manifest, args.max_image_pixels)
         k = min(args.top_k, len(names))
-        done = 0
-        for x in b.batch_of(pixels, manifest):
-            logits, exits = model.classify(x)
-            for row in range(min(len(x), len(paths) - done)):
-                z = logits[row].astype(np.float64)
-                prob = np.exp(z - z.max())
-                prob /= prob.sum()
-                top = np.argsort(-prob)[:k]
-                where = f"  [exit {int(exits[row]) + 1}/{len(model.stages)}]" if exits is not None else ""
-                shown = ", ".join(f"{names[i]} {prob[i]:.3f}" for i in top)
-                print(b.printable(f"{paths[done + row]}: {shown}{where}"))
-            done += len(x)
+        for row, path in enumerate(paths):
+            z = logits[row].astype(np.float64)
+            prob = np.exp(z - z.max())
+            prob /= prob.sum()
+            top = np.argsort(-prob)[:k]
+            where = f"  [exit {int(exits[row]) + 1}/{len(model.stages)}]" if exits is not None else ""
+            shown = ", ".join(f"{names[i]} {prob[i]:.3f}" for i in top)
+            print(b.printable(f"{path}: {shown}{where}"))
+        if labels is not None:
+            score = b.accuracy_record(logits.argmax(axis=1), labels, args.images, manifest)
+            print(b.printable(f"accuracy: top-1 {score['top1']:.2f}% ({score['correct']}/{score['samples']}) on "
+                              f"{args.images}, labelled by its class sub-folders"))
     except b.BundleError as e:
         print(f"run.py: error: {b.printable(str(e))}", file=sys.stderr)
         return 2
