@@ -4,8 +4,8 @@ and `pick` answers with the accuracy those weights have on that data — every r
 weights (SHA-256) and which dataset, INT8 calibrated on the weights' own training split, and no output line naming
 Fashion-MNIST.
 
-`journey` (module scope) is the hook for more steps on the same run: `eval` of the INT8 artifact and of a bundle
-agreeing with bench to ±1 image belongs here (issue 25 point 4).
+`eval` of the INT8 artifact and of its deploy bundle, each on the weights' own test folder, agree with bench's
+record of that artifact to ±1 image (issue 25 point 4).
 """
 from __future__ import annotations
 
@@ -96,6 +96,17 @@ def test_the_journey(journey: Journey, capsys: pytest.CaptureFixture[str]) -> No
     resolution = json.loads((journey.artifact / "manifest.json").read_text())["calibration"]["resolution"]
     assert resolution["validation_images"] == 60 and resolution["max_drop_as_measured_pt"] == pytest.approx(100 / 60, abs=1e-3)
     assert "resolution: 60 validation images" in journey.outputs["export"]
+
+    # eval of the INT8 artifact and of its bundle score the same images as bench did, on the weights' own data
+    _run(capsys, journey, "deploy", ["deploy", str(journey.artifact), "--target", "onnxruntime",
+                                     "--out", str(journey.artifact.parent / "bundle")])
+    bench_correct = artifact_record["accuracy"]["top1"] * 120 / 100
+    for form, model in (("eval artifact", journey.artifact), ("eval bundle", journey.artifact.parent / "bundle")):
+        out = journey.artifact.parent / form.replace(" ", "-")
+        _run(capsys, journey, form, ["eval", str(model), "--threads", "1", "--out", str(out)])
+        scored = json.loads((out / "eval.json").read_text())
+        assert scored["samples"] == 120 and abs(scored["correct"] - bench_correct) <= 1, (form, scored["correct"])
+        assert f"({scored['correct']}/120)" in journey.outputs[form]
 
     for command, text in journey.outputs.items():
         for line in text.splitlines():
