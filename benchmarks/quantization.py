@@ -36,6 +36,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from edgecnn.atomic import atomic_write
+
 RESULTS = Path(__file__).parent / "results"
 FMNIST_MODELS = ("lenet5_fmnist", "resnet18_fmnist", "alexnet_fmnist", "vgg11_bn_fmnist", "vgg16_bn_fmnist",
                  "googlenet_fmnist", "bn_inception_fmnist", "inception_v3_fmnist", "inception_v4_fmnist",
@@ -54,9 +56,7 @@ SLOWER_IF_LOSING_FRACTION = 0.9   # of the paired rounds (see no_slower)
 
 
 def _write(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=1) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(payload, indent=1) + "\n")
 
 
 def _utc_now() -> str:
@@ -581,7 +581,8 @@ def _print_ir_floor(sizes: dict[str, dict[str, Any]], bar: float = SIZE_BAR) -> 
 
 
 def print_tables(args: argparse.Namespace) -> None:
-    """The README's INT8 tables, from the committed results (so the README never carries hand-copied numbers)."""
+    """The INT8 tables of docs/results/int8.md, from the committed results (so the docs never carry hand-copied
+    numbers)."""
     acc = json.loads((RESULTS / "quantization_accuracy.json").read_text())
     sizes = json.loads((RESULTS / "quantization_size.json").read_text())["models"]
     size_runtimes = [r for r in SIZE_RUNTIMES.values() if any(r in rec for rec in sizes.values())]
@@ -677,7 +678,7 @@ def main() -> None:
     e.add_argument("--threads", type=int, default=2)
     e.add_argument("--resume", action="store_true", help="keep models already in the results file")
     e.set_defaults(func=run_seeds)
-    t = sub.add_parser("table", help="print the README's INT8 tables from the committed results")
+    t = sub.add_parser("table", help="print the INT8 tables of docs/results/int8.md from the committed results")
     t.set_defaults(func=print_tables, threads=1)
     args = p.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))

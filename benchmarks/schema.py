@@ -25,11 +25,10 @@ import errno
 import hashlib
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from edgecnn.atomic import atomic_write, probe_directory
 from edgecnn.errors import UserError
 # The artifact manifest's JSON type checks, shared so both files are checked alike.
 from edgecnn.export.manifest import _DICT, _STR, _Is, _List, _Map, _Object, _Optional, _Spec
@@ -291,9 +290,7 @@ def probe_writable(path: Path) -> None:
     """Before minutes of measuring: one line if `path`'s folder cannot take a file (nothing is left there)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
-        os.close(fd)
-        os.unlink(tmp)
+        probe_directory(path.parent, prefix=f".{path.name}.tmp-")
     except OSError as e:
         raise _write_error(path, e) from e
 
@@ -303,17 +300,4 @@ def write_results(path: Path, results: dict[str, Any]) -> None:
     never leaves half a file, nor a temporary one; a failure is one line (`ResultsWriteError`)."""
     document = {k: v for k, v in results.items() if k not in ("source", DIGEST_FIELD)}
     document[DIGEST_FIELD] = results_digest(document)
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
-        with os.fdopen(fd, "w") as f:
-            json.dump(document, f, indent=1)
-            f.write("\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except OSError as e:
-        raise _write_error(path, e) from e
-    finally:
-        if tmp is not None and os.path.lexists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, json.dumps(document, indent=1) + "\n", mode=0o644, error=lambda e: _write_error(path, e))

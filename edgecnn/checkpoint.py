@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import errno
 import json
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ import torch.nn as nn
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from edgecnn.atomic import atomic_write, probe_directory
 from edgecnn.errors import CheckpointError
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -54,32 +53,14 @@ def ensure_writable_dir(directory: Path) -> None:
         raise CheckpointError(f"cannot write under {directory}: {existing} is a file, not a directory; "
                               "choose another --out")
     try:
-        fd, probe = tempfile.mkstemp(dir=existing, prefix=".edgecnn-write-probe.")
+        probe_directory(existing)
     except OSError as e:
         raise _cannot_write(Path(directory), e) from e
-    os.close(fd)
-    os.unlink(probe)
 
 
-def _atomic_write(path: Path, write: Any) -> None:
+def _atomic_write(path: Path, content: Any) -> None:
     """Write through a temp file in the same directory, then rename: no half-written file survives."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as e:
-        raise _cannot_write(path, e) from e
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a checkpoint is as readable as any file
-        os.replace(tmp, path)
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise _cannot_write(path, e) from e
-        raise
+    atomic_write(path, content, error=lambda e: _cannot_write(path, e))
 
 
 def save_checkpoint(model: nn.Module, path: Path | str, metadata: dict[str, Any],
@@ -91,7 +72,7 @@ def save_checkpoint(model: nn.Module, path: Path | str, metadata: dict[str, Any]
     sidecar = {"schema": SIDECAR_SCHEMA, "torch": torch.__version__, "dtype": str(dtype).replace("torch.", ""),
                **metadata}
     _atomic_write(path, lambda tmp: save_file(state, tmp, metadata={"model": str(metadata.get("model", ""))}))
-    _atomic_write(sidecar_path(path), lambda tmp: Path(tmp).write_text(json.dumps(sidecar, indent=2) + "\n"))
+    _atomic_write(sidecar_path(path), json.dumps(sidecar, indent=2) + "\n")
     return path
 
 

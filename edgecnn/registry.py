@@ -14,6 +14,7 @@ from typing import Any, Callable
 import torch.nn as nn
 
 from edgecnn.errors import UserError
+from edgecnn.registries import Registry
 from edgecnn.validation import positive_int
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -62,41 +63,41 @@ class ModelConfig:
         return asdict(self)
 
 
-_MODELS: dict[str, tuple[Callable[..., nn.Module], ModelConfig]] = {}
+def _ensure_zoo_loaded() -> None:
+    import edgecnn.zoo  # noqa: F401  (registers every family on import)
+
+
+def _unknown_model(name: str) -> str:
+    close = difflib.get_close_matches(name, list(_MODELS), n=4, cutoff=0.5)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    return f"unknown model {name!r}.{hint} Run `edgecnn list` to see all {len(_MODELS)} models."
+
+
+_MODELS: Registry[tuple[Callable[..., nn.Module], ModelConfig]] = Registry(
+    "model", unique=True, unknown=_unknown_model, before_lookup=_ensure_zoo_loaded)
 
 
 def register_model(*, dataset: str = "imagenet", family: str | None = None,
                    **config: Any) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Register a constructor under its function name; its module file names the family."""
     def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if fn.__name__ in _MODELS:
-            raise ValueError(f"model {fn.__name__!r} registered twice")
         fields = {**DATASET_DEFAULTS[dataset], **config}
         fields.setdefault("description", (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else "")
         cfg = ModelConfig(name=fn.__name__, family=family or fn.__module__.rsplit(".", 1)[-1],
                           dataset=dataset, **fields)
-        _MODELS[fn.__name__] = (fn, cfg)
+        _MODELS.add(fn.__name__, (fn, cfg))
         return fn
     return wrap
 
 
-def _ensure_zoo_loaded() -> None:
-    import edgecnn.zoo  # noqa: F401  (registers every family on import)
-
-
 def unknown_model_error(name: str) -> UserError:
-    close = difflib.get_close_matches(name, list(_MODELS), n=4, cutoff=0.5)
-    hint = f" Did you mean: {', '.join(close)}?" if close else ""
-    return UserError(f"unknown model {name!r}.{hint} Run `edgecnn list` to see all {len(_MODELS)} models.")
+    return _MODELS.unknown_error(name)
 
 
 def get_config(name: str) -> ModelConfig:
     if not isinstance(name, str):
         raise UserError(f"a model name must be a string such as 'resnet18_fmnist', got {name!r}")
-    _ensure_zoo_loaded()
-    if name not in _MODELS:
-        raise unknown_model_error(name)
-    return _MODELS[name][1]
+    return _MODELS.lookup(name)[1]
 
 
 def list_models(pattern: str = "*") -> list[str]:

@@ -38,6 +38,7 @@ import threading
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterator
 
+from edgecnn.atomic import current_umask
 from edgecnn.errors import UserError
 from edgecnn.export.tensorrt import BUILD_LOG, ENGINE_RECORD, PLAN_FILE, TIMING_CACHE
 from edgecnn.jsonfile import JSONFileError, read_json
@@ -609,7 +610,7 @@ def marked_staging(out: Path, what: str, check_replace: Callable[[Path], None]) 
         try:
             _mark(staging)
             yield staging
-            os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes 0700; the output is as readable as any dir
+            os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp makes 0700; the output is as readable as any dir
             _commit(staging, out, check_replace)
         except OSError as e:
             shutil.rmtree(staging, ignore_errors=True)
@@ -643,12 +644,6 @@ def _commit(staging: Path, out: Path, check_replace: Callable[[Path], None]) -> 
         _unmark(out)
         raise
     shutil.rmtree(old, ignore_errors=True)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def preprocessing_record(config: ModelConfig, input_size: tuple[int, int, int]) -> dict[str, Any]:

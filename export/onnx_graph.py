@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import io
-import logging
 import os
 import sys
 import time
@@ -28,6 +26,7 @@ import torch
 import torch.nn as nn
 
 from edgecnn.errors import UserError
+from edgecnn.quiet import silenced
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -61,21 +60,16 @@ class HalfPrecision(nn.Module):
 def _quiet_exporter() -> Iterator[None]:
     """torch.onnx prints progress, deprecation notes and (from C++, on failure) whole IR graphs to stdout;
     keep the CLI readable: the failure itself is raised as an ExportError."""
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
     sys.stdout.flush()
     saved_fd = os.dup(1)
     try:
-        with open(os.devnull, "w") as devnull, warnings.catch_warnings(), \
-                contextlib.redirect_stdout(io.StringIO()):
+        with silenced("torch.onnx", stdout=True), open(os.devnull, "w") as devnull, warnings.catch_warnings():
             os.dup2(devnull.fileno(), 1)
             warnings.simplefilter("ignore")
             yield
     finally:
         os.dup2(saved_fd, 1)
         os.close(saved_fd)
-        logger.setLevel(level)
 
 
 def _first_line(e: BaseException) -> str:

@@ -49,6 +49,7 @@ from edgecnn.export.placement import Trial, cheapest_fallback, place_for_speed
 from edgecnn.export.profile import PROFILED_TARGETS, ModelRun, graph_layers, layer_sqnr
 from edgecnn.export.runtime import open_session
 from edgecnn.quiet import silenced
+from edgecnn.registries import Registry
 
 if TYPE_CHECKING:
     from edgecnn.export.pipeline import ExportContext
@@ -132,18 +133,10 @@ class Quantizer:
         return []
 
 
-QUANTIZERS: dict[str, Quantizer] = {}
-
-
-def register_quantizer(cls: type[Quantizer]) -> type[Quantizer]:
-    QUANTIZERS[cls.target] = cls()
-    return cls
-
-
-def get_quantizer(target: str) -> Quantizer:
-    if target not in QUANTIZERS:
-        raise UserError(f"the {target} target has no INT8 quantizer; INT8 exports to {', '.join(QUANTIZERS)}")
-    return QUANTIZERS[target]
+QUANTIZERS: Registry[Quantizer] = Registry("quantizer", key="target", instantiate=True,
+                                           unknown="the {name} target has no INT8 quantizer; INT8 exports to {choices}")
+register_quantizer = QUANTIZERS.register   # @register_quantizer on a Quantizer subclass files an instance by target
+get_quantizer = QUANTIZERS.lookup
 
 
 def check_int8(target: str, options: CalibrationOptions) -> None:

@@ -31,6 +31,7 @@ import numpy as np
 
 from edgecnn.errors import UserError
 from edgecnn.export.manifest import ArtifactError, read_manifest
+from edgecnn.registries import Registry
 from edgecnn.validation import positive_int
 
 
@@ -213,12 +214,8 @@ class Session:
         self.close()
 
 
-BACKENDS: dict[str, type[Session]] = {}
-
-
-def register_backend(cls: type[Session]) -> type[Session]:
-    BACKENDS[cls.name] = cls
-    return cls
+BACKENDS: Registry[type[Session]] = Registry("backend", sort_choices=True)
+register_backend = BACKENDS.register   # @register_backend on a Session subclass files it under its name
 
 
 def _load_error(session: Session, e: Exception) -> ArtifactError:
@@ -584,9 +581,7 @@ def open_session(directory: Path | str, manifest: dict[str, Any], backend: str |
                  threads: int | None = None, **options: Any) -> Session:
     """A session on an already-validated manifest (export uses this on its staging directory)."""
     backend = backend or manifest["default_backend"]
-    cls = BACKENDS.get(backend)
-    if cls is None:
-        raise UserError(f"unknown backend {backend!r}; choose one of {', '.join(sorted(BACKENDS))}")
+    cls = BACKENDS.lookup(backend)
     if "early_exit" in manifest and not cls.runs_early_exit and not options.pop("trunk", False):
         raise UserError(f"{directory} is an early-exit artifact ({len(manifest['early_exit']['stages'])} stages): "
                         f"load it with backend='early_exit' (runtime={backend!r}), or pass trunk=True to run "

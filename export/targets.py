@@ -17,6 +17,7 @@ from edgecnn.errors import UserError
 from edgecnn.export import tensorrt
 from edgecnn.export.onnx_graph import ExportError, HalfPrecision, export_onnx
 from edgecnn.export.onnx_source import OnnxModel
+from edgecnn.registries import Registry
 
 if TYPE_CHECKING:
     from edgecnn.export.pipeline import ExportContext
@@ -79,18 +80,9 @@ class Target:
         return report
 
 
-TARGETS: dict[str, Target] = {}
-
-
-def register_target(cls: type[Target]) -> type[Target]:
-    TARGETS[cls.name] = cls()
-    return cls
-
-
-def get_target(name: str) -> Target:
-    if name not in TARGETS:
-        raise UserError(f"unknown target {name!r}; choose one of {', '.join(TARGETS)}")
-    return TARGETS[name]
+TARGETS: Registry[Target] = Registry("target", instantiate=True)
+register_target = TARGETS.register   # @register_target on a Target subclass files an instance under its name
+get_target = TARGETS.lookup
 
 
 @register_target

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from edgecnn.errors import UserError
+from edgecnn.registries import Registry
 
 BUNDLE_KIND = "edgecnn-deploy-bundle"
 TEMPLATES = Path(__file__).with_name("templates")
@@ -66,18 +67,9 @@ class DeployTarget:
             raise UserError(f"the {self.name} target deploys {', '.join(self.precisions)}, not {precision!r}")
 
 
-DEPLOY_TARGETS: dict[str, DeployTarget] = {}
-
-
-def register_deploy_target(target: DeployTarget) -> DeployTarget:
-    DEPLOY_TARGETS[target.name] = target
-    return target
-
-
-def get_deploy_target(name: str) -> DeployTarget:
-    if name not in DEPLOY_TARGETS:
-        raise UserError(f"unknown deploy target {name!r}; choose one of {', '.join(DEPLOY_TARGETS)}")
-    return DEPLOY_TARGETS[name]
+DEPLOY_TARGETS: Registry[DeployTarget] = Registry("deploy target")
+register_deploy_target = DEPLOY_TARGETS.register
+get_deploy_target = DEPLOY_TARGETS.lookup
 
 
 register_deploy_target(DeployTarget(
