@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/float_placement.py placement --threads 1    # --placement fast vs FP32 and INT8
     .venv/bin/python benchmarks/float_placement.py fallback --threads 1     # --fallback cost vs sensitivity
+    .venv/bin/python benchmarks/float_placement.py table FILE [FILE ...]      # the Markdown tables of docs/explain.md
 
 placement: per model, the FP32 artifact, the default INT8 one and the `--placement fast` one (`--target`, ONNX
 Runtime by default; `--threads` for the placement's own timings too), loaded together and timed in interleaved
@@ -113,14 +114,20 @@ def _payload(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _write(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=1) + "\n")
-    os.replace(tmp, path)
+    from edgecnn.atomic import atomic_write
+
+    atomic_write(path, json.dumps(payload, indent=1) + "\n")
 
 
 def run(args: argparse.Namespace) -> None:
     payload = _payload(args)
     out = args.out or RESULTS / f"{args.what}-{args.target}-{args.host}-{args.threads}t.json"
+    if args.append and out.exists():
+        earlier = json.loads(out.read_text())
+        if earlier["threads"] != args.threads or earlier.get("max_drop_pt") != payload.get("max_drop_pt"):
+            sys.exit(f"float_placement: {out} was measured with other settings; --append keeps the same ones")
+        payload["models"] = [m for m in earlier["models"] if m["model"] not in args.models]
+        payload["command"] = f"{earlier['command']} ; {payload['command']}"
     if args.what == "fallback":
         payload.update(max_drop_pt=args.max_drop, calibrator=args.calibrator)
     from edgecnn.errors import UserError
@@ -139,7 +146,58 @@ def run(args: argparse.Namespace) -> None:
         print(json.dumps({"model": name, "median_ms": record["median_ms"], "bars": record["bars"]}), flush=True)
 
 
+def _ratio(record: dict[str, Any], variant: str) -> str:
+    versus = record["versus_fp32"][variant]
+    return f"{versus['median_ratio']:.2f}× ({versus['rounds_lost']}/{versus['rounds']} rounds slower)"
+
+
+def _placement_rows(payload: dict[str, Any]) -> list[str]:
+    rows = ["| model | FP32 ms | INT8 ms (INT8/FP32) | `--placement fast` ms (…/FP32) | left in float | drop val · test pt |",
+            "|---|---|---|---|---|---|"]
+    for r in payload["models"]:
+        if r.get("refused"):
+            rows.append(f"| {r['model']} | refused: {r['refused']} |||||")
+            continue
+        ms, placement = r["median_ms"], r["placement"]
+        left = placement["left_in_float"]
+        left = left if isinstance(left, str) else ", ".join(left) or "none"
+        rows.append(f"| {r['model']} | {ms['fp32']:.4f} | {ms['int8']:.4f} ({_ratio(r, 'int8')}) | "
+                    f"{ms['int8_fast']:.4f} ({_ratio(r, 'int8_fast')}) | {left} | "
+                    f"{r['validation_drop_pt']['int8_fast']:+.2f} · {r['test_drop_pt']['int8_fast']:+.2f} |")
+    return rows
+
+
+def _fallback_rows(payload: dict[str, Any]) -> list[str]:
+    rows = ["| model | FP32 ms | sensitivity ms (graph nodes in float, val · test drop pt) | cost ms (nodes, drop) | "
+            "cost / sensitivity | cost chosen by |", "|---|---|---|---|---|---|"]
+    for r in payload["models"]:
+        if r.get("refused"):
+            rows.append(f"| {r['model']} | refused: {r['refused']} |||||")
+            continue
+        ms, v = r["median_ms"], r["variants"]
+        cells = [f"{ms[k]:.4f} ({len(v[k]['nodes_to_exclude'])}, {v[k]['validation_drop_pt']:+.2f} · "
+                 f"{v[k]['test_drop_pt']:+.2f})" for k in ("sensitivity", "cost")]
+        rows.append(f"| {r['model']} | {ms['fp32']:.4f} | {cells[0]} | {cells[1]} | "
+                    f"**{r['cost_over_sensitivity_median_ratio']:.2f}×** | {v['cost']['fallback'].get('chosen_by')} |")
+    return rows
+
+
+def table(paths: list[Path]) -> None:
+    """Print each results file as the Markdown table docs/explain.md shows."""
+    for path in paths:
+        payload = json.loads(path.read_text())
+        what = "fallback" if "max_drop_pt" in payload else "placement"
+        settings = (f", `--calibrator {payload['calibrator']} --max-drop {payload['max_drop_pt']}`"
+                    if what == "fallback" else "")
+        print(f"`{path.name}` ({payload['machine']['name']}, {payload['threads']} thread(s){settings}; "
+              f"`{payload['command']}`):\n")
+        print("\n".join(_placement_rows(payload) if what == "placement" else _fallback_rows(payload)) + "\n")
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["table"]:
+        table([Path(a) for a in sys.argv[2:]])
+        return
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", choices=("placement", "fallback"))
     p.add_argument("--models", nargs="*")
@@ -151,6 +209,8 @@ def main() -> None:
     p.add_argument("--calibrator", default="entropy", help="fallback: --calibrator (default: %(default)s)")
     p.add_argument("--host", default="amd-epyc-avxvnni-2", help="results file suffix (default: %(default)s)")
     p.add_argument("--out", type=Path)
+    p.add_argument("--append", action="store_true",
+                   help="keep the models already in --out (same what, target and threads) and add these")
     args = p.parse_args()
     args.models = args.models or list(PLACEMENT_MODELS if args.what == "placement" else FALLBACK_MODELS)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))

@@ -44,6 +44,7 @@ from edgecnn.benchmarks.schema import (RESULTS_KIND, SCHEMA_VERSION, ResultsWrit
                                        probe_writable, read_results, write_results)
 from edgecnn.benchmarks.stats import latency_stats, round_spread
 from edgecnn.errors import UserError
+from edgecnn.registries import Registry
 from edgecnn.validation import non_negative_float, positive_float, positive_int
 
 if TYPE_CHECKING:
@@ -137,15 +138,12 @@ class RecordExtension:
 
 
 # Filled by the modules that know such artifacts (edgecnn.benchmarks.early_exit_record registers "early_exit").
-RECORD_EXTENSIONS: dict[str, RecordExtension] = {}
+RECORD_EXTENSIONS: Registry[RecordExtension] = Registry("record extension", instantiate=True)
 
 
 def register_record_extension(section: str) -> Callable[[type[RecordExtension]], type[RecordExtension]]:
     """Class decorator: artifacts whose manifest has `section` are prepared and recorded by this extension."""
-    def wrap(cls: type[RecordExtension]) -> type[RecordExtension]:
-        RECORD_EXTENSIONS[section] = cls()
-        return cls
-    return wrap
+    return RECORD_EXTENSIONS.register(name=section)
 
 
 def all_precisions() -> list[str]:
@@ -175,6 +173,10 @@ class SweepSettings:
     calibration_samples: int = peer_builders.DEFAULT_CALIBRATION_SAMPLES
     calibrator: str = "auto"                   # INT8 exports' calibrator (edgecnn.calibration.CALIBRATOR_NAMES)
     calib_samples: int | None = None           # INT8 exports' calibration images (None: `edgecnn export`'s default)
+    calib_data: str | None = None              # INT8 exports: as `edgecnn export --calib-data` (a folder or synthetic)
+    max_drop: float | None = None              # ... --max-drop, --placement, --fallback
+    placement: str | None = None
+    fallback: str | None = None
     cache_dir: Path = DEFAULT_CACHE
 
     def validated(self) -> SweepSettings:
@@ -185,7 +187,7 @@ class SweepSettings:
         self.description()  # --mean, --std, --classes that do not parse: one line
         unknown = [r for r in self.runtimes if r not in RUNTIMES]
         if unknown or not self.runtimes:
-            raise UserError(f"unknown runtime {', '.join(map(repr, unknown)) or '(none given)'} in --targets; "
+            raise UserError(f"unknown runtime {', '.join(map(repr, unknown)) or '(none given)'} in --runtimes; "
                             f"choose from {', '.join(RUNTIMES)}")
         precisions = list(self.precisions) if self.precisions else all_precisions()
         bad = [p for p in precisions if p not in all_precisions()]
@@ -215,8 +217,15 @@ class SweepSettings:
         """What INT8 exports calibrate with: the same options object `edgecnn export --calibrator` builds."""
         from edgecnn.calibration import CalibrationOptions
 
-        return CalibrationOptions(calibrator=self.calibrator,
-                                  **({"samples": self.calib_samples} if self.calib_samples is not None else {}))
+        from edgecnn.calibration import SYNTHETIC
+
+        given = {k: v for k, v in (("samples", self.calib_samples), ("max_drop", self.max_drop),
+                                   ("placement", self.placement), ("fallback", self.fallback)) if v is not None}
+        if self.calib_data == SYNTHETIC:
+            given["synthetic"] = True
+        elif self.calib_data is not None:
+            given["data"] = self.calib_data
+        return CalibrationOptions(calibrator=self.calibrator, **given)
 
     def description(self) -> Description:
         """What ONNX files without metadata_props are said to take (--mean, --std, --classes)."""
@@ -737,6 +746,14 @@ class Sweep:
         return self.results
 
 
+def bench(models: Sequence[str], out: Path | str, *, force: bool = False, resume: bool = False,
+          progress: bool = False, **settings: Any) -> dict[str, Any]:
+    """`edgecnn bench` in Python (`edgecnn.bench`): MODEL arguments as the command takes them, the other keywords
+    SweepSettings' fields (runtimes, precisions, batches, threads, iters, calibrator, max_drop, ...)."""
+    return run_sweep(SweepSettings(models=list(models), **settings), out, force=force, resume=resume,
+                     progress=progress)
+
+
 def run_sweep(settings: SweepSettings, out: Path | str, *, command: str | None = None, force: bool = False,
               resume: bool = False, progress: bool = False) -> dict[str, Any]:
     """Run the sweep and write its results to `out` (JSON), rewritten after every (model, batch).
@@ -797,7 +814,7 @@ def ensure_artifact(model: str | BenchModel, target: str, precision: str, batch:
     bench = model if isinstance(model, BenchModel) else bench_model(resolve_model(model), data)
     if bench.manifest is not None:
         return bench.own_artifact(target, precision, batch), True
-    path = Path(cache_dir) / bench.cache_name(target, precision, batch)
+    path = Path(cache_dir) / bench.cache_name(target, precision, batch, calibration)
     if path.exists():
         manifest = cached_manifest(path)
         if manifest is not None and bench.matches(manifest, target, precision, batch, calibration):

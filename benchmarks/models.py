@@ -9,6 +9,8 @@ source ONNX in ONNX Runtime for ONNX files, rebuilt from the manifest's record f
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -85,7 +87,11 @@ class BenchModel:
             raise UserError(why)
         return self.ref.path
 
-    def cache_name(self, target: str, precision: str, batch: int) -> str:
+    def cache_name(self, target: str, precision: str, batch: int,
+                   calibration: CalibrationOptions | None = None) -> str:
+        """The cache folder of one combination; INT8 calibrated other than by calibrator and sample count alone
+        (--calib-data, --max-drop, --placement, --fallback) gets a folder of its own, tagged by those options."""
+        precision = f"{precision}{_calibration_tag(calibration)}"
         if self.ref.kind == "zoo":
             return f"{self.ref.name}-{target}-{precision}-b{batch}"
         return f"{self.ref.name}-{self.weights['sha256'][:12]}-{target}-{precision}-b{batch}"
@@ -148,6 +154,20 @@ class BenchModel:
             return rebuild_source_model(self.manifest["model"])
         except (UserError, OSError):
             return None  # no reference: accuracy is still measured, its drop and agreement are not
+
+
+def _calibration_tag(calibration: CalibrationOptions | None) -> str:
+    """'' for the default recipe, else '.' and a short hash of the options that change what INT8 computes."""
+    if calibration is None:
+        return ""
+    extra = {k: v for k, v in (("data", str(calibration.data) if calibration.data else None),
+                               ("synthetic", calibration.synthetic or None), ("max_drop", calibration.max_drop),
+                               ("placement", None if calibration.placement == "accuracy" else calibration.placement),
+                               ("fallback", None if calibration.fallback == "sensitivity" else calibration.fallback))
+             if v is not None}
+    if not extra:
+        return ""
+    return "." + hashlib.sha256(json.dumps(extra, sort_keys=True).encode()).hexdigest()[:8]
 
 
 def _calibrated_as(record: dict[str, Any], calibration: CalibrationOptions) -> bool:

@@ -100,7 +100,7 @@ def load_for_pick(paths: Sequence[Path | str] | None, any_machine: bool = False)
         paths = committed_results(here)
         if not paths:
             raise UserError(f"no committed results for this machine ({here['name']}); measure it with "
-                            "`edgecnn bench '*_fmnist' --targets onnxruntime,openvino --out bench.json`, then "
+                            "`edgecnn bench '*_fmnist' --runtimes onnxruntime,openvino --out bench.json`, then "
                             "`edgecnn pick --results bench.json ...`")
     results = [read_results(p) for p in paths]
     if not any_machine and not any(same_machine(r["machine"], here) for r in results):

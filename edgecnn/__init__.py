@@ -19,6 +19,8 @@ _PUBLIC = {"UserError": "edgecnn.errors", "count_params": "edgecnn.layers", "Mod
 def __getattr__(name: str) -> Any:
     if name == "export":  # the export stage, imported on first use; callable: edgecnn.export(model, ...)
         return importlib.import_module("edgecnn.export")
+    if name == "bench":  # edgecnn.bench(models, out, ...): `edgecnn bench` in Python
+        return importlib.import_module("edgecnn.benchmarks.harness").bench
     if name not in _PUBLIC:
         raise AttributeError(f"module 'edgecnn' has no attribute {name!r}")
     value = getattr(importlib.import_module(_PUBLIC[name]), name)
@@ -27,8 +29,8 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_PUBLIC, "export"])
+    return sorted([*globals(), *_PUBLIC, "export", "bench"])
 
 
-__all__ = ["ModelConfig", "UserError", "ZOO_VERSION", "count_macs", "count_params", "create_model", "export",
+__all__ = ["ModelConfig", "UserError", "ZOO_VERSION", "bench", "count_macs", "count_params", "create_model", "export",
            "get_config", "list_models", "register_model", "__version__"]

@@ -129,7 +129,7 @@ def test_out_file_is_never_one_edgecnn_did_not_write(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("argv, message", [
     (["bench", "nope_fmnist"], "unknown model 'nope_fmnist'"),
-    (["bench", "lenet5_fmnist", "--targets", "onnx"], "unknown runtime 'onnx' in --targets"),
+    (["bench", "lenet5_fmnist", "--runtimes", "onnx"], "unknown runtime 'onnx' in --runtimes"),
     (["bench", "lenet5_fmnist", "--precisions", "fp8"], "unknown precision 'fp8'"),
     (["bench", "zzz*"], "no model matches"),
 ])
@@ -265,7 +265,7 @@ def disk_full_from(monkeypatch: pytest.MonkeyPatch):
                     os.close(full)
             return fd, name
 
-        monkeypatch.setattr(schema.tempfile, "mkstemp", mkstemp)
+        monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
     return arm
 
 
@@ -304,7 +304,7 @@ def test_more_threads_than_cores_is_said_and_marked_in_every_record(sweep: tuple
     _, _, cache = sweep
     cores = os.cpu_count()
     out = tmp_path / "over.json"
-    assert main(["bench", "lenet5_fmnist", "--targets", "onnxruntime", "--precisions", "fp32", "--threads",
+    assert main(["bench", "lenet5_fmnist", "--runtimes", "onnxruntime", "--precisions", "fp32", "--threads",
                  f"1,{cores + 1}", "--warmup-s", "0", "--iters", "4", "--rounds", "2", "--accuracy-samples", "64",
                  "--cache", str(cache), "--no-progress", "--out", str(out)]) == 0
     err = capsys.readouterr().err.strip().splitlines()

@@ -52,7 +52,7 @@ def test_without_data_int8_asks_for_data_or_synthetic_in_one_line(tmp_path: Path
 def test_bench_reports_it_without_accuracy_pick_never_answers_with_it_deploy_needs_timing_only(
         synthetic_artifact: Path, tmp_path: Path, capsys) -> None:
     results = tmp_path / "bench.json"
-    assert main(["bench", str(synthetic_artifact), "--targets", "onnxruntime", "--precisions", "int8", "--iters", "5",
+    assert main(["bench", str(synthetic_artifact), "--runtimes", "onnxruntime", "--precisions", "int8", "--iters", "5",
                  "--rounds", "1", "--warmup-s", "0", "--threads", "1", "--out", str(results), "--no-progress"]) == 0
     assert "latency only" in capsys.readouterr().out
     data = json.loads(results.read_text())

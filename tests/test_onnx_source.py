@@ -98,7 +98,7 @@ def test_bench_pick_and_deploy_take_the_file_and_its_artifact(onnx_file: Path, e
                                                               tmp_path: Path, capsys) -> None:
     results = tmp_path / "bench.json"
     artifact = exported["openvino", "int8"]
-    assert main(["bench", str(onnx_file), str(artifact), "--targets", "onnxruntime,openvino,torch",
+    assert main(["bench", str(onnx_file), str(artifact), "--runtimes", "onnxruntime,openvino,torch",
                  "--precisions", "fp32,int8", *MEAN_STD, "--data", str(shapes_folder), "--iters", "5",
                  "--rounds", "1", "--warmup-s", "0", "--threads", "1", "--calibrator", "minmax",
                  "--cache", str(tmp_path / "cache"), "--out", str(results), "--no-progress"]) == 0

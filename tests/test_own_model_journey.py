@@ -58,7 +58,7 @@ def test_the_journey(journey: Journey, capsys: pytest.CaptureFixture[str]) -> No
     _run(capsys, journey, "export", ["export", str(lenet), "--precision", "int8", "--calibrator", "minmax",
                                      "--max-drop", "0.5", "--out", str(journey.artifact), "--no-progress"])
     _run(capsys, journey, "bench", [
-        "bench", str(lenet), str(resnet), str(journey.artifact), "--targets", "onnxruntime",
+        "bench", str(lenet), str(resnet), str(journey.artifact), "--runtimes", "onnxruntime",
         "--precisions", "fp32,int8", "--iters", "10", "--rounds", "2", "--warmup-s", "0", "--threads", "1",
         "--calibrator", "minmax", "--calib-samples", "128", "--cache", str(journey.cache), "--out",
         str(journey.results), "--no-progress"])

@@ -118,7 +118,7 @@ def _command(name: str, results: Path, tmp_path: Path) -> list[str]:
     return {"report": ["report", str(results), "--out", str(tmp_path / "report")],
             "pick": ["pick", "--budget-ms", "100", "--results", str(results)],
             # bench_small.json's own command (its "command"), so that the settings match
-            "resume": ["bench", "lenet5_fmnist", "--targets", "torch,onnxruntime,openvino,tensorrt", "--precisions",
+            "resume": ["bench", "lenet5_fmnist", "--runtimes", "torch,onnxruntime,openvino,tensorrt", "--precisions",
                        "fp32,fp16", "--batch", "1,8", "--threads", "1", "--warmup-s", "0.1", "--iters", "50",
                        "--rounds", "3", "--peers", "--accuracy-samples", "1000", "--cache", "cache", "--no-progress",
                        "--resume", "--out", str(results)]}[name]
@@ -157,7 +157,7 @@ def test_bench_out_is_never_a_device_or_other_non_regular_file(device: str, tmp_
     """Reading /dev/zero to see whether it holds earlier results would never end."""
     with pytest.raises(UserError, match="is not a regular file"):
         check_output(Path(device), force=True)
-    assert main(["bench", "lenet5_fmnist", "--targets", "onnxruntime", "--threads", "1", "--cache",
+    assert main(["bench", "lenet5_fmnist", "--runtimes", "onnxruntime", "--threads", "1", "--cache",
                  str(tmp_path / "cache"), "--no-progress", "--force", "--out", device]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "not a regular file" in err

@@ -8,28 +8,15 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+from edgecnn.cli.args import add_calibration, add_description, add_output, calibration_options, list_of
 from edgecnn.validation import arg_type, non_negative_float, positive_float, positive_int
 
-DEFAULT_TARGETS = "torch,onnxruntime,openvino,tensorrt"
-
-
-def _list_of(check: Callable[[str], Any] | None = None) -> Callable[[str], list[Any]]:
-    """An argparse type for comma-separated values, each parsed by `check` (e.g. `--batch 1,8`)."""
-    def parse(text: str) -> list[Any]:
-        items = [t.strip() for t in text.split(",") if t.strip()]
-        if not items:
-            raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
-        return [check(t) for t in items] if check else items
-
-    parse.__name__ = f"list of {check.__name__}" if check else "list"
-    return parse
+DEFAULT_RUNTIMES = "torch,onnxruntime,openvino,tensorrt"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from edgecnn.calibration import CALIBRATOR_NAMES
-
     p = sub.add_parser(
         "bench", help="time models on runtimes × precisions against their accuracy",
         description="Export (or reuse) each model's artifact per runtime, precision and batch, time every "
@@ -42,13 +29,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("models", nargs="+", metavar="MODEL",
                    help="zoo names or shell patterns such as '*_fmnist', edgecnn checkpoints (runs/x/x.safetensors), "
                         "ONNX files and artifact folders (timed as they are, never exported again), side by side")
-    p.add_argument("--targets", type=_list_of(), default=DEFAULT_TARGETS.split(","), metavar="RUNTIMES",
-                   help=f"runtimes, comma-separated: {DEFAULT_TARGETS} (torch is the eager FP32 reference; default: all of them)")
-    p.add_argument("--precisions", type=_list_of(), metavar="LIST",
+    p.add_argument("--runtimes", "--targets", dest="runtimes", type=list_of(), default=DEFAULT_RUNTIMES.split(","),
+                   metavar="LIST", help=f"runtimes, comma-separated: {DEFAULT_RUNTIMES} (torch is the eager FP32 "
+                                        "reference; default: all of them; --targets: the old name, kept for one "
+                                        "release)")
+    p.add_argument("--precisions", type=list_of(), metavar="LIST",
                    help="comma-separated (default: every precision some target exports)")
-    p.add_argument("--batch", type=_list_of(arg_type(positive_int, "--batch")), default=[1], metavar="LIST",
+    p.add_argument("--batch", type=list_of(arg_type(positive_int, "--batch")), default=[1], metavar="LIST",
                    help="batch sizes, comma-separated (one static-batch artifact each; default: 1)")
-    p.add_argument("--threads", type=_list_of(arg_type(positive_int, "--threads")), metavar="LIST",
+    p.add_argument("--threads", type=list_of(arg_type(positive_int, "--threads")), metavar="LIST",
                    help=f"intra-op threads, comma-separated (default: all {os.cpu_count()} logical cores)")
     p.add_argument("--warmup-s", type=arg_type(non_negative_float, "--warmup-s"), default=2.0,
                    help="seconds of untimed calls per configuration before the rounds (default: 2)")
@@ -62,34 +51,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--peers", action="store_true",
                    help="also time what a user would pick instead, built from the same FP32 ONNX: "
                         "ONNX Runtime quantize_static and NNCF defaults, OpenVINO reading the ONNX")
-    p.add_argument("--data", help="accuracy dataset, instead of each model's own (default: the weights' own test split "
-                                  "and, for INT8, their training split to calibrate on: a checkpoint's sidecar says "
-                                  "which, Fashion-MNIST for the zoo's committed weights; models without a dataset "
-                                  "are timed only). Every record says which dataset it was measured on")
-    p.add_argument("--mean", help="ONNX files without metadata_props: per-channel mean on the [0, 1] scale")
-    p.add_argument("--std", help="ONNX files without metadata_props: per-channel std on the [0, 1] scale")
-    p.add_argument("--classes", metavar="FILE|a,b,c", help="ONNX files without metadata_props: class names")
+    add_description(p, data_help="accuracy dataset, instead of each model's own (default: the weights' own test "
+                                 "split and, for INT8, their training split to calibrate on: a checkpoint's sidecar "
+                                 "says which, Fashion-MNIST for the zoo's committed weights; models without a dataset "
+                                 "are timed only). Every record says which dataset it was measured on")
     p.add_argument("--data-root", help="where the named dataset lives")
     p.add_argument("--accuracy-samples", type=arg_type(positive_int, "--accuracy-samples"),
                    help="test images for accuracy (default: the whole test split)")
-    p.add_argument("--calibration-samples", type=arg_type(positive_int, "--calibration-samples"), default=300,
-                   help="train images the peers calibrate on (300 is NNCF's default subset)")
-    p.add_argument("--calib-samples", type=arg_type(positive_int, "--calib-samples"), metavar="N",
-                   help="calibration images of edgecnn's INT8 exports, from each model's own training split minus "
-                        "validation, as `edgecnn export --calib-samples` (default: 512)")
-    p.add_argument("--calibrator", choices=CALIBRATOR_NAMES, default="auto",
-                   help="range calibrator of edgecnn's INT8 exports, as `edgecnn export --calibrator`; a cached "
-                        "artifact calibrated otherwise is exported again, and a calibrator a target's quantizer "
-                        "lacks is a skipped combination (default: auto)")
+    p.add_argument("--peer-calib-samples", "--calibration-samples", dest="peer_calib_samples",
+                   type=arg_type(positive_int, "--peer-calib-samples"), default=300,
+                   help="train images the --peers calibrate on (300 is NNCF's default subset; --calibration-samples: "
+                        "the old name)")
+    add_calibration(p, profile_threads=False)
     p.add_argument("--cache", type=Path, default=Path("artifacts/bench"),
                    help="artifact cache; an artifact whose manifest matches is reused (default: artifacts/bench)")
     p.add_argument("--out", type=Path, required=True, metavar="FILE.json", help="results file to write")
-    p.add_argument("--force", action="store_true", help="replace --out if it holds earlier edgecnn results")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run in --out (same settings and machine): its finished "
                         "(model, batch) groups are kept, the rest measured; more models may be added. A file edited "
                         "since edgecnn wrote it, or whose artifacts changed, is refused")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_output(p)
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser(
@@ -109,8 +90,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "for this machine's CPU.")
     p.add_argument("--budget-ms", type=arg_type(positive_float, "--budget-ms"), required=True,
                    help="latency budget per call, in milliseconds")
-    p.add_argument("--max-drop", type=arg_type(non_negative_float, "--max-drop"),
-                   help="most accuracy (points) a candidate may lose against its model's PyTorch FP32 (default: no limit)")
+    p.add_argument("--max-test-drop", "--max-drop", dest="max_test_drop",
+                   type=arg_type(non_negative_float, "--max-test-drop"), metavar="PT",
+                   help="most test top-1 (points) a candidate may lose against its model's PyTorch FP32 (default: no "
+                        "limit; --max-drop: the old name, which export uses for the validation drop INT8 may cost)")
     p.add_argument("--batch", type=arg_type(positive_int, "--batch"), default=1, help="batch size (default: 1)")
     p.add_argument("--statistic", choices=("mean", "p50", "p90", "p99"), default="p50",
                    help="latency statistic held to the budget (default: p50)")
@@ -124,14 +107,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_bench(args: argparse.Namespace) -> int:
     from edgecnn.benchmarks.harness import SweepSettings, run_sweep
 
+    calibration = calibration_options(args, int8=True)  # as `edgecnn export --precision int8` reads the flags
     settings = SweepSettings(
-        models=args.models, runtimes=args.targets, precisions=args.precisions, batches=args.batch,
+        models=args.models, runtimes=args.runtimes, precisions=args.precisions, batches=args.batch,
         threads=args.threads, warmup_s=args.warmup_s,
         duration_s=None if args.iters else (args.duration_s or 10.0), iters=args.iters, rounds=args.rounds,
         peers=args.peers, data=args.data, data_root=args.data_root, accuracy_samples=args.accuracy_samples,
-        mean=args.mean, std=args.std, classes=args.classes,
-        calibration_samples=args.calibration_samples, calibrator=args.calibrator, calib_samples=args.calib_samples,
-        cache_dir=args.cache)
+        mean=args.mean, std=args.std, classes=args.classes, calibration_samples=args.peer_calib_samples,
+        calibrator=calibration.calibrator, calib_samples=args.calib_samples, calib_data=args.calib_data,
+        max_drop=args.max_drop, placement=args.placement, fallback=args.fallback, cache_dir=args.cache)
     results = run_sweep(settings, args.out, force=args.force, resume=args.resume,
                         progress=not args.no_progress)
     _print_records(results)
@@ -229,7 +213,7 @@ def cmd_pick(args: argparse.Namespace) -> int:
     from edgecnn.text import printable
 
     results = load_for_pick(args.results, any_machine=args.any_machine)
-    answer = pick(results, args.budget_ms, args.max_drop, args.batch, args.statistic, args.any_machine)
+    answer = pick(results, args.budget_ms, args.max_test_drop, args.batch, args.statistic, args.any_machine)
     drop = f", at most {answer.max_drop:g} pt below FP32" if answer.max_drop is not None else ""
     # names, paths and reasons come from the results files: escaped, so none can drive the terminal
     print(printable(f"budget {answer.budget_ms:g} ms ({answer.statistic} per call, batch {answer.batch}){drop}; "

@@ -6,11 +6,10 @@ from pathlib import Path
 
 from edgecnn.cli.table import format_table
 from edgecnn.errors import UserError
-from edgecnn.validation import arg_type, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from edgecnn.cli.export import MODEL_HELP, _add_calibration_arguments, _add_description_arguments
+    from edgecnn.cli.args import MODEL_HELP, add_batch, add_calibration, add_description, add_output
     from edgecnn.export.deploy import DEPLOY_TARGETS
     from edgecnn.export.targets import PRECISIONS
 
@@ -23,7 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     + "; ".join(f"{t.name}: {t.description}" for t in DEPLOY_TARGETS.values()))
     p.add_argument("name", metavar="MODEL", help=MODEL_HELP + ", or an artifact folder (bundled as it is, never "
                                                              "exported again)")
-    p.add_argument("--target", required=True, choices=list(DEPLOY_TARGETS))
+    p.add_argument("--device", "--target", dest="device", required=True, choices=list(DEPLOY_TARGETS),
+                   help="the device kind the bundle is for (--target: its old name, kept for one release)")
     p.add_argument("--precision", choices=PRECISIONS,
                    help="default: fp32 (an artifact's own); jetson: fp32/fp16/int8 (engine built on the device), "
                         "openvino: also bf16 (CPUs with AVX-512 BF16 or AMX)")
@@ -32,31 +32,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--timing-only", action="store_true",
                    help="allow a latency-only model (INT8 calibrated with --calib-data synthetic, accuracy unknown): "
                         "the bundle is for timing")
-    _add_description_arguments(p)
-    _add_calibration_arguments(p)
-    batch = p.add_mutually_exclusive_group()
-    batch.add_argument("--batch", type=arg_type(positive_int, "--batch"), default=1,
-                       help="static batch size of the graph (default: 1)")
-    batch.add_argument("--dynamic-batch", action="store_true",
-                       help="symbolic batch axis (a Jetson engine gets an optimization profile 1..--max-batch "
-                            "of setup.sh)")
+    add_description(p)
+    add_calibration(p, profile_threads=False)
+    add_batch(p, "symbolic batch axis (a Jetson engine gets an optimization profile 1..--max-batch of setup.sh)")
     p.add_argument("--out", type=Path, required=True, help="the bundle directory to write")
-    p.add_argument("--force", action="store_true",
-                   help="replace --out if it is an earlier edgecnn bundle (nothing else is ever replaced)")
     p.add_argument("--sign", type=Path, metavar="KEY.pem",
                    help="sign manifest.json with this Ed25519 private key (openssl genpkey -algorithm ed25519 -out "
                         "KEY.pem) into manifest.json.sig; the device checks it with ./setup.sh --verify-key PUB.pem "
                         "(openssl pkey -in KEY.pem -pubout -out PUB.pem). Needs pip install 'edgecnn[sign]'")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_output(p)
     p.set_defaults(func=cmd_deploy)
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
-    from edgecnn.cli.export import _calibration_lines, _calibration_options, description_options, weights_line
+    from edgecnn.cli.args import calibration_options, description_options
+    from edgecnn.cli.export import _calibration_lines, weights_line
     from edgecnn.export.deploy import build_bundle
 
     precision = args.precision or "fp32"
-    options = {"batch": args.batch, "dynamic_batch": args.dynamic_batch, "calibration": _calibration_options(args),
+    options = {"batch": args.batch, "dynamic_batch": args.dynamic_batch, "calibration": calibration_options(args, precision == "int8"),
                **{k: v for k, v in description_options(args).items() if v is not None}}
     if Path(args.name).is_dir():  # an artifact, bundled as it is: export options do not apply to it
         given = [flag for flag, on in (("--batch", args.batch != 1), ("--dynamic-batch", args.dynamic_batch),
@@ -66,11 +60,11 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         if given:
             raise UserError(f"{args.name} is an artifact, bundled as it is: {', '.join(given)} would need an export")
         options, precision = {}, args.precision
-    result = build_bundle(args.name, args.target, precision, args.out, checkpoint=args.checkpoint,
+    result = build_bundle(args.name, args.device, precision, args.out, checkpoint=args.checkpoint,
                           force=args.force, progress=not args.no_progress, sign=args.sign,
                           timing_only=args.timing_only, **options)
     m = result.manifest
-    print(f"{m['model']['name']} → {args.target} bundle ({m['target']} {m['precision']}): {result.path}")
+    print(f"{m['model']['name']} → {args.device} bundle ({m['target']} {m['precision']}): {result.path}")
     print(weights_line(m))
     print(format_table([[name, f"{f['bytes']:,}", f["sha256"][:16]] for name, f in m["files"].items()],
                        ["file", "bytes", "sha256"]))

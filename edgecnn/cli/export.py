@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from edgecnn.cli.args import (MODEL_HELP, add_batch, add_calibration, add_description, add_output,
+                              calibration_options, description_options)
 from edgecnn.cli.table import format_table
 from edgecnn.text import printable
 from edgecnn.validation import arg_type, non_negative_float, non_negative_int, positive_int
@@ -30,17 +32,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("name", metavar="MODEL", help=MODEL_HELP)
     p.add_argument("--checkpoint", help="weights for a zoo name: an edgecnn or timm .safetensors file or a "
                                         "torchvision-style .pth state dict (default: the committed weights, if any)")
-    _add_description_arguments(p)
-    p.add_argument("--target", choices=list(TARGETS), default="onnx", help="default: onnx")
+    add_description(p)
+    p.add_argument("--target", choices=list(TARGETS), default="onnx", help="export format (default: onnx)")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="default: fp32; int8 calibrates on data (options below); bf16: openvino, on CPUs with "
                         "AVX-512 BF16 or AMX")
-    _add_calibration_arguments(p)
-    _add_placement_arguments(p)
-    batch = p.add_mutually_exclusive_group()
-    batch.add_argument("--batch", type=arg_type(positive_int, "--batch"), default=1,
-                       help="static batch size of the graph (default: 1)")
-    batch.add_argument("--dynamic-batch", action="store_true", help="symbolic batch axis instead")
+    add_calibration(p)
+    add_batch(p, "symbolic batch axis instead")
     p.add_argument("--opset", type=arg_type(positive_int, "--opset"), default=DEFAULT_OPSET, help=f"ONNX opset, 17 or newer (default: {DEFAULT_OPSET})")
     p.add_argument("--exporter", choices=EXPORTERS, default="auto", help="torch's ONNX exporter; auto tries torchscript, then dynamo (default: auto)")
     p.add_argument("--input-size", metavar="HxW", type=_parse_hw,
@@ -61,9 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(graph), keep one graph per stage only (stages), or write both and default to the one "
                         "measured faster here (auto, the default)")
     p.add_argument("--out", type=Path, help="artifact directory (default: artifacts/NAME-TARGET-PRECISION)")
-    p.add_argument("--force", action="store_true",
-                   help="replace --out if it is an earlier edgecnn artifact (nothing else is ever replaced)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_output(p)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("inspect", help="show an artifact's manifest and verify its file hashes",
@@ -73,106 +69,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("directory", type=Path, metavar="ARTIFACT", help="an artifact folder (or a deploy bundle)")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON instead")
     p.set_defaults(func=cmd_inspect)
-
-
-MODEL_HELP = ("a zoo name (`edgecnn list`), an edgecnn checkpoint (runs/x/x.safetensors with its .json sidecar) or an "
-              "ONNX file (my.onnx)")
-
-
-def _add_description_arguments(p: argparse.ArgumentParser) -> None:
-    """--data (any MODEL) and what a sidecar would say about an ONNX file (--mean, --std, --classes)."""
-    p.add_argument("--data", metavar="DIR",
-                   help="the dataset to score and calibrate on: by default the weights' own (the checkpoint's "
-                        "sidecar; Fashion-MNIST for the zoo's committed weights). For an ONNX file, the dataset it "
-                        "was trained on (train/ and test/, one sub-folder per class). Another dataset is said in "
-                        "the output and recorded in the manifest")
-    g = p.add_argument_group("ONNX file: what a checkpoint's sidecar would say (default: its metadata_props mean, "
-                             "std, class_names, dataset, input_size)")
-    g.add_argument("--mean", metavar="M[,M,M]", help="per-channel mean on the [0, 1] scale (after /255)")
-    g.add_argument("--std", metavar="S[,S,S]", help="per-channel std on the [0, 1] scale")
-    g.add_argument("--classes", metavar="FILE|a,b,c",
-                   help="class names in output order: a file (one per line) or comma-separated")
-
-
-def description_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The export keywords of --data, --mean, --std and --classes (edgecnn.export.api.export's)."""
-    return {"data": args.data, "mean": args.mean, "std": args.std, "classes": args.classes}
-
-
-def _add_calibration_arguments(p: argparse.ArgumentParser) -> None:
-    from edgecnn.calibration import CALIBRATOR_NAMES, DEFAULT_SAMPLES, UNLABELLED_CALIBRATOR
-    from edgecnn.data import IMAGE_PIXELS_ENV
-
-    g = p.add_argument_group("INT8 calibration (--precision int8)")
-    g.add_argument("--calibrator", choices=CALIBRATOR_NAMES,
-                   help="range calibrator of the target's quantizer ('default': the library's own defaults, as "
-                        "quantize_static or nncf.quantize alone would run); auto tries the target's candidates and "
-                        "keeps the first unless another is significantly more accurate on the validation split "
-                        f"(default: auto; {UNLABELLED_CALIBRATOR} for a flat --calib-data folder, which has no labels "
-                        "to choose on)")
-    g.add_argument("--calib-samples", type=arg_type(positive_int, "--calib-samples"), metavar="N",
-                   help=f"calibration images, class-balanced, from the training split minus validation "
-                        f"(default: {DEFAULT_SAMPLES})")
-    g.add_argument("--calib-data", metavar="DIR|synthetic",
-                   help="synthetic: calibrate on generated inputs, for a model without data (an INT8 latency answer, "
-                        "as trtexec --int8 without a calibrator gives; the artifact is marked latency-only, accuracy "
-                        "unknown). Or calibrate on this folder instead of the weights' dataset: one sub-folder per class, named "
-                        "after the model's classes (any case; or by class number), in any order, every class for "
-                        "auto and --max-drop, which score on it; or a flat folder of images, which calibrates only "
-                        "(auto and --max-drop need labels and are refused). Entries that are not regular files are "
-                        f"skipped and counted; images over {IMAGE_PIXELS_ENV} pixels (default: Pillow's limit) are "
-                        "refused")
-    g.add_argument("--max-drop", type=arg_type(non_negative_float, "--max-drop"), metavar="PT",
-                   help="largest validation top-1 drop allowed, in points: ONNX returns the most sensitive nodes to "
-                        "float, OpenVINO uses NNCF's accuracy control (default: no bound)")
-
-
-def _add_placement_arguments(p: argparse.ArgumentParser) -> None:
-    from edgecnn.calibration import FALLBACKS, PLACEMENTS
-
-    g = p.add_argument_group("INT8 layers left in float, by measurement on the target's runtime (--precision int8)")
-    g.add_argument("--placement", choices=PLACEMENTS,
-                   help="fast: leave in float the layers whose INT8 kernel the runtime's profiler measures slower than "
-                        "their float one, and every layer if no INT8 placement beats FP32 here (default: accuracy, "
-                        "INT8 wherever the quantizer can)")
-    g.add_argument("--fallback", choices=FALLBACKS,
-                   help="with --max-drop, which layers go back to float: sensitivity, the most sensitive first "
-                        "(default); cost, the set that meets the drop with the least latency lost, from the accuracy "
-                        "each recovers and the latency each adds (measured), confirmed by scoring it")
-    g.add_argument("--threads", type=arg_type(positive_int, "--threads"), metavar="N",
-                   help="threads the runtime is timed with for --placement fast and --fallback cost (default: the "
-                        "runtime's own)")
-
-
-def _with_placement(args: argparse.Namespace, options: Any) -> Any:
-    """The calibration options with --placement, --fallback and --threads (refused off int8 as the others are)."""
-    from dataclasses import replace
-
-    from edgecnn.calibration import CalibrationOptions
-
-    given = {k: v for k, v in (("placement", args.placement), ("fallback", args.fallback),
-                               ("profile_threads", args.threads)) if v is not None}
-    if not given:
-        return options
-    return replace(options, **given) if options is not None else CalibrationOptions(**given)
-
-
-def _calibration_options(args: argparse.Namespace) -> Any:
-    """CalibrationOptions for int8; None otherwise (calibration flags on another precision are refused)."""
-    from edgecnn.calibration import SYNTHETIC, CalibrationOptions
-
-    given = {k: v for k, v in (("calibrator", args.calibrator), ("samples", args.calib_samples),
-                               ("data", args.calib_data), ("max_drop", args.max_drop)) if v is not None}
-    if args.precision != "int8" and not given:
-        return None
-    if given.get("data") == SYNTHETIC:
-        given["synthetic"] = given.pop("data")
-    options = CalibrationOptions(**given)
-    if args.calibrator is None and options.unlabelled_default:
-        print(f"edgecnn: note: --calib-data {options.data} has no class sub-folders, so no labelled validation "
-              f"images to choose a calibrator on: using --calibrator {options.calibrator} (give another with "
-              "--calibrator)", file=sys.stderr)
-    return options
 
 
 def _calibration_lines(m: dict[str, Any]) -> list[str]:
@@ -264,7 +160,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                     batch=args.batch, dynamic_batch=args.dynamic_batch, opset=args.opset, exporter=args.exporter,
                     input_size=args.input_size, keep_io_types=not args.half_io, parity_samples=args.parity_samples,
                     overwrite=args.force, progress=not args.no_progress, fail_on_parity=False,
-                    calibration=_with_placement(args, _calibration_options(args)), exit_budget_pt=args.exit_budget,
+                    calibration=calibration_options(args, args.precision == "int8"), exit_budget_pt=args.exit_budget,
                     early_exit_form=args.early_exit, **description_options(args))
     m = result.manifest
     fold = next(p for p in m["passes"] if p["name"] == "fold_batchnorm")

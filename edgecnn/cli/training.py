@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from edgecnn.cli.args import add_description, add_output
 from edgecnn.errors import UserError
 from edgecnn.validation import arg_type, non_negative_int, positive_float, positive_int
 
@@ -23,8 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=arg_type(positive_int, "--epochs"),
                    help=f"default: the recipe's, raised on small data to reach {MIN_DEFAULT_STEPS} optimizer "
                         f"steps (at most {MAX_DEFAULT_EPOCHS} epochs)")
-    p.add_argument("--batch-size", type=arg_type(positive_int, "--batch-size"),
-                   help="global batch size; default: the recipe's")
+    p.add_argument("--batch", "--batch-size", dest="batch_size", type=arg_type(positive_int, "--batch"),
+                   help="global batch size; default: the recipe's (--batch-size: the old name)")
     p.add_argument("--lr", type=arg_type(positive_float, "--lr"),
                    help="default: the recipe's, scaled linearly with the batch size")
     p.add_argument("--recipe", choices=sorted(RECIPES), help="default: the model's (see `edgecnn info`)")
@@ -71,25 +72,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", help="with a zoo name: an edgecnn or timm .safetensors file, or a "
                                         "torchvision-style .pth state dict (tensors only); default: the committed "
                                         "weights")
-    p.add_argument("--data",
-                   help="a labelled dataset to score on instead of the weights' own: a folder (test/ with one "
-                        "sub-folder per class, or the class sub-folders themselves), IDX files, CIFAR-10 batches, or "
-                        "fashion_mnist / cifar10")
+    add_description(p, data_help="a labelled dataset to score on instead of the weights' own: a folder (test/ with one "
+                                 "sub-folder per class, or the class sub-folders themselves), IDX files, CIFAR-10 "
+                                 "batches, or fashion_mnist / cifar10")
     p.add_argument("--data-root", help="where the named --data lives; default for Fashion-MNIST: Debian's "
                                        "package path")
-    p.add_argument("--mean", help="ONNX files without metadata_props: per-channel mean on the [0, 1] scale")
-    p.add_argument("--std", help="ONNX files without metadata_props: per-channel std on the [0, 1] scale")
-    p.add_argument("--classes", metavar="FILE|a,b,c", help="ONNX files without metadata_props: class names")
     p.add_argument("--backend", help="artifacts and bundles: the runtime to run on (default: the manifest's)")
     p.add_argument("--threads", type=arg_type(positive_int, "--threads"),
                    help="threads of the runtime (default: the runtime's own)")
-    p.add_argument("--batch-size", type=arg_type(positive_int, "--batch-size"), default=500,
+    p.add_argument("--batch", "--batch-size", dest="batch_size", type=arg_type(positive_int, "--batch"), default=500,
                    help="images per call where the model takes any batch (default: 500)")
     p.add_argument("--limit", type=arg_type(positive_int, "--limit"), help="score the first N test images only")
     p.add_argument("--out", type=Path,
                    help="a directory for eval.txt, eval.json and confusion.png (default: print only)")
-    p.add_argument("--force", action="store_true",
-                   help="replace --out if it is an earlier edgecnn output (nothing else is ever replaced)")
+    add_output(p, progress=False)
     p.set_defaults(func=cmd_eval)
 
 

@@ -1,0 +1,128 @@
+"""The argument groups every command shares, defined once so one flag means one thing everywhere.
+
+Vocabulary: `--target` is an export format (export); `--runtimes` the runtimes bench times; `--device` the device
+kind a bundle is for (deploy); `--batch` the batch (an int, or a list on bench); `--precision` one precision,
+`--precisions` several; `--calibrator`, `--calib-samples`, `--calib-data`, `--max-drop` (a validation drop, in
+points) calibrate edgecnn's INT8 wherever it exports; `--out`, `--force`, `--no-progress` mean the same on every
+command that writes.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, Callable
+
+from edgecnn.validation import arg_type, non_negative_float, positive_int
+
+MODEL_HELP = ("a zoo name (`edgecnn list`), an edgecnn checkpoint (runs/x/x.safetensors with its .json sidecar) or an "
+              "ONNX file (my.onnx)")
+
+
+def list_of(check: Callable[[str], Any] | None = None) -> Callable[[str], list[Any]]:
+    """An argparse type for comma-separated values, each parsed by `check` (e.g. `--batch 1,8`)."""
+    def parse(text: str) -> list[Any]:
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
+        return [check(t) for t in items] if check else items
+
+    parse.__name__ = f"list of {check.__name__}" if check else "list"
+    return parse
+
+
+def add_description(p: argparse.ArgumentParser, data_help: str | None = None) -> None:
+    """--data (any MODEL) and what a sidecar would say about an ONNX file (--mean, --std, --classes)."""
+    p.add_argument("--data", metavar="DIR", help=data_help or (
+        "the dataset to score and calibrate on: by default the weights' own (the checkpoint's sidecar; Fashion-MNIST "
+        "for the zoo's committed weights). For an ONNX file, the dataset it was trained on (train/ and test/, one "
+        "sub-folder per class). Another dataset is said in the output and recorded in the manifest"))
+    g = p.add_argument_group("ONNX file: what a checkpoint's sidecar would say (default: its metadata_props mean, "
+                             "std, class_names, dataset, input_size)")
+    g.add_argument("--mean", metavar="M[,M,M]", help="per-channel mean on the [0, 1] scale (after /255)")
+    g.add_argument("--std", metavar="S[,S,S]", help="per-channel std on the [0, 1] scale")
+    g.add_argument("--classes", metavar="FILE|a,b,c",
+                   help="class names in output order: a file (one per line) or comma-separated")
+
+
+def description_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The export keywords of --data, --mean, --std and --classes (edgecnn.export.api.export's)."""
+    return {"data": args.data, "mean": args.mean, "std": args.std, "classes": args.classes}
+
+
+def add_calibration(p: argparse.ArgumentParser, profile_threads: bool = True) -> None:
+    """edgecnn's INT8 calibration and float placement (export, deploy, bench's INT8 exports)."""
+    from edgecnn.calibration import CALIBRATOR_NAMES, DEFAULT_SAMPLES, FALLBACKS, PLACEMENTS, UNLABELLED_CALIBRATOR
+    from edgecnn.data import IMAGE_PIXELS_ENV
+
+    g = p.add_argument_group("INT8 calibration (--precision int8)")
+    g.add_argument("--calibrator", choices=CALIBRATOR_NAMES,
+                   help="range calibrator of the target's quantizer ('default': the library's own defaults, as "
+                        "quantize_static or nncf.quantize alone would run); auto tries the target's candidates and "
+                        "keeps the first unless another is significantly more accurate on the validation split "
+                        f"(default: auto; {UNLABELLED_CALIBRATOR} for a flat --calib-data folder, which has no labels "
+                        "to choose on)")
+    g.add_argument("--calib-samples", type=arg_type(positive_int, "--calib-samples"), metavar="N",
+                   help=f"calibration images, class-balanced, from the training split minus validation "
+                        f"(default: {DEFAULT_SAMPLES})")
+    g.add_argument("--calib-data", metavar="DIR|synthetic",
+                   help="synthetic: calibrate on generated inputs, for a model without data (an INT8 latency answer, "
+                        "as trtexec --int8 without a calibrator gives; the artifact is marked latency-only, accuracy "
+                        "unknown). Or calibrate on this folder instead of the weights' dataset: one sub-folder per "
+                        "class, named after the model's classes (any case; or by class number), in any order, every "
+                        "class for auto and --max-drop, which score on it; or a flat folder of images, which "
+                        "calibrates only (auto and --max-drop need labels and are refused). Entries that are not "
+                        f"regular files are skipped and counted; images over {IMAGE_PIXELS_ENV} pixels (default: "
+                        "Pillow's limit) are refused")
+    g.add_argument("--max-drop", type=arg_type(non_negative_float, "--max-drop"), metavar="PT",
+                   help="largest validation top-1 drop allowed, in points: ONNX returns the most sensitive nodes to "
+                        "float, OpenVINO uses NNCF's accuracy control (default: no bound)")
+    g = p.add_argument_group("INT8 layers left in float, by measurement on the target's runtime (--precision int8)")
+    g.add_argument("--placement", choices=PLACEMENTS,
+                   help="fast: leave in float the layers whose INT8 kernel the runtime's profiler measures slower than "
+                        "their float one, and every layer if no INT8 placement beats FP32 here (default: accuracy, "
+                        "INT8 wherever the quantizer can)")
+    g.add_argument("--fallback", choices=FALLBACKS,
+                   help="with --max-drop, which layers go back to float: sensitivity, the most sensitive first "
+                        "(default); cost, the set that meets the drop with the least latency lost, from the accuracy "
+                        "each recovers and the latency each adds (measured), confirmed by scoring it")
+    if profile_threads:
+        g.add_argument("--threads", dest="profile_threads", type=arg_type(positive_int, "--threads"), metavar="N",
+                       help="threads the runtime is timed with for --placement fast and --fallback cost (default: "
+                            "the runtime's own)")
+
+
+def calibration_options(args: argparse.Namespace, int8: bool) -> Any:
+    """CalibrationOptions from the calibration group; None when nothing calibrates (`int8` False and no flag given:
+    a flag on another precision is refused where the options meet the export)."""
+    from edgecnn.calibration import SYNTHETIC, CalibrationOptions
+
+    given = {k: v for k, v in (("calibrator", args.calibrator), ("samples", args.calib_samples),
+                               ("data", args.calib_data), ("max_drop", args.max_drop), ("placement", args.placement),
+                               ("fallback", args.fallback), ("profile_threads", getattr(args, "profile_threads", None)))
+             if v is not None}
+    if not int8 and not given:
+        return None
+    if given.get("data") == SYNTHETIC:
+        given["synthetic"] = bool(given.pop("data"))
+    options = CalibrationOptions(**given)
+    if args.calibrator is None and options.unlabelled_default:
+        print(f"edgecnn: note: --calib-data {options.data} has no class sub-folders, so no labelled validation "
+              f"images to choose a calibrator on: using --calibrator {options.calibrator} (give another with "
+              "--calibrator)", file=sys.stderr)
+    return options
+
+
+def add_batch(p: argparse.ArgumentParser, dynamic_help: str) -> None:
+    """--batch (the graph's static batch) or --dynamic-batch."""
+    batch = p.add_mutually_exclusive_group()
+    batch.add_argument("--batch", type=arg_type(positive_int, "--batch"), default=1,
+                       help="static batch size of the graph (default: 1)")
+    batch.add_argument("--dynamic-batch", action="store_true", help=dynamic_help)
+
+
+def add_output(p: argparse.ArgumentParser, progress: bool = True) -> None:
+    """--force (replace only edgecnn's own earlier output) and --no-progress; --out is each command's own."""
+    p.add_argument("--force", action="store_true",
+                   help="replace --out if it is edgecnn's own earlier output (nothing else is ever replaced)")
+    if progress:
+        p.add_argument("--no-progress", action="store_true", help="no progress bar")
