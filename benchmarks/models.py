@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgecnn.errors import UserError
+from edgecnn.export.backends import target_runtimes
 from edgecnn.model_ref import Description, ModelRef, WeightsData, config_from_sidecar, weights_data, with_data
 from edgecnn.registry import ModelConfig, get_config
 
@@ -24,8 +25,8 @@ if TYPE_CHECKING:
 
     from edgecnn.calibration import CalibrationOptions
 
-# Which runtime runs which artifact target (the harness's RUNTIMES say the same from the other side).
-TARGET_RUNTIMES = {"onnx": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt"}
+# Which runtime runs which artifact target, from the backends ({"onnx": "onnxruntime", ...}).
+TARGET_RUNTIMES = target_runtimes()
 
 
 def manifest_config(manifest: dict[str, Any]) -> ModelConfig:

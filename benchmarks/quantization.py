@@ -37,6 +37,7 @@ from typing import Any, Callable
 import numpy as np
 
 from edgecnn.atomic import atomic_write
+from edgecnn.export.backends import target_runtimes
 
 RESULTS = Path(__file__).parent / "results"
 FMNIST_MODELS = ("lenet5_fmnist", "resnet18_fmnist", "alexnet_fmnist", "vgg11_bn_fmnist", "vgg16_bn_fmnist",
@@ -47,9 +48,9 @@ FMNIST_MODELS = ("lenet5_fmnist", "resnet18_fmnist", "alexnet_fmnist", "vgg11_bn
 CANONICAL_MODELS = ("lenet5", "alexnet", "resnet18", "resnet50", "googlenet", "bn_inception", "inception_v3",
                     "inception_v4", "inception_resnet_v2", "densenet121", "deform_resnet50", "pyramidnet_add_110_a48",
                     "fractalnet_20", "cliquenet_k36_t12", "vgg16_bn")
-# What `size` measures per export target: the runtime it is recorded under (TensorRT's is its Q/DQ ONNX, no engine).
+# Per export target, the runtime its records are filed under (`size`: TensorRT's is its Q/DQ ONNX, no engine).
 SIZE_BAR = 0.30   # the issue's bar: INT8 artifacts at most this share of the FP32 artifact's size on disk
-SIZE_RUNTIMES = {"onnx": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt"}
+SIZE_RUNTIMES = target_runtimes()   # {"onnx": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt"}
 SIZE_LABELS = {"onnxruntime": "ORT", "openvino": "OV", "tensorrt": "TensorRT Q/DQ ONNX"}
 EVAL_CHUNK = 250
 SLOWER_IF_LOSING_FRACTION = 0.9   # of the paired rounds (see no_slower)
@@ -168,9 +169,9 @@ def accuracy_model(name: str, threads: int, samples: int, work: Path,
     ctx = _quantize_context()
     record: dict[str, Any] = {"model": name, "torch_fp32_test_accuracy": torch_test,
                               "calibration_samples": data.calibration.record(), "runtimes": {}}
-    runners = {"onnx": ("onnxruntime", _ort_runner, "model.onnx", ["model.onnx"]),
-               "openvino": ("openvino", _ov_runner, "model.xml", ["model.xml", "model.bin"])}
-    for target, (runtime, runner, model_file, files) in ((t, runners[t]) for t in targets):
+    runners = {"onnx": (_ort_runner, "model.onnx", ["model.onnx"]),
+               "openvino": (_ov_runner, "model.xml", ["model.xml", "model.bin"])}
+    for target, runtime, (runner, model_file, files) in ((t, SIZE_RUNTIMES[t], runners[t]) for t in targets):
         quantizer = QUANTIZERS[target]
         fp32_file = fp32[target] / model_file
         fp32_run = runner(fp32_file, threads)
@@ -387,7 +388,7 @@ def speed_model(name: str, threads: int, rounds: int, iters: int, work: Path) ->
     from edgecnn.registry import get_config
 
     options = {target: _edgecnn_calibration(name, runtime, target, {})
-               for target, runtime in (("onnx", "onnxruntime"), ("openvino", "openvino"))}
+               for target, runtime in ((t, SIZE_RUNTIMES[t]) for t in ("onnx", "openvino"))}
     arts = {}
     for target, precision in (("onnx", "fp32"), ("onnx", "int8"), ("openvino", "fp32"), ("openvino", "int8")):
         arts[(target, precision)] = export_registered(

@@ -32,7 +32,7 @@ from edgecnn.validation import non_negative_float, non_negative_int, positive_in
 DEFAULT_SAMPLES = 512
 DEFAULT_SEED = 0
 # "default" is the runtime quantizer's own defaults (quantize_static's, nncf.quantize's); which ones `auto` tries,
-# and in which order, is each quantizer's (export/quantize.py).
+# and in which order, is each quantizer's (export/backends/).
 CALIBRATOR_NAMES = ("auto", "default", "minmax", "entropy", "percentile", "mse")
 # What an unset calibrator means for a flat --calib-data folder: auto needs labelled validation images.
 UNLABELLED_CALIBRATOR = "default"

@@ -7,10 +7,12 @@
         logits = session.run(batch)                  # float32 N×C×H×W
 
 Stages (each its own module): `fold` (conv-BN folding, a torch.fx transform), `onnx_graph` (ONNX
-export + checks, FP16), `targets` (onnx / openvino / tensorrt writers, one registry), `tensorrt`
-(operator check, build scripts), `parity` (artifact vs PyTorch), `manifest` (the artifact contract,
-atomic writes), `runtime` (backend sessions, one registry), `pipeline` (the passes, `export_model`).
-OpenVINO and TensorRT are imported only when used.
+export + checks, FP16), `targets` (the target writers' base and registry), `tensorrt` (operator check,
+build scripts), `parity` (artifact vs PyTorch), `manifest` (the artifact contract, atomic writes),
+`runtime` (the sessions' base and registry), `quantize` (the quantizers' base, registry and INT8 pass),
+`pipeline` (the passes, `export_model`). Each runtime is one module of `backends` (torch, onnxruntime,
+openvino, tensorrt): its target writer, sessions, quantizer, recorded tools and availability, in
+`backends.BACKENDS`. OpenVINO and TensorRT are imported only when used.
 
 The package itself is callable: `edgecnn.export(model_or_name_or_path, target, precision, out, ...)` is
 `edgecnn.export.api.export`, which takes a zoo name, a checkpoint file, an ONNX file or an nn.Module.

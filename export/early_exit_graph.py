@@ -19,7 +19,7 @@ are not asked to see through `If`: see docs/early_exit.md for what each does wit
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -174,15 +174,19 @@ def compose_openvino(stage_files: Sequence[Path], out: Path, input_shape: Sequen
 
 # ---------------------------------------------------------------- in an artifact
 
-# target → (the stage model format the graph is composed from, its composer, the graph's file name)
-GRAPH_TARGETS = {"onnx": ("onnx", compose_onnx, "model.onnx"), "openvino": ("openvino", compose_openvino, "model.xml")}
+def graph_targets() -> dict[str, tuple[str, Callable[[Sequence[Path], Path, Sequence[int]], None], str]]:
+    """Target → (the stage model format the graph is composed from, its composer, the graph's file name), as each
+    backend declares it (`Backend.early_exit_graph`): {"onnx": ("onnx", compose_onnx, "model.onnx"), ...}."""
+    from edgecnn.export.backends import BACKENDS
+
+    return {b.target_name: b.early_exit_graph for b in BACKENDS.values() if b.early_exit_graph is not None}
 
 
 def write_graph(target: str, stages: Sequence[dict[str, Any]], staging: Path, input_shape: Sequence[int],
                 io_dtype: str) -> tuple[dict[str, Any], list[str]]:
     """Compose the single graph of a target's stages (the manifest's stage records) into `staging`/graph/: its
     manifest record and the files it wrote (relative to `staging`)."""
-    fmt, compose, name = GRAPH_TARGETS[target]
+    fmt, compose, name = graph_targets()[target]
     (staging / GRAPH_DIRECTORY).mkdir()
     file = f"{GRAPH_DIRECTORY}/{name}"
     compose([staging / s["model_files"][fmt] for s in stages], staging / file, input_shape)

@@ -33,6 +33,7 @@ import edgecnn
 from edgecnn.calibration import CalibrationData, CalibrationOptions, check_calibration_source
 from edgecnn.errors import UserError
 from edgecnn.export import parity
+from edgecnn.export.backends import recorded_tools
 from edgecnn.export.early_exit import EarlyExitStages
 from edgecnn.export.fold import count_batchnorms, fold_batchnorm
 from edgecnn.export.onnx_source import OnnxModel
@@ -48,7 +49,10 @@ from edgecnn.model_ref import WeightsData, weights_data, with_data
 from edgecnn.registry import ModelConfig, get_config
 from edgecnn.validation import non_negative_float, non_negative_int, positive_int
 
-TOOLS = ("torch", "onnx", "onnxruntime", "onnxscript", "openvino", "tensorrt")
+# What writes every graph (the exporter's tools); the manifest records these and every backend's (`Backend.tools`),
+# torch first, then by name.
+EXPORTER_TOOLS = ("torch", "onnx", "onnxscript")
+TOOLS = tuple(sorted(set(EXPORTER_TOOLS) | set(recorded_tools()), key=lambda tool: (tool != "torch", tool)))
 # The manifest's mark of an INT8 artifact calibrated on generated inputs (--calib-data synthetic).
 LATENCY_ONLY = {"reason": "latency only: INT8 calibrated on synthetic inputs (--calib-data synthetic), so its accuracy "
                           "is unknown and parity's top-1 bar was not applied; measure latency with it, never accuracy",

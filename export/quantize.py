@@ -3,32 +3,19 @@
     export_registered("resnet18_fmnist", target="openvino", precision="int8", out="artifacts/r18-int8",
                       calibration=CalibrationOptions(calibrator="auto", samples=512, max_drop=0.5))
 
-One quantizer per target, registered in one place (`QUANTIZERS`). Each names its calibrators; "default"
-is the library's own defaults. `auto` tries them in order (`auto_candidates`) and keeps the first unless
-another is significantly more accurate on the validation split; for NNCF the first is its default:
-
-- onnx: ONNX Runtime `quant_pre_process` then `quantize_static`, QDQ, U8 activations, S8 per-channel
-  weights, full range (the fast static flow on x86 and ARM CPUs); calibrators MinMax, Entropy, Percentile.
-  Ops with no INT8 kernel there (DeformConv) keep float compute but store their weights S8 per channel
-  behind a DequantizeLinear (`weights_only_ops`; the manifest lists them as float nodes).
-  quantize_static's own defaults (S8 activations, per-tensor) stay available as `default` but `auto` skips
-  them: on ONNX Runtime's CPU EP that graph runs slower than FP32 (resnet18_fmnist, batch 1, 2 threads:
-  1.61 ms against 0.52 ms FP32 and 0.37 ms U8S8). With `max_drop`
-  the most sensitive nodes (ranked by ONNX Runtime's QDQ debugger, lowest SQNR first) go back to float
-  through `nodes_to_exclude` until the validation drop fits.
-- openvino: NNCF `nncf.quantize` on the OpenVINO model (`quantize_with_accuracy_control` with `max_drop`);
-  calibrators are NNCF range estimators (MINMAX, MEAN_QUANTILE, HISTOGRAM, the MSE-optimal one).
-- tensorrt: NVIDIA ModelOpt `modelopt.onnx.quantization.quantize` (S8 symmetric, per-channel, explicit
-  Q/DQ placed for TensorRT), plus a TensorRT calibration cache stamped with the FP32 model's hash.
+One quantizer per target, registered in one place (`QUANTIZERS`) by the target's backend module
+(`edgecnn.export.backends`: ONNX Runtime's `quantize_static` for onnx, NNCF for openvino, NVIDIA ModelOpt for
+tensorrt). Each names its calibrators; "default" is the library's own defaults. `auto` tries them in order
+(`auto_candidates`) and keeps the first unless another is significantly more accurate on the validation split;
+for NNCF the first is its default. This module holds what they share: the `Quantizer` base, the registry, the
+pre-flight `check_int8` and the `Quantize` pass.
 
 Samples, the calibrator choice, the float fallback search and the provenance record are
-`edgecnn.calibration`'s; this module runs the libraries and scores candidates with the runtime sessions.
+`edgecnn.calibration`'s; the backends' quantizers run the libraries, and this pass scores candidates with the
+runtime sessions.
 """
 from __future__ import annotations
 
-import functools
-import itertools
-import math
 import shutil
 import time
 from contextlib import contextmanager
@@ -36,33 +23,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator
 
 import numpy as np
-from onnxruntime.quantization import CalibrationMethod
-from onnxruntime.quantization.operators.qdq_base_operator import QDQOperatorBase
 
-from edgecnn.calibration import (CalibrationData, CalibrationOptions, OnnxRuntimeFeed, accuracy_of, as_modelopt_data,
-                                 as_nncf_dataset, batches, choose_calibrator, correct, fallback_to_float,
-                                 measurable_drop, prepare_calibration, resolution_record, write_cache)
+from edgecnn.calibration import (CalibrationData, CalibrationOptions, accuracy_of, choose_calibrator, correct,
+                                 fallback_to_float, measurable_drop, prepare_calibration, resolution_record)
 from edgecnn.errors import UserError
 from edgecnn.export import parity
 from edgecnn.export.manifest import sha256_file
 from edgecnn.export.placement import Trial, cheapest_fallback, place_for_speed
-from edgecnn.export.profile import PROFILED_TARGETS, ModelRun, graph_layers, layer_sqnr
+from edgecnn.export.profile import PROFILED_TARGETS, ModelRun, graph_layers
 from edgecnn.export.runtime import open_session
-from edgecnn.quiet import silenced
 from edgecnn.registries import Registry
 
 if TYPE_CHECKING:
     from edgecnn.export.pipeline import ExportContext
 
 FP32_DIR = ".fp32"           # inside the staging directory; removed before the artifact is renamed into place
-# TensorRT's EntropyCalibration2 histogram, for ONNX Runtime's EntropyCalibrater (see _entropy_ranges).
-ENTROPY_HISTOGRAM = {"num_bins": 2048, "num_quantized_bins": 128}
 SENSITIVITY_SAMPLES = 64     # images ONNX Runtime's QDQ debugger compares float and INT8 activations on
-TRT_CACHE = "calibration.cache"
 SCORE_CHUNK = 64
 CALIBRATION_CHUNK = 16
-MODELOPT_HINT = ("pip install 'edgecnn[tensorrt-int8]' (NVIDIA ModelOpt without its CUDA extras: "
-                 "nvidia-modelopt, onnx-graphsurgeon, onnxslim, polygraphy, pulp, omegaconf, pydantic, nvidia-ml-py)")
 
 
 class Quantizer:
@@ -123,7 +101,7 @@ class Quantizer:
     def nodes_after(self, model: Path, output: str) -> list[str]:
         """The names of the nodes that compute from the graph output `output` onward (what a quantizer's
         `exclude` takes), e.g. an early-exit stage's in-graph entropy of its logits, which stays float."""
-        return _onnx_nodes_after(model, output)
+        return onnx_nodes_after(model, output)
 
     def compact(self, model: Path, fp32: Path) -> None:
         """Last rewrite of the chosen INT8 model file that leaves its numbers alone (shorter names)."""
@@ -157,7 +135,8 @@ def check_int8(target: str, options: CalibrationOptions) -> None:
         raise UserError(f"INT8 for the {target} target needs {quantizer.tool}, which is not installed: {missing}")
 
 
-def _onnx_nodes_after(model: Path, output: str) -> list[str]:
+def onnx_nodes_after(model: Path, output: str) -> list[str]:
+    """The nodes of the ONNX graph `model` that compute from its tensor `output` onward."""
     import onnx
 
     graph = onnx.load(str(model), load_external_data=False).graph
@@ -209,9 +188,7 @@ def _trial(ctx: ExportContext, quantizer: Quantizer, fp32: Path, model: Path, da
                                               batch, options.profile_threads))
 
 
-# ---------------------------------------------------------------- ONNX Runtime
-
-def _feed_batch(ctx: ExportContext) -> int:
+def feed_batch(ctx: ExportContext) -> int:
     """The batch calibration feeds: the graph's static one, or CALIBRATION_CHUNK for a dynamic batch axis."""
     return CALIBRATION_CHUNK if ctx.dynamic_batch else ctx.batch
 
@@ -219,402 +196,6 @@ def _feed_batch(ctx: ExportContext) -> int:
 # Ops ONNX Runtime runs only in float, whose weights edgecnn still stores in INT8 (deform_resnet_fmnist: the
 # DeformConv weights are half the model; the file is 62 % of FP32 without this).
 WEIGHTS_ONLY_OPS = ("DeformConv",)
-
-
-class _WeightsOnlyQDQ(QDQOperatorBase):
-    """Quantize only the weight (input 1, S8 per output channel): a DequantizeLinear feeds the float op."""
-
-    def quantize(self) -> None:
-        self.quantizer.quantize_weight_tensor_per_channel(self.node.input[1], 0)
-
-
-@contextmanager
-def weights_only_ops() -> Iterator[None]:
-    """WEIGHTS_ONLY_OPS in quantize_static's op registry for the duration (its default op list is read from
-    there), so edgecnn's flows store those weights in INT8 while a plain quantize_static call stays as it is."""
-    from onnxruntime.quantization.registry import QDQRegistry
-
-    added = [op for op in WEIGHTS_ONLY_OPS if op not in QDQRegistry]
-    QDQRegistry.update(dict.fromkeys(added, _WeightsOnlyQDQ))
-    try:
-        yield
-    finally:
-        for op in added:
-            del QDQRegistry[op]
-
-
-@register_quantizer
-class OnnxRuntimeQuantizer(Quantizer):
-    target = "onnx"
-    tool = "onnxruntime.quantization"
-    calibrators = {"minmax": "CalibrationMethod.MinMax",
-                   "entropy": "CalibrationMethod.Entropy (2048-bin histogram, 128-bin window, as TensorRT's)",
-                   "percentile": "CalibrationMethod.Percentile (99.999)",
-                   "default": "quantize_static defaults (CalibrationMethod.MinMax, S8S8 per-tensor, "
-                              "no quant_pre_process)"}
-    auto_skips = {"default": "S8 activations per-tensor run slower than FP32 on ONNX Runtime's CPU EP (resnet18_fmnist "
-                             "batch 1: 1.61 ms, FP32 0.52 ms, U8S8 per-channel 0.37 ms)"}
-    max_drop_by = "edgecnn: most sensitive nodes back to float (nodes_to_exclude)"
-    ranked_by = "ONNX Runtime QDQ debugger SQNR"
-    scheme = "QDQ; U8 asymmetric activations; S8 symmetric per-channel weights, full range"
-    default_scheme = "QDQ; S8 activations, S8 per-tensor weights, full range (quantize_static's defaults)"
-    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-               "percentile": CalibrationMethod.Percentile}
-    model_format = "onnx"
-
-    @staticmethod
-    def _preprocessed_path(fp32: Path) -> Path:
-        return fp32.with_name(fp32.stem + ".pre.onnx")
-
-    def _preprocessed(self, fp32: Path) -> Path:
-        """`quant_pre_process` (shape inference + graph optimisation) once per FP32 model."""
-        from onnxruntime.quantization.shape_inference import quant_pre_process
-
-        pre = self._preprocessed_path(fp32)
-        if not pre.exists():
-            quant_pre_process(str(fp32), str(pre))
-        return pre
-
-    def _entropy_ranges(self, pre: Path, feed: OnnxRuntimeFeed) -> Path:
-        """ONNX Runtime's EntropyCalibrater with TensorRT's histogram (2048 bins searched for the best 128-bin
-        window), saved where `quantize_static(calibration_cache_path=...)` reads ranges from. Through
-        quantize_static alone its histogram is 128 bins for a 128-bin window: a search of one candidate, the
-        full range, which is MinMax (measured: identical scales on every tensor)."""
-        from onnxruntime.quantization import create_calibrator, save_tensors_data
-
-        ranges = pre.with_name(pre.stem + ".entropy-ranges.json")
-        if not ranges.exists():  # one FP32 model, one calibration set: the ranges hold for every call
-            calibrator = create_calibrator(pre, augmented_model_path=str(pre.with_name("entropy.aug.onnx")),
-                                           calibrate_method=CalibrationMethod.Entropy, extra_options=ENTROPY_HISTOGRAM)
-            calibrator.collect_data(feed)
-            save_tensors_data(calibrator.compute_data(), ranges)
-            feed.rewind()
-        return ranges
-
-    def quantize(self, ctx: ExportContext, fp32: Path, out: Path, calibrator: str, data: CalibrationData,
-                 exclude: list[str], **library_options: Any) -> None:
-        from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
-
-        feed = OnnxRuntimeFeed(data.calibration, ctx.input_name, _feed_batch(ctx))
-        with silenced("", stdout=True):
-            if calibrator == "default":  # exactly what a user calling quantize_static alone gets
-                quantize_static(str(fp32), str(out), feed, nodes_to_exclude=exclude or None, **library_options)
-                return
-            if calibrator == "entropy":
-                library_options["calibration_cache_path"] = str(self._entropy_ranges(self._preprocessed(fp32), feed))
-            with weights_only_ops():
-                quantize_static(str(self._preprocessed(fp32)), str(out), feed,
-                                quant_format=QuantFormat.QDQ, per_channel=True,
-                                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                                calibrate_method=self.methods[calibrator], nodes_to_exclude=exclude or None,
-                                **library_options)
-
-    def sensitivity(self, ctx: ExportContext, fp32: Path, data: CalibrationData) -> list[str]:
-        """Nodes whose quantized inputs lose the most (lowest SQNR of activation or weight), ONNX Runtime's QDQ debugger."""
-        import onnx
-        from onnxruntime.quantization import qdq_loss_debug as dbg
-
-        quantized = fp32.with_name("sensitivity.qdq.onnx")
-        self.quantize(ctx, fp32, quantized, "minmax", data, [], extra_options={"DedicatedQDQPair": True})
-        subset = data.calibration.inputs[:SENSITIVITY_SAMPLES]
-        activations = {}
-        for name, model in (("float", self._preprocessed(fp32)), ("qdq", quantized)):
-            augmented = fp32.with_name(f"sensitivity.{name}.aug.onnx")
-            dbg.modify_model_output_intermediate_tensors(str(model), str(augmented))
-            activations[name] = dbg.collect_activations(str(augmented),
-                                                        OnnxRuntimeFeed(subset, ctx.input_name,
-                                                                        _feed_batch(ctx)))
-        errors = dbg.compute_activation_error(dbg.create_activation_matching(activations["qdq"], activations["float"]))
-        weights = dbg.compute_weight_error(dbg.create_weight_matching(str(self._preprocessed(fp32)), str(quantized)))
-        graph = onnx.load(str(self._preprocessed(fp32)), load_external_data=False).graph
-        scores = {}
-        for node in graph.node:
-            sqnr = [errors[i]["qdq_err"] for i in node.input if i in errors]
-            sqnr += [weights[i] for i in node.input if i in weights]
-            if sqnr and node.name:
-                scores[node.name] = min(sqnr)
-        return sorted(scores, key=scores.get)
-
-    def nodes_after(self, model: Path, output: str) -> list[str]:
-        """In the graph as given and as `quant_pre_process` leaves it (which the U8S8 flow quantizes)."""
-        names = _onnx_nodes_after(model, output)
-        return names + [n for n in _onnx_nodes_after(self._preprocessed(model), output) if n not in names]
-
-    def compact(self, model: Path, fp32: Path) -> None:
-        """Rename what quantize_static added (`…_DequantizeLinear_Output`, `…_quantized_scale`, …; 15 % of a
-        small graph's file) to short ids and drop the shape annotations; names the FP32 graph has, and every
-        compute node's, stay."""
-        import onnx
-
-        kept = {name for source in (fp32, self._preprocessed_path(fp32)) if source.exists()  # as quantized
-                for node in onnx.load(str(source), load_external_data=False).graph.node
-                for name in (*node.input, *node.output)}
-        quantized = onnx.load(str(model))
-        graph = quantized.graph
-        # Shape annotations: runtimes infer shapes themselves (densenet121_fmnist: 13 KB, 2 % of the INT8 file);
-        # onnx.shape_inference.infer_shapes puts them back for a viewer.
-        del graph.value_info[:]
-        kept |= {v.name for v in (*graph.input, *graph.output)} | {""}
-        ids = (f"q{i}" for i in itertools.count() if f"q{i}" not in kept)
-        short: dict[str, str] = {}
-
-        def rename(name: str) -> str:
-            if name in kept:
-                return name
-            if name not in short:
-                short[name] = next(ids)
-            return short[name]
-
-        for tensor in graph.initializer:
-            tensor.name = rename(tensor.name)
-        for node in graph.node:
-            node.input[:] = [rename(i) for i in node.input]
-            node.output[:] = [rename(o) for o in node.output]
-            if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
-                node.name = rename(node.name)
-        onnx.save(quantized, str(model))
-
-
-# ---------------------------------------------------------------- OpenVINO + NNCF
-
-@register_quantizer
-class NncfQuantizer(Quantizer):
-    target = "openvino"
-    tool = "nncf"
-    calibrators = {"default": "nncf.quantize defaults (RangeEstimatorParametersSet.MEAN_MINMAX activations)",
-                   "minmax": "RangeEstimatorParametersSet.MINMAX",
-                   "percentile": "RangeEstimatorParametersSet.MEAN_QUANTILE",
-                   "mse": "RangeEstimatorParametersSet.HISTOGRAM (minimises the quantization error)"}
-    model_format = "openvino"
-    max_drop_by = "nncf.quantize_with_accuracy_control (--fallback cost or --placement fast: edgecnn's search)"
-    ranked_by = "SQNR of each layer's output against FP32, nncf.quantize defaults"
-    scheme = "OpenVINO IR with FakeQuantize, NNCF PERFORMANCE preset (symmetric), S8 per-channel weights"
-
-    def available(self) -> str | None:
-        try:
-            import nncf  # noqa: F401
-        except ImportError:
-            return "pip install 'edgecnn[openvino]'"
-        return None
-
-    def files(self, ctx: ExportContext) -> list[str]:
-        xml = ctx.output.model_files[self.model_format]
-        return [xml, str(Path(xml).with_suffix(".bin"))]
-
-    def _parameters(self, calibrator: str, data: CalibrationData, batch: int | None) -> dict[str, Any]:
-        import nncf
-        from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
-        from nncf.quantization.range_estimator import RangeEstimatorParametersSet
-
-        calibration = as_nncf_dataset(data.calibration, batch)
-        params = {"calibration_dataset": calibration, "subset_size": len(batches(data.calibration.inputs, batch))}
-        if calibrator == "default":  # exactly what a user calling nncf.quantize alone gets
-            return params
-        estimator = getattr(RangeEstimatorParametersSet, self.calibrators[calibrator].split(".")[1].split()[0])
-        return {**params, "preset": nncf.QuantizationPreset.PERFORMANCE,
-                "advanced_parameters": AdvancedQuantizationParameters(activations_range_estimator_params=estimator)}
-
-    def quantize(self, ctx: ExportContext, fp32: Path, out: Path, calibrator: str, data: CalibrationData,
-                 exclude: list[str]) -> None:
-        import nncf
-        import openvino as ov
-
-        params = self._parameters(calibrator, data, _feed_batch(ctx))
-        ignored = nncf.IgnoredScope(names=exclude) if exclude else None
-        with silenced("nncf"):
-            quantized = nncf.quantize(ov.Core().read_model(str(fp32)), params.pop("calibration_dataset"),
-                                      ignored_scope=ignored, **params)
-        ov.save_model(quantized, str(out), compress_to_fp16=False)
-
-    def sensitivity(self, ctx: ExportContext, fp32: Path, data: CalibrationData) -> list[str]:
-        """Graph nodes, those of the layer whose output strays furthest from FP32 (lowest SQNR) first."""
-        quantized = fp32.with_name("sensitivity.xml")
-        self.quantize(ctx, fp32, quantized, "default", data, [])
-        layers = graph_layers(fp32)
-        sqnr = layer_sqnr(ModelRun(fp32, "openvino"), ModelRun(quantized, "openvino", "int8"), layers,
-                          graph_layers(fp32, quantized), data.calibration.inputs[:SENSITIVITY_SAMPLES],
-                          _feed_batch(ctx))
-        ranked = sorted(sqnr, key=lambda layer: math.inf if sqnr[layer] is None else sqnr[layer])
-        return [node for layer in ranked for node in layers.nodes[layer]]
-
-    def accuracy_control(self, ctx: ExportContext, fp32: Path, out: Path, calibrator: str, data: CalibrationData,
-                         fp32_accuracy: float, max_drop: float) -> dict[str, Any]:
-        import nncf
-        import openvino as ov
-
-        batch = _feed_batch(ctx)
-        params = self._parameters(calibrator, data, batch)
-        if "advanced_parameters" in params:
-            params["advanced_quantization_parameters"] = params.pop("advanced_parameters")  # this API's name for it
-        val = data.validation
-        items = list(zip(batches(val.inputs, batch), _label_batches(val.labels, batch)))
-
-        def validate(compiled: Any, items: Any) -> tuple[float, list[float]]:
-            """Accuracy (%) and, as NNCF ranks by them, one value per dataset item (a batch)."""
-            correct, per_item = 0, []
-            for x, y in items:
-                hits = (np.asarray(compiled(x)[0]).argmax(1)[:len(y)] == y)
-                correct += int(hits.sum())
-                per_item.append(float(hits.mean()))
-            return 100.0 * correct / len(val.labels), per_item
-
-        with silenced("nncf"):
-            quantized = nncf.quantize_with_accuracy_control(
-                ov.Core().read_model(str(fp32)), params.pop("calibration_dataset"),
-                nncf.Dataset(items, lambda item: item[0]), validate, max_drop=max_drop,
-                drop_type=nncf.DropType.ABSOLUTE, **params)
-        ov.save_model(quantized, str(out), compress_to_fp16=False)
-        return {"method": "nncf.quantize_with_accuracy_control", "drop_type": "absolute"}
-
-    def nodes_after(self, model: Path, output: str) -> list[str]:
-        import openvino as ov
-
-        ov_model = ov.Core().read_model(str(model))
-        producer = next(o for o in ov_model.outputs if output in o.get_names()).get_node()
-        if producer.get_type_name() == "Result":  # the model's output port may be the Result's own
-            producer = producer.input_value(0).get_node()
-        frontier, names = [producer], []
-        while frontier:
-            for port in frontier.pop().outputs():
-                for target in port.get_target_inputs():
-                    node = target.get_node()
-                    if node.get_type_name() != "Result" and node.get_friendly_name() not in names:
-                        names.append(node.get_friendly_name())
-                        frontier.append(node)
-        return names
-
-    def float_nodes(self, model: Path) -> list[str]:
-        import openvino as ov
-
-        names = []
-        for op in ov.Core().read_model(str(model)).get_ordered_ops():
-            if op.get_type_name() in ("Convolution", "GroupConvolution", "MatMul"):
-                producer = op.input_value(0).get_node()
-                if producer.get_type_name() != "FakeQuantize":
-                    names.append(op.get_friendly_name())
-        return names
-
-
-def _label_batches(labels: np.ndarray, batch: int) -> list[np.ndarray]:
-    return [labels[i:i + batch] for i in range(0, len(labels), batch)]
-
-
-# ---------------------------------------------------------------- TensorRT (ModelOpt)
-
-@contextmanager
-def _onnxruntime_quantization_restored() -> Iterator[None]:
-    """ModelOpt patches onnxruntime.quantization's calibrators and quantizers and edits its op registries in place
-    while it quantizes (modelopt/onnx/quantization/ort_utils.py configure_ort) and never undoes it: after one
-    TensorRT INT8 export, the ONNX target's quantize_static in the same process calibrated with ModelOpt's code (or
-    failed) and no longer put Q/DQ around Relu, Reshape or Split. Put the functions, classes and registries back."""
-    import importlib
-    import sys
-
-    for name in ("calibrate", "base_quantizer", "qdq_quantizer", "quantize", "registry"):
-        importlib.import_module(f"onnxruntime.quantization.{name}")
-    modules = [m for n, m in list(sys.modules.items()) if n.startswith("onnxruntime.quantization") and m]
-    classes = {c for m in modules for c in vars(m).values() if isinstance(c, type) and c.__module__ == m.__name__}
-    saved = {owner: dict(vars(owner)) for owner in (*modules, *classes)}
-    tables = [(table, dict(table)) for m in modules for key, table in vars(m).items()
-              if isinstance(table, dict) and not key.startswith("__")]  # QDQRegistry and the other op registries
-    try:
-        yield
-    finally:
-        for table, before in tables:
-            if table != before:
-                table.clear()
-                table.update(before)
-        for owner, before in saved.items():  # functions and classes only: module state such as caches may move
-            for key, value in before.items():
-                now = vars(owner).get(key)
-                if now is not value and (callable(value) or callable(now)):
-                    setattr(owner, key, value)
-            if isinstance(owner, type):
-                for key in set(vars(owner)) - set(before):
-                    delattr(owner, key)
-
-
-@contextmanager
-def _modelopt_bars_silenced() -> Iterator[None]:
-    """ModelOpt's histogram collector opens a tqdm bar on stderr for every calibration batch (512 bars for the
-    entropy calibrator on a batch-1 graph); edgecnn's own export bar says what is running."""
-    from modelopt.onnx.quantization import ort_patching
-
-    bar = ort_patching.tqdm
-    ort_patching.tqdm = functools.partial(bar, disable=True)
-    try:
-        yield
-    finally:
-        ort_patching.tqdm = bar
-
-
-@register_quantizer
-class ModelOptQuantizer(Quantizer):
-    target = "tensorrt"
-    tool = "NVIDIA ModelOpt (modelopt.onnx.quantization)"
-    calibrators = {"entropy": "calibration_method='entropy'", "minmax": "calibration_method='max'"}
-    scheme = "explicit Q/DQ for TensorRT 10: S8 symmetric activations, S8 per-channel weights (DQ only)"
-    model_format = "onnx"
-
-    def available(self) -> str | None:
-        try:
-            import modelopt.onnx.quantization  # noqa: F401
-        except Exception:  # ImportError, or a missing optional dependency it imports eagerly
-            return MODELOPT_HINT
-        return None
-
-    def quantize(self, ctx: ExportContext, fp32: Path, out: Path, calibrator: str, data: CalibrationData,
-                 exclude: list[str]) -> None:
-        from modelopt.onnx.quantization import quantize
-
-        method = "max" if calibrator == "minmax" else calibrator
-        with silenced("", stdout=True), _onnxruntime_quantization_restored(), _modelopt_bars_silenced():
-            quantize(str(fp32), quantize_mode="int8", calibration_data=as_modelopt_data(data.calibration, ctx.input_name),
-                     calibration_method=method, calibration_eps=["cpu"], output_path=str(out), log_level="WARNING",
-                     nodes_to_exclude=exclude or None, high_precision_dtype="fp32", dq_only=True)
-
-    def finish(self, ctx: ExportContext, fp32: Path, calibrator: str) -> list[str]:
-        """A TensorRT EntropyCalibration2-format cache for implicit INT8 / DLA users: the explicit model's own scales.
-
-        Each activation QuantizeLinear ModelOpt placed carries a symmetric S8 scale (zero point 0), which is
-        exactly the dynamic range TensorRT's implicit quantization wants for that tensor.
-        """
-        import onnx
-        from onnx import numpy_helper
-
-        graph = onnx.load(str(ctx.staging / ctx.output.model_files["onnx"]), load_external_data=False).graph
-        constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-        constants.update({n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in graph.node
-                          if n.op_type == "Constant" and n.attribute and n.attribute[0].type == onnx.AttributeProto.TENSOR})
-        amax = {}
-        for node in graph.node:
-            if node.op_type == "QuantizeLinear" and node.input[0] not in constants and node.input[1] in constants:
-                scale = constants[node.input[1]]
-                if scale.size == 1:
-                    amax[node.input[0]] = float(scale.reshape(())) * 127.0
-        written = write_cache(ctx.staging / TRT_CACHE, amax, sha256_file(fp32), _tensorrt_version())
-        ctx.output.parity_measures = {b: "the INT8 Q/DQ ONNX in ONNX Runtime (CPU), not a TensorRT engine"
-                                      for b in ctx.output.parity_backends if b != "tensorrt"}
-        ctx.notes.append("INT8 engine: sh build_engine.sh (or python3 build_engine.py) picks the TensorRT generation it "
-                         "finds: 10.12+ and 11 build model_fp16.onnx strongly typed (trtexec --onnx=model_fp16.onnx "
-                         "--stronglyTyped: Q/DQ scales, FP16 elsewhere), 10.3-10.11 build model.onnx with trtexec "
-                         "--onnx=model.onnx --int8 --fp16 (FP16 for the layers left unquantized). "
-                         f"{TRT_CACHE} holds the same scales for the FP32 graph, which this export at --precision "
-                         "fp32 writes (its model.onnx's SHA-256 is the cache's stamp; edgecnn.calibration.read_cache "
-                         "checks it), for TensorRT 10's implicit quantization only: trtexec "
-                         f"--onnx=FP32_ARTIFACT/model.onnx --int8 --calib={TRT_CACHE}. TensorRT 11 has no "
-                         "calibrators, and the cache covers only the tensors that feed a QuantizeLinear, so it is no "
-                         "DLA calibration")
-        return [p.name for p in written]
-
-
-def _tensorrt_version() -> str:
-    import importlib.metadata
-
-    try:
-        return importlib.metadata.version("tensorrt")
-    except importlib.metadata.PackageNotFoundError:
-        return "10.0.0"  # the TensorRT generation whose Q/DQ rules the artifact follows
 
 
 # ---------------------------------------------------------------- the pass
@@ -739,4 +320,7 @@ class Quantize:
         return correct(logits, data.validation.labels)
 
 
-__all__ = ["QUANTIZERS", "Quantize", "Quantizer", "check_int8", "float_copy", "get_quantizer", "register_quantizer"]
+from edgecnn.export import backends  # noqa: E402,F401  (each backend module registers its quantizers)
+
+__all__ = ["QUANTIZERS", "Quantize", "Quantizer", "WEIGHTS_ONLY_OPS", "check_int8", "feed_batch", "float_copy",
+           "get_quantizer", "onnx_nodes_after", "register_quantizer"]

@@ -34,7 +34,11 @@ def _batch(n: int, seed: int = 0) -> np.ndarray:
 
 
 def test_backends_registered_in_one_place() -> None:
-    assert set(BACKENDS) == {"torch", "onnxruntime", "openvino", "tensorrt", "early_exit"}
+    """Every session is a backend module's (edgecnn.export.backends), plus early exit's loop over their stages."""
+    from edgecnn.export import backends
+
+    assert set(BACKENDS) == {s for b in backends.BACKENDS.values() for s in b.session_names} | {"early_exit"}
+    assert {"torch", "onnxruntime", "openvino", "tensorrt", "early_exit"} <= set(BACKENDS)
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino", "torch"])

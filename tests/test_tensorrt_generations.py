@@ -41,7 +41,7 @@ void *getPluginRegistry(void) { return 0; }
 int initLibNvInferPlugins(void *a, const char *b) { return 1; }
 """
 SOURCES = {"export/tensorrt_build.py": None,                          # the whole file: the builder
-           "export/runtime.py": "TensorRTSession",                     # edgecnn's session
+           "export/backends/tensorrt.py": "TensorRTSession",           # edgecnn's session
            "export/deploy/templates/edgecnn_bundle.py": "TensorRTRunner"}  # the bundle's runner
 # Methods and properties called on TensorRT's objects (not reachable by name from the module), by class.
 OBJECT_API = {

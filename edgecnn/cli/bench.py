@@ -13,7 +13,21 @@ from typing import Any
 from edgecnn.cli.args import add_calibration, add_description, add_output, calibration_options, list_of
 from edgecnn.validation import arg_type, non_negative_float, positive_float, positive_int
 
-DEFAULT_RUNTIMES = "torch,onnxruntime,openvino,tensorrt"
+
+def _backend_runtimes() -> list[str]:
+    """Every backend's runtime, the eager reference (torch) first, then by name, as edgecnn.export.backends loads
+    them: the module names of export/backends/ (each is named as its runtime), read from the folder rather than
+    imported, so that `edgecnn report` and `edgecnn pick`, registered here too, do not load the export stage
+    (tests/test_backend_conformance.py holds this to the registry)."""
+    import importlib.util
+    import pkgutil
+
+    folders = [str(Path(p) / "backends") for p in importlib.util.find_spec("edgecnn.export").submodule_search_locations]
+    return sorted((m.name for m in pkgutil.iter_modules(folders) if not m.name.startswith("_")),
+                  key=lambda name: (name != "torch", name))
+
+
+DEFAULT_RUNTIMES = ",".join(_backend_runtimes())   # "torch,onnxruntime,openvino,tensorrt"
 
 
 def register(sub: argparse._SubParsersAction) -> None:

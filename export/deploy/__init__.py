@@ -43,10 +43,9 @@ EXPORT_SUBDIR = "export"  # inside the staging directory: where the pipeline wri
 
 @dataclass(frozen=True)
 class DeployTarget:
-    """A kind of device: which export target it runs, on which runtime, and how setup.sh checks it."""
+    """A kind of device: which runtime it runs (and so which export target), and how setup.sh checks it."""
     name: str
-    export_target: str
-    backend: str                  # the runtime run.py uses (edgecnn_bundle.RUNNERS)
+    backend: str                  # the runtime run.py uses (edgecnn_bundle.RUNNERS; edgecnn.export.backends)
     fallback: str                 # the one it uses when `backend` cannot run yet (no engine built)
     setup_template: str
     requirements: tuple[str, ...]
@@ -55,6 +54,13 @@ class DeployTarget:
     distribution: str = ""
     cpu_flags: tuple[str, ...] = ()                       # shown by setup.sh
     required_flags: tuple[tuple[str, str], ...] = ()      # (precision, flag) the precision cannot run without
+
+    @property
+    def export_target(self) -> str:
+        """The export target whose artifacts `backend` runs."""
+        from edgecnn.export.backends import BACKENDS
+
+        return BACKENDS.lookup(self.backend).target_name
 
     @property
     def precisions(self) -> tuple[str, ...]:
@@ -73,19 +79,19 @@ get_deploy_target = DEPLOY_TARGETS.lookup
 
 
 register_deploy_target(DeployTarget(
-    "jetson", "tensorrt", "tensorrt", "onnxruntime", "setup_jetson.sh",
+    "jetson", "tensorrt", "onnxruntime", "setup_jetson.sh",
     ("numpy>=1.21", "pillow>=8", "onnxruntime>=1.16  # CPU fallback only; TensorRT comes with JetPack "
      "(python3-libnvinfer), never from pip on a Jetson"),
     "NVIDIA Jetson: TensorRT engine built on the device from the TensorRT-ready ONNX (ONNX Runtime on the CPU "
     "until it is built)"))
 register_deploy_target(DeployTarget(
-    "openvino", "openvino", "openvino", "openvino", "setup_cpu.sh",
+    "openvino", "openvino", "openvino", "setup_cpu.sh",
     ("numpy>=1.21", "pillow>=8", "openvino>=2024.4"), "Intel CPUs: OpenVINO IR on the OpenVINO CPU plugin",
     module="openvino", distribution="openvino",
     cpu_flags=("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8"),
     required_flags=(("bf16", "avx512_bf16"),)))
 register_deploy_target(DeployTarget(
-    "onnxruntime", "onnx", "onnxruntime", "onnxruntime", "setup_cpu.sh",
+    "onnxruntime", "onnxruntime", "onnxruntime", "setup_cpu.sh",
     ("numpy>=1.21", "pillow>=8", "onnxruntime>=1.16"), "any CPU (x86-64, ARM): ONNX on ONNX Runtime's CPU provider",
     module="onnxruntime", distribution="onnxruntime",
     cpu_flags=("avx2", "avx512f", "avx512_vnni", "avx_vnni", "asimd", "asimddp", "fphp")))
