@@ -42,7 +42,7 @@ import torch
 
 from edgecnn.data import load_dataset, preprocess
 from edgecnn.export import export_registered, runtime
-from edgecnn.export.early_exit import FORMS, exit_indices, form_thresholds, interleaved_per_sample_ms
+from edgecnn.export.early_exit import FORMS, exit_indices, form_thresholds, interleaved_per_sample_ms, median_call_ms
 from edgecnn.export.pipeline import host_info, tool_versions
 from edgecnn.registry import get_config
 
@@ -50,7 +50,6 @@ RESULTS = Path(__file__).parent / "results"
 PAPER_GAIN = {"b_lenet_fmnist": 5.4, "b_alexnet_fmnist": 1.5, "b_resnet_fmnist": 1.9}
 MODELS = tuple(PAPER_GAIN)
 CONFIGS = ("onnx:fp32", "onnx:fp16", "onnx:int8", "openvino:fp32", "openvino:fp16", "openvino:int8")
-RUNTIME_OF = {"onnx": "onnxruntime", "openvino": "openvino"}
 
 
 def interleaved(runs: dict[str, Callable[[np.ndarray], Any]], images: np.ndarray, rounds: int) -> dict[str, Any]:
@@ -187,7 +186,7 @@ def untaken_branch_cost(graph: Any, artifact: Path, sample: np.ndarray, rounds: 
             medians: dict[str, list[float]] = {k: [] for k in runs}
             for r in range(rounds):
                 for name in (list(runs) if r % 2 == 0 else list(reversed(runs))):
-                    medians[name].append(_median_call_ms(runs[name], calls))
+                    medians[name].append(median_call_ms(runs[name], calls, warmup=20))
             graph.thresholds = kept
     graph_ms, alone_ms = (statistics.median(medians[k]) for k in runs)
     return {"graph_exit_at_stage1_ms": round(graph_ms, 5), "stage1_alone_ms": round(alone_ms, 5),
@@ -266,15 +265,6 @@ def _static_batch1(source: Path, out: Path, fmt: str, shape: list[int]) -> None:
         model = ov.Core().read_model(str(source))
         model.reshape({model.inputs[0]: shape})
         ov.save_model(model, str(out), compress_to_fp16=False)
-
-
-def _median_call_ms(call: Callable[[], Any], calls: int) -> float:
-    times = []
-    for _ in range(calls + 20):
-        t0 = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - t0)
-    return 1000 * float(np.median(times[20:]))
 
 
 def plot(results: list[dict[str, Any]], path: Path) -> None:

@@ -389,12 +389,7 @@ def _charts(model: str, rows: list[LayerComparison], labels: list[str], pairs: l
     ax.set_xticks(x, [_plot_text(n) for n in names], rotation=60, ha="right", fontsize=7)
     ax.set_ylabel("µs per inference (runtime profiler)")
     ax.set_title(_plot_text(f"{model}: latency per layer, FP32 against INT8"), fontsize=10)
-    ax.legend(fontsize=8)
-    ax.grid(True, axis="y", alpha=0.3)
-    fig.tight_layout()
-    charts["latency"] = f"latency-{_slug(model)}.png"
-    fig.savefig(staging / charts["latency"], dpi=110)
-    plt.close(fig)
+    charts["latency"] = _save_chart(fig, [ax], staging / f"latency-{_slug(model)}.png")
     if not any(p.sqnr for p in pairs):
         return charts
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(8.0, 0.45 * len(rows) + 3), 6.5), sharex=True)
@@ -411,14 +406,21 @@ def _charts(model: str, rows: list[LayerComparison], labels: list[str], pairs: l
     bottom.set_ylabel("accuracy recovered alone\nin float (pt)")
     bottom.axhline(0, color="black", lw=0.6)
     bottom.set_xticks(x, [_plot_text(n) for n in names], rotation=60, ha="right", fontsize=7)
-    for ax in (top, bottom):
+    charts["error"] = _save_chart(fig, [top, bottom], staging / f"error-{_slug(model)}.png")
+    return charts
+
+
+def _save_chart(fig: Any, axes: list[Any], path: Path) -> str:
+    """Legend and grid on each axis, then the PNG; its file name, for the report."""
+    import matplotlib.pyplot as plt
+
+    for ax in axes:
         ax.legend(fontsize=8)
         ax.grid(True, axis="y", alpha=0.3)
     fig.tight_layout()
-    charts["error"] = f"error-{_slug(model)}.png"
-    fig.savefig(staging / charts["error"], dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
-    return charts
+    return path.name
 
 
 def _pairs(artifacts: list[_Artifact], work: Path) -> list[_Pair]:

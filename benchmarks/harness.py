@@ -44,6 +44,7 @@ from edgecnn.benchmarks.schema import (RESULTS_KIND, SCHEMA_VERSION, ResultsWrit
                                        probe_writable, read_results, write_results)
 from edgecnn.benchmarks.stats import latency_stats, round_spread
 from edgecnn.errors import UserError
+from edgecnn.export.backends import BACKENDS
 from edgecnn.registries import Registry
 from edgecnn.validation import non_negative_float, positive_float, positive_int
 
@@ -56,23 +57,6 @@ DEFAULT_ROUNDS = 5
 REFERENCE_BATCH = 256   # batch of the eager PyTorch FP32 pass that gives the reference predictions
 PREPROCESSED_CACHE_MB = 1024  # test inputs kept preprocessed per model input (Fashion-MNIST: 31 MB)
 CALIBRATED_PRECISION = "int8"  # the precision whose exports calibrate on data (edgecnn.export's quantize pass)
-
-
-def _needs(module: str, hint: str) -> Callable[[], str | None]:
-    def unavailable() -> str | None:
-        try:
-            __import__(module)
-        except ImportError:
-            return f"{module} is not installed here ({hint})"
-        return None
-    return unavailable
-
-
-def _tensorrt_unavailable() -> str | None:
-    from edgecnn.export.tensorrt import engine_buildable_here
-
-    buildable, reason = engine_buildable_here()
-    return None if buildable else reason
 
 
 @dataclass(frozen=True)
@@ -108,12 +92,8 @@ class Runtime:
         return None
 
 
-RUNTIMES: dict[str, Runtime] = {r.name: r for r in (
-    Runtime("torch", None, lambda: None),
-    Runtime("onnxruntime", "onnx", _needs("onnxruntime", "pip install onnxruntime")),
-    Runtime("openvino", "openvino", _needs("openvino", "pip install 'edgecnn[openvino]'")),
-    Runtime("tensorrt", "tensorrt", _tensorrt_unavailable),
-)}
+# One per backend (`edgecnn.export.backends`), the eager reference first.
+RUNTIMES: dict[str, Runtime] = {b.name: Runtime(b.name, b.target_name, b.unavailable) for b in BACKENDS.values()}
 # The torch reference rebuilds the model from the weight record of this target's FP32 artifact.
 REFERENCE_TARGET = "onnx"
 
@@ -226,6 +206,13 @@ class SweepSettings:
         elif self.calib_data is not None:
             given["data"] = self.calib_data
         return CalibrationOptions(calibrator=self.calibrator, **given)
+
+    def calibration_variant(self) -> str | None:
+        """How INT8 records name a float placement other than the default ("placement-fast", "fallback-cost"), so
+        that runs with and without it report side by side (`edgecnn report a.json b.json`)."""
+        chosen = [f"placement-{self.placement}" if self.placement not in (None, "accuracy") else None,
+                  f"fallback-{self.fallback}" if self.fallback not in (None, "sensitivity") else None]
+        return " ".join(filter(None, chosen)) or None
 
     def description(self) -> Description:
         """What ONNX files without metadata_props are said to take (--mean, --std, --classes)."""
@@ -500,7 +487,8 @@ class Sweep:
                 self._skip_once(model, runtime, precision, batch, threads, str(e))
                 bar.update(self.s.rounds + 1)
                 continue
-            config = Config(model, runtime, precision, batch, threads, path, reused=reused)
+            variant = self.s.calibration_variant() if precision == CALIBRATED_PRECISION else None
+            config = Config(model, runtime, precision, batch, threads, path, reused=reused, variant=variant)
             configs += [config, *self.attach_extension(config, bar)]
         if self.s.peers:
             configs += self.peer_configs(model, batch, bar)

@@ -48,7 +48,7 @@ from edgecnn.data import preprocess, train_val_split
 from edgecnn.errors import UserError
 from edgecnn.calibration import CalibrationData
 from edgecnn.export.fold import fold_batchnorm
-from edgecnn.export.early_exit_graph import GRAPH_BATCH, GRAPH_TARGETS, THRESHOLDS_INPUT, write_graph
+from edgecnn.export.early_exit_graph import GRAPH_BATCH, THRESHOLDS_INPUT, graph_targets, write_graph
 from edgecnn.export.manifest import artifact_file
 from edgecnn.export.onnx_graph import BATCH_DIM, INPUT_NAME, OUTPUT_NAME
 from edgecnn.export.quantize import float_copy, get_quantizer
@@ -425,7 +425,7 @@ class EarlyExitSession(Session):
                 call = lambda: bool(stage._run_all(x)[1][0] < self._threshold_feed[k])  # noqa: B023 (called now)
             else:
                 call = lambda: stage._run_all(x)  # noqa: B023
-            costs.append(_median_ms(call, repeats))
+            costs.append(median_call_ms(call, repeats))
             x = stage._run_all(x)[-1]
         return costs
 
@@ -439,7 +439,7 @@ class EarlyExitSession(Session):
             paths = []
             for k in range(len(self._stages)):
                 self.thresholds = [0.0] * k + [above] * (len(self._stages) - 1 - k)
-                paths.append(_median_ms(lambda: self.classify(sample), repeats))
+                paths.append(median_call_ms(lambda: self.classify(sample), repeats))
         finally:
             self.thresholds = kept
         return paths
@@ -544,8 +544,8 @@ class EarlyExitStages:
             raise UserError(f"early-exit stages export {', '.join(EARLY_EXIT_PRECISIONS)}; {precision} stage "
                             f"graphs are not supported yet: export the multi-exit model at "
                             f"{', '.join(EARLY_EXIT_PRECISIONS[:-1])} or {EARLY_EXIT_PRECISIONS[-1]}")
-        if form == "graph" and target not in GRAPH_TARGETS:
-            raise UserError(f"the single early-exit graph is written for targets {', '.join(GRAPH_TARGETS)}, not "
+        if form == "graph" and target not in graph_targets():
+            raise UserError(f"the single early-exit graph is written for targets {', '.join(graph_targets())}, not "
                             f"{target}: use --early-exit stages (or auto) for {target}")
 
     def run(self, ctx: ExportContext) -> dict[str, Any]:
@@ -558,7 +558,7 @@ class EarlyExitStages:
         section = {"stages": stages, "trunk": {"file": ctx.output.model_files[_trunk_format(ctx)]},
                    "thresholds": [0.0] * (len(stages) - 1), "exit_entropy": EXIT_ENTROPY, "exit_rule": EXIT_RULE,
                    "per_precision": {}}
-        if ctx.early_exit_form != "stages" and ctx.target.name in GRAPH_TARGETS:
+        if ctx.early_exit_form != "stages" and ctx.target.name in graph_targets():
             section["graph"], files = write_graph(ctx.target.name, stages, ctx.staging, shapes[0], ctx.io_dtype)
             ctx.output.files.extend(files)
         ctx.early_exit = section
@@ -627,7 +627,7 @@ class EarlyExitStages:
                         interleaved_per_sample_ms({f: s.run for f, s in sessions.items()}, timed, 3).items()}
             executed = sessions["stages"].executed_precision
         with open_session(ctx.staging, manifest, runtime, COST_THREADS, trunk=True) as trunk:
-            trunk_ms = _median_ms(lambda: trunk.run(feed[:1]), self.cost_repeats)
+            trunk_ms = median_call_ms(lambda: trunk.run(feed[:1]), self.cost_repeats)
         with torch.no_grad():  # parity of every exit against PyTorch, on the first REFERENCE_SAMPLES images
             reference = [e.numpy() for e in net.eval().forward_exits(inputs[:REFERENCE_SAMPLES])]
         form = asked or min(measured, key=measured.get)
@@ -722,13 +722,14 @@ def interleaved_per_sample_ms(runs: dict[str, Any], images: np.ndarray, rounds: 
     return means
 
 
-def _median_ms(call: Any, repeats: int) -> float:
+def median_call_ms(call: Any, repeats: int, warmup: int = 10) -> float:
+    """Median milliseconds of `repeats` calls, after `warmup` untimed ones."""
     times = []
-    for _ in range(repeats + 10):
+    for _ in range(repeats + warmup):
         t0 = time.perf_counter()
         call()
         times.append(time.perf_counter() - t0)
-    return 1000 * float(np.median(times[10:]))
+    return 1000 * float(np.median(times[warmup:]))
 
 
 def _trunk_format(ctx: ExportContext) -> str:

@@ -66,3 +66,23 @@ def test_edgecnn_bench_is_the_command_in_python(tmp_path: Path) -> None:
     record, = results["records"]
     assert (record["model"], record["runtime"], record["precision"]) == ("lenet5_fmnist", "onnxruntime", "fp32")
     assert json.loads((tmp_path / "r.json").read_text())["records"][0]["latency_ms"] == record["latency_ms"]
+
+
+def test_bench_times_the_placement_it_is_given_and_report_shows_both_side_by_side(tmp_path: Path) -> None:
+    from edgecnn.benchmarks import read_results
+    from edgecnn.cli import main
+    from edgecnn.export.manifest import read_manifest
+
+    quick = ["lenet5_fmnist", "--runtimes", "onnxruntime", "--precisions", "int8", "--threads", "1", "--iters", "5",
+             "--rounds", "1", "--warmup-s", "0", "--accuracy-samples", "200", "--calibrator", "minmax",
+             "--calib-samples", "64", "--cache", str(tmp_path / "cache"), "--no-progress"]
+    assert main(["bench", *quick, "--out", str(tmp_path / "plain.json")]) == 0
+    assert main(["bench", *quick, "--placement", "fast", "--out", str(tmp_path / "fast.json")]) == 0
+    plain, = read_results(tmp_path / "plain.json")["records"]
+    fast, = read_results(tmp_path / "fast.json")["records"]
+    assert plain.get("variant") is None and fast["variant"] == "placement-fast"
+    assert plain["artifact"]["path"] != fast["artifact"]["path"], "each recipe is cached in its own folder"
+    assert "placement" in read_manifest(fast["artifact"]["path"])["calibration"]
+    assert main(["report", str(tmp_path / "plain.json"), str(tmp_path / "fast.json"), "--out", str(tmp_path / "r")]) == 0
+    report = (tmp_path / "r" / "README.md").read_text()
+    assert "onnxruntime int8 placement-fast" in report and "onnxruntime int8 " in report
