@@ -289,3 +289,40 @@ def test_exit_heads_are_exported_without_adaptive_pooling_and_compute_the_same()
             logits, _, features = graph(x)
             torch.testing.assert_close(logits, head(stage(x)))
             x = features
+
+
+def test_the_deploy_bundle_runs_the_single_graph_at_batch_1_and_the_stages_beyond(graph_artifact: Path, net,
+                                                                                  tmp_path: Path) -> None:
+    """A bundle of a graph-form artifact runs the single graph on the device, one call per image (its exits and
+    classes equal the rule's), and the stage loop for a larger batch, without edgecnn."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    from edgecnn.export.deploy import build_bundle
+
+    device = "openvino" if graph_artifact.name.endswith("openvino") else "onnxruntime"
+    bundle = build_bundle(str(graph_artifact), device, None, tmp_path / "bundle").path
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["early_exit"]["form"] == "graph" and manifest["early_exit"]["graph"]["file"] in manifest["files"]
+    spec = importlib.util.spec_from_file_location("edgecnn_bundle_graph_test", bundle / "edgecnn_bundle.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.manifest_problem(manifest) is None
+    model = module.Model(manifest, manifest["default_backend"], threads=1, directory=bundle)
+    assert model.form == "graph"
+    calls: Counter = Counter()
+    graph_run = model.graph.run_all
+    model.graph.run_all = lambda x, extra=None: (calls.update(["graph"]), graph_run(x, extra))[1]
+    x = _images(24).numpy()
+    thresholds = manifest["early_exit"]["thresholds"]
+    expected, expected_exit = net.early_exit(torch.from_numpy(x), thresholds)
+    one_by_one = [model.classify(x[i:i + 1]) for i in range(len(x))]
+    assert calls["graph"] == len(x), "one call of the single graph per image"
+    np.testing.assert_array_equal(np.concatenate([e for _, e in one_by_one]), expected_exit.numpy())
+    np.testing.assert_array_equal(np.concatenate([z for z, _ in one_by_one]).argmax(1), expected.numpy())
+    logits, exits = model.classify(x)   # a batch: the stage loop, the same answers
+    assert calls["graph"] == len(x)
+    np.testing.assert_array_equal(exits, expected_exit.numpy())
+    check = subprocess.run([sys.executable, str(bundle / "run.py"), "--check"], capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr

@@ -135,7 +135,8 @@ def _bench(args: argparse.Namespace, command: str) -> int:
     }
     if len(model.stages) > 1:  # where the timed batch left the network
         exits = model.classify(x)[1]
-        record["early_exit"] = {"thresholds": model.thresholds, "inputs": settings_inputs(args.images),
+        record["early_exit"] = {"thresholds": model.thresholds, "form": model.form,
+                                "inputs": settings_inputs(args.images),
                                 "exit_fractions": [round(float((exits == k).mean()), 4) for k in range(len(model.stages))]}
     power_mw = power.get("mean_mw")
     if args.power and power_mw is None:

@@ -278,6 +278,17 @@ def manifest_problem(manifest: dict[str, Any]) -> str | None:
                 and all(_number(t) for t in thresholds)):
             return f"early_exit.thresholds must be {len(stages) - 1} numbers"
         graphs += [s["model_files"] for s in stages]
+        graph = section.get("graph")
+        if graph is not None:
+            if not (isinstance(graph, dict) and _names(graph.get("model_files")) and _text(_at(graph, "input.name"))
+                    and _text(_at(graph, "thresholds_input.name")) and _text(_at(graph, "outputs.logits"))
+                    and _text(_at(graph, "outputs.exit"))):
+                return ("early_exit.graph must have model_files, input.name, thresholds_input.name and outputs "
+                        "logits and exit")
+            graphs.append(graph["model_files"])
+        if section.get("form", "stages") not in ("graph", "stages") or \
+                (section.get("form") == "graph" and graph is None):
+            return "early_exit.form must be graph (with early_exit.graph) or stages"
     for files in graphs:
         unlisted = sorted(set(files.values()) - set(manifest["files"]))
         if unlisted:
@@ -525,7 +536,9 @@ class Runner:
     def __init__(self, path: Path, input_name: str, threads: int | None) -> None:
         self.path, self.input_name, self.threads = path, input_name, threads
 
-    def run_all(self, x: np.ndarray) -> list[np.ndarray]:
+    def run_all(self, x: np.ndarray, extra: dict[str, np.ndarray] | None = None) -> list[np.ndarray]:
+        """Every output for input `x` (and `extra`, the other inputs by name: the single early-exit graph's
+        thresholds)."""
         raise NotImplementedError
 
     def version(self) -> str:
@@ -549,8 +562,8 @@ class OnnxRuntimeRunner(Runner):
         options.log_severity_level = 3
         self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
-    def run_all(self, x: np.ndarray) -> list[np.ndarray]:
-        return self._session.run(None, {self.input_name: x})
+    def run_all(self, x: np.ndarray, extra: dict[str, np.ndarray] | None = None) -> list[np.ndarray]:
+        return self._session.run(None, {self.input_name: x, **(extra or {})})
 
     def version(self) -> str:
         import onnxruntime as ort
@@ -577,8 +590,8 @@ class OpenVinoRunner(Runner):
         self._compiled = core.compile_model(str(path), "CPU", config)
         self._request = self._compiled.create_infer_request()
 
-    def run_all(self, x: np.ndarray) -> list[np.ndarray]:
-        self._request.infer({self.input_name: x})
+    def run_all(self, x: np.ndarray, extra: dict[str, np.ndarray] | None = None) -> list[np.ndarray]:
+        self._request.infer({self.input_name: x, **(extra or {})})
         return [self._request.get_output_tensor(i).data.copy() for i in range(len(self._compiled.outputs))]
 
     def version(self) -> str:
@@ -680,8 +693,9 @@ class TensorRTRunner(Runner):
         self._buffers: dict = {}
         self._bound: tuple | None = None
 
-    def run_all(self, x: np.ndarray) -> list[np.ndarray]:
-        """Every output for a batch, in chunks of the engine profile's largest batch."""
+    def run_all(self, x: np.ndarray, extra: dict[str, np.ndarray] | None = None) -> list[np.ndarray]:
+        """Every output for a batch, in chunks of the engine profile's largest batch (a TensorRT bundle runs the
+        stage loop: it has no single early-exit graph, so no other input)."""
         x = np.ascontiguousarray(x, dtype=self.trt.nptype(self._engine.get_tensor_dtype(self.input_name)))
         chunks = [self._run_chunk(x[i:i + self.max_batch]) for i in range(0, len(x), self.max_batch)]
         return [np.concatenate(parts).astype(np.float32) for parts in zip(*chunks)]
@@ -764,7 +778,20 @@ class Model:
         else:
             self.stages = [open_runner(backend, self._file(manifest["model_files"], cls), manifest["input"]["name"],
                                        threads, precision)]
+        # The single early-exit graph (manifest early_exit.form "graph"): one call per image runs exactly the
+        # stages it needs; a batch of more images runs the stage loop, as edgecnn's runtime does.
+        self.graph: Runner | None = None
+        graph = section.get("graph") if section else None
+        if graph and section.get("form") == "graph" and cls.model_format in graph["model_files"]:
+            self.graph = open_runner(backend, self._file(graph["model_files"], cls), graph["input"]["name"], threads,
+                                     precision)
+            self._thresholds_feed = {graph["thresholds_input"]["name"]: np.asarray(self.thresholds, np.float32)}
         self.dtype = np.dtype(manifest["input"]["dtype"])
+
+    @property
+    def form(self) -> str | None:
+        """How early exit runs here at batch 1: the single graph or the stage loop (None: no early exit)."""
+        return None if len(self.stages) == 1 else "graph" if self.graph is not None else "stages"
 
     def _file(self, model_files: dict[str, str], cls: type[Runner]) -> Path:
         if cls.model_format == "tensorrt_plan":
@@ -775,6 +802,9 @@ class Model:
         x = x.astype(self.dtype)
         if len(self.stages) == 1:
             return self.stages[0].run_all(x)[0].astype(np.float32), None
+        if self.graph is not None and x.shape[0] == 1:
+            logits, exit_taken = self.graph.run_all(x, self._thresholds_feed)[:2]
+            return logits.astype(np.float32).reshape(1, -1), np.asarray(exit_taken, np.int64).reshape(1)
         n, last = x.shape[0], len(self.stages) - 1
         logits = np.empty((n, self.manifest["model"]["num_classes"]), dtype=np.float32)
         exits = np.full(n, last)
