@@ -11,8 +11,8 @@ import torch
 import edgecnn
 from edgecnn.checkpoint import committed_checkpoint, load_checkpoint
 from edgecnn.cli import main
-from edgecnn.train import build_model, starting_weights, train
-from tests.datagen import SHAPE_CLASSES, make_shapes_folder
+from edgecnn.train import build_model, starting_weights
+from tests.datagen import SHAPE_CLASSES
 
 TRUNK = "lenet5_fmnist"
 BRANCHY = "b_lenet_fmnist"
@@ -21,16 +21,15 @@ QUICK = ["--epochs", "1", "--batch-size", "16", "--threads", "1"]
 
 
 @pytest.fixture(scope="module")
-def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_shapes_folder(tmp_path_factory.mktemp("data") / "shapes", per_class_train=8, per_class_test=3)
+def shapes(shapes_dir: Path) -> Path:
+    """The user's own image folder (conftest's, shared by the user-data tests)."""
+    return shapes_dir
 
 
 @pytest.fixture(scope="module")
-def trunk_checkpoint(shapes: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The user's own LeNet, trained on their folder."""
-    out = tmp_path_factory.mktemp("trunk") / "lenet.safetensors"
-    train(TRUNK, data=str(shapes), out=out, epochs=2, batch_size=16, threads=1, progress=False)
-    return out
+def trunk_checkpoint(shapes_checkpoint: Path) -> Path:
+    """The user's own LeNet, trained on their folder (conftest's)."""
+    return shapes_checkpoint
 
 
 def _x(n: int = 4) -> torch.Tensor:
