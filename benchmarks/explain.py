@@ -133,18 +133,10 @@ def _quantized_layers(pair: _Pair) -> list[str]:
     return [layer for row in rows if any(runs_in_integers(n) for n in row.nodes) for layer in row.layers]
 
 
-@dataclass
-class _QuantizeContext:
-    """What a quantizer reads of an export: the graph's input name and batch."""
-    input_name: str
-    batch: int
-    dynamic_batch: bool
-
-
 def _explain_error(pair: _Pair, data: Path | str | None, threads: int | None, candidates: int, work: Path) -> None:
     """SQNR per layer on calibration (or `data`) images; accuracy recovered alone in float for the lowest-SQNR ones."""
     from edgecnn.calibration import CalibrationOptions, accuracy_of, correct, prepare_calibration
-    from edgecnn.export.quantize import get_quantizer
+    from edgecnn.export.quantize import GraphInput, get_quantizer
     from edgecnn.export.source import rebuild_source_model
     from edgecnn.model_ref import weights_data, with_data
 
@@ -176,13 +168,13 @@ def _explain_error(pair: _Pair, data: Path | str | None, threads: int | None, ca
         if (pair.fp32.model_file.parent / name).is_file():
             shutil.copy2(pair.fp32.model_file.parent / name, fp32_dir / name)
     fp32, out = fp32_dir / pair.fp32.model_file.name, work / int8.model_file.name
-    context = _QuantizeContext(m["input"]["name"], batch, m["input"]["dynamic_batch"])
+    graph = GraphInput(m["input"]["name"], None if m["input"]["dynamic_batch"] else batch)
     validation = prepared.validation
     chunk = SCORE_CHUNK if m["input"]["dynamic_batch"] else batch
 
     def quantize(exclude: list[str]) -> float:
         with silenced("nncf", stdout=True):  # NNCF's progress bars: explain's output is the report
-            quantizer.quantize(context, fp32, out, recorded["calibrator"], prepared, exclude)
+            quantizer.quantize(graph, fp32, out, recorded["calibrator"], prepared, exclude)
         run = model_runner(ModelRun(out, int8.run.backend, "int8"), threads)
         logits = np.concatenate([run(validation.inputs[i:i + chunk]) for i in range(0, len(validation), chunk)
                                  if i + chunk <= len(validation)])

@@ -31,7 +31,6 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Callable
 
 import numpy as np
@@ -125,34 +124,33 @@ def _test_split(config: Any) -> tuple[np.ndarray, np.ndarray]:
     return preprocess(images, replace(config, input_size=tuple(config.input_size))).numpy(), labels.numpy()
 
 
-def _quantize_context() -> SimpleNamespace:
-    """What a quantizer reads of the export: the graph's input name and a dynamic batch (scoring runs in chunks)."""
-    from edgecnn.export.onnx_graph import INPUT_NAME
+def _quantize(fp32: Path, data: Any, runtime: str, calibrator: str, out: Path) -> Path:
+    """`edgecnn.quantize` of an FP32 model file with one calibrator on edgecnn's calibration samples (`data`), not
+    scored (the study scores every calibrator itself); returns the INT8 model file, written into `out`."""
+    import edgecnn
+    from edgecnn.calibration import CalibrationData
 
-    return SimpleNamespace(input_name=INPUT_NAME, batch=1, dynamic_batch=True)
+    return edgecnn.quantize(fp32, CalibrationData(data.calibration, None), backend=runtime, calibrator=calibrator,
+                            out=out).model
 
 
-def _ort_peer_default(fp32: Path, out: Path, data: Any) -> None:
-    """quantize_static with its defaults on edgecnn's samples: the peer as its own users call it."""
-    from onnxruntime.quantization import quantize_static
+def _peer_default(runtime: str, fp32: Path, out: Path, data: Any) -> None:
+    """The runtime's library with its defaults on edgecnn's samples, as its own users call it: the peers'
+    one definition (`benchmarks/peers.py`, also what `edgecnn bench --peers` builds)."""
+    from edgecnn.benchmarks.peers import library_default_int8
+    from edgecnn.export.quantize import GraphInput
 
-    from edgecnn.calibration import OnnxRuntimeFeed
-    from edgecnn.export.onnx_graph import INPUT_NAME
-    from edgecnn.export.quantize import CALIBRATION_CHUNK
-
-    quantize_static(str(fp32), str(out), OnnxRuntimeFeed(data.calibration, INPUT_NAME, CALIBRATION_CHUNK))
+    library_default_int8(runtime, fp32, out, data.calibration, GraphInput.of_model(fp32))
 
 
 def accuracy_model(name: str, threads: int, samples: int, work: Path,
                    targets: tuple[str, ...] = ("onnx", "openvino")) -> dict[str, Any]:
-    import nncf
-    import openvino as ov
     import torch
 
-    from edgecnn.calibration import CalibrationOptions, accuracy_of, as_nncf_dataset, choose_calibrator, \
-        paired_comparison, prepare_calibration
+    from edgecnn.calibration import CalibrationOptions, accuracy_of, choose_calibrator, paired_comparison, \
+        prepare_calibration
     from edgecnn.export.pipeline import export_model
-    from edgecnn.export.quantize import CALIBRATION_CHUNK, QUANTIZERS
+    from edgecnn.export.quantize import QUANTIZERS
     from edgecnn.export.source import load_source_model
 
     torch.set_num_threads(threads)
@@ -166,7 +164,6 @@ def accuracy_model(name: str, threads: int, samples: int, work: Path,
     val = data.validation
     with torch.no_grad():
         torch_test = _accuracy(lambda x: model(torch.from_numpy(x)).numpy(), test_inputs, test_labels)
-    ctx = _quantize_context()
     record: dict[str, Any] = {"model": name, "torch_fp32_test_accuracy": torch_test,
                               "calibration_samples": data.calibration.record(), "runtimes": {}}
     runners = {"onnx": (_ort_runner, "model.onnx", ["model.onnx"]),
@@ -180,11 +177,8 @@ def accuracy_model(name: str, threads: int, samples: int, work: Path,
               "fp32_bytes": _size([fp32[target] / f for f in files]), "calibrators": {}}
         val_hits, test_hits = {}, {}
         for calibrator, library in quantizer.calibrators.items():
-            out = work / f"{name}-{target}-{calibrator}" / model_file
-            out.parent.mkdir()
             t0 = time.perf_counter()
-            quantizer.quantize(ctx, fp32_file, out, calibrator, data, [])
-            quantizer.compact(out, fp32_file)
+            out = _quantize(fp32_file, data, runtime, calibrator, work / f"{name}-{target}-{calibrator}")
             seconds = time.perf_counter() - t0
             run = runner(out, threads)
             test_hits[calibrator] = _hits(run, test_inputs, test_labels)
@@ -201,15 +195,11 @@ def accuracy_model(name: str, threads: int, samples: int, work: Path,
                          "test_drop": chosen["test_drop"], "size_ratio": round(chosen["bytes"] / rt["fp32_bytes"], 3)}
         peer = work / f"{name}-{target}-peer"
         peer.mkdir()
+        _peer_default(runtime, fp32_file, peer / model_file, data)
         if target == "onnx":
-            _ort_peer_default(fp32_file, peer / model_file, data)
             rt["peer_default"] = {"what": "onnxruntime quantize_static defaults (QDQ, S8S8, per-tensor, MinMax), "
                                           "no quant_pre_process"}
         else:
-            calibration = as_nncf_dataset(data.calibration, CALIBRATION_CHUNK)
-            quantized = nncf.quantize(ov.Core().read_model(str(fp32_file)), calibration,
-                                      subset_size=len(list(calibration.get_data())))
-            ov.save_model(quantized, str(peer / model_file), compress_to_fp16=False)
             rt["peer_default"] = {"what": "nncf.quantize defaults (subset_size set to use the same samples)"}
         peer_hits = _hits(runner(peer / model_file, threads), test_inputs, test_labels)
         peer_acc = accuracy_of(peer_hits)
@@ -291,7 +281,6 @@ def seeds_model(name: str, threads: int, samples: int, seeds: list[int], work: P
 
     from edgecnn.calibration import CalibrationOptions, accuracy_of, paired_comparison, prepare_calibration
     from edgecnn.export.pipeline import export_model
-    from edgecnn.export.quantize import QUANTIZERS
     from edgecnn.export.source import load_source_model
 
     torch.set_num_threads(threads)
@@ -300,14 +289,13 @@ def seeds_model(name: str, threads: int, samples: int, seeds: list[int], work: P
                         parity_samples=16).path / "model.onnx"
     test_inputs, test_labels = _test_split(model.config)
     fp32_classes = _predictions(_ort_runner(fp32, threads), test_inputs)
-    ctx = _quantize_context()
     draws, hits = [], {"edgecnn": [], "peer": []}
     for seed in seeds:
         data = prepare_calibration(model.config, tuple(model.config.input_size),
                                    CalibrationOptions(samples=samples, seed=seed))
-        ours, peer = work / f"seed{seed}-edgecnn.onnx", work / f"seed{seed}-peer.onnx"
-        QUANTIZERS["onnx"].quantize(ctx, fp32, ours, "minmax", data, [])
-        _ort_peer_default(fp32, peer, data)
+        peer = work / f"seed{seed}-peer.onnx"
+        ours = _quantize(fp32, data, "onnxruntime", "minmax", work / f"seed{seed}-edgecnn")
+        _peer_default("onnxruntime", fp32, peer, data)
         draw: dict[str, Any] = {"seed": seed}
         for who, path in (("edgecnn", ours), ("peer", peer)):
             classes = _predictions(_ort_runner(path, threads), test_inputs)

@@ -21,6 +21,8 @@ def __getattr__(name: str) -> Any:
         return importlib.import_module("edgecnn.export")
     if name == "bench":  # edgecnn.bench(models, out, ...): `edgecnn bench` in Python
         return importlib.import_module("edgecnn.benchmarks.harness").bench
+    if name == "quantize":  # edgecnn.quantize(model_file, data, backend=...): an FP32 model file to INT8
+        return importlib.import_module("edgecnn.export.quantize_api").quantize
     if name not in _PUBLIC:
         raise AttributeError(f"module 'edgecnn' has no attribute {name!r}")
     value = getattr(importlib.import_module(_PUBLIC[name]), name)
@@ -29,8 +31,8 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_PUBLIC, "export", "bench"])
+    return sorted([*globals(), *_PUBLIC, "export", "bench", "quantize"])
 
 
 __all__ = ["ModelConfig", "UserError", "ZOO_VERSION", "bench", "count_macs", "count_params", "create_model", "export",
-           "get_config", "list_models", "register_model", "__version__"]
+           "get_config", "list_models", "quantize", "register_model", "__version__"]

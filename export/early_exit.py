@@ -51,7 +51,7 @@ from edgecnn.export.fold import fold_batchnorm
 from edgecnn.export.early_exit_graph import GRAPH_BATCH, THRESHOLDS_INPUT, graph_targets, write_graph
 from edgecnn.export.manifest import artifact_file
 from edgecnn.export.onnx_graph import BATCH_DIM, INPUT_NAME, OUTPUT_NAME
-from edgecnn.export.quantize import float_copy, get_quantizer
+from edgecnn.export.quantize import GraphInput, ModelFiles, float_copy, get_quantizer
 from edgecnn.export.runtime import BACKENDS, InputSpec, Session, open_session, register_backend
 
 if TYPE_CHECKING:
@@ -696,9 +696,10 @@ def _quantize_stage(sub: ExportContext, data: CalibrationData, last: bool) -> di
     (computed from its logits) stays float, since thresholds are compared with it."""
     quantizer = get_quantizer(sub.target.name)
     calibrator = sub.calibration_record["calibrator"]
-    with float_copy(sub, quantizer) as (fp32, model):
+    files = ModelFiles.of(quantizer, sub.staging, sub.output.model_files[quantizer.model_format])
+    with float_copy(files) as (fp32, model):
         kept = [] if last else quantizer.nodes_after(fp32, OUTPUT_NAME)
-        quantizer.quantize(sub, fp32, model, calibrator, data, kept)
+        quantizer.quantize(GraphInput.of_context(sub), fp32, model, calibrator, data, kept)
         quantizer.compact(model, fp32)
     return {"tool": quantizer.tool, "calibrator": calibrator, "calibration_samples": len(data.calibration),
             "float_nodes": quantizer.float_nodes(model), "entropy_nodes_kept_float": kept}

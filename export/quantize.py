@@ -8,7 +8,9 @@ One quantizer per target, registered in one place (`QUANTIZERS`) by the target's
 tensorrt). Each names its calibrators; "default" is the library's own defaults. `auto` tries them in order
 (`auto_candidates`) and keeps the first unless another is significantly more accurate on the validation split;
 for NNCF the first is its default. This module holds what they share: the `Quantizer` base, the registry, the
-pre-flight `check_int8` and the `Quantize` pass.
+pre-flight `check_int8`, `quantize_model` (a model file quantized in place: the calibrator choice, the float
+fallback, the provenance record) and the `Quantize` pass. The pass and `edgecnn.quantize` (`quantize_api`, on a
+bare model file) both run `quantize_model`; a quantizer reads of the graph only its `GraphInput`.
 
 Samples, the calibrator choice, the float fallback search and the provenance record are
 `edgecnn.calibration`'s; the backends' quantizers run the libraries, and this pass scores candidates with the
@@ -19,6 +21,7 @@ from __future__ import annotations
 import shutil
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator
 
@@ -43,6 +46,46 @@ SCORE_CHUNK = 64
 CALIBRATION_CHUNK = 16
 
 
+@dataclass(frozen=True)
+class GraphInput:
+    """What a quantizer reads of the graph it quantizes, besides its files: the input's name and the batch the
+    graph takes (None: a dynamic batch axis). The export pass builds it from its context (`of_context`),
+    `edgecnn.quantize` from the model file (`of_model`)."""
+    name: str
+    batch: int | None = None
+
+    @property
+    def feed_batch(self) -> int:
+        """The batch calibration feeds: the graph's static one, or CALIBRATION_CHUNK for a dynamic batch axis."""
+        return CALIBRATION_CHUNK if self.batch is None else self.batch
+
+    @property
+    def score_batch(self) -> int:
+        """The batch validation images are scored in: the graph's static one, or SCORE_CHUNK."""
+        return SCORE_CHUNK if self.batch is None else self.batch
+
+    @classmethod
+    def of_context(cls, ctx: ExportContext) -> GraphInput:
+        return cls(ctx.input_name, None if ctx.dynamic_batch else ctx.batch)
+
+    @classmethod
+    def of_model(cls, model: Path) -> GraphInput:
+        """The first input of an ONNX graph (.onnx) or an OpenVINO IR (.xml)."""
+        if model.suffix == ".xml":
+            import openvino as ov
+
+            port = ov.Core().read_model(str(model)).inputs[0]
+            first = port.get_partial_shape()[0]
+            return cls(port.get_any_name(), None if first.is_dynamic else first.get_length())
+        import onnx
+
+        graph = onnx.load(str(model), load_external_data=False).graph
+        weights = {t.name for t in graph.initializer}
+        tensor = next(i for i in graph.input if i.name not in weights)
+        first = tensor.type.tensor_type.shape.dim[0]
+        return cls(tensor.name, first.dim_value if first.HasField("dim_value") else None)
+
+
 class Quantizer:
     """Turns the target's FP32 model files into INT8 ones in place; each calibrator maps to a library setting."""
     target: ClassVar[str]
@@ -51,6 +94,7 @@ class Quantizer:
     model_format: ClassVar[str]              # the key of model_files this quantizer rewrites
     max_drop_by: ClassVar[str | None] = None  # how --max-drop is honoured; None: it is not
     ranked_by: ClassVar[str] = ""             # what `sensitivity` ranks nodes by, for the manifest
+    scored_on: ClassVar[str]                  # the session that runs its model files (edgecnn.quantize scores on it)
     scheme: ClassVar[str]                     # what the INT8 model is, for the manifest
     default_scheme: ClassVar[str | None] = None  # what the "default" calibrator's INT8 model is, where it differs
 
@@ -68,19 +112,19 @@ class Quantizer:
         """None when the quantizer's library imports, else what to install."""
         return None
 
-    def quantize(self, ctx: ExportContext, fp32: Path, out: Path, calibrator: str, data: CalibrationData,
+    def quantize(self, graph: GraphInput, fp32: Path, out: Path, calibrator: str, data: CalibrationData,
                  exclude: list[str]) -> None:
         raise NotImplementedError
 
-    def files(self, ctx: ExportContext) -> list[str]:
-        """The staging files the FP32 model consists of (the model file plus any weights file beside it)."""
-        return [ctx.output.model_files[self.model_format]]
+    def files(self, model_file: str) -> list[str]:
+        """The files the model `model_file` consists of (the model file plus any weights file beside it)."""
+        return [model_file]
 
-    def sensitivity(self, ctx: ExportContext, fp32: Path, data: CalibrationData) -> list[str]:
+    def sensitivity(self, graph: GraphInput, fp32: Path, data: CalibrationData) -> list[str]:
         """Quantized nodes, most sensitive first, for edgecnn's float fallback (quantizers with max_drop_by)."""
         raise NotImplementedError
 
-    def accuracy_control(self, ctx: ExportContext, fp32: Path, out: Path, calibrator: str, data: CalibrationData,
+    def accuracy_control(self, graph: GraphInput, fp32: Path, out: Path, calibrator: str, data: CalibrationData,
                          fp32_accuracy: float, max_drop: float) -> dict[str, Any] | None:
         """Quantize within `max_drop` with the library's own accuracy control; None if edgecnn's fallback applies."""
         return None
@@ -148,49 +192,57 @@ def onnx_nodes_after(model: Path, output: str) -> list[str]:
     return names
 
 
-def _copy_model_files(ctx: ExportContext, quantizer: Quantizer, directory: Path, back: bool = False) -> None:
-    """The staging model's files (`quantizer.files`) into `directory`, or with `back` from it into staging."""
-    for name in quantizer.files(ctx):
-        staged, aside = ctx.staging / name, directory / Path(name).name
-        shutil.copy2(*((aside, staged) if back else (staged, aside)))
+@dataclass(frozen=True)
+class ModelFiles:
+    """A model being quantized in place: its `directory`, the model file's name in it, and every file the model
+    consists of (`Quantizer.files`: an IR's .bin beside its .xml)."""
+    directory: Path
+    model_file: str
+    files: tuple[str, ...]
+
+    @classmethod
+    def of(cls, quantizer: Quantizer, directory: Path, model_file: str) -> ModelFiles:
+        return cls(Path(directory), model_file, tuple(quantizer.files(model_file)))
+
+    @property
+    def model(self) -> Path:
+        return self.directory / self.model_file
+
+    def copy(self, directory: Path, back: bool = False) -> None:
+        """The model's files into `directory`, or with `back` from it into place."""
+        for name in self.files:
+            here, aside = self.directory / name, directory / Path(name).name
+            shutil.copy2(*((aside, here) if back else (here, aside)))
 
 
 @contextmanager
-def float_copy(ctx: ExportContext, quantizer: Quantizer) -> Iterator[tuple[Path, Path]]:
-    """(FP32 model, model file to overwrite): the staging model's files copied aside for the quantizer to read
-    while it writes the INT8 model in their place; the copy is removed afterwards."""
-    files = quantizer.files(ctx)
-    fp32_dir = ctx.staging / FP32_DIR
+def float_copy(model: ModelFiles) -> Iterator[tuple[Path, Path]]:
+    """(FP32 model, model file to overwrite): the model's files copied aside (FP32_DIR, inside its directory) for
+    the quantizer to read while it writes the INT8 model in their place; the copy is removed afterwards."""
+    fp32_dir = model.directory / FP32_DIR
     fp32_dir.mkdir()
     try:
-        _copy_model_files(ctx, quantizer, fp32_dir)
-        yield fp32_dir / Path(files[0]).name, ctx.staging / files[0]
+        model.copy(fp32_dir)
+        yield fp32_dir / Path(model.files[0]).name, model.model
     finally:
         shutil.rmtree(fp32_dir, ignore_errors=True)
 
 
-def _trial(ctx: ExportContext, quantizer: Quantizer, fp32: Path, model: Path, data: CalibrationData,
+def _trial(files: ModelFiles, graph: GraphInput, backend: str, fp32: Path, data: CalibrationData,
            options: CalibrationOptions, quantize_and_score: Callable[[list[str]], float]) -> Trial:
-    """The float-placement searches' view of this export: quantize into the staging model, keep copies of it in
-    float_copy's directory, time models on the target's runtime (calibration images, the graph's batch)."""
+    """The float-placement searches' view of this quantization: quantize into the model file, keep copies of it in
+    float_copy's directory, time models on the runtime (calibration images, the graph's batch)."""
     from edgecnn.export.profile import profile_models
 
     def keep(name: str) -> Path:
         (fp32.parent / name).mkdir(exist_ok=True)
-        _copy_model_files(ctx, quantizer, fp32.parent / name)
-        return fp32.parent / name / model.name
+        files.copy(fp32.parent / name)
+        return fp32.parent / name / files.model.name
 
-    batch = data.calibration.inputs[:1 if ctx.dynamic_batch else ctx.batch]
-    backend = ctx.output.default_backend
-    return Trial(fp32, quantize_and_score, keep,
-                 lambda path: _copy_model_files(ctx, quantizer, path.parent, back=True),
+    batch = data.calibration.inputs[:1 if graph.batch is None else graph.batch]
+    return Trial(fp32, quantize_and_score, keep, lambda path: files.copy(path.parent, back=True),
                  lambda paths: profile_models([ModelRun(p, backend, "fp32" if p == fp32 else "int8") for p in paths],
                                               batch, options.profile_threads))
-
-
-def feed_batch(ctx: ExportContext) -> int:
-    """The batch calibration feeds: the graph's static one, or CALIBRATION_CHUNK for a dynamic batch axis."""
-    return CALIBRATION_CHUNK if ctx.dynamic_batch else ctx.batch
 
 
 # Ops ONNX Runtime runs only in float, whose weights edgecnn still stores in INT8 (deform_resnet_fmnist: the
@@ -198,10 +250,145 @@ def feed_batch(ctx: ExportContext) -> int:
 WEIGHTS_ONLY_OPS = ("DeformConv",)
 
 
+# ---------------------------------------------------------------- quantizing a model file in place
+
+def quantize_model(quantizer: Quantizer, files: ModelFiles, graph: GraphInput, data: CalibrationData,
+                   options: CalibrationOptions, *, backend: str, exclude: list[str] | tuple[str, ...] = (),
+                   status: Callable[[str], None] | None = None,
+                   finish: Callable[[Path, str], None] | None = None) -> dict[str, Any]:
+    """Quantize the FP32 model `files` in place with `quantizer`: the calibrator choice (`auto`), the float
+    fallback of `max_drop` and the float placement, scored on `data.validation` (if any) with the `backend`
+    session. `exclude` stays float in every candidate. `finish(fp32, calibrator)` runs while the FP32 copy still
+    exists (the export's TensorRT engine and cache). Returns the provenance record (the manifest's calibration).
+
+    What `edgecnn.quantize` and the export's Quantize pass both run."""
+    status = status or (lambda message: None)
+    with float_copy(files) as (fp32, model):
+        fp32_hash = sha256_file(fp32)
+        record = _choose_and_quantize(quantizer, files, graph, backend, options, data, fp32, model, list(exclude),
+                                      status)
+        quantizer.compact(model, fp32)
+        if finish is not None:
+            finish(fp32, record["calibrator"])
+    record.update({"tool": quantizer.tool, "scheme": quantizer.scheme_of(record["calibrator"]),
+                   "target": quantizer.target, "fp32_model_sha256": fp32_hash,
+                   "calibration_samples": data.calibration.record(),
+                   "validation_samples": data.validation.record() if data.validation else None,
+                   "float_nodes": quantizer.float_nodes(model)})
+    return record
+
+
+def _choose_and_quantize(quantizer: Quantizer, files: ModelFiles, graph: GraphInput, backend: str,
+                         options: CalibrationOptions, data: CalibrationData, fp32: Path, model: Path,
+                         kept: list[str], status: Callable[[str], None]) -> dict[str, Any]:
+    labelled = data.validation is not None
+
+    def hits() -> np.ndarray:
+        return _hits(files, graph, backend, quantizer.model_format, data)
+
+    fp32_accuracy = accuracy_of(hits()) if labelled else None
+    candidates = quantizer.auto_candidates() if options.calibrator == "auto" else [options.calibrator]
+
+    def quantize_and_hits(calibrator: str, exclude: list[str] = ()) -> np.ndarray:
+        quantizer.quantize(graph, fp32, model, calibrator, data, kept + [n for n in exclude if n not in kept])
+        return hits() if labelled else np.zeros(0, dtype=bool)
+
+    def quantize_and_score(calibrator: str, exclude: list[str] = ()) -> float:
+        found = quantize_and_hits(calibrator, exclude)
+        return accuracy_of(found) if labelled else float("nan")
+
+    started = time.perf_counter()
+    versus_first = None
+    if len(candidates) > 1:
+        tried = fp32.parent / "candidates"   # inside float_copy's directory, removed with it
+
+        def quantize_keep_and_hits(calibrator: str) -> np.ndarray:
+            found = quantize_and_hits(calibrator)
+            (tried / calibrator).mkdir(parents=True)
+            files.copy(tried / calibrator)
+            return found
+
+        choice = choose_calibrator(candidates, quantize_keep_and_hits, progress=lambda name: status(
+            f"--calibrator auto: {name} ({candidates.index(name) + 1} of {len(candidates)})"))
+        best, scores, versus_first = choice.best, choice.scores, choice.versus_first
+        files.copy(tried / best, back=True)  # the chosen one's, not quantized again
+    else:
+        best = candidates[0]
+        scores = {best: quantize_and_score(best)}
+    record: dict[str, Any] = {
+        "calibrator": best, "library_calibrator": quantizer.calibrators[best], "requested": options.calibrator,
+        "seed": options.seed, "scores_validation_accuracy": scores if labelled else None,
+        "choice": None if versus_first is None else {
+            "rule": f"keep {candidates[0]!r} unless another calibrator is significantly more accurate on the "
+                    "same validation images (McNemar, 5 %)", "versus_first": versus_first,
+            "not_tried": quantizer.auto_skips},
+        "fp32_validation_accuracy": fp32_accuracy, "int8_validation_accuracy": scores[best] if labelled else None,
+        "max_drop": options.max_drop, "nodes_to_exclude": [], "fallback": None,
+        "resolution": resolution_record(len(data.validation), options.max_drop) if labelled else None}
+    if kept:
+        record["nodes_kept_float"] = list(kept)
+    # --max-drop as the validation split measures it: never acting on less than one image
+    max_drop = measurable_drop(options.max_drop, len(data.validation)) \
+        if labelled and options.max_drop is not None else options.max_drop
+    accuracy_now, placed = scores[best] if labelled else None, []
+    trial = _trial(files, graph, backend, fp32, data, options,
+                   lambda exclude: quantize_and_score(best, exclude)) if options.measures_latency else None
+    if options.placement == "fast":
+        placed, accuracy_now, record["placement"] = place_for_speed(trial, graph_layers(fp32), [], accuracy_now,
+                                                                    fp32_accuracy)
+        record.update(nodes_left_in_float_for_speed=placed, int8_validation_accuracy=accuracy_now)
+    if max_drop is not None and fp32_accuracy - accuracy_now > max_drop:
+        controlled = None if placed or kept or options.fallback == "cost" else \
+            quantizer.accuracy_control(graph, fp32, model, best, data, fp32_accuracy, max_drop)
+        if controlled is not None:
+            accuracy_now = accuracy_of(hits())
+            if fp32_accuracy - accuracy_now > max_drop:
+                raise UserError(f"{quantizer.tool} could not bring the INT8 drop within --max-drop "
+                                f"{options.max_drop:g} pt (best {fp32_accuracy - accuracy_now:.2f} pt): every "
+                                "node is too sensitive. Nothing was written; raise --max-drop or export fp32")
+            record.update(fallback=controlled, int8_validation_accuracy=accuracy_now)
+        else:
+            ranked = [n for n in quantizer.sensitivity(graph, fp32, data) if n not in kept]
+            if options.fallback == "cost":
+                nodes, accuracy, cost = cheapest_fallback(trial, graph_layers(fp32), ranked, placed,
+                                                          fp32_accuracy, accuracy_now, options.max_drop)
+                record.update(nodes_to_exclude=nodes, int8_validation_accuracy=accuracy, fallback=cost)
+            else:
+                result = fallback_to_float(ranked, lambda exclude: quantize_and_score(best, placed + exclude),
+                                           fp32_accuracy, accuracy_now, options.max_drop)
+                quantize_and_score(best, placed + result.excluded)
+                record.update(nodes_to_exclude=result.excluded, int8_validation_accuracy=result.accuracy,
+                              fallback={"method": f"edgecnn: most sensitive first ({quantizer.ranked_by}), "
+                                                  "doubling, then bisection", "ranked_nodes": len(ranked),
+                                        "steps": result.steps})
+    if labelled:
+        record["validation_drop"] = round(fp32_accuracy - record["int8_validation_accuracy"], 2)
+    record["seconds"] = round(time.perf_counter() - started, 2)
+    return record
+
+
+def scoring_manifest(files: ModelFiles, graph: GraphInput, model_format: str, shape: tuple[int, ...],
+                     backend: str) -> dict[str, Any]:
+    """What a session reads to open a bare model file (`runtime.open_session`): its file, input and precision."""
+    return {"target": model_format, "precision": "int8", "default_backend": backend,
+            "model_files": {model_format: files.model_file},
+            "input": {"name": graph.name, "shape": ["N" if graph.batch is None else graph.batch, *shape],
+                      "dtype": "float32", "layout": "NCHW", "dynamic_batch": graph.batch is None}}
+
+
+def _hits(files: ModelFiles, graph: GraphInput, backend: str, model_format: str, data: CalibrationData) -> np.ndarray:
+    """Per validation image, whether whatever the model file holds now gets it right."""
+    manifest = scoring_manifest(files, graph, model_format, data.validation.inputs.shape[1:], backend)
+    with open_session(files.directory, manifest, backend) as session:
+        logits = parity.run_in_batches(session.run, data.validation.inputs, graph.score_batch)
+    return correct(logits, data.validation.labels)
+
+
 # ---------------------------------------------------------------- the pass
 
 class Quantize:
-    """Pipeline pass: calibrate, quantize the target's FP32 files with its quantizer, record the provenance."""
+    """Pipeline pass: calibrate, quantize the target's FP32 files with its quantizer (`quantize_model`, as
+    `edgecnn.quantize` does), record the provenance."""
     name = "quantize_int8"
 
     def applies(self, ctx: ExportContext) -> bool:
@@ -212,115 +399,24 @@ class Quantize:
         quantizer = get_quantizer(ctx.target.name)
         check_int8(ctx.target.name, options)
         data = prepare_calibration(ctx.config, ctx.input_size, options, ctx.data)
-        with float_copy(ctx, quantizer) as (fp32, model):
-            fp32_hash = sha256_file(fp32)
-            record = self._quantize(ctx, quantizer, options, data, fp32, model)
-            quantizer.compact(model, fp32)
+        extra: list[str] = []
+
+        def finish(fp32: Path, calibrator: str) -> None:
             ctx.target.finish_int8(ctx, ctx.output)   # TensorRT: the engine, built from the Q/DQ graph
-            extra = quantizer.finish(ctx, fp32, record["calibrator"])
+            extra.extend(quantizer.finish(ctx, fp32, calibrator))
+
+        files = ModelFiles.of(quantizer, ctx.staging, ctx.output.model_files[quantizer.model_format])
+        record = quantize_model(quantizer, files, GraphInput.of_context(ctx), data, options,
+                                backend=ctx.output.default_backend, status=ctx.status, finish=finish)
         ctx.output.files.extend(extra)
-        record.update({"tool": quantizer.tool, "scheme": quantizer.scheme_of(record["calibrator"]),
-                       "target": ctx.target.name,
-                       "fp32_model_sha256": fp32_hash,
-                       "calibration_samples": data.calibration.record(),
-                       "validation_samples": data.validation.record() if data.validation else None,
-                       "float_nodes": quantizer.float_nodes(model), "extra_files": extra})
+        record.update(target=ctx.target.name, extra_files=extra)
         ctx.calibration_record, ctx.calibration_data = record, data
         return {"calibrator": record["calibrator"], "samples": len(data.calibration),
                 "validation_drop": record.get("validation_drop")}
 
-    def _quantize(self, ctx: ExportContext, quantizer: Quantizer, options: CalibrationOptions,
-                  data: CalibrationData, fp32: Path, model: Path) -> dict[str, Any]:
-        labelled = data.validation is not None
-        fp32_accuracy = accuracy_of(self._hits(ctx, data)) if labelled else None
-        candidates = quantizer.auto_candidates() if options.calibrator == "auto" else [options.calibrator]
-
-        def quantize_and_hits(calibrator: str, exclude: list[str] = ()) -> np.ndarray:
-            quantizer.quantize(ctx, fp32, model, calibrator, data, list(exclude))
-            return self._hits(ctx, data) if labelled else np.zeros(0, dtype=bool)
-
-        def quantize_and_score(calibrator: str, exclude: list[str] = ()) -> float:
-            hits = quantize_and_hits(calibrator, exclude)
-            return accuracy_of(hits) if labelled else float("nan")
-
-        started = time.perf_counter()
-        versus_first = None
-        if len(candidates) > 1:
-            tried = fp32.parent / "candidates"   # inside float_copy's directory, removed with it
-
-            def quantize_keep_and_hits(calibrator: str) -> np.ndarray:
-                hits = quantize_and_hits(calibrator)
-                (tried / calibrator).mkdir(parents=True)
-                _copy_model_files(ctx, quantizer, tried / calibrator)
-                return hits
-
-            choice = choose_calibrator(candidates, quantize_keep_and_hits, progress=lambda name: ctx.status(
-                f"--calibrator auto: {name} ({candidates.index(name) + 1} of {len(candidates)})"))
-            best, scores, versus_first = choice.best, choice.scores, choice.versus_first
-            _copy_model_files(ctx, quantizer, tried / best, back=True)  # the chosen one's, not quantized again
-        else:
-            best = candidates[0]
-            scores = {best: quantize_and_score(best)}
-        record: dict[str, Any] = {
-            "calibrator": best, "library_calibrator": quantizer.calibrators[best], "requested": options.calibrator,
-            "seed": options.seed, "scores_validation_accuracy": scores if labelled else None,
-            "choice": None if versus_first is None else {
-                "rule": f"keep {candidates[0]!r} unless another calibrator is significantly more accurate on the "
-                        "same validation images (McNemar, 5 %)", "versus_first": versus_first,
-                "not_tried": quantizer.auto_skips},
-            "fp32_validation_accuracy": fp32_accuracy, "int8_validation_accuracy": scores[best] if labelled else None,
-            "max_drop": options.max_drop, "nodes_to_exclude": [], "fallback": None,
-            "resolution": resolution_record(len(data.validation), options.max_drop) if labelled else None}
-        # --max-drop as the validation split measures it: never acting on less than one image
-        max_drop = measurable_drop(options.max_drop, len(data.validation)) \
-            if labelled and options.max_drop is not None else options.max_drop
-        accuracy_now, placed = scores[best] if labelled else None, []
-        trial = _trial(ctx, quantizer, fp32, model, data, options,
-                       lambda exclude: quantize_and_score(best, exclude)) if options.measures_latency else None
-        if options.placement == "fast":
-            placed, accuracy_now, record["placement"] = place_for_speed(trial, graph_layers(fp32), [], accuracy_now,
-                                                                        fp32_accuracy)
-            record.update(nodes_left_in_float_for_speed=placed, int8_validation_accuracy=accuracy_now)
-        if max_drop is not None and fp32_accuracy - accuracy_now > max_drop:
-            controlled = None if placed or options.fallback == "cost" else \
-                quantizer.accuracy_control(ctx, fp32, model, best, data, fp32_accuracy, max_drop)
-            if controlled is not None:
-                accuracy_now = accuracy_of(self._hits(ctx, data))
-                if fp32_accuracy - accuracy_now > max_drop:
-                    raise UserError(f"{quantizer.tool} could not bring the INT8 drop within --max-drop "
-                                    f"{options.max_drop:g} pt (best {fp32_accuracy - accuracy_now:.2f} pt): every "
-                                    "node is too sensitive. Nothing was written; raise --max-drop or export fp32")
-                record.update(fallback=controlled, int8_validation_accuracy=accuracy_now)
-            else:
-                ranked = quantizer.sensitivity(ctx, fp32, data)
-                if options.fallback == "cost":
-                    nodes, accuracy, cost = cheapest_fallback(trial, graph_layers(fp32), ranked, placed,
-                                                              fp32_accuracy, accuracy_now, options.max_drop)
-                    record.update(nodes_to_exclude=nodes, int8_validation_accuracy=accuracy, fallback=cost)
-                else:
-                    result = fallback_to_float(ranked, lambda exclude: quantize_and_score(best, placed + exclude),
-                                               fp32_accuracy, accuracy_now, options.max_drop)
-                    quantize_and_score(best, placed + result.excluded)
-                    record.update(nodes_to_exclude=result.excluded, int8_validation_accuracy=result.accuracy,
-                                  fallback={"method": f"edgecnn: most sensitive first ({quantizer.ranked_by}), "
-                                                      "doubling, then bisection", "ranked_nodes": len(ranked),
-                                            "steps": result.steps})
-        if labelled:
-            record["validation_drop"] = round(fp32_accuracy - record["int8_validation_accuracy"], 2)
-        record["seconds"] = round(time.perf_counter() - started, 2)
-        return record
-
-    @staticmethod
-    def _hits(ctx: ExportContext, data: CalibrationData) -> np.ndarray:
-        """Per validation image, whether whatever the staging directory's model file holds now gets it right."""
-        manifest = ctx.manifest(time.perf_counter(), hash_files=False)
-        with open_session(ctx.staging, manifest, ctx.output.default_backend) as session:
-            logits = parity.run_in_batches(session.run, data.validation.inputs,
-                                           SCORE_CHUNK if ctx.dynamic_batch else ctx.batch)
-        return correct(logits, data.validation.labels)
-
 
 from edgecnn.export import backends  # noqa: E402,F401  (each backend module registers its quantizers)
 
-__all__ = ["QUANTIZERS", "Quantize", "Quantizer", "WEIGHTS_ONLY_OPS", "check_int8", "feed_batch", "float_copy",
-           "get_quantizer", "onnx_nodes_after", "register_quantizer"]
+__all__ = ["QUANTIZERS", "GraphInput", "ModelFiles", "Quantize", "Quantizer", "WEIGHTS_ONLY_OPS", "check_int8",
+           "float_copy", "get_quantizer", "onnx_nodes_after", "quantize_model", "register_quantizer",
+           "scoring_manifest"]

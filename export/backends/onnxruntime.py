@@ -27,7 +27,7 @@ from onnxruntime.quantization.operators.qdq_base_operator import QDQOperatorBase
 from edgecnn.calibration import CalibrationData, OnnxRuntimeFeed
 from edgecnn.export.backends import Backend, needs, register
 from edgecnn.export.early_exit_graph import compose_onnx
-from edgecnn.export.quantize import (SENSITIVITY_SAMPLES, WEIGHTS_ONLY_OPS, Quantizer, feed_batch, onnx_nodes_after,
+from edgecnn.export.quantize import (SENSITIVITY_SAMPLES, WEIGHTS_ONLY_OPS, GraphInput, Quantizer, onnx_nodes_after,
                                      register_quantizer)
 from edgecnn.export.runtime import PRECISION_NAMES, Session, load_error, register_backend, summarise_precisions
 from edgecnn.export.targets import ONNX_FILE, Target, TargetOutput, register_target
@@ -201,6 +201,7 @@ class OnnxRuntimeQuantizer(Quantizer):
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
     model_format = "onnx"
+    scored_on = "onnxruntime"
 
     @staticmethod
     def _preprocessed_path(fp32: Path) -> Path:
@@ -231,11 +232,11 @@ class OnnxRuntimeQuantizer(Quantizer):
             feed.rewind()
         return ranges
 
-    def quantize(self, ctx: ExportContext, fp32: Path, out: Path, calibrator: str, data: CalibrationData,
+    def quantize(self, graph: GraphInput, fp32: Path, out: Path, calibrator: str, data: CalibrationData,
                  exclude: list[str], **library_options: Any) -> None:
         from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-        feed = OnnxRuntimeFeed(data.calibration, ctx.input_name, feed_batch(ctx))
+        feed = OnnxRuntimeFeed(data.calibration, graph.name, graph.feed_batch)
         with silenced("", stdout=True):
             if calibrator == "default":  # exactly what a user calling quantize_static alone gets
                 quantize_static(str(fp32), str(out), feed, nodes_to_exclude=exclude or None, **library_options)
@@ -249,21 +250,20 @@ class OnnxRuntimeQuantizer(Quantizer):
                                 calibrate_method=self.methods[calibrator], nodes_to_exclude=exclude or None,
                                 **library_options)
 
-    def sensitivity(self, ctx: ExportContext, fp32: Path, data: CalibrationData) -> list[str]:
+    def sensitivity(self, graph: GraphInput, fp32: Path, data: CalibrationData) -> list[str]:
         """Nodes whose quantized inputs lose the most (lowest SQNR of activation or weight), ONNX Runtime's QDQ debugger."""
         import onnx
         from onnxruntime.quantization import qdq_loss_debug as dbg
 
         quantized = fp32.with_name("sensitivity.qdq.onnx")
-        self.quantize(ctx, fp32, quantized, "minmax", data, [], extra_options={"DedicatedQDQPair": True})
+        self.quantize(graph, fp32, quantized, "minmax", data, [], extra_options={"DedicatedQDQPair": True})
         subset = data.calibration.inputs[:SENSITIVITY_SAMPLES]
         activations = {}
         for name, model in (("float", self._preprocessed(fp32)), ("qdq", quantized)):
             augmented = fp32.with_name(f"sensitivity.{name}.aug.onnx")
             dbg.modify_model_output_intermediate_tensors(str(model), str(augmented))
             activations[name] = dbg.collect_activations(str(augmented),
-                                                        OnnxRuntimeFeed(subset, ctx.input_name,
-                                                                        feed_batch(ctx)))
+                                                        OnnxRuntimeFeed(subset, graph.name, graph.feed_batch))
         errors = dbg.compute_activation_error(dbg.create_activation_matching(activations["qdq"], activations["float"]))
         weights = dbg.compute_weight_error(dbg.create_weight_matching(str(self._preprocessed(fp32)), str(quantized)))
         graph = onnx.load(str(self._preprocessed(fp32)), load_external_data=False).graph

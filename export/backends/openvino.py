@@ -23,7 +23,7 @@ from edgecnn.export.backends import Backend, needs, register
 from edgecnn.export.early_exit_graph import compose_openvino
 from edgecnn.export.onnx_graph import ExportError
 from edgecnn.export.profile import ModelRun, graph_layers, layer_sqnr
-from edgecnn.export.quantize import SENSITIVITY_SAMPLES, Quantizer, feed_batch, register_quantizer
+from edgecnn.export.quantize import SENSITIVITY_SAMPLES, GraphInput, Quantizer, register_quantizer
 from edgecnn.export.runtime import PRECISION_NAMES, Session, load_error, register_backend, summarise_precisions
 from edgecnn.export.targets import ONNX_FILE, Target, TargetOutput, register_target
 from edgecnn.quiet import silenced
@@ -203,6 +203,7 @@ class NncfQuantizer(Quantizer):
                    "percentile": "RangeEstimatorParametersSet.MEAN_QUANTILE",
                    "mse": "RangeEstimatorParametersSet.HISTOGRAM (minimises the quantization error)"}
     model_format = "openvino"
+    scored_on = "openvino"
     max_drop_by = "nncf.quantize_with_accuracy_control (--fallback cost or --placement fast: edgecnn's search)"
     ranked_by = "SQNR of each layer's output against FP32, nncf.quantize defaults"
     scheme = "OpenVINO IR with FakeQuantize, NNCF PERFORMANCE preset (symmetric), S8 per-channel weights"
@@ -214,9 +215,8 @@ class NncfQuantizer(Quantizer):
             return "pip install 'edgecnn[openvino]'"
         return None
 
-    def files(self, ctx: ExportContext) -> list[str]:
-        xml = ctx.output.model_files[self.model_format]
-        return [xml, str(Path(xml).with_suffix(".bin"))]
+    def files(self, model_file: str) -> list[str]:
+        return [model_file, str(Path(model_file).with_suffix(".bin"))]
 
     def _parameters(self, calibrator: str, data: CalibrationData, batch: int | None) -> dict[str, Any]:
         import nncf
@@ -231,35 +231,35 @@ class NncfQuantizer(Quantizer):
         return {**params, "preset": nncf.QuantizationPreset.PERFORMANCE,
                 "advanced_parameters": AdvancedQuantizationParameters(activations_range_estimator_params=estimator)}
 
-    def quantize(self, ctx: ExportContext, fp32: Path, out: Path, calibrator: str, data: CalibrationData,
+    def quantize(self, graph: GraphInput, fp32: Path, out: Path, calibrator: str, data: CalibrationData,
                  exclude: list[str]) -> None:
         import nncf
         import openvino as ov
 
-        params = self._parameters(calibrator, data, feed_batch(ctx))
+        params = self._parameters(calibrator, data, graph.feed_batch)
         ignored = nncf.IgnoredScope(names=exclude) if exclude else None
         with silenced("nncf"):
             quantized = nncf.quantize(ov.Core().read_model(str(fp32)), params.pop("calibration_dataset"),
                                       ignored_scope=ignored, **params)
         ov.save_model(quantized, str(out), compress_to_fp16=False)
 
-    def sensitivity(self, ctx: ExportContext, fp32: Path, data: CalibrationData) -> list[str]:
+    def sensitivity(self, graph: GraphInput, fp32: Path, data: CalibrationData) -> list[str]:
         """Graph nodes, those of the layer whose output strays furthest from FP32 (lowest SQNR) first."""
         quantized = fp32.with_name("sensitivity.xml")
-        self.quantize(ctx, fp32, quantized, "default", data, [])
+        self.quantize(graph, fp32, quantized, "default", data, [])
         layers = graph_layers(fp32)
         sqnr = layer_sqnr(ModelRun(fp32, "openvino"), ModelRun(quantized, "openvino", "int8"), layers,
                           graph_layers(fp32, quantized), data.calibration.inputs[:SENSITIVITY_SAMPLES],
-                          feed_batch(ctx))
+                          graph.feed_batch)
         ranked = sorted(sqnr, key=lambda layer: math.inf if sqnr[layer] is None else sqnr[layer])
         return [node for layer in ranked for node in layers.nodes[layer]]
 
-    def accuracy_control(self, ctx: ExportContext, fp32: Path, out: Path, calibrator: str, data: CalibrationData,
+    def accuracy_control(self, graph: GraphInput, fp32: Path, out: Path, calibrator: str, data: CalibrationData,
                          fp32_accuracy: float, max_drop: float) -> dict[str, Any]:
         import nncf
         import openvino as ov
 
-        batch = feed_batch(ctx)
+        batch = graph.feed_batch
         params = self._parameters(calibrator, data, batch)
         if "advanced_parameters" in params:
             params["advanced_quantization_parameters"] = params.pop("advanced_parameters")  # this API's name for it

@@ -22,7 +22,7 @@ from edgecnn.export import tensorrt
 from edgecnn.export.backends import Backend, register
 from edgecnn.export.manifest import ArtifactError, sha256_file
 from edgecnn.export.onnx_graph import ExportError
-from edgecnn.export.quantize import Quantizer, register_quantizer
+from edgecnn.export.quantize import GraphInput, Quantizer, register_quantizer
 from edgecnn.export.runtime import Session, register_backend
 from edgecnn.export.targets import ONNX_FILE, Target, TargetOutput, register_target
 from edgecnn.quiet import silenced
@@ -291,6 +291,7 @@ class ModelOptQuantizer(Quantizer):
     calibrators = {"entropy": "calibration_method='entropy'", "minmax": "calibration_method='max'"}
     scheme = "explicit Q/DQ for TensorRT 10: S8 symmetric activations, S8 per-channel weights (DQ only)"
     model_format = "onnx"
+    scored_on = "onnxruntime"   # the Q/DQ ONNX; a TensorRT engine is built on the device
 
     def available(self) -> str | None:
         try:
@@ -299,13 +300,13 @@ class ModelOptQuantizer(Quantizer):
             return MODELOPT_HINT
         return None
 
-    def quantize(self, ctx: ExportContext, fp32: Path, out: Path, calibrator: str, data: CalibrationData,
+    def quantize(self, graph: GraphInput, fp32: Path, out: Path, calibrator: str, data: CalibrationData,
                  exclude: list[str]) -> None:
         from modelopt.onnx.quantization import quantize
 
         method = "max" if calibrator == "minmax" else calibrator
         with silenced("", stdout=True), _onnxruntime_quantization_restored(), _modelopt_bars_silenced():
-            quantize(str(fp32), quantize_mode="int8", calibration_data=as_modelopt_data(data.calibration, ctx.input_name),
+            quantize(str(fp32), quantize_mode="int8", calibration_data=as_modelopt_data(data.calibration, graph.name),
                      calibration_method=method, calibration_eps=["cpu"], output_path=str(out), log_level="WARNING",
                      nodes_to_exclude=exclude or None, high_precision_dtype="fp32", dq_only=True)
 

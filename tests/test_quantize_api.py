@@ -1,0 +1,143 @@
+"""edgecnn.quantize: an FP32 model file to INT8 on the real runtimes (ONNX Runtime, OpenVINO), from arrays or a
+dataset folder, the same function the export's Quantize pass runs."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+import edgecnn
+from edgecnn.calibration import CalibrationData, CalibrationOptions, prepare_calibration
+from edgecnn.data import FMNIST_DEFAULT_ROOT, load_dataset, preprocess
+from edgecnn.errors import UserError
+from edgecnn.export.pipeline import export_registered
+from edgecnn.export.quantize import QUANTIZERS
+from edgecnn.registry import get_config
+
+MODEL = "lenet5_fmnist"
+MODEL_FILES = {"onnxruntime": ("onnx", "model.onnx"), "openvino": ("openvino", "model.xml")}
+IMAGES = 300
+
+pytestmark = pytest.mark.skipif(not FMNIST_DEFAULT_ROOT.is_dir(), reason=f"Fashion-MNIST is not at {FMNIST_DEFAULT_ROOT}")
+
+
+@pytest.fixture(scope="module")
+def fp32(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """lenet5_fmnist's FP32 model file per backend (dynamic batch)."""
+    root = tmp_path_factory.mktemp("fp32")
+    return {backend: export_registered(MODEL, target, "fp32", root / target, dynamic_batch=True,
+                                       parity_samples=8).path / name
+            for backend, (target, name) in MODEL_FILES.items()}
+
+
+@pytest.fixture(scope="module")
+def images() -> tuple[np.ndarray, np.ndarray]:
+    """IMAGES Fashion-MNIST test images preprocessed for the model, and their labels."""
+    config = get_config(MODEL)
+    test = load_dataset("fashion_mnist", split="test")
+    x, y = test.get_batch(range(IMAGES))
+    return preprocess(x, config).numpy(), y.numpy()
+
+
+def _top1(model: Path, inputs: np.ndarray) -> np.ndarray:
+    """Top-1 classes of a model file, run by its runtime's own library."""
+    if model.suffix == ".xml":
+        import openvino as ov
+
+        compiled = ov.Core().compile_model(str(model), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        return np.asarray(compiled(inputs)[0]).argmax(1)
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: inputs})[0].argmax(1)
+
+
+def _agreement(result: edgecnn.export.quantize_api.QuantizeResult, fp32: Path, inputs: np.ndarray) -> float:
+    """Top-1 agreement of the INT8 model with FP32, once it is shown to be quantized."""
+    if result.model.suffix == ".xml":
+        assert "FakeQuantize" in result.model.read_text()
+    else:
+        assert "QuantizeLinear" in {n.op_type for n in onnx.load(str(result.model)).graph.node}
+    return float((_top1(result.model, inputs) == _top1(fp32, inputs)).mean())
+
+
+@pytest.mark.parametrize("backend", list(MODEL_FILES))
+def test_labelled_arrays_choose_a_calibrator_and_agree_with_fp32(backend: str, fp32: dict[str, Path], images,
+                                                                tmp_path: Path) -> None:
+    inputs, labels = images
+    result = edgecnn.quantize(fp32[backend], (inputs, labels), backend=backend, out=tmp_path / "int8")
+    quantizer = QUANTIZERS[MODEL_FILES[backend][0]]
+    assert result.calibrator in quantizer.auto_candidates() and result.record["requested"] == "auto"
+    assert result.model == tmp_path / "int8" / fp32[backend].name and all(f.is_file() for f in result.files)
+    assert not (tmp_path / "int8" / ".fp32").exists()
+    assert result.fp32_accuracy is not None and result.int8_accuracy is not None
+    assert result.record["validation_samples"]["samples"] == IMAGES // 5
+    assert result.excluded == () and result.record["calibration_samples"]["samples"] == IMAGES - IMAGES // 5
+    assert _agreement(result, fp32[backend], inputs) >= 0.9
+    assert result.record["float_nodes"] == quantizer.float_nodes(result.model)
+
+
+def test_unlabelled_array_takes_the_first_candidate(fp32: dict[str, Path], images, tmp_path: Path) -> None:
+    inputs, _ = images
+    result = edgecnn.quantize(fp32["onnxruntime"], inputs[:64], backend="onnxruntime", out=tmp_path / "q")
+    assert result.calibrator == QUANTIZERS["onnx"].auto_candidates()[0]
+    assert result.fp32_accuracy is None and result.int8_accuracy is None
+    assert _agreement(result, fp32["onnxruntime"], inputs) >= 0.9
+
+
+def test_dataset_folder_beside_an_export(fp32: dict[str, Path], images, tmp_path: Path) -> None:
+    """A dataset folder (as --data): the export's manifest beside the model file says how to preprocess."""
+    inputs, _ = images
+    result = edgecnn.quantize(fp32["openvino"], str(FMNIST_DEFAULT_ROOT), backend="openvino", calibrator="default",
+                              samples=64, out=tmp_path / "ov", exclude=())
+    assert result.calibrator == "default" and result.files[1].suffix == ".bin"
+    assert result.record["calibration_samples"]["samples"] == 64
+    assert _agreement(result, fp32["openvino"], inputs) >= 0.9
+    assert not (fp32["openvino"].parent / "int8").exists()
+
+
+def test_the_export_pass_and_the_api_write_the_same_model(fp32: dict[str, Path], tmp_path: Path) -> None:
+    """One path: `edgecnn export --precision int8` and edgecnn.quantize on the same samples give the same INT8."""
+    options = CalibrationOptions(calibrator="minmax", samples=32)
+    exported = export_registered(MODEL, "onnx", "int8", tmp_path / "export", dynamic_batch=True, parity_samples=8,
+                                 calibration=options).path / "model.onnx"
+    config = get_config(MODEL)
+    data = prepare_calibration(config, tuple(config.input_size), options)
+    result = edgecnn.quantize(fp32["onnxruntime"], CalibrationData(data.calibration, None), backend="onnxruntime",
+                              calibrator="minmax", out=tmp_path / "api")
+
+    def weights(model: Path) -> dict[str, np.ndarray]:
+        return {t.name: numpy_helper.to_array(t) for t in onnx.load(str(model)).graph.initializer}
+
+    ours, theirs = weights(result.model), weights(exported)
+    assert any(v.dtype == np.int8 for v in ours.values())
+    assert ours.keys() == theirs.keys() and all(np.array_equal(ours[k], theirs[k]) for k in ours)
+
+
+def test_excluded_nodes_stay_float(fp32: dict[str, Path], images, tmp_path: Path) -> None:
+    inputs, _ = images
+    quantizer = QUANTIZERS["onnx"]
+    first = next(n.name for n in onnx.load(str(fp32["onnxruntime"])).graph.node if n.op_type == "Conv")
+    result = edgecnn.quantize(fp32["onnxruntime"], inputs[:64], backend="onnxruntime", calibrator="minmax",
+                              exclude=[first], out=tmp_path / "q")
+    assert result.excluded == (first,) and first in quantizer.float_nodes(result.model)
+
+
+@pytest.mark.parametrize("call, says", [
+    (lambda m, x: edgecnn.quantize(m["onnxruntime"], x, backend="tflite"), "unknown backend 'tflite'"),
+    (lambda m, x: edgecnn.quantize(m["onnxruntime"], x, backend="torch"), "has no INT8 quantizer"),
+    (lambda m, x: edgecnn.quantize(m["openvino"], x, backend="onnxruntime"), "quantizes .onnx model files"),
+    (lambda m, x: edgecnn.quantize(m["onnxruntime"], x, backend="onnxruntime", max_drop=0.5), "no labels"),
+    (lambda m, x: edgecnn.quantize(m["onnxruntime"], x, backend="onnxruntime", calibrator="mse"),
+     "calibrator 'mse' does not exist"),
+    (lambda m, x: edgecnn.quantize(m["onnxruntime"], x[0], backend="onnxruntime"), "N×C×H×W"),
+    (lambda m, x: edgecnn.quantize(m["onnxruntime"], x, backend="onnxruntime", out=m["onnxruntime"].parent),
+     "FP32 model's own folder"),
+])
+def test_bad_input_is_one_line(call, says: str, fp32: dict[str, Path], images) -> None:
+    with pytest.raises(UserError) as raised:
+        call(fp32, images[0][:16])
+    assert says in str(raised.value) and "\n" not in str(raised.value)
