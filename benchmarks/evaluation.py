@@ -170,7 +170,7 @@ def _onnx_runner(ref: ModelRef, threads: int | None, description: Description | 
 
 
 def _artifact_runner(ref: ModelRef, threads: int | None, backend: str | None) -> _Runner:
-    from edgecnn.benchmarks.models import manifest_config
+    from edgecnn.export.manifest import manifest_config
     from edgecnn.export import runtime
     from edgecnn.export.manifest import read_manifest
 

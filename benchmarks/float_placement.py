@@ -124,7 +124,8 @@ def run(args: argparse.Namespace) -> None:
     out = args.out or RESULTS / f"{args.what}-{args.target}-{args.host}-{args.threads}t.json"
     if args.append and out.exists():
         earlier = json.loads(out.read_text())
-        if earlier["threads"] != args.threads or earlier.get("max_drop_pt") != payload.get("max_drop_pt"):
+        if earlier["threads"] != args.threads or earlier.get("max_drop_pt") != payload.get("max_drop_pt") or \
+                any(m.get("target", args.target) != args.target for m in earlier["models"]):
             sys.exit(f"float_placement: {out} was measured with other settings; --append keeps the same ones")
         payload["models"] = [m for m in earlier["models"] if m["model"] not in args.models]
         payload["command"] = f"{earlier['command']} ; {payload['command']}"

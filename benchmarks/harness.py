@@ -207,13 +207,6 @@ class SweepSettings:
             given["data"] = self.calib_data
         return CalibrationOptions(calibrator=self.calibrator, **given)
 
-    def calibration_variant(self) -> str | None:
-        """How INT8 records name a float placement other than the default ("placement-fast", "fallback-cost"), so
-        that runs with and without it report side by side (`edgecnn report a.json b.json`)."""
-        chosen = [f"placement-{self.placement}" if self.placement not in (None, "accuracy") else None,
-                  f"fallback-{self.fallback}" if self.fallback not in (None, "sensitivity") else None]
-        return " ".join(filter(None, chosen)) or None
-
     def description(self) -> Description:
         """What ONNX files without metadata_props are said to take (--mean, --std, --classes)."""
         from edgecnn.model_ref import Description
@@ -487,7 +480,9 @@ class Sweep:
                 self._skip_once(model, runtime, precision, batch, threads, str(e))
                 bar.update(self.s.rounds + 1)
                 continue
-            variant = self.s.calibration_variant() if precision == CALIBRATED_PRECISION else None
+            # INT8 records are named by their float placement, so runs with and without it report side by side
+            variant = " ".join(f"{k}-{v}" for k, v in self.calibration.float_choices.items()) or None \
+                if precision == CALIBRATED_PRECISION else None
             config = Config(model, runtime, precision, batch, threads, path, reused=reused, variant=variant)
             configs += [config, *self.attach_extension(config, bar)]
         if self.s.peers:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgecnn.errors import UserError
 from edgecnn.export.backends import target_runtimes
+from edgecnn.export.manifest import manifest_config
 from edgecnn.model_ref import Description, ModelRef, WeightsData, config_from_sidecar, weights_data, with_data
 from edgecnn.registry import ModelConfig, get_config
 
@@ -27,15 +28,6 @@ if TYPE_CHECKING:
 
 # Which runtime runs which artifact target, from the backends ({"onnx": "onnxruntime", ...}).
 TARGET_RUNTIMES = target_runtimes()
-
-
-def manifest_config(manifest: dict[str, Any]) -> ModelConfig:
-    """The model an artifact's manifest describes, as a ModelConfig: its classes and its preprocessing."""
-    model, pre = manifest["model"], manifest["preprocessing"]
-    return ModelConfig(name=model["name"], family=model["family"], num_classes=model["num_classes"],
-                       input_size=(pre["channels"], *pre["resize"]), mean=tuple(pre["mean"]), std=tuple(pre["std"]),
-                       dataset=model.get("dataset") or "unknown",
-                       class_names=tuple(manifest["class_names"]) if manifest["class_names"] else None)
 
 
 @dataclass
@@ -161,11 +153,9 @@ def _calibration_tag(calibration: CalibrationOptions | None) -> str:
     """'' for the default recipe, else '.' and a short hash of the options that change what INT8 computes."""
     if calibration is None:
         return ""
-    extra = {k: v for k, v in (("data", str(calibration.data) if calibration.data else None),
-                               ("synthetic", calibration.synthetic or None), ("max_drop", calibration.max_drop),
-                               ("placement", None if calibration.placement == "accuracy" else calibration.placement),
-                               ("fallback", None if calibration.fallback == "sensitivity" else calibration.fallback))
-             if v is not None}
+    extra = {**{k: v for k, v in (("data", str(calibration.data) if calibration.data else None),
+                                  ("synthetic", calibration.synthetic or None), ("max_drop", calibration.max_drop))
+                if v is not None}, **calibration.float_choices}
     if not extra:
         return ""
     return "." + hashlib.sha256(json.dumps(extra, sort_keys=True).encode()).hexdigest()[:8]
@@ -216,4 +206,4 @@ def bench_model(ref: ModelRef, data: str | None = None, data_root: str | None = 
     return BenchModel(ref, config, weights, with_data(weights_data(config, {"committed": bool(path)}), chosen))
 
 
-__all__ = ["BenchModel", "bench_model", "manifest_config"]
+__all__ = ["BenchModel", "bench_model"]

@@ -119,7 +119,7 @@ def peer_artifact(peer: Peer, source: Path, cache_dir: Path, data: AccuracyData 
         raise UserError(f"the {peer.name} peer needs calibration images and this model has no dataset: "
                         "pass --data")
     from edgecnn.benchmarks.harness import cached_manifest
-    from edgecnn.benchmarks.models import manifest_config
+    from edgecnn.export.manifest import manifest_config
     from edgecnn.export.manifest import (STAGING_MARKER, describe_files, read_manifest, staging_directory,
                                          write_manifest)
     from edgecnn.export.quantize import GraphInput

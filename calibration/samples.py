@@ -101,6 +101,13 @@ class CalibrationOptions:
         return self.synthetic or (self.data is not None and self.max_drop is None and is_flat_image_folder(self.data))
 
     @property
+    def float_choices(self) -> dict[str, str]:
+        """--placement and --fallback where they differ from the defaults (accuracy, sensitivity): what decides,
+        beyond the calibration itself, which layers an INT8 model leaves in float."""
+        return {name: getattr(self, name) for name in ("placement", "fallback")
+                if getattr(self, name) != getattr(type(self), name)}
+
+    @property
     def measures_latency(self) -> bool:
         """Whether quantizing times layers on the runtime (--placement fast, --fallback cost)."""
         return self.placement == "fast" or self.fallback == "cost"

@@ -237,6 +237,15 @@ EARLY_EXIT_SCHEMA = _Object(
 
 # ---------------------------------------------------------------- reading
 
+def manifest_config(manifest: dict[str, Any]) -> ModelConfig:
+    """The model an artifact's manifest describes, as a ModelConfig: its classes and its preprocessing."""
+    model, pre = manifest["model"], manifest["preprocessing"]
+    return ModelConfig(name=model["name"], family=model["family"], num_classes=model["num_classes"],
+                       input_size=(pre["channels"], *pre["resize"]), mean=tuple(pre["mean"]), std=tuple(pre["std"]),
+                       dataset=model.get("dataset") or "unknown",
+                       class_names=tuple(manifest["class_names"]) if manifest["class_names"] else None)
+
+
 def read_manifest(directory: Path | str, verify: bool = True) -> dict[str, Any]:
     """The validated manifest of an artifact directory; `verify=False` skips the files' SHA-256 pass.
 

@@ -9,7 +9,6 @@ float fallback of `max_drop`, the provenance record), on a model file instead of
 """
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,14 +166,14 @@ def _split(samples: SampleSet) -> CalibrationData:
 
 def _named_data(model_file: Path, data: str | Path) -> tuple[Any, Any, tuple[int, int, int]]:
     """The model's preprocessing and classes (from the export's manifest beside the file) and the dataset named."""
-    from edgecnn.benchmarks.models import manifest_config
+    from edgecnn.export.manifest import manifest_config, read_manifest
     from edgecnn.model_ref import weights_data, with_data
 
     manifest_file = model_file.parent / "manifest.json"
     if not manifest_file.is_file():
         raise UserError(f"data {str(data)!r} names images, and edgecnn preprocesses them as the model's export says; "
                         f"{model_file} has no edgecnn manifest.json beside it: pass preprocessed arrays instead")
-    manifest = json.loads(manifest_file.read_text())
+    manifest = read_manifest(model_file.parent, verify=False)
     config = manifest_config(manifest)
     shape = tuple(config.input_size)
     model = manifest["model"]
