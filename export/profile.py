@@ -46,6 +46,11 @@ _FOR_THE_READER = {"DequantizeLinear"}
 _ORT_SUFFIX = re.compile(r"(_token_\d+|_nchwc|_quant)$")
 _ORT_PREFIX = "fused "
 SQNR_CHUNK = 16
+# Both profilers count whole microseconds, truncated: ONNX Runtime each node's duration per run; OpenVINO's CPU
+# plugin each node's time per inference, then the integer average of those (intel_cpu/src/perf_count.h). A
+# truncation loses half a microsecond on average, so every node's median gets back the expected loss of its
+# runtime's counter (per inference); `Profile.truncation_ms` says how much of a profile's sum that is.
+COUNTER_TRUNCATION_US = {"onnxruntime": 0.5, "openvino": 1.0}
 
 
 @dataclass
@@ -214,7 +219,7 @@ class NodeTime:
     name: str
     op: str
     kernel: str      # ONNX Runtime: the op it ran; OpenVINO: exec_type, the kernel and its precision
-    us: float        # median microseconds per inference
+    us: float        # median microseconds per inference, with the counter's expected truncation added back
     fused: list[str] = field(default_factory=list)
 
 
@@ -258,6 +263,11 @@ class Profile:
         order = {layer: k for k, layer in enumerate(layers.layers)}
         keys = sorted(found, key=lambda key: order[key[0]] if key else len(order))
         return [LayerTime(key, sum(n.us for n in found[key]), found[key]) for key in keys]
+
+    @property
+    def truncation_ms(self) -> float:
+        """How much of the per-node sum is the counter's expected truncation, added back (COUNTER_TRUNCATION_US)."""
+        return len(self.nodes) * COUNTER_TRUNCATION_US[self.backend] / 1000
 
     @property
     def coverage(self) -> float:
@@ -374,11 +384,13 @@ class _Runner:
                         times.setdefault(name, []).append(float(event["dur"]))
                         kinds[name] = event.get("args", {}).get("op_name", "?")
             Path(trace).unlink(missing_ok=True)
-            return [NodeTime(n, kinds[n], kinds[n], statistics.median(t)) for n, t in times.items()]
+            return [NodeTime(n, kinds[n], kinds[n], statistics.median(t) + COUNTER_TRUNCATION_US[self.backend])
+                    for n, t in times.items()]
         fused = {op.get_friendly_name(): op.get_rt_info()["originalLayersNames"].astype(str)
                  for op in self._compiled.get_runtime_model().get_ordered_ops()
                  if "originalLayersNames" in op.get_rt_info()}
-        return [NodeTime(n, self._kinds[n][0], self._kinds[n][1], statistics.median(t),
+        lost = COUNTER_TRUNCATION_US[self.backend]
+        return [NodeTime(n, self._kinds[n][0], self._kinds[n][1], statistics.median(t) + lost,
                          [f for f in fused.get(n, "").split(",") if f]) for n, t in self.times.items()]
 
 
