@@ -46,12 +46,12 @@ import torch.nn as nn
 from edgecnn.branchynet import EXIT_ENTROPY, EXIT_RULE, MultiExitNet, check_thresholds, softmax_entropy
 from edgecnn.data import preprocess, train_val_split
 from edgecnn.errors import UserError
-from edgecnn.calibration import CalibrationData
+from edgecnn.calibration import CalibrationData, CalibrationOptions
 from edgecnn.export.fold import fold_batchnorm
 from edgecnn.export.early_exit_graph import GRAPH_BATCH, THRESHOLDS_INPUT, graph_targets, write_graph
 from edgecnn.export.manifest import artifact_file
 from edgecnn.export.onnx_graph import BATCH_DIM, INPUT_NAME, OUTPUT_NAME
-from edgecnn.export.quantize import GraphInput, ModelFiles, float_copy, get_quantizer
+from edgecnn.export.quantize import GraphInput, ModelFiles, get_quantizer, quantize_model
 from edgecnn.export.runtime import BACKENDS, InputSpec, Session, open_session, register_backend
 
 if TYPE_CHECKING:
@@ -692,17 +692,20 @@ def _stage_calibration(ctx: ExportContext, net: MultiExitNet) -> list[Calibratio
 
 
 def _quantize_stage(sub: ExportContext, data: CalibrationData, last: bool) -> dict[str, Any]:
-    """Quantize one stage graph in place with the calibrator the trunk's quantize pass chose; the exit's entropy
-    (computed from its logits) stays float, since thresholds are compared with it."""
+    """Quantize one stage graph in place as the trunk was (`quantize_model`: the calibrator the trunk's quantize pass
+    chose, and its --placement, so a stage's layers measured slower in INT8 here stay float as the trunk's do); the
+    exit's entropy (computed from its logits) stays float, since thresholds are compared with it. A stage has no
+    labels of its own: --max-drop is the trunk's, and the thresholds hold the accuracy of the whole."""
     quantizer = get_quantizer(sub.target.name)
-    calibrator = sub.calibration_record["calibrator"]
+    options = dataclasses.replace(sub.calibration or CalibrationOptions(),
+                                  calibrator=sub.calibration_record["calibrator"], max_drop=None, fallback="sensitivity")
     files = ModelFiles.of(quantizer, sub.staging, sub.output.model_files[quantizer.model_format])
-    with float_copy(files) as (fp32, model):
-        kept = [] if last else quantizer.nodes_after(fp32, OUTPUT_NAME)
-        quantizer.quantize(GraphInput.of_context(sub), fp32, model, calibrator, data, kept)
-        quantizer.compact(model, fp32)
-    return {"tool": quantizer.tool, "calibrator": calibrator, "calibration_samples": len(data.calibration),
-            "float_nodes": quantizer.float_nodes(model), "entropy_nodes_kept_float": kept}
+    kept = [] if last else quantizer.nodes_after(files.model, OUTPUT_NAME)
+    record = quantize_model(quantizer, files, GraphInput.of_context(sub), data, options,
+                            backend=sub.output.default_backend, exclude=kept, status=sub.status)
+    placed = {k: record[k] for k in ("placement", "nodes_left_in_float_for_speed") if k in record}
+    return {"tool": quantizer.tool, "calibrator": record["calibrator"], "calibration_samples": len(data.calibration),
+            "float_nodes": record["float_nodes"], "entropy_nodes_kept_float": kept, **placed}
 
 
 def interleaved_per_sample_ms(runs: dict[str, Any], images: np.ndarray, rounds: int) -> dict[str, list[float]]:

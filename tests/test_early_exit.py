@@ -194,6 +194,30 @@ def test_int8_stages_are_quantized_with_the_trunks_calibrator_and_float_entropy(
         assert "FakeQuantize" in (int8_artifact / first["file"]).read_text()
 
 
+def test_placement_fast_places_every_stage_as_the_trunk(net, tmp_path: Path, monkeypatch) -> None:
+    """--placement fast times each stage graph's layers too: the early-exit path is what runs on the device."""
+    import onnx
+
+    from edgecnn.calibration import CalibrationOptions
+    from edgecnn.export import placement
+    from edgecnn.export.quantize import Quantize
+
+    # every INT8 placement measured slower than FP32 here: every layer of the trunk and of each stage stays float
+    monkeypatch.setattr(placement, "median_ratio", lambda ours, theirs: 1.5)
+    out = tmp_path / "fast"
+    export_model(net, "onnx", "int8", out, parity_samples=8, pipeline=Pipeline(
+        [PrepareForTarget(), FoldBatchNorm(), WriteTarget(), Quantize(), CheckParity(),
+         EarlyExitStages(val_samples=VAL, cost_repeats=5)]),
+        calibration=CalibrationOptions(calibrator="minmax", samples=32, placement="fast", profile_threads=1))
+    m = read_manifest(out)
+    assert m["calibration"]["placement"]["chosen"] == "float"
+    for stage in m["early_exit"]["stages"]:
+        assert stage["int8"]["placement"]["chosen"] == "float"
+        assert stage["int8"]["placement"]["layers"], "each stage's layers were timed"
+        ops = {n.op_type for n in onnx.load(str(out / stage["file"])).graph.node}
+        assert not ops & {"QuantizeLinear", "DequantizeLinear", "QLinearConv"}, ops
+
+
 def test_int8_exit_loop_is_the_rule_on_its_own_exits_at_any_batch(int8_artifact: Path, net) -> None:
     images = _images(200).numpy()
     with runtime.load(int8_artifact, backend="early_exit") as session:
