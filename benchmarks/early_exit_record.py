@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
 
 import numpy as np
 
-from edgecnn.benchmarks.harness import RECORD_EXTENSIONS, RUNTIMES, Config, RecordExtension, register_record_extension
+from edgecnn.benchmarks.harness import RECORD_EXTENSIONS, Config, RecordExtension, register_record_extension
 from edgecnn.benchmarks.report import REPORT_SECTIONS, _fmt, _table
+from edgecnn.benchmarks.settings import RUNTIMES
 
 if TYPE_CHECKING:
     from edgecnn.benchmarks.harness import Sweep

@@ -1,16 +1,17 @@
-"""The benchmark harness: export (or reuse) artifacts, time them in interleaved rounds, measure accuracy.
+"""The benchmark harness, the sweep itself: export (or reuse) artifacts, time them in interleaved rounds, measure
+accuracy, write the records.
 
     from edgecnn.benchmarks import SweepSettings, run_sweep
     results = run_sweep(SweepSettings(models=["resnet18_fmnist"], runtimes=["onnxruntime", "openvino"],
                                       precisions=["fp32", "fp16"], batches=[1, 8], iters=200), out="r18.json")
 
-A configuration is model × runtime × precision × batch × threads (× peer). Runtimes run the
-artifacts of one export target each (`RUNTIMES`); which precisions a runtime can do comes from its
-target's registry entry, so a precision a target gains is benchmarked without touching this file,
-and a combination it lacks is listed as skipped with the reason. The configurations of one model
-and batch are opened together and timed in rounds (A B C A B C …) so drift on a shared machine hits
-all alike; threads are pinned through each runtime's own option. Results are written after every
-(model, batch), atomically, so Ctrl-C keeps what finished. An artifact that is more than one graph (early
+A configuration is model × runtime × precision × batch × threads (× peer). What a sweep covers is its
+`SweepSettings` (`settings`: the runtimes, `RUNTIMES`, each running one export target's artifacts; a combination a
+target lacks is listed as skipped with the reason); its artifacts come from the artifact cache (`cache`), its
+accuracy from the test images and the FP32 reference of `accuracy`, and `--resume` keeps what `resume` verifies.
+The configurations of one model and batch are opened together and timed in rounds (A B C A B C …) so drift on a
+shared machine hits all alike; threads are pinned through each runtime's own option. Results are written after
+every (model, batch), atomically, so Ctrl-C keeps what finished. An artifact that is more than one graph (early
 exit) is handled by the extension registered for its manifest section (`RECORD_EXTENSIONS`), never by
 special cases here.
 
@@ -21,81 +22,33 @@ and its FP32 reference.
 """
 from __future__ import annotations
 
-import copy
 import datetime as dt
 import itertools
-import json
 import os
 import resource
 import shlex
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 from tqdm import tqdm
 
 from edgecnn.benchmarks import peers as peer_builders
-from edgecnn.benchmarks.machine import all_tool_versions, describe, machine_info, same_machine
+from edgecnn.benchmarks.accuracy import AccuracyData, reference_predictions
+from edgecnn.benchmarks.cache import ensure_artifact
+from edgecnn.benchmarks.machine import all_tool_versions, machine_info
 from edgecnn.benchmarks.models import BenchModel, bench_model
-from edgecnn.benchmarks.schema import (RESULTS_KIND, SCHEMA_VERSION, ResultsWriteError, check_output, config_name,
-                                       probe_writable, read_results, write_results)
+from edgecnn.benchmarks.resume import resumable, verify_kept
+from edgecnn.benchmarks.schema import (RESULTS_KIND, SCHEMA_VERSION, ResultsWriteError, check_output, probe_writable,
+                                       write_results)
+from edgecnn.benchmarks.settings import CALIBRATED_PRECISION, REFERENCE_TARGET, RUNTIMES, SweepSettings
 from edgecnn.benchmarks.stats import latency_stats, round_spread
 from edgecnn.errors import UserError
-from edgecnn.export.backends import BACKENDS
 from edgecnn.registries import Registry
-from edgecnn.validation import non_negative_float, positive_float, positive_int
 
-if TYPE_CHECKING:
-    from edgecnn.calibration import CalibrationOptions
-    from edgecnn.model_ref import Description, WeightsData
-
-DEFAULT_CACHE = Path("artifacts/bench")
-DEFAULT_ROUNDS = 5
-REFERENCE_BATCH = 256   # batch of the eager PyTorch FP32 pass that gives the reference predictions
-PREPROCESSED_CACHE_MB = 1024  # test inputs kept preprocessed per model input (Fashion-MNIST: 31 MB)
-CALIBRATED_PRECISION = "int8"  # the precision whose exports calibrate on data (edgecnn.export's quantize pass)
-
-
-@dataclass(frozen=True)
-class Runtime:
-    """A runtime backend and the export target whose artifacts it runs (None: the PyTorch reference)."""
-    name: str
-    target: str | None
-    unavailable: Callable[[], str | None]
-
-    @property
-    def precisions(self) -> tuple[str, ...]:
-        from edgecnn.export.targets import TARGETS
-
-        return TARGETS[self.target].precisions if self.target else ("fp32",)
-
-    def precision_missing(self, precision: str) -> str | None:
-        if precision in self.precisions:
-            return None
-        if self.target is None:
-            return "torch is the eager FP32 reference; it runs fp32 only"
-        return f"the {self.target} target exports {', '.join(self.precisions)}, not {precision}"
-
-    def calibration_missing(self, precision: str, calibration: CalibrationOptions) -> str | None:
-        """Why this runtime's target cannot calibrate `precision` as asked (a calibrator its quantizer lacks)."""
-        if precision != CALIBRATED_PRECISION or self.target is None:
-            return None
-        from edgecnn.export.quantize import check_int8
-
-        try:
-            check_int8(self.target, calibration)
-        except UserError as e:
-            return str(e)
-        return None
-
-
-# One per backend (`edgecnn.export.backends`), the eager reference first.
-RUNTIMES: dict[str, Runtime] = {b.name: Runtime(b.name, b.target_name, b.unavailable) for b in BACKENDS.values()}
-# The torch reference rebuilds the model from the weight record of this target's FP32 artifact.
-REFERENCE_TARGET = "onnx"
 
 class RecordExtension:
     """How the harness times an artifact that is more than one graph, registered for the manifest section that
@@ -124,97 +77,6 @@ RECORD_EXTENSIONS: Registry[RecordExtension] = Registry("record extension", inst
 def register_record_extension(section: str) -> Callable[[type[RecordExtension]], type[RecordExtension]]:
     """Class decorator: artifacts whose manifest has `section` are prepared and recorded by this extension."""
     return RECORD_EXTENSIONS.register(name=section)
-
-
-def all_precisions() -> list[str]:
-    """Every precision some runtime can run, fp32 first (the reference every other is compared with)."""
-    found = {p for r in RUNTIMES.values() for p in r.precisions}
-    return ["fp32"] + sorted(found - {"fp32"})
-
-
-@dataclass
-class SweepSettings:
-    models: Sequence[str]                      # names or shell patterns ('*_fmnist')
-    runtimes: Sequence[str] = tuple(RUNTIMES)
-    precisions: Sequence[str] | None = None    # None: every precision some target exports
-    batches: Sequence[int] = (1,)
-    threads: Sequence[int] | None = None       # None: one setting, all logical cores
-    warmup_s: float = 2.0
-    duration_s: float | None = 10.0            # timed seconds per configuration, split over the rounds
-    iters: int | None = None                   # or timed calls per configuration (replaces duration_s)
-    rounds: int = DEFAULT_ROUNDS
-    peers: bool = False
-    data: str | None = None                    # accuracy dataset; default: the weights' own (model_ref.WeightsData)
-    data_root: str | None = None
-    mean: str | None = None                    # ONNX files without metadata_props: as `edgecnn export --mean`
-    std: str | None = None
-    classes: str | None = None
-    accuracy_samples: int | None = None        # None: the whole test split
-    calibration_samples: int = peer_builders.DEFAULT_CALIBRATION_SAMPLES
-    calibrator: str = "auto"                   # INT8 exports' calibrator (edgecnn.calibration.CALIBRATOR_NAMES)
-    calib_samples: int | None = None           # INT8 exports' calibration images (None: `edgecnn export`'s default)
-    calib_data: str | None = None              # INT8 exports: as `edgecnn export --calib-data` (a folder or synthetic)
-    max_drop: float | None = None              # ... --max-drop, --placement, --fallback
-    placement: str | None = None
-    fallback: str | None = None
-    cache_dir: Path = DEFAULT_CACHE
-
-    def validated(self) -> SweepSettings:
-        """The settings with patterns expanded and every name and number checked (one UserError each)."""
-        from edgecnn.model_ref import expand_models
-
-        models = [ref.label for ref in expand_models(self.models)]
-        self.description()  # --mean, --std, --classes that do not parse: one line
-        unknown = [r for r in self.runtimes if r not in RUNTIMES]
-        if unknown or not self.runtimes:
-            raise UserError(f"unknown runtime {', '.join(map(repr, unknown)) or '(none given)'} in --runtimes; "
-                            f"choose from {', '.join(RUNTIMES)}")
-        precisions = list(self.precisions) if self.precisions else all_precisions()
-        bad = [p for p in precisions if p not in all_precisions()]
-        if bad:
-            raise UserError(f"unknown precision {', '.join(map(repr, bad))}; the targets here export "
-                            f"{', '.join(all_precisions())}")
-        if self.iters is not None and self.duration_s is not None:
-            raise UserError("give --duration-s or --iters, not both")
-        if self.iters is None and self.duration_s is None:
-            raise UserError("give --duration-s or --iters: how long to time each configuration")
-        self.calibration_options()  # an unknown calibrator: one line naming the known ones
-        return replace(
-            self, models=models, runtimes=list(dict.fromkeys(self.runtimes)),
-            precisions=list(dict.fromkeys(precisions)),
-            batches=sorted({positive_int("--batch", b) for b in self.batches}, reverse=True),
-            threads=sorted({positive_int("--threads", t) for t in (self.threads or [os.cpu_count() or 1])}),
-            warmup_s=non_negative_float("--warmup-s", self.warmup_s),
-            duration_s=None if self.duration_s is None else positive_float("--duration-s", self.duration_s),
-            iters=None if self.iters is None else positive_int("--iters", self.iters),
-            rounds=positive_int("--rounds", self.rounds),
-            accuracy_samples=None if self.accuracy_samples is None
-            else positive_int("--accuracy-samples", self.accuracy_samples),
-            calibration_samples=positive_int("--calibration-samples", self.calibration_samples),
-            cache_dir=Path(self.cache_dir))
-
-    def calibration_options(self) -> CalibrationOptions:
-        """What INT8 exports calibrate with: the same options object `edgecnn export --calibrator` builds."""
-        from edgecnn.calibration import CalibrationOptions
-
-        from edgecnn.calibration import SYNTHETIC
-
-        given = {k: v for k, v in (("samples", self.calib_samples), ("max_drop", self.max_drop),
-                                   ("placement", self.placement), ("fallback", self.fallback)) if v is not None}
-        if self.calib_data == SYNTHETIC:
-            given["synthetic"] = True
-        elif self.calib_data is not None:
-            given["data"] = self.calib_data
-        return CalibrationOptions(calibrator=self.calibrator, **given)
-
-    def description(self) -> Description:
-        """What ONNX files without metadata_props are said to take (--mean, --std, --classes)."""
-        from edgecnn.model_ref import Description
-
-        return Description(mean=self.mean, std=self.std, classes=self.classes)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
 
 
 @dataclass
@@ -286,66 +148,6 @@ def _timed_calls(run: Callable[[np.ndarray], Any], feed: Iterator[np.ndarray], s
             return times
 
 
-class AccuracyData:
-    """Test images of one dataset, preprocessed per model in chunks, and the PyTorch FP32 reference."""
-
-    def __init__(self, source: WeightsData, samples: int | None) -> None:
-        self.source = source
-        self.test = source.load("test")
-        self.data, self.root = source.source, None   # what load_dataset takes (peers read the train split)
-        self.count = min(samples or len(self.test), len(self.test))
-        self.labels = self.test.labels[:self.count].numpy()
-        self._inputs: dict[tuple[Any, ...], np.ndarray] = {}
-
-    def aligned(self, config: Any) -> AccuracyData | None:
-        """This data with its labels as `config`'s class indices (its class names may order them otherwise); None
-        when it is not labelled with the model's classes."""
-        from edgecnn.model_ref import aligned_labels
-
-        if len(self.test.class_names) != config.num_classes:
-            return None
-        order = aligned_labels(self.test.class_names, config)
-        if order is None:
-            return self
-        view = copy.copy(self)
-        view.labels = np.asarray(order)[self.labels]
-        return view
-
-    def _preprocessed(self, config: Any, start: int, stop: int) -> np.ndarray:
-        from edgecnn.data import preprocess
-
-        images, _ = self.test.get_batch(range(start, stop), size=tuple(config.input_size[1:]))
-        return preprocess(images, config).numpy()
-
-    def inputs(self, config: Any) -> np.ndarray | None:
-        """All test inputs preprocessed for `config`, kept while they fit in PREPROCESSED_CACHE_MB."""
-        key = (tuple(config.input_size), tuple(config.mean), tuple(config.std))
-        if key not in self._inputs:
-            if self.count * int(np.prod(config.input_size)) * 4 > PREPROCESSED_CACHE_MB * 2**20:
-                return None
-            chunk = 1000
-            self._inputs[key] = np.concatenate([self._preprocessed(config, i, min(i + chunk, self.count))
-                                                for i in range(0, self.count, chunk)])
-        return self._inputs[key]
-
-    def batches(self, config: Any, batch: int) -> Iterator[tuple[np.ndarray, int]]:
-        """(input, real rows): static-batch artifacts get the last chunk padded with zeros."""
-        cached = self.inputs(config)
-        for start in range(0, self.count, batch):
-            stop = min(start + batch, self.count)
-            x = cached[start:stop] if cached is not None else self._preprocessed(config, start, stop)
-            if len(x) < batch:
-                x = np.concatenate([x, np.zeros((batch - len(x), *x.shape[1:]), x.dtype)])
-            yield np.ascontiguousarray(x), stop - start
-
-    def predictions(self, run: Callable[[np.ndarray], np.ndarray], config: Any, batch: int) -> np.ndarray:
-        out = [np.asarray(run(x))[:rows].argmax(axis=1) for x, rows in self.batches(config, batch)]
-        return np.concatenate(out)
-
-    def top1(self, predictions: np.ndarray) -> float:
-        return round(float((predictions == self.labels).mean() * 100), 3)
-
-
 class Sweep:
     """The state of one run: settings, artifacts built so far, reference predictions, accuracies, results."""
 
@@ -381,7 +183,7 @@ class Sweep:
         self.done = {(r["model"], r["batch"]) for r in earlier["records"]} & \
             {(m, b) for m in self.s.models for b in self.s.batches}
         self.results["records"] = [r for r in earlier["records"] if (r["model"], r["batch"]) in self.done]
-        self.verify_kept(self.results["records"])
+        verify_kept(self.out, self.results["records"])
         created = earlier.get("created_utc", self.results["created_utc"])
         self.results["resumed"] = [*earlier.get("resumed", []), {"command": earlier["command"], "created_utc": created}]
         self.results["created_utc"] = created
@@ -389,25 +191,6 @@ class Sweep:
             batches = [b for b in entry["batch"] if (entry["model"], b) in self.done]
             if batches:
                 self._add_skip({**entry, "batch": batches})
-
-    def verify_kept(self, records: list[dict[str, Any]]) -> None:
-        """Each kept record's artifact must still be there, intact (its files' hashes), and the very export it
-        timed (its manifest_sha256): a record is kept as measured only while it describes what is on disk."""
-        from edgecnn.export.manifest import DIGEST_FIELD, ArtifactError, read_manifest
-
-        again = "drop --resume and pass --force to measure again"
-        digests: dict[str, str] = {}
-        for r in records:
-            path, label = r["artifact"]["path"], f"{r['model']} {config_name(r)} b{r['batch']} t{r['threads']}"
-            if path not in digests:
-                try:
-                    digests[path] = read_manifest(path)[DIGEST_FIELD]
-                except ArtifactError as e:
-                    raise UserError(f"{self.out}: the artifact {label} was timed on no longer verifies ({e}); "
-                                    f"its record cannot be kept: {again}") from e
-            if digests[path] != r["artifact"].get("manifest_sha256"):
-                raise UserError(f"{self.out}: {path} is not the export {label} was timed on (exported again "
-                                f"since); its record cannot be kept: {again}")
 
     # ------------------------------------------------------------------ planning
 
@@ -566,7 +349,7 @@ class Sweep:
             if data is not None:
                 module = self.model(model).reference_module()
             self.references[model] = None if module is None else \
-                _reference_predictions(module, self.model_config(model), data, max(self.s.threads))
+                reference_predictions(module, self.model_config(model), data, max(self.s.threads))
         return self.references[model]
 
     def measure_accuracy(self, config: Config) -> dict[str, Any] | None:
@@ -750,75 +533,6 @@ def run_sweep(settings: SweepSettings, out: Path | str, *, command: str | None =
     return Sweep(settings, out, command, progress, earlier).run()
 
 
-def resumable(out: Path, settings: SweepSettings) -> dict[str, Any]:
-    """The earlier results in `out`, if this run may continue them: not edited since edgecnn wrote them (their
-    digest), same settings (the model list may grow) and the same machine; otherwise one line saying what
-    differs. The records kept are re-verified against their artifacts (`Sweep.verify_kept`)."""
-    earlier = read_results(out, verify_digest=True)
-    if not same_machine(earlier["machine"], machine_info()):
-        raise UserError(f"{out} was measured on {describe(earlier['machine'])}, not this machine; --resume only "
-                        "continues a run on the machine that started it (choose another --out)")
-    now = settings.to_dict()
-    differ = [k for k, v in earlier["settings"].items() if k != "models" and now.get(k) != v]
-    if differ:
-        listed = ", ".join(f"{k} {earlier['settings'][k]!r} → {now.get(k)!r}" for k in differ)
-        raise UserError(f"{out} was measured with other settings ({listed}); --resume continues only the same "
-                        "sweep: repeat its command (see the file's 'command') or choose another --out")
-    return earlier
-
-
-# ---------------------------------------------------------------------- artifacts on disk
-
-def cached_manifest(path: Path) -> dict[str, Any] | None:
-    """The manifest of an edgecnn artifact at `path` (None if it is corrupt, so it may be rebuilt);
-    a UserError if something that is not edgecnn's sits there."""
-    from edgecnn.export.manifest import ARTIFACT_KIND, MANIFEST_NAME, ArtifactError, read_manifest
-
-    try:
-        return read_manifest(path)
-    except ArtifactError:
-        try:
-            ours = json.loads((path / MANIFEST_NAME).read_text()).get("kind") == ARTIFACT_KIND
-        except (OSError, ValueError, AttributeError):
-            ours = False
-        if not ours:
-            raise UserError(f"{path} exists and is not an edgecnn artifact; move it or choose another --cache "
-                            "(edgecnn never overwrites what it did not write)") from None
-        return None
-
-
-def ensure_artifact(model: str | BenchModel, target: str, precision: str, batch: int, cache_dir: Path,
-                    calibration: CalibrationOptions | None = None, data: str | None = None) -> tuple[Path, bool]:
-    """(path, reused): the artifact for this combination — an artifact folder itself, else exported unless a
-    matching one is cached; `calibration` (INT8 only) is how the export calibrates, and part of the match; `data`
-    (--data) replaces the weights' own dataset. `model` is a BenchModel or a MODEL argument."""
-    from edgecnn.model_ref import resolve_model
-
-    bench = model if isinstance(model, BenchModel) else bench_model(resolve_model(model), data)
-    if bench.manifest is not None:
-        return bench.own_artifact(target, precision, batch), True
-    path = Path(cache_dir) / bench.cache_name(target, precision, batch, calibration)
-    if path.exists():
-        manifest = cached_manifest(path)
-        if manifest is not None and bench.matches(manifest, target, precision, batch, calibration):
-            return path, True
-    bench.export(target, precision, batch, path, calibration, data)
-    return path, False
-
-
-def _reference_predictions(module: Any, config: Any, data: AccuracyData, threads: int) -> tuple[np.ndarray, float]:
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with torch.no_grad():
-            preds = data.predictions(lambda x: module(torch.from_numpy(x)).numpy(), config, REFERENCE_BATCH)
-    finally:
-        torch.set_num_threads(previous)
-    return preds, data.top1(preds)
-
-
 def _artifact_bytes(runtime: str, manifest: dict[str, Any]) -> int:
     """What the runtime loads: the artifact's files, or the checkpoint for the eager reference."""
     if RUNTIMES[runtime].target is None:
@@ -836,5 +550,5 @@ def _jsonable(info: dict[str, Any]) -> dict[str, Any]:
     return {k: v if isinstance(v, (str, int, float, bool, type(None))) else str(v) for k, v in info.items()}
 
 
-__all__ = ["Config", "RECORD_EXTENSIONS", "RUNTIMES", "RecordExtension", "Runtime", "SweepSettings", "all_precisions",
-           "ensure_artifact", "register_record_extension", "run_sweep"]
+__all__ = ["Config", "RECORD_EXTENSIONS", "RecordExtension", "Sweep", "bench", "register_record_extension",
+           "run_sweep"]

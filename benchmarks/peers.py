@@ -12,7 +12,7 @@ Each peer is timed by the same harness, in the same rounds, and recorded with `"
 ONNX Runtime's own FP32 needs no peer: it is the `onnxruntime fp32` record (the same file, the same session).
 The peers are the libraries' defaults on edgecnn's own calibration samples (`edgecnn.calibration`: class-balanced,
 seeded, from the train split minus the validation split; `calibration_samples` of them, default 300, NNCF's default
-subset size), built by `library_default_int8`, the one definition `benchmarks/quantization.py`'s peer columns use
+subset size), built by `library_default_int8`, the one definition `studies/quantization.py`'s peer columns use
 too; the accuracy is measured on the test split, as for edgecnn's artifacts.
 A peer artifact is a directory with a manifest derived from the FP32 artifact's, so sessions load it the
 same way; it is reused while its source ONNX and calibration settings match.
@@ -28,7 +28,7 @@ from edgecnn.errors import UserError
 from edgecnn.quiet import silenced
 
 if TYPE_CHECKING:
-    from edgecnn.benchmarks.harness import AccuracyData
+    from edgecnn.benchmarks.accuracy import AccuracyData
     from edgecnn.calibration import SampleSet
     from edgecnn.export.quantize import GraphInput
 
@@ -118,7 +118,7 @@ def peer_artifact(peer: Peer, source: Path, cache_dir: Path, data: AccuracyData 
     if data is None:
         raise UserError(f"the {peer.name} peer needs calibration images and this model has no dataset: "
                         "pass --data")
-    from edgecnn.benchmarks.harness import cached_manifest
+    from edgecnn.benchmarks.cache import cached_manifest
     from edgecnn.export.manifest import manifest_config
     from edgecnn.export.manifest import (STAGING_MARKER, describe_files, read_manifest, staging_directory,
                                          write_manifest)

@@ -75,7 +75,7 @@ def test_backend_runs_its_artifact(name: str, tmp_path: Path) -> None:
 def test_what_is_derived_from_the_registry() -> None:
     """Bench's runtimes and their default, the manifest's tools and the target → runtime mapping are the
     registry's, the eager reference first."""
-    from edgecnn.benchmarks.harness import RUNTIMES
+    from edgecnn.benchmarks.settings import RUNTIMES
     from edgecnn.benchmarks.models import TARGET_RUNTIMES
     from edgecnn.cli.bench import DEFAULT_RUNTIMES
     from edgecnn.export.pipeline import TOOLS

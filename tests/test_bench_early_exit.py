@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from edgecnn.benchmarks.early_exit_record import predicted_settings
-from edgecnn.benchmarks.harness import SweepSettings, run_sweep
+from edgecnn.benchmarks.harness import run_sweep
 from edgecnn.benchmarks.pick import Candidate, confirm, pick
 from edgecnn.benchmarks.schema import read_results
+from edgecnn.benchmarks.settings import SweepSettings
 from edgecnn.cli.bench import _print_records
 from edgecnn.export.manifest import read_manifest
 
@@ -107,7 +108,7 @@ def test_pick_takes_the_early_exit_record_at_its_mean(results: dict) -> None:
 
 def test_pick_searches_every_threshold_setting_of_the_sweep_predicted_from_the_records_stage_costs(
         results: dict) -> None:
-    from edgecnn.export.early_exit import expected_ms
+    from edgecnn.export.early_exit_thresholds import expected_ms
 
     ee = _one(results, runtime="onnxruntime", flow="edgecnn")
     section, tuning = ee["early_exit"], ee["early_exit"]["tuning"]

@@ -1,4 +1,4 @@
-"""benchmarks/quantization.py accuracy --resume --redo: a redo cut off resumes where it stopped; one that finished
+"""studies/quantization.py accuracy --resume --redo: a redo cut off resumes where it stopped; one that finished
 starts afresh (it used to skip every model an earlier redo had done). The measuring itself is the benchmark's; here
 each model's record is the committed one, so only the bookkeeping runs."""
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-import edgecnn.benchmarks.quantization as qbench
+import studies.quantization as qbench
 
 MODELS = ["lenet5_fmnist", "alexnet_fmnist", "resnet18_fmnist"]
 

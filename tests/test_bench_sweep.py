@@ -16,9 +16,11 @@ from pathlib import Path
 import pytest
 
 from edgecnn.benchmarks import harness
-from edgecnn.benchmarks.harness import SweepSettings, ensure_artifact, run_sweep
+from edgecnn.benchmarks.cache import ensure_artifact
+from edgecnn.benchmarks.harness import run_sweep
 from edgecnn.benchmarks import schema
 from edgecnn.benchmarks.schema import DIGEST_FIELD, SCHEMA_VERSION, read_results, results_digest
+from edgecnn.benchmarks.settings import SweepSettings
 from edgecnn.calibration import CalibrationOptions
 from edgecnn.cli import main
 from edgecnn.errors import UserError

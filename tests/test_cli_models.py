@@ -57,7 +57,7 @@ def _modules_after(argv: list[str]) -> set[str]:
 
 
 def test_help_imports_no_framework() -> None:
-    """`edgecnn --help` lists every command without importing torch or any runtime (benchmarks/cli_startup.py
+    """`edgecnn --help` lists every command without importing torch or any runtime (studies/cli_startup.py
     measures the time)."""
     loaded = _modules_after(["--help"])
     assert not loaded & {"torch", "onnx", "onnxruntime", "openvino", "numpy"}, loaded & {"torch", "onnx", "numpy"}

@@ -48,7 +48,7 @@ def test_every_command_that_calibrates_int8_takes_the_same_flags() -> None:
 
 
 def test_bench_calibration_flags_reach_its_int8_exports_and_their_cache() -> None:
-    from edgecnn.benchmarks.harness import SweepSettings
+    from edgecnn.benchmarks.settings import SweepSettings
     from edgecnn.benchmarks.models import _calibration_tag
 
     plain = SweepSettings(models=["lenet5_fmnist"]).calibration_options()

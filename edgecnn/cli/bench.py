@@ -119,7 +119,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from edgecnn.benchmarks.harness import SweepSettings, run_sweep
+    from edgecnn.benchmarks.harness import run_sweep
+    from edgecnn.benchmarks.settings import SweepSettings
 
     calibration = calibration_options(args, int8=True)  # as `edgecnn export --precision int8` reads the flags
     settings = SweepSettings(

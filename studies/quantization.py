@@ -1,12 +1,12 @@
 """INT8 bars of issue 9, measured here and written as JSON under benchmarks/results/.
 
-    .venv/bin/python benchmarks/quantization.py accuracy --threads 2   # 15 *_fmnist models × ORT/OpenVINO × calibrator
-    .venv/bin/python benchmarks/quantization.py accuracy --threads 2 --resume --redo --targets onnx  # ORT again
-    .venv/bin/python benchmarks/quantization.py speed --threads 2      # canonical resnet50, inception_v3, batch 1
-    .venv/bin/python benchmarks/quantization.py speed --out benchmarks/results/quantization_speed-HOST.json  # elsewhere
-    .venv/bin/python benchmarks/quantization.py size                   # INT8 / FP32 artifact bytes, 15 *_fmnist
-    .venv/bin/python benchmarks/quantization.py size --canonical       # the same at full size, 15 families
-    .venv/bin/python benchmarks/quantization.py seeds                  # ORT edgecnn vs quantize_static, 5 draws
+    .venv/bin/python studies/quantization.py accuracy --threads 2   # 15 *_fmnist models × ORT/OpenVINO × calibrator
+    .venv/bin/python studies/quantization.py accuracy --threads 2 --resume --redo --targets onnx  # ORT again
+    .venv/bin/python studies/quantization.py speed --threads 2      # canonical resnet50, inception_v3, batch 1
+    .venv/bin/python studies/quantization.py speed --out benchmarks/results/quantization_speed-HOST.json  # elsewhere
+    .venv/bin/python studies/quantization.py size                   # INT8 / FP32 artifact bytes, 15 *_fmnist
+    .venv/bin/python studies/quantization.py size --canonical       # the same at full size, 15 families
+    .venv/bin/python studies/quantization.py seeds                  # ORT edgecnn vs quantize_static, 5 draws
 
 accuracy: each model's FP32 ONNX and IR (edgecnn exports, dynamic batch), then every calibrator of
 each runtime's quantizer on the same 512 calibration samples (edgecnn.calibration), scored on the
@@ -36,9 +36,10 @@ from typing import Any, Callable
 import numpy as np
 
 from edgecnn.atomic import atomic_write
+from edgecnn.benchmarks.stats import no_slower, round_medians
 from edgecnn.export.backends import target_runtimes
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 FMNIST_MODELS = ("lenet5_fmnist", "resnet18_fmnist", "alexnet_fmnist", "vgg11_bn_fmnist", "vgg16_bn_fmnist",
                  "googlenet_fmnist", "bn_inception_fmnist", "inception_v3_fmnist", "inception_v4_fmnist",
                  "inception_resnet_v2_fmnist", "pyramidnet_fmnist", "fractalnet_fmnist", "densenet121_fmnist",
@@ -52,7 +53,6 @@ SIZE_BAR = 0.30   # the issue's bar: INT8 artifacts at most this share of the FP
 SIZE_RUNTIMES = target_runtimes()   # {"onnx": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt"}
 SIZE_LABELS = {"onnxruntime": "ORT", "openvino": "OV", "tensorrt": "TensorRT Q/DQ ONNX"}
 EVAL_CHUNK = 250
-SLOWER_IF_LOSING_FRACTION = 0.9   # of the paired rounds (see no_slower)
 
 
 def _write(path: Path, payload: dict[str, Any]) -> None:
@@ -336,35 +336,6 @@ def _significantly_less_accurate_than_peer(rt: dict[str, Any]) -> bool:
     return not (rt["edgecnn"]["calibrator"] == "default" and rt.get("default_calibrator_matches_peer"))
 
 
-def _round_medians(runners: dict[str, Callable[[], Any]], rounds: int, iters: int) -> dict[str, list[float]]:
-    """Per configuration, the median ms of each interleaved round (A B C A B C …: drift hits all alike)."""
-    times: dict[str, list[list[float]]] = {k: [] for k in runners}
-    for fn in runners.values():  # warm-up
-        for _ in range(3):
-            fn()
-    for _ in range(rounds):
-        for key, fn in runners.items():
-            samples = []
-            for _ in range(iters):
-                t0 = time.perf_counter()
-                fn()
-                samples.append(1000 * (time.perf_counter() - t0))
-            times[key].append(samples)
-    return {k: [statistics.median(r) for r in v] for k, v in times.items()}
-
-
-def no_slower(ours: list[float], theirs: list[float]) -> dict[str, Any]:
-    """Paired per-round comparison: ours is slower only if it loses nearly every round (sign test).
-
-    Two flows that build the same graph time alike, and a strict `median <= median` would then pass or
-    fail on noise; losing at least 9 of 10 rounds has p < 0.011 under "equally fast"."""
-    ratios = [a / b for a, b in zip(ours, theirs)]
-    losses = sum(r > 1 for r in ratios)
-    needed = SLOWER_IF_LOSING_FRACTION * len(ratios)
-    return {"median_ratio": round(statistics.median(ratios), 3), "rounds_lost": losses, "rounds": len(ratios),
-            "no_slower": not (losses >= needed and statistics.median(ratios) > 1)}
-
-
 def speed_model(name: str, threads: int, rounds: int, iters: int, work: Path) -> dict[str, Any]:
     import nncf
     import openvino as ov
@@ -403,7 +374,7 @@ def speed_model(name: str, threads: int, rounds: int, iters: int, work: Path) ->
     bf16 = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
     if bf16:
         runs["openvino_bf16"] = _ov_runner(arts[("openvino", "fp32")] / "model.xml", threads, "bf16")
-    per_round = _round_medians({k: (lambda fn=fn: fn(x)) for k, fn in runs.items()}, rounds, iters)
+    per_round = round_medians({k: (lambda fn=fn: fn(x)) for k, fn in runs.items()}, rounds, iters)
     ms = {k: round(statistics.median(v), 2) for k, v in per_round.items()}
     ort_vs_peer = no_slower(per_round["onnxruntime_int8_edgecnn"],
                             per_round["onnxruntime_int8_ort_u8s8_qdq_per_channel"])

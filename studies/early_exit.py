@@ -18,8 +18,8 @@ Bars (issue 28): b_resnet_fmnist's single graph ≥ 1.9× its trunk at the same 
 on OpenVINO FP32 at ≤ 0.5 pt loss; INT8 early exit faster than the INT8 trunk (b_resnet, b_alexnet) on both
 runtimes; b_lenet_fmnist ≥ 1.0× on ONNX Runtime. Writes --out (JSON) and the PNG beside it.
 
-    python benchmarks/early_exit.py [--models b_resnet_fmnist ...] [--configs onnx:fp32 openvino:fp32] [--threads 1 2]
-    python benchmarks/early_exit.py --table [--out FILE]     # the README block from the results
+    python studies/early_exit.py [--models b_resnet_fmnist ...] [--configs onnx:fp32 openvino:fp32] [--threads 1 2]
+    python studies/early_exit.py --table [--out FILE]     # the README block from the results
 """
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ from edgecnn.export.early_exit import FORMS, exit_indices, form_thresholds, inte
 from edgecnn.export.pipeline import host_info, tool_versions
 from edgecnn.registry import get_config
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 PAPER_GAIN = {"b_lenet_fmnist": 5.4, "b_alexnet_fmnist": 1.5, "b_resnet_fmnist": 1.9}
 MODELS = tuple(PAPER_GAIN)
 CONFIGS = ("onnx:fp32", "onnx:fp16", "onnx:int8", "openvino:fp32", "openvino:fp16", "openvino:int8")
@@ -378,7 +378,7 @@ def main() -> int:
         fresh = {key(r) for r in results}
         results = [r for r in earlier.get("results", []) if key(r) not in fresh] + results
         overhead = {**earlier.get("session_call_overhead_ms", {}), **overhead}
-    record = {"benchmark": "early_exit", "last_command": "python benchmarks/early_exit.py " +
+    record = {"benchmark": "early_exit", "last_command": "python studies/early_exit.py " +
               " ".join(f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
                        for k, v in vars(args).items() if k not in ("out", "table")),
               "bars": {"paper_gain": PAPER_GAIN, "b_resnet_fmnist_single_graph_min": 1.9, "max_loss_pt": 0.5,

@@ -1,14 +1,14 @@
 """The measured float placements of issue 27, timed here and written as JSON under benchmarks/results/.
 
-    .venv/bin/python benchmarks/float_placement.py placement --threads 1    # --placement fast vs FP32 and INT8
-    .venv/bin/python benchmarks/float_placement.py fallback --threads 1     # --fallback cost vs sensitivity
-    .venv/bin/python benchmarks/float_placement.py table FILE [FILE ...]      # the Markdown tables of docs/explain.md
+    .venv/bin/python studies/float_placement.py placement --threads 1    # --placement fast vs FP32 and INT8
+    .venv/bin/python studies/float_placement.py fallback --threads 1     # --fallback cost vs sensitivity
+    .venv/bin/python studies/float_placement.py table FILE [FILE ...]      # the Markdown tables of docs/explain.md
 
 placement: per model, the FP32 artifact, the default INT8 one and the `--placement fast` one (`--target`, ONNX
 Runtime by default; `--threads` for the placement's own timings too), loaded together and timed in interleaved
 rounds (A B C A B C …);
-the bar is `--placement fast` no slower than FP32 (the sign test of quantization.py's `no_slower`) at ≤ 0.5 pt drop
-on the validation split (the test split's drop beside it where the export scored it).
+the bar is `--placement fast` no slower than FP32 (the sign test of `edgecnn.benchmarks.stats.no_slower`) at
+≤ 0.5 pt drop on the validation split (the test split's drop beside it where the export scored it).
 fallback: per model, INT8 with `--calibrator entropy --max-drop PT` (a calibrator that drops more than PT here), once
 with `--fallback sensitivity` and once with `--fallback cost` (ONNX Runtime; on OpenVINO sensitivity is NNCF's
 accuracy control), timed with FP32 in one interleaved run; both must
@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 PLACEMENT_MODELS = ("lenet5_fmnist", "pyramidnet_fmnist", "bn_inception_fmnist", "inception_v3_fmnist")
 FALLBACK_MODELS = ("resnet18_fmnist", "alexnet_fmnist", "vgg11_bn_fmnist", "googlenet_fmnist")
 MAX_DROP_PT = 0.5   # the placement bar's accuracy bound
@@ -45,13 +45,13 @@ def _timed(name: str, artifacts: dict[str, Path], threads: int, rounds: int, ite
     """Round medians of every variant, loaded together, interleaved; each against FP32 by the sign test."""
     import numpy as np
 
-    from edgecnn.benchmarks.quantization import _round_medians, no_slower
+    from edgecnn.benchmarks.stats import no_slower, round_medians
     from edgecnn.export import runtime
 
     sessions = {k: runtime.load(path, threads=threads) for k, path in artifacts.items()}
     batch, *rest = sessions["fp32"].input_spec.shape
     x = np.random.default_rng(0).standard_normal((batch or 1, *rest)).astype(np.float32)
-    per_round = _round_medians({k: (lambda s=s: s.run(x)) for k, s in sessions.items()}, rounds, iters)
+    per_round = round_medians({k: (lambda s=s: s.run(x)) for k, s in sessions.items()}, rounds, iters)
     return {"median_ms": {k: round(statistics.median(v), 4) for k, v in per_round.items()},
             "rounds_median_ms": {k: [round(t, 4) for t in v] for k, v in per_round.items()},
             "versus_fp32": {k: no_slower(v, per_round["fp32"]) for k, v in per_round.items() if k != "fp32"}}

@@ -4,7 +4,7 @@ The issue's bar: under 60 s for both on 2 cores, folding, checks, hashing and th
 check included (one process: the PyTorch reference logits are computed once). Writes
 benchmarks/results/export_time.json with the machine it ran on and its load.
 
-    python benchmarks/export_time.py [--model resnet50] [--threads 2]
+    python studies/export_time.py [--model resnet50] [--threads 2]
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import torch
 from edgecnn.export import export_registered
 from edgecnn.export.pipeline import host_info, tool_versions
 
-RESULTS = Path(__file__).parent / "results" / "export_time.json"
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "export_time.json"
 TARGETS = ("onnx", "openvino")
 BUDGET_S = 60.0
 

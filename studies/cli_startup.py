@@ -5,7 +5,7 @@ fresh process, in interleaved rounds (torch, --help, list, info, torch, …) so 
 median wall time and the median CPU time (user + sys of the child, steadier on a shared machine) of each
 are recorded. Writes benchmarks/results/cli_startup.json.
 
-    python benchmarks/cli_startup.py [--rounds 5] [--edgecnn "python -m edgecnn"]
+    python studies/cli_startup.py [--rounds 5] [--edgecnn "python -m edgecnn"]
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-RESULTS = Path(__file__).parent / "results" / "cli_startup.json"
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "cli_startup.json"
 BARS_S = {"help": 1.0, "list_beyond_torch": 2.0}
 
 

@@ -7,7 +7,7 @@ is the median over adjacent pairs of their ratio, next to the ratio of the two m
 clock and on the calling thread's CPU clock (one intra-op thread: immune to other processes' load);
 the check alone is timed on the same input beside it. Writes benchmarks/results/finite_check.json.
 
-    python benchmarks/finite_check.py [--model resnet18_fmnist] [--threads 2] [--pairs 3000]
+    python studies/finite_check.py [--model resnet18_fmnist] [--threads 2] [--pairs 3000]
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from edgecnn.export import export_registered, runtime
 from edgecnn.export.pipeline import host_info, tool_versions
 from edgecnn.export.runtime import refuse_non_finite
 
-RESULTS = Path(__file__).parent / "results" / "finite_check.json"
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "finite_check.json"
 BUDGET_FRACTION = 0.01
 
 
