@@ -3,7 +3,7 @@
 A Ctrl-C, a full disk or a crash never leaves half a file where the target was, nor the temporary file: on any
 failure it is removed and the target is as it was. Every file edgecnn writes this way goes through
 `atomic_write` (a folder of files, an artifact or a report, is staged whole instead: see
-`edgecnn.export.manifest.marked_staging`).
+`edgecnn.export.staging.marked_staging`).
 """
 from __future__ import annotations
 

@@ -8,33 +8,58 @@
 
 Stages (each its own module): `fold` (conv-BN folding, a torch.fx transform), `onnx_graph` (ONNX
 export + checks, FP16), `targets` (the target writers' base and registry), `tensorrt` (operator check,
-build scripts), `parity` (artifact vs PyTorch), `manifest` (the artifact contract, atomic writes),
-`runtime` (the sessions' base and registry), `quantize` (the quantizers' base, registry and INT8 pass),
-`pipeline` (the passes, `export_model`). Each runtime is one module of `backends` (torch, onnxruntime,
+build scripts), `parity` (artifact vs PyTorch), `manifest` (the artifact contract: schema, validation), `staging`
+(atomic writes, destination checks), `runtime` (the sessions' base and registry; `open_model` opens a bare model
+file), `quantize` (the quantizers' base, registry and INT8 pass), `pipeline` (the passes, `export_model`),
+`early_exit` (the early-exit pass), `early_exit_thresholds` (the threshold search), `early_exit_session` (the
+early-exit session). Each runtime is one module of `backends` (torch, onnxruntime,
 openvino, tensorrt): its target writer, sessions, quantizer, recorded tools and availability, in
-`backends.BACKENDS`. OpenVINO and TensorRT are imported only when used.
+`backends.BACKENDS`. OpenVINO and TensorRT are imported only when used; the public names below load on first use,
+so importing the runtime (or reading a manifest) imports neither torch nor the quantizers' libraries.
 
 The package itself is callable: `edgecnn.export(model_or_name_or_path, target, precision, out, ...)` is
 `edgecnn.export.api.export`, which takes a zoo name, a checkpoint file, an ONNX file or an nn.Module.
 """
+from __future__ import annotations
+
+import importlib
 import sys
 import types
 from typing import Any
 
-from edgecnn.export import runtime
-from edgecnn.export.api import export
-from edgecnn.export.fold import FoldReport, fold_batchnorm
-from edgecnn.export.manifest import ArtifactError, read_manifest
-from edgecnn.export.onnx_graph import ExportError
-from edgecnn.export.pipeline import (ExportContext, ExportResult, ParityError, Pass, Pipeline, export_model,
-                                     export_registered)
-from edgecnn.export.targets import TARGETS, register_target
+# Public name → the module holding it, imported on first use (PEP 562), so `import edgecnn.export.runtime` and
+# reading a manifest do not import torch: the export passes (api, pipeline, fold) load only when asked for.
+_PUBLIC = {"ArtifactError": "edgecnn.export.manifest", "read_manifest": "edgecnn.export.manifest",
+           "ExportError": "edgecnn.export.graph_io", "FoldReport": "edgecnn.export.fold",
+           "fold_batchnorm": "edgecnn.export.fold", "export": "edgecnn.export.api",
+           "ExportContext": "edgecnn.export.pipeline", "ExportResult": "edgecnn.export.pipeline",
+           "ParityError": "edgecnn.export.pipeline", "Pass": "edgecnn.export.pipeline",
+           "Pipeline": "edgecnn.export.pipeline", "export_model": "edgecnn.export.pipeline",
+           "export_registered": "edgecnn.export.pipeline", "TARGETS": "edgecnn.export.targets",
+           "register_target": "edgecnn.export.targets"}
+_SUBMODULES = ("runtime",)   # `from edgecnn.export import runtime` and `edgecnn.export.runtime` as before
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    if name not in _PUBLIC:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_PUBLIC[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_PUBLIC, *_SUBMODULES})
 
 
 class _CallableModule(types.ModuleType):
     """`edgecnn.export(...)` calls `export`, while `edgecnn.export` stays the package it always was."""
 
-    def __call__(self, *args: Any, **kwargs: Any) -> ExportResult:
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from edgecnn.export.api import export
+
         return export(*args, **kwargs)
 
 

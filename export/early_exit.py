@@ -8,9 +8,8 @@ returns `logits`. It then measures each stage's cost on the target's runtime at 
 validation split (never the test split) through the exported stages, and picks the N-1 thresholds that
 minimise expected latency within an accuracy budget (default 0.5 pt below the final exit alone).
 
-    with runtime.load("artifacts/b_resnet", backend="early_exit") as s:   # runtime: the target's backend
-        result = s.classify(batch)        # .logits of each sample's exit, .exits (0-based stage index)
-    runtime.load("artifacts/b_resnet", backend="early_exit", form="stages")   # the other form
+The loop on the device is the `early_exit` session (`early_exit_session.py`), the threshold search
+`early_exit_thresholds.py`; this module is the export pass, which needs torch.
 
 INT8: the quantize pass quantizes the trunk (choosing the calibrator), then each stage graph is quantized by
 the same target's quantizer with that calibrator, on the same calibration images as the stage sees them (the
@@ -32,37 +31,34 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import itertools
-import math
 import statistics
 import time
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from edgecnn.branchynet import EXIT_ENTROPY, EXIT_RULE, MultiExitNet, check_thresholds, softmax_entropy
+from edgecnn.branchynet import EXIT_ENTROPY, EXIT_RULE, MultiExitNet, softmax_entropy
 from edgecnn.data import preprocess, train_val_split
 from edgecnn.errors import UserError
 from edgecnn.calibration import CalibrationData, CalibrationOptions
 from edgecnn.export.fold import fold_batchnorm
-from edgecnn.export.early_exit_graph import GRAPH_BATCH, THRESHOLDS_INPUT, graph_targets, write_graph
-from edgecnn.export.manifest import artifact_file
+from edgecnn.export.early_exit_graph import graph_targets, write_graph
+# The session that runs an early-exit artifact, and the threshold search, each in its own module; the names the
+# benchmarks read from here (FORMS, form_thresholds, evaluate_setting, expected_ms) are re-exported.
+from edgecnn.export.early_exit_session import (COST_REPEATS, FORMS, STAGE_OUTPUTS, EarlyExitSession,  # noqa: F401
+                                               form_thresholds, median_call_ms)
+from edgecnn.export.early_exit_thresholds import (DEFAULT_BUDGET_PT, MARGIN_SE, evaluate_setting,  # noqa: F401
+                                                  exit_indices, expected_ms, tune)
 from edgecnn.export.onnx_graph import BATCH_DIM, INPUT_NAME, OUTPUT_NAME
 from edgecnn.export.quantize import GraphInput, ModelFiles, get_quantizer, quantize_model
-from edgecnn.export.runtime import BACKENDS, InputSpec, Session, open_session, register_backend
+from edgecnn.export.runtime import BACKENDS, open_session
 
 if TYPE_CHECKING:
     from edgecnn.export.pipeline import ExportContext
 
-STAGE_OUTPUTS = (OUTPUT_NAME, "entropy", "features")
-DEFAULT_BUDGET_PT = 0.5
-MARGIN_SE = 1.0               # standard errors of the validation loss kept back from the budget (see choose)
 EARLY_EXIT_PRECISIONS = ("fp32", "fp16", "int8")
-CANDIDATES_PER_EXIT = 40      # entropy quantiles tried per exit (plus "nobody leaves" and "everybody leaves")
-COST_REPEATS = 200            # batch-1 calls timed per stage
 REFERENCE_SAMPLES = 256       # validation images each exit is compared with PyTorch on
 COST_THREADS = 1              # threads of every session export times (stages, single graph, trunk)
 FORM_TIMING_SAMPLES = 200     # validation images each form is timed on, one at a time, to choose the default
@@ -143,365 +139,6 @@ def _feature_shapes(net: MultiExitNet, input_size: tuple[int, int, int]) -> list
             shapes.append(tuple(x.shape[1:]))
             x = stage(x)
     return shapes
-
-
-# ---------------------------------------------------------------- thresholds
-
-class Setting(NamedTuple):
-    thresholds: tuple[float, ...]
-    accuracy: float               # percent, on the validation split
-    expected_ms: float            # mean per-sample latency at batch 1 from the measured stage costs
-    exit_fractions: tuple[float, ...]
-    loss_se_pt: float = 0.0       # standard error (points) of the accuracy lost vs the final exit, paired
-
-
-def evaluate_setting(thresholds: Sequence[float], entropies: np.ndarray, predictions: np.ndarray,
-                     labels: np.ndarray, stage_ms: Sequence[float]) -> Setting:
-    """Accuracy, exit fractions and expected latency of one threshold setting on precomputed exit outputs:
-    `entropies` (exits-1, S), `predictions` (exits, S); a sample pays every stage up to its exit."""
-    n_exits, n = predictions.shape
-    exit_at = exit_indices(thresholds, entropies)
-    correct = predictions[exit_at, np.arange(n)] == labels
-    fractions = np.bincount(exit_at, minlength=n_exits) / n
-    final = predictions[-1] == labels
-    lost, gained = int((final & ~correct).sum()), int((~final & correct).sum())
-    se = 100 * math.sqrt(max(0.0, lost + gained - (lost - gained) ** 2 / n)) / n
-    return Setting(tuple(float(t) for t in thresholds), float(100 * correct.mean()),
-                   expected_ms(fractions, stage_ms), tuple(float(f) for f in fractions), se)
-
-
-def expected_ms(exit_fractions: Sequence[float], stage_ms: Sequence[float]) -> float:
-    """Mean latency per sample at batch 1 when these shares of the samples leave at each exit: a sample pays every
-    stage up to its exit (the cost of stage k weighs by the share still in at k)."""
-    reach = 1.0 - np.concatenate([[0.0], np.cumsum(exit_fractions)[:-1]])
-    return float(np.dot(reach, stage_ms))
-
-
-def exit_indices(thresholds: Sequence[float], entropies: np.ndarray) -> np.ndarray:
-    """The exit rule on precomputed (exits-1, S) entropies: each sample's 0-based exit."""
-    exit_at = np.full(entropies.shape[1], len(thresholds))
-    for k in reversed(range(len(thresholds))):
-        exit_at[entropies[k] < thresholds[k]] = k
-    return exit_at
-
-
-def candidate_thresholds(entropy: np.ndarray, count: int = CANDIDATES_PER_EXIT) -> list[float]:
-    """0 (nobody leaves), entropy quantiles of the split (as midpoints, so each is a real cut), ln C + 1."""
-    qs = np.quantile(entropy, np.linspace(0, 1, count + 1)[1:-1])
-    return sorted({0.0, *(round(float(q), 6) for q in qs), round(float(entropy.max()) + 1.0, 6)})
-
-
-def sweep(entropies: np.ndarray, predictions: np.ndarray, labels: np.ndarray,
-          stage_ms: Sequence[float]) -> list[Setting]:
-    """Every combination of candidate thresholds, evaluated."""
-    grids = [candidate_thresholds(e) for e in entropies]
-    return [evaluate_setting(t, entropies, predictions, labels, stage_ms) for t in itertools.product(*grids)]
-
-
-def pareto(settings: Sequence[Setting]) -> list[Setting]:
-    """The settings no other beats on both accuracy and expected latency, fastest first."""
-    front: list[Setting] = []
-    for s in sorted(settings, key=lambda s: (s.expected_ms, -s.accuracy)):
-        if not front or s.accuracy > front[-1].accuracy:
-            front.append(s)
-    return front
-
-
-def choose(settings: Sequence[Setting], final_accuracy: float, budget_pt: float,
-           margin_se: float = MARGIN_SE) -> Setting:
-    """The fastest setting whose loss against the final exit, plus `margin_se` standard errors of that paired
-    loss, is at most `budget_pt` (ties: the more accurate). The margin is there because the thresholds are
-    tuned on the validation split and judged on images they never saw: a setting that spends the whole budget
-    on validation overshoots it on new images about half the time."""
-    allowed = [s for s in settings if final_accuracy - s.accuracy + margin_se * s.loss_se_pt <= budget_pt + 1e-9]
-    return min(allowed, key=lambda s: (s.expected_ms, -s.accuracy))
-
-
-def tune(entropies: np.ndarray, predictions: np.ndarray, labels: np.ndarray, stage_ms: Sequence[float],
-         budget_pt: float = DEFAULT_BUDGET_PT) -> tuple[Setting, list[Setting], float]:
-    """(chosen setting, Pareto sweep, final exit's accuracy) on one split's exit outputs."""
-    if not (math.isfinite(budget_pt) and budget_pt >= 0):
-        raise UserError(f"the accuracy budget is {budget_pt} points; give a finite number ≥ 0")
-    final = float(100 * (predictions[-1] == labels).mean())
-    settings = sweep(entropies, predictions, labels, stage_ms)
-    return choose(settings, final, budget_pt), pareto(settings), final
-
-
-# ---------------------------------------------------------------- the session
-
-class EarlyExitResult(NamedTuple):
-    logits: np.ndarray   # N×classes, float32: each sample's logits at the exit it took
-    exits: np.ndarray    # N, int: the 0-based stage each sample left at
-
-
-def _stage_manifest(manifest: dict[str, Any], stage: dict[str, Any], fmt: str) -> dict[str, Any]:
-    """A plain manifest for one stage graph, so any registered backend opens it."""
-    body = {k: v for k, v in manifest.items() if k != "early_exit"}
-    return {**body, "input": stage["input"], "model_files": {fmt: stage["model_files"][fmt]}}
-
-
-@register_backend
-class EarlyExitSession(Session):
-    """Runs an early-exit artifact in one of its two forms (`form`, default the manifest's):
-
-    - "stages": stage 1 runs on the batch; samples whose exit entropy is at or above the threshold go on, the rest
-      leave with that exit's logits; the next stage runs on the shrunken batch only, and so on (one call per stage).
-    - "graph": one call of the single graph (early_exit_graph.py) runs exactly the stages the sample needs. It takes
-      batch 1; a larger batch, whose samples may leave at different stages, runs through the stages.
-
-    Options: `runtime` (the backend the graphs run on; default the artifact's), `form`, `thresholds` (override the
-    tuned ones), `threads` (the single graph's; stages get one each where the runtime's sessions own their pools),
-    `check_finite`.
-    """
-
-    name = "early_exit"
-    formats = ("early_exit",)
-    runs_early_exit = True
-
-    def __init__(self, directory: Path, manifest: dict[str, Any], model_format: str, threads: int | None = None,
-                 runtime: str | None = None, thresholds: Sequence[float] | None = None, form: str | None = None,
-                 **common: Any) -> None:
-        super().__init__(directory, manifest, model_format, **common)
-        section = manifest["early_exit"]
-        self.runtime = runtime or manifest["default_backend"]
-        inner = BACKENDS.get(self.runtime)
-        if inner is None or inner.runs_early_exit:
-            runtimes = sorted(n for n, c in BACKENDS.items() if not c.runs_early_exit)
-            raise UserError(f"runtime={self.runtime!r} cannot run early-exit stages; choose one of {', '.join(runtimes)}")
-        self.form = _check_form(form, section)
-        self.stage_records = section["stages"]
-        # Stage 1 takes the images at any batch size (the loop shrinks batches), whatever the trunk was exported for.
-        self.input_spec = InputSpec.from_manifest({"input": {**self.stage_records[0]["input"], "layout": "NCHW"}})
-        self.thresholds = section["thresholds"] if thresholds is None else thresholds
-        if thresholds is None and self.form != section.get("form", "stages"):
-            self.thresholds = form_thresholds(manifest, self.form) or self.thresholds
-        self.threads = threads
-        # Separate pools spinning on the same cores cost more than a stage gains from a second thread (b_resnet on
-        # ONNX Runtime, 2 cores, 2 threads: 0.29 ms per sample with a 2-thread pool per stage, 0.16 ms with one).
-        self.stage_threads = threads if inner.shares_threads else 1
-        self._stages: list[Session] = []
-        self._graph: Session | None = None
-        try:
-            for k, stage in enumerate(self.stage_records):
-                fmt = _graph_format(inner, stage, f"stage {k + 1}", manifest, self.runtime)
-                _check_graph_file(directory, manifest, stage, fmt, f"stage {k + 1}'s graph")
-                self._stages.append(open_session(directory, _stage_manifest(manifest, stage, fmt), self.runtime,
-                                                 self.stage_threads, **common))
-            self._check_chain()
-            if self.form == "graph":
-                graph = section["graph"]
-                fmt = _graph_format(inner, graph, "the single graph", manifest, self.runtime)
-                _check_graph_file(directory, manifest, graph, fmt, "the single graph")
-                self._graph = open_session(directory, _stage_manifest(manifest, graph, fmt), self.runtime, threads,
-                                           **common)
-                self._check_graph()
-        except BaseException:
-            self.close()
-            raise
-
-    @property
-    def thresholds(self) -> list[float]:
-        return self._thresholds
-
-    @thresholds.setter
-    def thresholds(self, values: Sequence[float]) -> None:
-        """Checked, and kept as the float32 array the single graph takes (the stages compare in float32 too)."""
-        self._thresholds = check_thresholds(values, len(self.manifest["early_exit"]["stages"]))
-        self._threshold_feed = np.asarray(self._thresholds, dtype=np.float32)
-
-    @classmethod
-    def pick_format(cls, manifest: dict[str, Any]) -> str | None:
-        if "early_exit" not in manifest:
-            raise UserError(f"this {manifest['target']} artifact of {manifest['model']['name']} has no early_exit "
-                            "section (it is a plain network): load it with backend="
-                            f"{manifest['default_backend']!r}, or export a multi-exit model (e.g. b_resnet_fmnist)")
-        return "early_exit"
-
-    @property
-    def model_path(self) -> Path:
-        section = self.manifest["early_exit"]
-        record = section["graph"] if self.form == "graph" else section["stages"][0]
-        return self.directory / record["file"]
-
-    def _check_chain(self) -> None:
-        """Feed zeros through the stages in order: each must take the previous one's features (a swapped or
-        foreign stage file fails here, in one line, instead of inside the loop); warms the runtimes up."""
-        x = np.zeros([1, *self.stage_records[0]["input"]["shape"][1:]], dtype=self.input_spec.dtype)
-        classes = self.manifest["model"]["num_classes"]
-        for k, (stage, record) in enumerate(zip(self._stages, self.stage_records)):
-            expected = (1, *record["input"]["shape"][1:])
-            what = f"stage {k + 1} ({record['file']})"
-            if x.shape != expected:
-                raise UserError(f"{what} takes {_dims(expected)} features but stage {k} gives {_dims(x.shape)}: the "
-                                "stage files are swapped or come from another export; export again")
-            try:
-                outputs = stage._run_all(x)
-            except Exception as e:  # runtimes raise their own types for a graph fed the wrong shape
-                raise UserError(f"{what} rejects the features of stage {k} ({str(e).splitlines()[0][:120]}): the "
-                                "stage files are swapped or come from another export; export again") from e
-            last = k == len(self._stages) - 1
-            if len(outputs) != (1 if last else len(STAGE_OUTPUTS)) or outputs[0].shape != (1, classes):
-                raise UserError(f"{what} returns {len(outputs)} output(s) of shapes "
-                                f"{[_dims(o.shape) for o in outputs]}, not what stage {k + 1} of {len(self._stages)} "
-                                "returns: the stage files are swapped or come from another export; export again")
-            x = outputs[-1] if not last else x
-
-    def _check_graph(self) -> None:
-        """Run the single graph once on zeros: it must return one sample's logits and its exit (warms it up too)."""
-        x = np.zeros([GRAPH_BATCH, *self.stage_records[0]["input"]["shape"][1:]], dtype=self.input_spec.dtype)
-        what = f"the single graph ({self.manifest['early_exit']['graph']['file']})"
-        try:
-            outputs = self._run_graph(x)
-        except Exception as e:  # runtimes raise their own types for a graph fed what it does not take
-            raise UserError(f"{what} does not run as an early-exit graph ({str(e).splitlines()[0][:120]}): it is "
-                            "damaged or comes from another export; export again") from e
-        classes = self.manifest["model"]["num_classes"]
-        if [o.shape for o in outputs] != [(GRAPH_BATCH, classes), (GRAPH_BATCH,)]:
-            raise UserError(f"{what} returns outputs of shapes {[_dims(o.shape) for o in outputs]}, not one sample's "
-                            f"{classes} logits and its exit: it comes from another export; export again")
-
-    def _run_graph(self, x: np.ndarray) -> list[np.ndarray]:
-        return self._graph._run_feeds({INPUT_NAME: x, THRESHOLDS_INPUT: self._threshold_feed})
-
-    def _run(self, batch: np.ndarray) -> np.ndarray:
-        if self._graph is not None and batch.shape[0] == GRAPH_BATCH:  # the logits, without the exit's bookkeeping
-            return self._run_graph(batch)[0]
-        return self._classify(batch).logits
-
-    def classify(self, batch: Any) -> EarlyExitResult:
-        """Each sample's logits at its exit, and the exit (0-based stage index)."""
-        if self._closed:
-            raise UserError(f"the {self.name} session of {self.directory} is closed")
-        return self._classify(self.input_spec.validate(batch, self.check_finite))
-
-    def _classify(self, x: np.ndarray) -> EarlyExitResult:
-        if self._graph is not None and x.shape[0] == GRAPH_BATCH:
-            logits, exits = self._run_graph(x)
-            return EarlyExitResult(logits.astype(np.float32, copy=False), exits.astype(np.int64, copy=False))
-        n = x.shape[0]
-        last = len(self._stages) - 1
-        logits = np.empty((n, self.manifest["model"]["num_classes"]), dtype=np.float32)
-        exits = np.full(n, last)
-        index = np.arange(n)
-        for k, stage in enumerate(self._stages):
-            if k == last:
-                logits[index] = stage._run_all(x)[0]
-                break
-            exit_logits, entropy, features = stage._run_all(x)
-            leave = entropy < self._threshold_feed[k]
-            if leave.all():
-                logits[index], exits[index] = exit_logits, k
-                break
-            if leave.any():
-                logits[index[leave]], exits[index[leave]] = exit_logits[leave], k
-                stay = ~leave
-                index, features = index[stay], features[stay]
-            x = features
-        return EarlyExitResult(logits, exits)
-
-    def exit_outputs(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Every exit for the whole batch, as the threshold search needs: (entropies (exits-1, N), logits
-        (exits, N, classes)); no sample leaves."""
-        x, entropies, logits = self.input_spec.validate(batch, self.check_finite), [], []
-        for k, stage in enumerate(self._stages):
-            outputs = stage._run_all(x)
-            logits.append(outputs[0].astype(np.float32))
-            if k < len(self._stages) - 1:
-                entropies.append(outputs[1].astype(np.float32))
-                x = outputs[2]
-        return np.stack(entropies), np.stack(logits)
-
-    def stage_costs(self, sample: np.ndarray, repeats: int = COST_REPEATS) -> list[float]:
-        """Milliseconds each stage adds for one sample at batch 1 in this session's form, exit decision included:
-        staged, the median of `repeats` calls of each stage after a warm-up; as one graph, the differences between
-        the medians of the graph run with thresholds that send the sample out at each exit in turn."""
-        x = self.input_spec.validate(sample[:1], self.check_finite)
-        if self._graph is not None:
-            paths = self.path_costs(x, repeats)
-            return [max(0.0, b - a) for a, b in zip([0.0, *paths[:-1]], paths)]
-        costs = []
-        for k, stage in enumerate(self._stages):
-            if k < len(self.thresholds):  # an exit stage: its call and the exit decision
-                call = lambda: bool(stage._run_all(x)[1][0] < self._threshold_feed[k])  # noqa: B023 (called now)
-            else:
-                call = lambda: stage._run_all(x)  # noqa: B023
-            costs.append(median_call_ms(call, repeats))
-            x = stage._run_all(x)[-1]
-        return costs
-
-    def path_costs(self, sample: np.ndarray, repeats: int = COST_REPEATS) -> list[float]:
-        """Milliseconds of one batch-1 call of this session (input check included) through the single graph for a
-        sample that leaves at each exit in turn (median of `repeats` after a warm-up): thresholds 0 before that exit
-        (nobody leaves) and above ln(classes) at it (everybody)."""
-        kept = self.thresholds
-        above = math.log(self.manifest["model"]["num_classes"]) + 1.0
-        try:
-            paths = []
-            for k in range(len(self._stages)):
-                self.thresholds = [0.0] * k + [above] * (len(self._stages) - 1 - k)
-                paths.append(median_call_ms(lambda: self.classify(sample), repeats))
-        finally:
-            self.thresholds = kept
-        return paths
-
-    def info(self) -> dict[str, Any]:
-        inner = (self._graph or (self._stages[0] if self._stages else None))
-        inner_info = inner.info() if inner else {}
-        return {**super().info(), "runtime": self.runtime, "form": self.form, "stages": len(self.stage_records),
-                "thresholds": self.thresholds, "threads": self.threads or "default",
-                "stage_threads": self.stage_threads or "default",
-                "runtime_info": {k: v for k, v in inner_info.items() if k not in ("backend", "model_file")}}
-
-    def _executed_precision(self) -> str:
-        return self._stages[0].executed_precision
-
-    def close(self) -> None:
-        for session in (*self._stages, *([self._graph] if self._graph else [])):
-            session.close()
-        self._stages, self._graph = [], None
-        super().close()
-
-
-FORMS = ("graph", "stages")
-
-
-def _check_form(form: str | None, section: dict[str, Any]) -> str:
-    """The form to run: the one asked for, else the manifest's (artifacts from before the single graph: stages)."""
-    chosen = section.get("form", "stages") if form is None else form
-    if chosen not in FORMS:
-        raise UserError(f"unknown early-exit form {form!r}; use 'graph' (one call per sample) or 'stages'")
-    if chosen == "graph" and "graph" not in section:
-        raise UserError("this early-exit artifact has no single graph (it was exported with --early-exit stages, "
-                        "or for a target without one): load it with form='stages', or export again with "
-                        "--early-exit graph")
-    return chosen
-
-
-def form_thresholds(manifest: dict[str, Any], form: str) -> list[float] | None:
-    """The thresholds export tuned for `form` on the stage costs of that form, if it recorded them."""
-    tuning = manifest["early_exit"].get("per_precision", {}).get(manifest["precision"], {})
-    return (tuning.get("forms", {}).get(form) or {}).get("thresholds")
-
-
-def _graph_format(inner: type[Session], record: dict[str, Any], what: str, manifest: dict[str, Any],
-                  runtime: str) -> str:
-    fmt = inner.pick_format({"model_files": record["model_files"]})
-    if fmt is None:
-        raise UserError(f"{what} has no {' or '.join(inner.formats)} file for runtime {runtime!r}; use "
-                        f"runtime={manifest['default_backend']!r}")
-    return fmt
-
-
-def _dims(shape: Sequence[Any]) -> str:
-    return "×".join(str(d) for d in shape)
-
-
-def _check_graph_file(directory: Path, manifest: dict[str, Any], record: dict[str, Any], fmt: str, what: str) -> None:
-    name = record["model_files"][fmt]
-    if name not in manifest["files"]:
-        raise UserError(f"{what} {name!r} is not among the artifact's files; the manifest is damaged: export again")
-    if not artifact_file(Path(directory), name).is_file():
-        raise UserError(f"{what} {Path(directory) / name} is missing; the artifact is incomplete: export again")
 
 
 # ---------------------------------------------------------------- the export pass
@@ -726,22 +363,10 @@ def interleaved_per_sample_ms(runs: dict[str, Any], images: np.ndarray, rounds: 
     return means
 
 
-def median_call_ms(call: Any, repeats: int, warmup: int = 10) -> float:
-    """Median milliseconds of `repeats` calls, after `warmup` untimed ones."""
-    times = []
-    for _ in range(repeats + warmup):
-        t0 = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - t0)
-    return 1000 * float(np.median(times[warmup:]))
-
-
 def _trunk_format(ctx: ExportContext) -> str:
     """The model format the target's default backend reads (the file the manifest names for each graph)."""
     return BACKENDS[ctx.output.default_backend].pick_format({"model_files": ctx.output.model_files}) \
         or next(iter(ctx.output.model_files))
 
 
-__all__ = ["EarlyExitResult", "EarlyExitSession", "EarlyExitStages", "FORMS", "Setting", "StageGraph",
-           "candidate_thresholds", "choose", "evaluate_setting", "exit_indices", "expected_ms", "form_thresholds",
-           "interleaved_per_sample_ms", "pareto", "stage_graphs", "sweep", "tune", "validation_inputs"]
+__all__ = ["EarlyExitStages", "StageGraph", "interleaved_per_sample_ms", "stage_graphs", "validation_inputs"]

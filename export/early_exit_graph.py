@@ -23,7 +23,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from edgecnn.export.onnx_graph import INPUT_NAME, OUTPUT_NAME
+from edgecnn.export.graph_io import INPUT_NAME, OUTPUT_NAME
 
 THRESHOLDS_INPUT = "thresholds"
 EXIT_OUTPUT = "exit"

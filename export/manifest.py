@@ -1,4 +1,4 @@
-"""The artifact contract: `manifest.json` next to the files it names, written atomically.
+"""The artifact contract: `manifest.json` next to the files it names, its schema and its validation.
 
 An artifact directory holds `manifest.json` and the model files. The manifest is the only thing
 runtimes, benchmarks and deploy bundles read; `read_manifest` is the one door, and it refuses
@@ -10,39 +10,28 @@ anything that is not a complete, untampered artifact:
 - every file in `files` present, of the recorded size and SHA-256;
 - nothing read from outside the artifact: every file it names is a regular file inside it, reached without a
   symbolic link, and every file a graph reads its weights from (ONNX external data, an IR's .bin) is in `files`;
-- never a staging directory: exports build in `.NAME.tmp-PID-XXXX` next to the target, write the
-  manifest last and rename the whole directory in one step, so an interrupted export (Ctrl-C or
-  SIGTERM cleans up; kill -9 leaves a hidden directory the next export removes) leaves no directory
-  that passes as an artifact.
+- never a staging directory (`.NAME.tmp-PID-XXXX`, `STAGING_NAME`): exports build there and rename the whole
+  directory in one step, so an interrupted export leaves no directory that passes as an artifact.
 
-`--force` (overwrite=True) replaces only edgecnn's own output: an artifact (a readable manifest of
-edgecnn's kind naming every file there). Anything else, and the working directory, its parents and
-the home directory, are refused before any work is done. A leftover staging directory is removed only
-if it carries edgecnn's marker (`STAGING_MARKER`: the PID, boot and start time of the process that
-made it) and that process is gone; `edgecnn report` stages its output the same way (`marked_staging`).
+How an artifact gets onto disk safely (staging directories, destination checks, `--force` replacing only edgecnn's
+own output, leftovers of killed exports) is `edgecnn.export.staging`. Reading a manifest imports neither torch nor
+the model zoo; `manifest_config` imports the zoo's `ModelConfig` when called.
 """
 from __future__ import annotations
 
-import contextlib
-import errno
-import glob
 import hashlib
 import json
 import os
 import re
-import secrets
-import shutil
-import signal
-import tempfile
-import threading
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
-from edgecnn.atomic import current_umask
 from edgecnn.errors import UserError
 from edgecnn.export.tensorrt import BUILD_LOG, ENGINE_RECORD, PLAN_FILE, TIMING_CACHE
 from edgecnn.jsonfile import JSONFileError, read_json
-from edgecnn.registry import ModelConfig
+
+if TYPE_CHECKING:
+    from edgecnn.registry import ModelConfig
 
 SCHEMA_VERSION = 2  # 2: manifest_sha256 and a typed schema
 MANIFEST_NAME = "manifest.json"
@@ -52,13 +41,11 @@ DIGEST_FIELD = "manifest_sha256"
 REQUIRED_FIELDS = ("schema_version", "kind", "model", "target", "precision", "input", "output",
                    "preprocessing", "class_names", "files", "model_files", "default_backend", "parity", "tools",
                    "export", DIGEST_FIELD)
-# Directories an export is still building (or has just replaced): never artifacts.
-_STAGING_NAME = re.compile(r"^\..+\.(tmp|old)-(\d+)-[^/]+$")
+# Directories an export is still building (or has just replaced): never artifacts (edgecnn.export.staging makes them).
+STAGING_NAME = re.compile(r"^\..+\.(tmp|old)-(\d+)-[^/]+$")
 # Files edgecnn's own scripts add to an artifact after the export (build_engine.py/.sh write the engine, its
 # record, the timing cache and the trtexec log).
-_ADDED_LATER = frozenset({PLAN_FILE, ENGINE_RECORD, TIMING_CACHE, BUILD_LOG})
-# Filesystem failures that are the destination's fault, said as one line instead of a traceback.
-_DESTINATION_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
+ADDED_LATER = frozenset({PLAN_FILE, ENGINE_RECORD, TIMING_CACHE, BUILD_LOG})
 
 
 class ArtifactError(UserError):
@@ -239,6 +226,8 @@ EARLY_EXIT_SCHEMA = _Object(
 
 def manifest_config(manifest: dict[str, Any]) -> ModelConfig:
     """The model an artifact's manifest describes, as a ModelConfig: its classes and its preprocessing."""
+    from edgecnn.registry import ModelConfig  # the model zoo (and torch) only when asked
+
     model, pre = manifest["model"], manifest["preprocessing"]
     return ModelConfig(name=model["name"], family=model["family"], num_classes=model["num_classes"],
                        input_size=(pre["channels"], *pre["resize"]), mean=tuple(pre["mean"]), std=tuple(pre["std"]),
@@ -253,7 +242,7 @@ def read_manifest(directory: Path | str, verify: bool = True) -> dict[str, Any]:
     a symbolic link, and every file a graph reads its weights from is listed (so checked like the graph itself).
     """
     directory = Path(directory)
-    if _STAGING_NAME.match(directory.name):
+    if STAGING_NAME.match(directory.name):
         raise ArtifactError(f"{directory} is an unfinished export's staging directory, not an artifact; "
                             "delete it and export again")
     if directory.exists() and not directory.is_dir():
@@ -351,7 +340,7 @@ def _check_weight_files(directory: Path, name: str, files: dict[str, Any]) -> No
     listed: a runtime loads them with the graph, so an unlisted one would run unchecked."""
     graph = PurePosixPath(name)
     if graph.suffix == ".onnx":
-        from edgecnn.export.onnx_graph import external_data_locations
+        from edgecnn.export.graph_io import external_data_locations
 
         locations = external_data_locations(directory / name)
     elif graph.suffix == ".xml":
@@ -370,289 +359,22 @@ def _check_weight_files(directory: Path, name: str, files: dict[str, Any]) -> No
 
 def unlisted_entries(directory: Path, manifest: dict[str, Any]) -> list[str]:
     """What artifact `directory` holds besides its manifest (and signature), the files it lists, the folders holding
-    them and what edgecnn's build scripts add later (`_ADDED_LATER`): links too (never followed); a folder once,
+    them and what edgecnn's build scripts add later (`ADDED_LATER`): links too (never followed); a folder once,
     not its content."""
     listed = {MANIFEST_NAME, *manifest["files"], *([SIGNATURE_NAME] if manifest.get("signature") else [])}
     folders = {parent.as_posix() for f in listed for parent in PurePosixPath(f).parents if parent != PurePosixPath(".")}
-    extra = {e for e in _relative_entries(directory)
-             if e not in listed and e not in folders and PurePosixPath(e).name not in _ADDED_LATER}
+    extra = {e for e in relative_entries(directory)
+             if e not in listed and e not in folders and PurePosixPath(e).name not in ADDED_LATER}
     return sorted(e for e in extra if not any(p.as_posix() in extra for p in PurePosixPath(e).parents))
 
 
-# ---------------------------------------------------------------- writing
-
-# Written first into every staging directory, and into an earlier artifact before it is moved aside: which process
-# owns the directory. Only a directory carrying it is ever removed as a leftover, and only once that process is gone
-# (a user's `.NAME.old-2019-backup` is never touched). It is taken out just before the final rename.
-STAGING_MARKER = ".edgecnn-staging.json"
-_MARKER_KIND = "edgecnn-staging"
-_MARKER_SCHEMA = _Object(kind=_STR, pid=_INT, boot_id=_Optional(_STR), start_ticks=_Optional(_INT))
-_BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
-
-
-def _boot_id() -> str | None:
-    try:
-        return _BOOT_ID.read_text().strip()
-    except OSError:
-        return None
-
-
-def _start_ticks(pid: int) -> int | None:
-    """When process `pid` started (clock ticks after boot, field 22 of /proc/PID/stat); None where /proc is silent."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return int(stat[stat.rindex(")") + 2:].split()[19])  # the command name in (...) may hold spaces
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _identity(pid: int) -> dict[str, Any]:
-    """What tells process `pid` from a later one given the same number: the boot and when it started."""
-    return {"kind": _MARKER_KIND, "pid": pid, "boot_id": _boot_id(), "start_ticks": _start_ticks(pid)}
-
-
-def _mark(directory: Path) -> None:
-    (directory / STAGING_MARKER).write_text(json.dumps(_identity(os.getpid())))
-
-
-def _unmark(directory: Path) -> None:
-    (directory / STAGING_MARKER).unlink(missing_ok=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _owner_alive(owner: dict[str, Any]) -> bool:
-    """Whether the process a marker names still runs: same boot, PID alive, same start (not a reused PID)."""
-    boot = _boot_id()
-    if owner["boot_id"] and boot and owner["boot_id"] != boot:
-        return False
-    if not _pid_alive(owner["pid"]):
-        return False
-    started = _start_ticks(owner["pid"])
-    return owner["start_ticks"] is None or started is None or started == owner["start_ticks"]
-
-
-def _marker_owner(path: Path) -> dict[str, Any] | None:
-    """The process named by `path`'s staging marker; None when edgecnn did not mark `path` as its own."""
-    marker = path / STAGING_MARKER
-    if path.is_symlink() or not path.is_dir() or marker.is_symlink():
-        return None
-    try:
-        owner = read_json(marker, "staging marker", max_bytes=4096)
-    except JSONFileError:
-        return None
-    fits = _MARKER_SCHEMA.check(owner, "marker") is None and owner["kind"] == _MARKER_KIND and owner["pid"] > 0
-    return owner if fits else None
-
-
-def _remove_stale_staging(out: Path) -> None:
-    """Staging directories edgecnn marked, next to `out`, whose process is gone (killed exports or reports)."""
-    prefix = f".{out.name}."
-    for entry in out.parent.glob(f"{glob.escape(prefix)}*"):
-        if not (entry.name.startswith(prefix) and _STAGING_NAME.match(entry.name)):
-            continue
-        owner = _marker_owner(entry)
-        if owner is not None and not _owner_alive(owner):
-            shutil.rmtree(entry, ignore_errors=True)
-
-
-def _protected(out: Path) -> bool:
-    """The working directory, its parents and the home directory: never edgecnn's output."""
-    cwd = Path.cwd().resolve()
-    protected = {cwd, *cwd.parents}
-    with contextlib.suppress(RuntimeError, KeyError):  # no home directory known
-        protected.add(Path.home().resolve())
-    return out.resolve() in protected
-
-
-def check_target(out: Path | str) -> Path:
-    """`out` made absolute, or one line refusing a place edgecnn never writes its output (exports and reports)."""
-    out = Path(out).absolute()
-    if _protected(out):
-        raise UserError(f"{out} is the working directory, one of its parents or the home directory; edgecnn never "
-                        "writes its output there: choose a new directory for --out")
-    if _STAGING_NAME.match(out.name):
-        raise UserError(f"{out.name} is named like edgecnn's staging directories, which are never read as output; "
-                        "choose another --out")
-    return out
-
-
-def shown(names: list[str]) -> str:
-    """The first few of `names` for a one-line message."""
-    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-
-
-def _foreign_entries(out: Path) -> list[str] | None:
-    """Entries of `out` edgecnn did not write; None when `out` is not an edgecnn artifact at all."""
-    try:
-        manifest = json.loads((out / MANIFEST_NAME).read_text())
-        entries = _relative_entries(out)
-    except (OSError, ValueError):
-        return None
-    if not isinstance(manifest, dict) or manifest.get("kind") != ARTIFACT_KIND:
-        return None
-    files = manifest.get("files")
-    listed = {MANIFEST_NAME, STAGING_MARKER, *(files if isinstance(files, dict) else ()),
-              *([SIGNATURE_NAME] if manifest.get("signature") else [])}
-    # sub-directories holding listed files (an early-exit stage's stageK/) are edgecnn's, as is what the build
-    # scripts add beside any model file (model.plan, engine.json, ...)
-    folders = {parent.as_posix() for f in listed for parent in Path(f).parents if parent != Path(".")}
-    return sorted(e for e in entries
-                   if e not in listed and e not in folders and Path(e).name not in _ADDED_LATER)
-
-
-def _relative_entries(out: Path) -> list[str]:
+def relative_entries(out: Path) -> list[str]:
     """Every file, link and directory under `out`, as paths relative to it (links are not followed)."""
     found = []
     for root, dirs, names in os.walk(out):
         base = Path(root).relative_to(out)
         found += [(base / n).as_posix() for n in dirs + names]
     return found
-
-
-def _check_replaceable(out: Path) -> None:
-    """Refuse, in one line, to replace anything but an edgecnn artifact."""
-    if out.is_symlink():
-        raise UserError(f"{out} is a symbolic link; edgecnn replaces only directories it wrote: choose another --out")
-    if not out.is_dir():
-        raise UserError(f"{out} exists and is not a directory; choose another --out")
-    foreign = _foreign_entries(out)
-    if foreign is None:
-        raise UserError(f"{out} exists and is not an edgecnn artifact (no readable {MANIFEST_NAME} of kind "
-                        f"{ARTIFACT_KIND!r}); --force replaces only edgecnn's own output: choose another --out")
-    if foreign:
-        raise UserError(f"{out} is an edgecnn artifact but also holds {shown(foreign)}, which edgecnn did not write; "
-                        "move them out or choose another --out")
-
-
-def _check_writable(out: Path) -> None:
-    """The directory the artifact goes into (or its nearest existing ancestor) and `out` itself, if replaced."""
-    parent = out.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UserError(f"cannot write into {parent}: it is read-only (or not yours); choose another --out")
-    if out.is_dir() and not os.access(out, os.W_OK | os.X_OK):
-        raise UserError(f"{out} is read-only, so edgecnn cannot replace it; make it writable or choose another --out")
-
-
-def check_destination(out: Path | str, overwrite: bool = False) -> Path:
-    """Decide, before any work is done, whether an export may write `out`; its absolute path if so."""
-    out = check_target(out)
-    if out.exists() or out.is_symlink():
-        if not overwrite:
-            if _foreign_entries(out) is None:
-                raise UserError(f"{out} already exists and is not an edgecnn artifact; choose another --out")
-            raise UserError(f"{out} already exists; pass --force (overwrite=True) to replace it")
-        _check_replaceable(out)
-    _check_writable(out)
-    return out
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM raises KeyboardInterrupt (as Ctrl-C does), so cleanup runs; main thread only."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"terminated by signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
-
-
-def destination_error(out: Path, e: OSError, what: str) -> UserError:
-    """One line for a filesystem failure while writing `what` (the artifact, the report) to `out`."""
-    reason = str(e.strerror or e)
-    where = f" ({e.filename})" if e.filename else ""
-    remedy = "free some space or choose another --out" if e.errno in (errno.ENOSPC, errno.EDQUOT) else \
-        "choose another --out"
-    return UserError(f"{reason[:1].lower()}{reason[1:]} writing the {what} {out}{where}; nothing was written: {remedy}")
-
-
-@contextlib.contextmanager
-def staging_directory(out: Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield an empty directory next to `out`; on success it becomes the artifact `out` in one rename.
-
-    The caller writes the manifest last. `out` is checked (`check_destination`) before any work is done.
-    """
-    out = check_destination(out, overwrite)
-    with marked_staging(out, "artifact", lambda now: _check_replacing(now, overwrite)) as staging:
-        yield staging
-
-
-def _check_replacing(out: Path, overwrite: bool) -> None:
-    """At the final rename: whether what is at `out` now (not when the export started) may be replaced."""
-    if not overwrite:
-        raise UserError(f"{out} appeared while exporting; pass --force (overwrite=True) to replace it")
-    _check_replaceable(out)
-
-
-@contextlib.contextmanager
-def marked_staging(out: Path, what: str, check_replace: Callable[[Path], None]) -> Iterator[Path]:
-    """Yield an empty directory, marked as this process's, next to the absolute `out`; on success it becomes `out`.
-
-    `check_replace` raises unless what is at `out` at the final rename may be replaced. On any exception
-    (SIGTERM included) the staging directory is removed; if the process is killed, the staging directory
-    (hidden, never readable as an artifact) is removed by the next export or report to the same place.
-    """
-    with _sigterm_as_interrupt():
-        try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            _remove_stale_staging(out)
-            staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-{os.getpid()}-"))
-        except OSError as e:
-            raise destination_error(out, e, what) from e
-        try:
-            _mark(staging)
-            yield staging
-            os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp makes 0700; the output is as readable as any dir
-            _commit(staging, out, check_replace)
-        except OSError as e:
-            shutil.rmtree(staging, ignore_errors=True)
-            if e.errno in _DESTINATION_ERRNOS:
-                raise destination_error(out, e, what) from e
-            raise
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-
-
-def _commit(staging: Path, out: Path, check_replace: Callable[[Path], None]) -> None:
-    """Rename `staging` to `out`, moving edgecnn's earlier output aside first (and back if that fails)."""
-    if not (out.exists() or out.is_symlink()):
-        _unmark(staging)
-        os.replace(staging, out)
-        return
-    check_replace(out)
-    old = out.parent / f".{out.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
-    try:
-        _mark(out)  # before the move: killed between the move and the removal, the next run removes it
-        os.rename(out, old)
-    except BaseException:
-        _unmark(out)
-        raise
-    try:
-        _unmark(staging)
-        os.rename(staging, out)
-    except BaseException:
-        os.rename(old, out)
-        _unmark(out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def preprocessing_record(config: ModelConfig, input_size: tuple[int, int, int]) -> dict[str, Any]:
@@ -681,3 +403,23 @@ def preprocessing_record(config: ModelConfig, input_size: tuple[int, int, int]) 
         "mean": mean, "std": std,
         "implementation": "edgecnn.data.preprocess",
     }
+
+
+# What edgecnn.export.staging holds now, still importable from here for the modules that imported it from here
+# (loaded on first use: staging imports this module).
+_MOVED_TO_STAGING = ("STAGING_MARKER", "check_destination", "check_target", "destination_error", "marked_staging",
+                     "shown", "staging_directory")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED_TO_STAGING:
+        from edgecnn.export import staging
+
+        return getattr(staging, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["ADDED_LATER", "ARTIFACT_KIND", "ArtifactError", "DIGEST_FIELD", "EARLY_EXIT_SCHEMA", "MANIFEST_NAME",
+           "MANIFEST_SCHEMA", "REQUIRED_FIELDS", "SCHEMA_VERSION", "SIGNATURE_NAME", "STAGING_NAME", "TENSOR_DTYPES",
+           "artifact_file", "describe_files", "manifest_config", "manifest_digest", "preprocessing_record",
+           "read_manifest", "relative_entries", "sha256_file", "unlisted_entries", "write_manifest"]

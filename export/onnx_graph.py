@@ -26,19 +26,16 @@ import torch
 import torch.nn as nn
 
 from edgecnn.errors import UserError
+# The graph's names and ExportError live in graph_io (no torch), so sessions and manifests use them without this.
+from edgecnn.export.graph_io import (BATCH_DIM, INPUT_NAME, OUTPUT_NAME, ExportError,  # noqa: F401
+                                     external_data_locations)
+from edgecnn.export.graph_io import graphs as _graphs
 from edgecnn.quiet import silenced
 
-INPUT_NAME = "input"
-OUTPUT_NAME = "logits"
-BATCH_DIM = "batch"
 DEFAULT_OPSET = 19
 MIN_OPSET = 17
 EXPORTERS = ("auto", "torchscript", "dynamo")
 DYNAMO_MIN_OPSET = 18
-
-
-class ExportError(UserError):
-    """A model cannot be exported to the requested target: say which part and what to do."""
 
 
 class HalfPrecision(nn.Module):
@@ -171,37 +168,6 @@ def _name_batch_dim(model: onnx.ModelProto) -> None:
         dim.dim_param = BATCH_DIM
 
 
-def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
-    """`graph` and every subgraph in it (the bodies of If, Loop, Scan), depth first."""
-    yield graph
-    for node in graph.node:
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                yield from _graphs(sub)
-
-
 def op_histogram(model: onnx.ModelProto) -> Counter:
     return Counter(node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
                    for graph in _graphs(model.graph) for node in graph.node)
-
-
-def external_data_locations(path: Path) -> list[str]:
-    """Where the ONNX graph at `path` says its external data lies (paths relative to its folder, as written), without
-    reading that data. A file that does not parse as ONNX names none: its runtime refuses it on load, in one line."""
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception:  # protobuf decode errors: not a graph at all
-        return []
-    return sorted({entry.value for graph in _graphs(model.graph) for tensor in _tensors(graph)
-                   if tensor.data_location == onnx.TensorProto.EXTERNAL
-                   for entry in tensor.external_data if entry.key == "location"})
-
-
-def _tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
-    """Every tensor stored in `graph` itself (not its subgraphs): initializers, sparse ones, attribute constants."""
-    yield from graph.initializer
-    for sparse in graph.sparse_initializer:
-        yield from (sparse.values, sparse.indices)
-    for node in graph.node:
-        for attr in node.attribute:
-            yield from ([attr.t] if attr.HasField("t") else []) + list(attr.tensors)

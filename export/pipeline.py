@@ -40,7 +40,7 @@ from edgecnn.export.onnx_source import OnnxModel
 from edgecnn.export.manifest import (ARTIFACT_KIND, SCHEMA_VERSION, check_destination, describe_files,
                                      preprocessing_record, read_manifest, staging_directory, write_manifest)
 from edgecnn.export.onnx_graph import BATCH_DIM, DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, ExportError
-from edgecnn.export.runtime import open_session
+from edgecnn.export.runtime import BACKENDS as SESSIONS, Session, open_model
 from edgecnn.export.source import DEFAULT_SEED, check_input_size, load_source_model
 from edgecnn.export.quantize import Quantize, check_int8
 from edgecnn.export.targets import Target, TargetOutput, get_target
@@ -231,9 +231,8 @@ class CheckParity(Pass):
         noise = parity.fp32_noise(ctx.reference, inputs) if chaotic else 0.0
         feed = inputs.numpy().astype(ctx.io_dtype)
         chunk = PARITY_CHUNK if ctx.dynamic_batch else ctx.batch
-        manifest = ctx.manifest(time.perf_counter(), hash_files=False)
         for backend in ctx.output.parity_backends:
-            with open_session(ctx.staging, manifest, backend) as session:
+            with self._open(ctx, backend) as session:
                 logits = parity.run_in_batches(session.run, feed, chunk)
                 accuracy = parity.test_split_accuracy(ctx.reference, session.run, ctx.config, ctx.input_size,
                                                       chunk, ctx.precision, ctx.data)
@@ -244,6 +243,18 @@ class CheckParity(Pass):
                                **accuracy})
         return {"backends": list(ctx.output.parity_backends),
                 "passed": all(p["passed"] for p in ctx.parity)}
+
+    @staticmethod
+    def _open(ctx: ExportContext, backend: str) -> Session:
+        """The model file the target wrote for `backend`, opened where it lies in the staging directory, as the
+        artifact will run it (its precision and input); no manifest is written yet."""
+        model_format = SESSIONS.lookup(backend).format_of(ctx.output.model_files)
+        if model_format is None:
+            raise ExportError(f"the {ctx.target.name} target checks parity on {backend}, which reads none of its "
+                              f"model files ({', '.join(ctx.output.model_files)})")
+        return open_model(ctx.staging / ctx.output.model_files[model_format], backend, precision=ctx.precision,
+                          input={"name": INPUT_NAME, "shape": ctx.input_shape, "dtype": ctx.io_dtype},
+                          output=OUTPUT_NAME, model_format=model_format)
 
 
 DEFAULT_PASSES: tuple[type[Pass], ...] = (PrepareForTarget, FoldBatchNorm, WriteTarget, Quantize, CheckParity,

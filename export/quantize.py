@@ -7,7 +7,8 @@ One quantizer per target, registered in one place (`QUANTIZERS`) by the target's
 (`edgecnn.export.backends`: ONNX Runtime's `quantize_static` for onnx, NNCF for openvino, NVIDIA ModelOpt for
 tensorrt). Each names its calibrators; "default" is the library's own defaults. `auto` tries them in order
 (`auto_candidates`) and keeps the first unless another is significantly more accurate on the validation split;
-for NNCF the first is its default. This module holds what they share: the `Quantizer` base, the registry, the
+for NNCF the first is its default. The `Quantizer` base and the registry are `edgecnn.export.quantizers` (light, so
+a backend module loads for its session without quantization libraries; re-exported here). This module holds the
 pre-flight `check_int8`, `quantize_model` (a model file quantized in place: the calibrator choice, the float
 fallback, the provenance record) and the `Quantize` pass. The pass and `edgecnn.quantize` (`quantize_api`, on a
 bare model file) both run `quantize_model`; a quantizer reads of the graph only its `GraphInput`.
@@ -23,7 +24,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 
@@ -34,8 +35,10 @@ from edgecnn.export import parity
 from edgecnn.export.manifest import sha256_file
 from edgecnn.export.placement import Trial, cheapest_fallback, place_for_speed
 from edgecnn.export.profile import PROFILED_TARGETS, ModelRun, graph_layers
-from edgecnn.export.runtime import open_session
-from edgecnn.registries import Registry
+# The quantizers' base and registry (light: the backend modules subclass it at import); re-exported here.
+from edgecnn.export.quantizers import (QUANTIZERS, WEIGHTS_ONLY_OPS, Quantizer, get_quantizer,  # noqa: F401
+                                       onnx_nodes_after, register_quantizer)
+from edgecnn.export.runtime import open_model
 
 if TYPE_CHECKING:
     from edgecnn.export.pipeline import ExportContext
@@ -86,79 +89,6 @@ class GraphInput:
         return cls(tensor.name, first.dim_value if first.HasField("dim_value") else None)
 
 
-class Quantizer:
-    """Turns the target's FP32 model files into INT8 ones in place; each calibrator maps to a library setting."""
-    target: ClassVar[str]
-    tool: ClassVar[str]
-    calibrators: ClassVar[dict[str, str]]    # edgecnn's name → what the library calls it (for the manifest)
-    model_format: ClassVar[str]              # the key of model_files this quantizer rewrites
-    max_drop_by: ClassVar[str | None] = None  # how --max-drop is honoured; None: it is not
-    ranked_by: ClassVar[str] = ""             # what `sensitivity` ranks nodes by, for the manifest
-    scored_on: ClassVar[str]                  # the session that runs its model files (edgecnn.quantize scores on it)
-    scheme: ClassVar[str]                     # what the INT8 model is, for the manifest
-    default_scheme: ClassVar[str | None] = None  # what the "default" calibrator's INT8 model is, where it differs
-
-    def scheme_of(self, calibrator: str) -> str:
-        return self.default_scheme if calibrator == "default" and self.default_scheme else self.scheme
-
-    # calibrator → why `--calibrator auto` does not try it (it stays available by name)
-    auto_skips: ClassVar[dict[str, str]] = {}
-
-    def auto_candidates(self) -> list[str]:
-        """What `--calibrator auto` tries, in order: the first is kept unless another is significantly better."""
-        return [c for c in self.calibrators if c not in self.auto_skips]
-
-    def available(self) -> str | None:
-        """None when the quantizer's library imports, else what to install."""
-        return None
-
-    def quantize(self, graph: GraphInput, fp32: Path, out: Path, calibrator: str, data: CalibrationData,
-                 exclude: list[str]) -> None:
-        raise NotImplementedError
-
-    def files(self, model_file: str) -> list[str]:
-        """The files the model `model_file` consists of (the model file plus any weights file beside it)."""
-        return [model_file]
-
-    def sensitivity(self, graph: GraphInput, fp32: Path, data: CalibrationData) -> list[str]:
-        """Quantized nodes, most sensitive first, for edgecnn's float fallback (quantizers with max_drop_by)."""
-        raise NotImplementedError
-
-    def accuracy_control(self, graph: GraphInput, fp32: Path, out: Path, calibrator: str, data: CalibrationData,
-                         fp32_accuracy: float, max_drop: float) -> dict[str, Any] | None:
-        """Quantize within `max_drop` with the library's own accuracy control; None if edgecnn's fallback applies."""
-        return None
-
-    def float_nodes(self, model: Path) -> list[str]:
-        """Compute nodes the quantized model still runs in float (for the manifest); here, of a Q/DQ ONNX graph,
-        whichever quantizer placed them (ONNX Runtime's own choices, ModelOpt's GEMV and small-channel rules)."""
-        import onnx
-
-        graph = onnx.load(str(model), load_external_data=False).graph
-        dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
-        # Quantized compute reads both its activation and its weights through DequantizeLinear; a weights-only op
-        # computes in float whatever it reads.
-        return [n.name for n in graph.node if n.op_type in WEIGHTS_ONLY_OPS or (
-                n.op_type in ("Conv", "Gemm", "MatMul", "ConvTranspose")
-                and not all(i in dequantized for i in n.input[:2]))]
-
-    def nodes_after(self, model: Path, output: str) -> list[str]:
-        """The names of the nodes that compute from the graph output `output` onward (what a quantizer's
-        `exclude` takes), e.g. an early-exit stage's in-graph entropy of its logits, which stays float."""
-        return onnx_nodes_after(model, output)
-
-    def compact(self, model: Path, fp32: Path) -> None:
-        """Last rewrite of the chosen INT8 model file that leaves its numbers alone (shorter names)."""
-
-    def finish(self, ctx: ExportContext, fp32: Path, calibrator: str) -> list[str]:
-        """Write what the target's INT8 artifact carries besides the model (a TensorRT cache); returns the files."""
-        return []
-
-
-QUANTIZERS: Registry[Quantizer] = Registry("quantizer", key="target", instantiate=True,
-                                           unknown="the {name} target has no INT8 quantizer; INT8 exports to {choices}")
-register_quantizer = QUANTIZERS.register   # @register_quantizer on a Quantizer subclass files an instance by target
-get_quantizer = QUANTIZERS.lookup
 
 
 def check_int8(target: str, options: CalibrationOptions) -> None:
@@ -177,19 +107,6 @@ def check_int8(target: str, options: CalibrationOptions) -> None:
     missing = quantizer.available()
     if missing:
         raise UserError(f"INT8 for the {target} target needs {quantizer.tool}, which is not installed: {missing}")
-
-
-def onnx_nodes_after(model: Path, output: str) -> list[str]:
-    """The nodes of the ONNX graph `model` that compute from its tensor `output` onward."""
-    import onnx
-
-    graph = onnx.load(str(model), load_external_data=False).graph
-    reached, names = {output}, []
-    for node in graph.node:  # ONNX nodes are stored in topological order
-        if any(i in reached for i in node.input):
-            reached.update(node.output)
-            names.append(node.name)
-    return names
 
 
 @dataclass(frozen=True)
@@ -243,11 +160,6 @@ def _trial(files: ModelFiles, graph: GraphInput, backend: str, fp32: Path, data:
     return Trial(fp32, quantize_and_score, keep, lambda path: files.copy(path.parent, back=True),
                  lambda paths: profile_models([ModelRun(p, backend, "fp32" if p == fp32 else "int8") for p in paths],
                                               batch, options.profile_threads))
-
-
-# Ops ONNX Runtime runs only in float, whose weights edgecnn still stores in INT8 (deform_resnet_fmnist: the
-# DeformConv weights are half the model; the file is 62 % of FP32 without this).
-WEIGHTS_ONLY_OPS = ("DeformConv",)
 
 
 # ---------------------------------------------------------------- quantizing a model file in place
@@ -367,19 +279,11 @@ def _choose_and_quantize(quantizer: Quantizer, files: ModelFiles, graph: GraphIn
     return record
 
 
-def scoring_manifest(files: ModelFiles, graph: GraphInput, model_format: str, shape: tuple[int, ...],
-                     backend: str) -> dict[str, Any]:
-    """What a session reads to open a bare model file (`runtime.open_session`): its file, input and precision."""
-    return {"target": model_format, "precision": "int8", "default_backend": backend,
-            "model_files": {model_format: files.model_file},
-            "input": {"name": graph.name, "shape": ["N" if graph.batch is None else graph.batch, *shape],
-                      "dtype": "float32", "layout": "NCHW", "dynamic_batch": graph.batch is None}}
-
-
 def _hits(files: ModelFiles, graph: GraphInput, backend: str, model_format: str, data: CalibrationData) -> np.ndarray:
     """Per validation image, whether whatever the model file holds now gets it right."""
-    manifest = scoring_manifest(files, graph, model_format, data.validation.inputs.shape[1:], backend)
-    with open_session(files.directory, manifest, backend) as session:
+    shape = ["N" if graph.batch is None else graph.batch, *data.validation.inputs.shape[1:]]
+    with open_model(files.model, backend, precision="int8", model_format=model_format,
+                    input={"name": graph.name, "shape": shape, "dtype": "float32"}) as session:
         logits = parity.run_in_batches(session.run, data.validation.inputs, graph.score_batch)
     return correct(logits, data.validation.labels)
 
@@ -418,5 +322,4 @@ class Quantize:
 from edgecnn.export import backends  # noqa: E402,F401  (each backend module registers its quantizers)
 
 __all__ = ["QUANTIZERS", "GraphInput", "ModelFiles", "Quantize", "Quantizer", "WEIGHTS_ONLY_OPS", "check_int8",
-           "float_copy", "get_quantizer", "onnx_nodes_after", "quantize_model", "register_quantizer",
-           "scoring_manifest"]
+           "float_copy", "get_quantizer", "onnx_nodes_after", "quantize_model", "register_quantizer"]

@@ -10,10 +10,18 @@ registered in one place (`BACKENDS`, filled by `@register_backend`); each declar
 manifest's `model_files` it reads. Every session validates its input against the manifest before
 the runtime sees it, so a wrong shape, dtype or layout is a clear error, never a runtime crash.
 
-This module holds what every session shares (`Session`, `InputSpec`, `open_session`, `load`); each runtime's
-own session lives in its backend module (`edgecnn.export.backends`: `torch`, the eager reference rebuilt from
-the manifest's weight record; `onnxruntime`; `openvino`; `tensorrt`, a built engine on an NVIDIA GPU), and
-`early_exit` runs a BranchyNet artifact's stages on any of them.
+Loading and running are apart, as in Polygraphy: a session opens a `ModelSpec` (one model file, its format,
+precision, input and output), which `load` / `open_session` read from an artifact's manifest and `open_model` takes
+from the caller for a bare model file, with no manifest:
+
+    with runtime.open_model("work/model.onnx", "onnxruntime", precision="int8") as s:   # input read from the graph
+        logits = s.run(batch)
+
+This module holds what every session shares (`Session`, `ModelSpec`, `InputSpec`, `open_session`, `open_model`,
+`load`) and imports neither torch nor any runtime's package; each runtime's own session lives in its backend module
+(`edgecnn.export.backends`: `torch`, the eager reference rebuilt from the manifest's weight record; `onnxruntime`;
+`openvino`; `tensorrt`, a built engine on an NVIDIA GPU), and `early_exit` (`edgecnn.export.early_exit_session`)
+runs a BranchyNet artifact's stages on any of them.
 """
 from __future__ import annotations
 
@@ -28,6 +36,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from edgecnn.errors import UserError
+from edgecnn.export.graph_io import OUTPUT_NAME
 from edgecnn.export.manifest import ArtifactError, read_manifest
 from edgecnn.registries import Registry
 from edgecnn.validation import positive_int
@@ -42,9 +51,42 @@ class InputSpec:
 
     @classmethod
     def from_manifest(cls, manifest: dict[str, Any]) -> InputSpec:
-        spec = manifest["input"]
+        return cls.from_record(manifest["input"])
+
+    @classmethod
+    def from_record(cls, spec: dict[str, Any]) -> InputSpec:
+        """From a manifest's input record: name, shape (a string for the dynamic batch axis), dtype, layout."""
         shape = tuple(d if isinstance(d, int) else None for d in spec["shape"])
         return cls(spec["name"], shape, np.dtype(spec["dtype"]), spec.get("layout", "NCHW"))
+
+    @classmethod
+    def of_model(cls, path: Path) -> InputSpec:
+        """The first input of an ONNX graph (.onnx) or an OpenVINO IR (.xml), read from the file (NCHW)."""
+        if path.suffix == ".xml":
+            import openvino as ov
+
+            port = ov.Core().read_model(str(path)).inputs[0]
+            name = port.get_any_name()
+            dims = [None if d.is_dynamic else d.get_length() for d in port.get_partial_shape()]
+            dtype = np.dtype(port.get_element_type().to_dtype())
+        elif path.suffix == ".onnx":
+            import onnx
+            from onnx.helper import tensor_dtype_to_np_dtype
+
+            graph = onnx.load(str(path), load_external_data=False).graph
+            weights = {t.name for t in graph.initializer}
+            tensor = next(i for i in graph.input if i.name not in weights)
+            name = tensor.name
+            dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor.type.tensor_type.shape.dim]
+            dtype = np.dtype(tensor_dtype_to_np_dtype(tensor.type.tensor_type.elem_type))
+        else:
+            raise UserError(f"edgecnn reads the input of .onnx and .xml model files, not of {path.name}: pass "
+                            "input={'name': ..., 'shape': ['N', C, H, W], 'dtype': 'float32'}")
+        if len(dims) != 4 or None in dims[1:]:
+            raise UserError(f"{path} takes input {name!r} of shape {['?' if d is None else d for d in dims]}; "
+                            "edgecnn's sessions run N×C×H×W images of a fixed C×H×W: pass input= to say what it "
+                            "takes")
+        return cls(name, tuple(dims), dtype, "NCHW")
 
     def validate(self, batch: Any, check_finite: bool = True) -> np.ndarray:
         """The batch as the runtime wants it (C-contiguous), or a UserError saying what to change.
@@ -124,24 +166,55 @@ def summarise_precisions(precisions: Counter, fallback: str) -> str:
     return "+".join(p for p, _ in precisions.most_common())
 
 
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a session opens: one model file and what the session must know of it besides the file. `load` and
+    `open_session` read it from an artifact's manifest (`of_artifact`); `open_model` takes it from the caller."""
+    directory: Path               # where the model file lies (an artifact: its directory)
+    file: str | None              # the model file, relative to `directory`; None: the session finds its model
+                                  # otherwise (torch: the manifest's weight record; early_exit: its stage files)
+    model_format: str             # which of the backend's formats the file is (a key of a manifest's model_files)
+    precision: str                # what the model was exported or quantized at (fp32, fp16, bf16, int8)
+    input: InputSpec
+    output: str = OUTPUT_NAME     # the logits output's name (TensorRT binds it by name)
+    manifest: dict[str, Any] | None = None  # the artifact's, when opened from one; None for a bare model file
+
+    @classmethod
+    def of_artifact(cls, directory: Path, manifest: dict[str, Any], model_format: str) -> ModelSpec:
+        return cls(Path(directory), manifest["model_files"].get(model_format), model_format, manifest["precision"],
+                   InputSpec.from_manifest(manifest), (manifest.get("output") or {}).get("name", OUTPUT_NAME),
+                   manifest)
+
+    @property
+    def path(self) -> Path:
+        if self.file is None:
+            raise UserError(f"no {self.model_format} model file in {self.directory}")
+        return self.directory / self.file
+
+
 class Session:
-    """An artifact loaded on one backend: `run(batch) -> logits`, `close()`, usable as a context manager."""
+    """A model loaded on one backend: `run(batch) -> logits`, `close()`, usable as a context manager."""
 
     name: ClassVar[str]
     formats: ClassVar[tuple[str, ...]]   # keys of the manifest's model_files this backend reads
-    runs_early_exit: ClassVar[bool] = False  # runs a BranchyNet artifact's stage loop (early_exit.py)
+    # File suffix → the format it is, for `open_model` on a bare file (one format alone needs none).
+    suffixes: ClassVar[dict[str, str]] = {}
+    # Whether `open_model` can open a bare model file on it (False: it needs an artifact's manifest).
+    opens_model_files: ClassVar[bool] = True
+    runs_early_exit: ClassVar[bool] = False  # runs a BranchyNet artifact's stage loop (early_exit_session.py)
     # Whether sessions of this backend draw on one process-wide thread pool; if each owns its own, the early-exit
     # loop gives its stage sessions one thread each, so their pools do not fight over the cores.
     shares_threads: ClassVar[bool] = True
 
-    def __init__(self, directory: Path, manifest: dict[str, Any], model_format: str, *,
-                 check_finite: bool = True) -> None:
+    def __init__(self, model: ModelSpec, *, check_finite: bool = True) -> None:
         if not isinstance(check_finite, bool):
             raise UserError(f"check_finite must be True or False, got {check_finite!r}")
-        self.directory = directory
-        self.manifest = manifest
-        self.model_format = model_format
-        self.input_spec = InputSpec.from_manifest(manifest)
+        self.model_spec = model
+        self.directory = model.directory
+        self.manifest = model.manifest        # None for a bare model file (open_model)
+        self.model_format = model.model_format
+        self.precision = model.precision
+        self.input_spec = model.input
         self.check_finite = check_finite
         self._closed = False
 
@@ -153,7 +226,7 @@ class Session:
             init = klass.__dict__.get("__init__")
             if init is None or klass is object:
                 continue
-            for param in list(inspect.signature(init).parameters.values())[4:]:
+            for param in list(inspect.signature(init).parameters.values())[2:]:
                 if param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY) and param.name not in names:
                     names.append(param.name)
         return tuple(sorted(names))
@@ -161,11 +234,16 @@ class Session:
     @classmethod
     def pick_format(cls, manifest: dict[str, Any]) -> str | None:
         """The first of this backend's formats the artifact has, or None."""
-        return next((f for f in cls.formats if f in manifest["model_files"]), None)
+        return cls.format_of(manifest["model_files"])
+
+    @classmethod
+    def format_of(cls, model_files: dict[str, str]) -> str | None:
+        """The first of this backend's formats among `model_files` (format → file), or None."""
+        return next((f for f in cls.formats if f in model_files), None)
 
     @property
     def model_path(self) -> Path:
-        return self.directory / self.manifest["model_files"][self.model_format]
+        return self.model_spec.path
 
     def run(self, batch: Any) -> np.ndarray:
         """Logits for a float N×C×H×W batch (numpy array or torch tensor), validated against the manifest."""
@@ -198,8 +276,8 @@ class Session:
 
     def info(self) -> dict[str, Any]:
         """How the session runs (backend, threads, precision), for benchmark records."""
-        return {"backend": self.name, "model_file": self.manifest["model_files"].get(self.model_format),
-                "artifact_precision": self.manifest["precision"], "executed_precision": self.executed_precision,
+        return {"backend": self.name, "model_file": self.model_spec.file,
+                "artifact_precision": self.precision, "executed_precision": self.executed_precision,
                 "check_finite": self.check_finite}
 
     def close(self) -> None:
@@ -223,6 +301,13 @@ def load_error(session: Session, e: Exception) -> ArtifactError:
                          "or was written for another version: export again")
 
 
+def _refuse_unknown_options(cls: type[Session], backend: str, options: dict[str, Any]) -> None:
+    unknown = sorted(set(options) - set(cls.options()))
+    if unknown:
+        raise UserError(f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} for the "
+                        f"{backend} backend; it accepts {', '.join(cls.options())}")
+
+
 def open_session(directory: Path | str, manifest: dict[str, Any], backend: str | None = None,
                  threads: int | None = None, **options: Any) -> Session:
     """A session on an already-validated manifest (export uses this on its staging directory)."""
@@ -232,10 +317,7 @@ def open_session(directory: Path | str, manifest: dict[str, Any], backend: str |
         raise UserError(f"{directory} is an early-exit artifact ({len(manifest['early_exit']['stages'])} stages): "
                         f"load it with backend='early_exit' (runtime={backend!r}), or pass trunk=True to run "
                         "the plain network")
-    unknown = sorted(set(options) - set(cls.options()))
-    if unknown:
-        raise UserError(f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} for the "
-                        f"{backend} backend; it accepts {', '.join(cls.options())}")
+    _refuse_unknown_options(cls, backend, options)
     model_format = cls.pick_format(manifest)
     if model_format is None:
         raise UserError(f"backend {backend!r} reads {' or '.join(cls.formats)} models, and this "
@@ -243,7 +325,39 @@ def open_session(directory: Path | str, manifest: dict[str, Any], backend: str |
                         f"use backend={manifest['default_backend']!r} or export for another target")
     if threads is not None:
         positive_int("threads", threads)
-    return cls(Path(directory), manifest, model_format, threads=threads, **options)
+    return cls(ModelSpec.of_artifact(Path(directory), manifest, model_format), threads=threads, **options)
+
+
+def open_model(model_file: Path | str, backend: str, *, precision: str = "fp32",
+               input: InputSpec | dict[str, Any] | None = None, output: str = OUTPUT_NAME,
+               model_format: str | None = None, threads: int | None = None, **options: Any) -> Session:
+    """A session on a bare model file, without an artifact or a manifest (what export and `edgecnn.quantize` run
+    on the files they have just written): the same session classes `load` returns.
+
+    `precision`: what the model is (OpenVINO picks its inference precision from it; `info()` reports it). `input`:
+    an `InputSpec` or a manifest-style record (name, shape with a string for a dynamic batch axis, dtype, layout);
+    default: read from the .onnx / .xml file. `output`: the logits output's name (TensorRT binds it by name).
+    `model_format`: which of the backend's formats the file is; default from its suffix. Options as for `load`.
+    """
+    path = Path(model_file)
+    cls = BACKENDS.lookup(backend)
+    if not cls.opens_model_files:
+        raise UserError(f"the {backend} backend runs artifacts only (it needs their manifest): export the model and "
+                        f"open the artifact with runtime.load(directory, backend={backend!r})")
+    fmt = model_format or cls.suffixes.get(path.suffix.lower()) or \
+        (cls.formats[0] if len(cls.formats) == 1 and not cls.suffixes else None)
+    if fmt not in cls.formats:
+        named = f"is {fmt!r}" if fmt else f"is none of them (by its suffix, {', '.join(cls.suffixes)})"
+        raise UserError(f"backend {backend!r} reads {' or '.join(cls.formats)} models, and {path.name} {named}: "
+                        "choose the backend that reads it, or pass model_format=")
+    if not path.is_file():
+        raise UserError(f"model file {path} does not exist")
+    _refuse_unknown_options(cls, backend, options)
+    if threads is not None:
+        positive_int("threads", threads)
+    spec = input if isinstance(input, InputSpec) else \
+        InputSpec.from_record(input) if input is not None else InputSpec.of_model(path)
+    return cls(ModelSpec(path.parent, path.name, fmt, precision, spec, output), threads=threads, **options)
 
 
 def load(directory: Path | str, backend: str | None = None, threads: int | None = None, **options: Any) -> Session:
@@ -257,11 +371,22 @@ def load(directory: Path | str, backend: str | None = None, threads: int | None 
     return open_session(directory, read_manifest(directory), backend, threads, **options)
 
 
-# Every runtime's session registers from its backend module; early_exit's runs the stages of a BranchyNet artifact.
-from edgecnn.export import backends, early_exit  # noqa: E402,F401
-# The sessions and ONNX Runtime helpers, still importable from here, where they were before export/backends/.
-from edgecnn.export.backends.onnxruntime import (OnnxRuntimeSession, onnx_compute_precision,  # noqa: E402,F401
-                                                 onnxruntime_compute_precision, onnxruntime_options)
-from edgecnn.export.backends.openvino import OPENVINO_HINTS, OPENVINO_PRECISIONS, OpenVinoSession  # noqa: E402,F401
-from edgecnn.export.backends.tensorrt import TensorRTSession  # noqa: E402,F401
-from edgecnn.export.backends.torch import TorchSession  # noqa: E402,F401
+# The sessions and ONNX Runtime helpers, still importable from here, where they were before export/backends/ (read
+# on first use: a backend module imported before this one imports this one while it loads).
+_FROM_BACKENDS = {"OnnxRuntimeSession": "onnxruntime", "onnx_compute_precision": "onnxruntime",
+                  "onnxruntime_compute_precision": "onnxruntime", "onnxruntime_options": "onnxruntime",
+                  "OPENVINO_HINTS": "openvino", "OPENVINO_PRECISIONS": "openvino", "OpenVinoSession": "openvino",
+                  "TensorRTSession": "tensorrt", "TorchSession": "torch"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _FROM_BACKENDS:
+        import importlib
+
+        return getattr(importlib.import_module(f"edgecnn.export.backends.{_FROM_BACKENDS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# Every runtime's session registers from its backend module; early_exit_session's runs the stages of a BranchyNet
+# artifact on any of them. Both import only what this module defines above (no torch, no export passes).
+from edgecnn.export import backends, early_exit_session  # noqa: E402,F401

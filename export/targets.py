@@ -4,6 +4,7 @@ A target declares what its runtimes can run (`supports_deform_conv`, ops it reje
 loads its artifacts by default, and which backends check parity at export time. Adding a target is
 one class with `@register_target` in its runtime's backend module (`edgecnn.export.backends`: `onnx` in
 onnxruntime.py, `openvino` in openvino.py, `tensorrt` in tensorrt.py); nothing else branches on target names.
+Importing this module (as every backend module does) imports no torch: the exporter loads when a target writes.
 """
 from __future__ import annotations
 
@@ -11,8 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from edgecnn.export.onnx_graph import ExportError, HalfPrecision, export_onnx
-from edgecnn.export.onnx_source import OnnxModel
+from edgecnn.export.graph_io import ExportError
 from edgecnn.registries import Registry
 
 if TYPE_CHECKING:
@@ -62,6 +62,9 @@ class Target:
         """After the INT8 pass has quantized `output`'s model in `ctx.staging`: what the target builds from it."""
 
     def _write_onnx(self, ctx: ExportContext, name: str, half: bool) -> dict[str, Any]:
+        from edgecnn.export.onnx_graph import HalfPrecision, export_onnx   # torch: only when a target writes
+        from edgecnn.export.onnx_source import OnnxModel
+
         if isinstance(ctx.module, OnnxModel):  # an ONNX source: its folded graph, not a torch export
             report = ctx.module.write(ctx.staging / name, ctx.batch, ctx.dynamic_batch, half, ctx.keep_io_types,
                                       ctx.input_size)

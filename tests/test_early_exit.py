@@ -14,7 +14,8 @@ import torch
 import edgecnn
 from edgecnn.branchynet import softmax_entropy
 from edgecnn.export import runtime
-from edgecnn.export.early_exit import EarlyExitStages, choose, evaluate_setting, pareto, sweep, tune
+from edgecnn.export.early_exit import EarlyExitStages
+from edgecnn.export.early_exit_thresholds import choose, evaluate_setting, pareto, sweep, tune
 from edgecnn.export.manifest import read_manifest
 from edgecnn.export.pipeline import CheckParity, FoldBatchNorm, Pipeline, PrepareForTarget, WriteTarget, export_model
 

@@ -15,7 +15,7 @@ from edgecnn.cli import main
 from edgecnn.errors import UserError
 from edgecnn.export import export_registered, read_manifest
 from edgecnn.export import pipeline as pipeline_module
-from edgecnn.export.manifest import STAGING_MARKER, _identity
+from edgecnn.export.staging import STAGING_MARKER, _identity
 from tests.test_export_artifact import _start_export, _wait_for_hang
 
 MODEL = "lenet5_fmnist"

@@ -272,15 +272,14 @@ def test_openvino_int8_ir_is_read_as_int8(artifacts: dict[str, Path], tmp_path: 
     import openvino as ov
 
     from edgecnn.export.manifest import read_manifest
-    from edgecnn.export.runtime import open_session
 
     source = artifacts["static_openvino"]
     manifest = read_manifest(source)
     quantized = nncf.quantize(ov.Core().read_model(str(source / manifest["model_files"]["openvino"])),
                               nncf.Dataset([_batch(2, seed) for seed in range(8)]), subset_size=8)
     ov.save_model(quantized, str(tmp_path / "int8.xml"))
-    manifest = {**manifest, "precision": "int8", "model_files": {"openvino": "int8.xml"}}
-    with open_session(tmp_path, manifest, "openvino") as session:
+    # a bare model file, no artifact: its input read from the IR
+    with runtime.open_model(tmp_path / "int8.xml", "openvino", precision="int8") as session:
         assert session.info()["inference_precision"] == "f32"
         assert session.executed_precision.startswith("int8")
         assert session.run(_batch(2)).shape == (2, 10)

@@ -19,8 +19,8 @@ from edgecnn.benchmarks.report import write_report
 from edgecnn.cli import main
 from edgecnn.errors import UserError
 from edgecnn.export import read_manifest
-from edgecnn.export.manifest import (ARTIFACT_KIND, MANIFEST_NAME, STAGING_MARKER, ArtifactError, _identity,
-                                     staging_directory)
+from edgecnn.export.manifest import ARTIFACT_KIND, MANIFEST_NAME, ArtifactError
+from edgecnn.export.staging import STAGING_MARKER, _identity, staging_directory
 from tests.test_report import SMALL, _tiny
 
 MODEL = "lenet5_fmnist"
@@ -94,15 +94,15 @@ def test_a_marked_staging_folder_never_reads_as_an_artifact(tmp_path: Path) -> N
 KILLED_REPLACE = textwrap.dedent("""
     import os, shutil, sys
     from pathlib import Path
-    from edgecnn.export import manifest
+    from edgecnn.export import staging as staging_module
 
     def killed(path, *args, **kwargs):
         if ".old-" in Path(path).name:
             os._exit(9)
         return shutil.rmtree(path, *args, **kwargs)
 
-    manifest.shutil = type("Killed", (), {"rmtree": staticmethod(killed)})
-    with manifest.staging_directory(Path(sys.argv[1]), overwrite=True) as staging:
+    staging_module.shutil = type("Killed", (), {"rmtree": staticmethod(killed)})
+    with staging_module.staging_directory(Path(sys.argv[1]), overwrite=True) as staging:
         (staging / "manifest.json").write_text('{"kind": "edgecnn-artifact", "files": {}}')
 """)
 

@@ -258,7 +258,8 @@ def _escaped(value: Any) -> Any:
 
 def _warn_unlisted(directory: Path, manifest: dict[str, Any]) -> None:
     """Name what the artifact folder holds besides its listed files: nothing edgecnn reads, but worth knowing."""
-    from edgecnn.export.manifest import shown, unlisted_entries
+    from edgecnn.export.manifest import unlisted_entries
+    from edgecnn.export.staging import shown
 
     extra = unlisted_entries(directory, manifest)
     if extra:

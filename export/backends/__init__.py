@@ -6,7 +6,7 @@
     onnxruntime.unavailable()        # None where it runs here, else why not, in one line
 
 A backend module (`export/backends/<name>.py`, named as its runtime) holds the runtime's target writer
-(`targets.Target`), its session class(es) (`runtime.Session`), its quantizer(s) (`quantize.Quantizer`), the tool
+(`targets.Target`), its session class(es) (`runtime.Session`), its quantizer(s) (`quantizers.Quantizer`), the tool
 versions it records, whether it is available here, and the composer of its target's single early-exit graph, and
 registers one `Backend` describing them. Every module in this folder is loaded when the package is (the eager
 PyTorch reference first, then by name), so adding a runtime is adding its module here: bench's runtimes (and
@@ -14,8 +14,12 @@ PyTorch reference first, then by name), so adding a runtime is adding its module
 target per runtime and every target → runtime mapping are read from `BACKENDS`.
 
 The base classes and their registries stay where they were (`targets.TARGETS`, `runtime.BACKENDS` for sessions,
-`quantize.QUANTIZERS`); a backend module files its classes there, and those modules load this package, so any of
-them finds every backend's entries.
+`quantizers.QUANTIZERS`, re-exported by `quantize`); a backend module files its classes there, and those modules
+load this package, so any of them finds every backend's entries.
+
+A backend module imports, when it loads, only what its registrations need: its runtime's package, torch, the
+quantization libraries (onnxruntime.quantization, NNCF, ModelOpt), the exporter and `edgecnn.calibration` load inside
+the methods that use them, so `import edgecnn.export.runtime` (which loads this package) stays light.
 """
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ from typing import TYPE_CHECKING, Callable
 from edgecnn.registries import Registry
 
 if TYPE_CHECKING:
-    from edgecnn.export.quantize import Quantizer
+    from edgecnn.export.quantizers import Quantizer
     from edgecnn.export.runtime import Session
     from edgecnn.export.targets import Target
 
@@ -64,8 +68,8 @@ class Backend:
 
     @property
     def quantizer(self) -> Quantizer | None:
-        """The registered quantizer of its target (`quantize.QUANTIZERS`), if it has one."""
-        from edgecnn.export.quantize import QUANTIZERS
+        """The registered quantizer of its target (`quantizers.QUANTIZERS`), if it has one."""
+        from edgecnn.export.quantizers import QUANTIZERS
 
         return QUANTIZERS.get(self.target_name) if self.target is not None else None
 

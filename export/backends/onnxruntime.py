@@ -13,6 +13,7 @@
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import tempfile
 from collections import Counter
@@ -21,20 +22,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
-from onnxruntime.quantization import CalibrationMethod
-from onnxruntime.quantization.operators.qdq_base_operator import QDQOperatorBase
 
-from edgecnn.calibration import CalibrationData, OnnxRuntimeFeed
 from edgecnn.export.backends import Backend, needs, register
 from edgecnn.export.early_exit_graph import compose_onnx
-from edgecnn.export.quantize import (SENSITIVITY_SAMPLES, WEIGHTS_ONLY_OPS, GraphInput, Quantizer, onnx_nodes_after,
-                                     register_quantizer)
-from edgecnn.export.runtime import PRECISION_NAMES, Session, load_error, register_backend, summarise_precisions
+from edgecnn.export.quantizers import WEIGHTS_ONLY_OPS, Quantizer, onnx_nodes_after, register_quantizer
+from edgecnn.export.runtime import (PRECISION_NAMES, ModelSpec, Session, load_error, register_backend,
+                                    summarise_precisions)
 from edgecnn.export.targets import ONNX_FILE, Target, TargetOutput, register_target
 from edgecnn.quiet import silenced
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the INT8 machinery (onnxruntime.quantization, edgecnn.calibration) loads when a quantizer runs
+    from edgecnn.calibration import CalibrationData, OnnxRuntimeFeed
     from edgecnn.export.pipeline import ExportContext
+    from edgecnn.export.quantize import GraphInput
 
 
 # ---------------------------------------------------------------- the target
@@ -113,11 +113,11 @@ def onnxruntime_compute_precision(model_path: Path | str, fallback: str, threads
 class OnnxRuntimeSession(Session):
     name = "onnxruntime"
     formats = ("onnx",)
+    suffixes = {".onnx": "onnx"}
     shares_threads = False  # each InferenceSession owns an intra-op pool whose workers spin after a run
 
-    def __init__(self, directory: Path, manifest: dict[str, Any], model_format: str,
-                 threads: int | None = None, **common: Any) -> None:
-        super().__init__(directory, manifest, model_format, **common)
+    def __init__(self, model: ModelSpec, threads: int | None = None, **common: Any) -> None:
+        super().__init__(model, **common)
         self.threads = threads
         try:
             self._session = self._inference_session()
@@ -142,7 +142,7 @@ class OnnxRuntimeSession(Session):
 
     def _executed_precision(self) -> str:
         """`onnxruntime_compute_precision`, worked out once, on first request, so an ordinary load pays nothing."""
-        return onnxruntime_compute_precision(self.model_path, self.manifest["precision"], self.threads)
+        return onnxruntime_compute_precision(self.model_path, self.precision, self.threads)
 
     def info(self) -> dict[str, Any]:
         import onnxruntime as ort
@@ -161,11 +161,17 @@ class OnnxRuntimeSession(Session):
 ENTROPY_HISTOGRAM = {"num_bins": 2048, "num_quantized_bins": 128}
 
 
-class _WeightsOnlyQDQ(QDQOperatorBase):
-    """Quantize only the weight (input 1, S8 per output channel): a DequantizeLinear feeds the float op."""
+@functools.lru_cache(maxsize=None)
+def _weights_only_qdq() -> type:
+    """The QDQ operator that quantizes only the weight (input 1, S8 per output channel): a DequantizeLinear feeds
+    the float op. Made on first use, so importing this module does not import onnxruntime.quantization."""
+    from onnxruntime.quantization.operators.qdq_base_operator import QDQOperatorBase
 
-    def quantize(self) -> None:
-        self.quantizer.quantize_weight_tensor_per_channel(self.node.input[1], 0)
+    class _WeightsOnlyQDQ(QDQOperatorBase):
+        def quantize(self) -> None:
+            self.quantizer.quantize_weight_tensor_per_channel(self.node.input[1], 0)
+
+    return _WeightsOnlyQDQ
 
 
 @contextmanager
@@ -175,7 +181,7 @@ def weights_only_ops() -> Iterator[None]:
     from onnxruntime.quantization.registry import QDQRegistry
 
     added = [op for op in WEIGHTS_ONLY_OPS if op not in QDQRegistry]
-    QDQRegistry.update(dict.fromkeys(added, _WeightsOnlyQDQ))
+    QDQRegistry.update(dict.fromkeys(added, _weights_only_qdq()))
     try:
         yield
     finally:
@@ -198,8 +204,6 @@ class OnnxRuntimeQuantizer(Quantizer):
     ranked_by = "ONNX Runtime QDQ debugger SQNR"
     scheme = "QDQ; U8 asymmetric activations; S8 symmetric per-channel weights, full range"
     default_scheme = "QDQ; S8 activations, S8 per-tensor weights, full range (quantize_static's defaults)"
-    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-               "percentile": CalibrationMethod.Percentile}
     model_format = "onnx"
     scored_on = "onnxruntime"
 
@@ -216,12 +220,20 @@ class OnnxRuntimeQuantizer(Quantizer):
             quant_pre_process(str(fp32), str(pre))
         return pre
 
+    @property
+    def methods(self) -> dict[str, Any]:
+        """edgecnn's calibrator → onnxruntime.quantization's CalibrationMethod (imported when asked)."""
+        from onnxruntime.quantization import CalibrationMethod
+
+        return {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                "percentile": CalibrationMethod.Percentile}
+
     def _entropy_ranges(self, pre: Path, feed: OnnxRuntimeFeed) -> Path:
         """ONNX Runtime's EntropyCalibrater with TensorRT's histogram (2048 bins searched for the best 128-bin
         window), saved where `quantize_static(calibration_cache_path=...)` reads ranges from. Through
         quantize_static alone its histogram is 128 bins for a 128-bin window: a search of one candidate, the
         full range, which is MinMax (measured: identical scales on every tensor)."""
-        from onnxruntime.quantization import create_calibrator, save_tensors_data
+        from onnxruntime.quantization import CalibrationMethod, create_calibrator, save_tensors_data
 
         ranges = pre.with_name(pre.stem + ".entropy-ranges.json")
         if not ranges.exists():  # one FP32 model, one calibration set: the ranges hold for every call
@@ -235,6 +247,8 @@ class OnnxRuntimeQuantizer(Quantizer):
     def quantize(self, graph: GraphInput, fp32: Path, out: Path, calibrator: str, data: CalibrationData,
                  exclude: list[str], **library_options: Any) -> None:
         from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+        from edgecnn.calibration import OnnxRuntimeFeed
 
         feed = OnnxRuntimeFeed(data.calibration, graph.name, graph.feed_batch)
         with silenced("", stdout=True):
@@ -254,6 +268,9 @@ class OnnxRuntimeQuantizer(Quantizer):
         """Nodes whose quantized inputs lose the most (lowest SQNR of activation or weight), ONNX Runtime's QDQ debugger."""
         import onnx
         from onnxruntime.quantization import qdq_loss_debug as dbg
+
+        from edgecnn.calibration import OnnxRuntimeFeed
+        from edgecnn.export.quantize import SENSITIVITY_SAMPLES
 
         quantized = fp32.with_name("sensitivity.qdq.onnx")
         self.quantize(graph, fp32, quantized, "minmax", data, [], extra_options={"DedicatedQDQPair": True})

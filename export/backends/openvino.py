@@ -17,19 +17,21 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgecnn.calibration import CalibrationData, as_nncf_dataset, batches
 from edgecnn.errors import UserError
 from edgecnn.export.backends import Backend, needs, register
 from edgecnn.export.early_exit_graph import compose_openvino
-from edgecnn.export.onnx_graph import ExportError
+from edgecnn.export.graph_io import ExportError
 from edgecnn.export.profile import ModelRun, graph_layers, layer_sqnr
-from edgecnn.export.quantize import SENSITIVITY_SAMPLES, GraphInput, Quantizer, register_quantizer
-from edgecnn.export.runtime import PRECISION_NAMES, Session, load_error, register_backend, summarise_precisions
+from edgecnn.export.quantizers import Quantizer, register_quantizer
+from edgecnn.export.runtime import (PRECISION_NAMES, ModelSpec, Session, load_error, register_backend,
+                                    summarise_precisions)
 from edgecnn.export.targets import ONNX_FILE, Target, TargetOutput, register_target
 from edgecnn.quiet import silenced
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the INT8 machinery (nncf, edgecnn.calibration) loads when the quantizer runs
+    from edgecnn.calibration import CalibrationData
     from edgecnn.export.pipeline import ExportContext
+    from edgecnn.export.quantize import GraphInput
 
 
 # ---------------------------------------------------------------- the target
@@ -99,10 +101,11 @@ _OPENVINO_COMPUTE_LAYERS = {"Convolution", "GroupConvolution", "Deconvolution", 
 class OpenVinoSession(Session):
     name = "openvino"
     formats = ("openvino", "onnx")
+    suffixes = {".xml": "openvino", ".onnx": "onnx"}
 
-    def __init__(self, directory: Path, manifest: dict[str, Any], model_format: str, threads: int | None = None,
-                 performance_hint: str = "LATENCY", inference_precision: str | None = None, **common: Any) -> None:
-        super().__init__(directory, manifest, model_format, **common)
+    def __init__(self, model: ModelSpec, threads: int | None = None, performance_hint: str = "LATENCY",
+                 inference_precision: str | None = None, **common: Any) -> None:
+        super().__init__(model, **common)
         import openvino as ov
 
         hint = str(performance_hint).upper()
@@ -110,7 +113,7 @@ class OpenVinoSession(Session):
             raise UserError(f"unknown OpenVINO performance hint {performance_hint!r}; use LATENCY or THROUGHPUT")
         core = ov.Core()
         capabilities = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-        self.inference_precision = (self._default_precision(capabilities, manifest["precision"])
+        self.inference_precision = (self._default_precision(capabilities, self.precision)
                                     if inference_precision is None
                                     else self._requested_precision(capabilities, inference_precision))
         config: dict[str, Any] = {"PERFORMANCE_HINT": hint, "INFERENCE_PRECISION_HINT": self.inference_precision}
@@ -223,6 +226,8 @@ class NncfQuantizer(Quantizer):
         from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
         from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
+        from edgecnn.calibration import as_nncf_dataset, batches
+
         calibration = as_nncf_dataset(data.calibration, batch)
         params = {"calibration_dataset": calibration, "subset_size": len(batches(data.calibration.inputs, batch))}
         if calibrator == "default":  # exactly what a user calling nncf.quantize alone gets
@@ -245,6 +250,8 @@ class NncfQuantizer(Quantizer):
 
     def sensitivity(self, graph: GraphInput, fp32: Path, data: CalibrationData) -> list[str]:
         """Graph nodes, those of the layer whose output strays furthest from FP32 (lowest SQNR) first."""
+        from edgecnn.export.quantize import SENSITIVITY_SAMPLES
+
         quantized = fp32.with_name("sensitivity.xml")
         self.quantize(graph, fp32, quantized, "default", data, [])
         layers = graph_layers(fp32)
@@ -258,6 +265,8 @@ class NncfQuantizer(Quantizer):
                          fp32_accuracy: float, max_drop: float) -> dict[str, Any]:
         import nncf
         import openvino as ov
+
+        from edgecnn.calibration import batches
 
         batch = graph.feed_batch
         params = self._parameters(calibrator, data, batch)

@@ -16,19 +16,20 @@ from typing import TYPE_CHECKING, Any, ClassVar, Iterator
 
 import numpy as np
 
-from edgecnn.calibration import CalibrationData, as_modelopt_data, write_cache
 from edgecnn.errors import UserError
 from edgecnn.export import tensorrt
 from edgecnn.export.backends import Backend, register
+from edgecnn.export.graph_io import ExportError
 from edgecnn.export.manifest import ArtifactError, sha256_file
-from edgecnn.export.onnx_graph import ExportError
-from edgecnn.export.quantize import GraphInput, Quantizer, register_quantizer
-from edgecnn.export.runtime import Session, register_backend
+from edgecnn.export.quantizers import Quantizer, register_quantizer
+from edgecnn.export.runtime import ModelSpec, Session, register_backend
 from edgecnn.export.targets import ONNX_FILE, Target, TargetOutput, register_target
 from edgecnn.quiet import silenced
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the INT8 machinery (ModelOpt, edgecnn.calibration) loads when the quantizer runs
+    from edgecnn.calibration import CalibrationData
     from edgecnn.export.pipeline import ExportContext
+    from edgecnn.export.quantize import GraphInput
 
 
 # ---------------------------------------------------------------- the target
@@ -141,10 +142,10 @@ class TensorRTSession(Session):
 
     name = "tensorrt"
     formats = ("tensorrt_plan",)
+    suffixes = {".plan": "tensorrt_plan", ".engine": "tensorrt_plan"}
 
-    def __init__(self, directory: Path, manifest: dict[str, Any], model_format: str,
-                 threads: int | None = None, **common: Any) -> None:
-        super().__init__(directory, manifest, model_format, **common)
+    def __init__(self, model: ModelSpec, threads: int | None = None, **common: Any) -> None:
+        super().__init__(model, **common)
         try:
             import tensorrt as trt
             import torch
@@ -165,7 +166,7 @@ class TensorRTSession(Session):
             raise ArtifactError(f"{self.model_path} is not an engine this TensorRT/GPU can run; rebuild it here "
                                 "with build_engine.py")
         self._context = self._engine.create_execution_context()
-        self._output = manifest["output"]["name"]
+        self._output = model.output
         # The profile's largest batch (a static engine's own batch): larger batches run in chunks of it.
         self._max_batch = int(self._engine.get_tensor_profile_shape(self.input_spec.name, 0)[2][0]) \
             if isinstance(self.input_spec.shape[0], str) else int(self.input_spec.shape[0])
@@ -214,7 +215,7 @@ class TensorRTSession(Session):
         """The precision the engine was built to allow (TensorRT still picks each layer's kernel among
         them; its per-layer choice is in the engine inspector only for engines built with detailed
         profiling verbosity)."""
-        return self.manifest["precision"]
+        return self.precision
 
     def close(self) -> None:
         self._context = self._engine = None
@@ -304,6 +305,8 @@ class ModelOptQuantizer(Quantizer):
                  exclude: list[str]) -> None:
         from modelopt.onnx.quantization import quantize
 
+        from edgecnn.calibration import as_modelopt_data
+
         method = "max" if calibrator == "minmax" else calibrator
         with silenced("", stdout=True), _onnxruntime_quantization_restored(), _modelopt_bars_silenced():
             quantize(str(fp32), quantize_mode="int8", calibration_data=as_modelopt_data(data.calibration, graph.name),
@@ -318,6 +321,8 @@ class ModelOptQuantizer(Quantizer):
         """
         import onnx
         from onnx import numpy_helper
+
+        from edgecnn.calibration import write_cache
 
         graph = onnx.load(str(ctx.staging / ctx.output.model_files["onnx"]), load_external_data=False).graph
         constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}

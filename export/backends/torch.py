@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from edgecnn.export.backends import Backend, register
-from edgecnn.export.runtime import PRECISION_NAMES, Session, register_backend, summarise_precisions
+from edgecnn.export.runtime import PRECISION_NAMES, ModelSpec, Session, register_backend, summarise_precisions
 
 
 # ---------------------------------------------------------------- the session
@@ -23,14 +23,14 @@ class TorchSession(Session):
 
     name = "torch"
     formats = ("pytorch",)
+    opens_model_files = False  # rebuilt from an artifact manifest's weight record
 
-    def __init__(self, directory: Path, manifest: dict[str, Any], model_format: str,
-                 threads: int | None = None, **common: Any) -> None:
-        super().__init__(directory, manifest, model_format, **common)
+    def __init__(self, model: ModelSpec, threads: int | None = None, **common: Any) -> None:
+        super().__init__(model, **common)
         from edgecnn.export.source import rebuild_source_model
 
         self.threads = threads
-        self._model = rebuild_source_model(manifest["model"])
+        self._model = rebuild_source_model(self.manifest["model"])
 
     @classmethod
     def pick_format(cls, manifest: dict[str, Any]) -> str | None:

@@ -118,7 +118,8 @@ def check_bundle_destination(out: Path | str, force: bool) -> Path:
     """As exports do (edgecnn's own output only, with --force), and an export artifact is not a bundle: --force
     replaces a bundle holding only what its manifest lists and what edgecnn's scripts write for that bundle's
     target (a timing.cache only in a TensorRT bundle, where setup.sh builds it)."""
-    from edgecnn.export.manifest import MANIFEST_NAME, check_destination, shown
+    from edgecnn.export.manifest import MANIFEST_NAME
+    from edgecnn.export.staging import check_destination, shown
     from edgecnn.jsonfile import read_json
 
     out = check_destination(out, force)
@@ -199,7 +200,8 @@ def build_bundle(name: str, target: str, precision: str | None = "fp32", out: Pa
     nor a latency-only one (INT8 calibrated on synthetic inputs) unless `timing_only`. `sign`: an Ed25519 private key
     PEM file to sign the manifest with.
     """
-    from edgecnn.export.manifest import describe_files, read_manifest, staging_directory, write_manifest
+    from edgecnn.export.manifest import describe_files, read_manifest, write_manifest
+    from edgecnn.export.staging import staging_directory
     from edgecnn.model_ref import resolve_model
 
     deploy = get_deploy_target(target)
