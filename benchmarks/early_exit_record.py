@@ -139,7 +139,7 @@ def predicted_settings(record: dict[str, Any]) -> list[PredictedSetting]:
     validation exit shares), plus what the record's measured mean exceeds the same prediction for its own exits (the
     per-call work around the stages); top-1 the record's, moved by the setting's validation accuracy difference
     from the record's thresholds. Batch 1 only; none for a record without stage costs, sweep or accuracy."""
-    from edgecnn.export.early_exit import expected_ms
+    from edgecnn.export.early_exit_thresholds import expected_ms
 
     ee = record.get(SECTION) or {}
     tuning, stage_ms, measured_exits = ee.get("tuning"), ee.get("stage_ms"), ee.get("exit_fractions")
@@ -163,7 +163,8 @@ def confirm_setting(record: dict[str, Any], thresholds: Sequence[float], rounds:
     from edgecnn.data import load_dataset, preprocess
     from edgecnn.errors import UserError
     from edgecnn.export import runtime
-    from edgecnn.export.early_exit import exit_indices, interleaved_per_sample_ms
+    from edgecnn.export.early_exit import interleaved_per_sample_ms
+    from edgecnn.export.early_exit_thresholds import exit_indices
     from edgecnn.registry import get_config
 
     artifact, accuracy = Path(record["artifact"]["path"]), record["accuracy"]
@@ -289,7 +290,7 @@ def _plot_tradeoff(records: list[dict[str, Any]], path: Path) -> bool:
 def _exits_on_data(config: Config, sweep: Sweep) -> dict[str, Any]:
     """Each exit's share of the accuracy images under the stored thresholds, and each exit's accuracy alone,
     from one pass computing every exit (the exit rule is export's own, `evaluate_setting`)."""
-    from edgecnn.export.early_exit import evaluate_setting
+    from edgecnn.export.early_exit_thresholds import evaluate_setting
 
     data = sweep.dataset(config.model)
     if data is None:

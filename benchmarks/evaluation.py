@@ -264,7 +264,7 @@ def evaluate(model: str | Path | ModelRef, data: str | Path | WeightsData | None
 def check_out(out: Path | str, force: bool) -> Path:
     """Refuse, before any work, an --out that holds what edgecnn did not write (or its own output, without force)."""
     from edgecnn.benchmarks.report import _check_out
-    from edgecnn.export.manifest import check_target
+    from edgecnn.export.staging import check_target
 
     target = check_target(out)
     _check_out(target, force)
@@ -308,7 +308,7 @@ def _plot_confusion(result: Evaluation, path: Path) -> None:
 def write_evaluation(result: Evaluation, out: Path | str, force: bool = False) -> Path:
     """Write eval.txt, eval.json and confusion.png into the directory `out`; returns the directory."""
     from edgecnn.benchmarks.report import _check_out, _record_files
-    from edgecnn.export.manifest import destination_error, marked_staging
+    from edgecnn.export.staging import destination_error, marked_staging
 
     target = check_out(out, force)
     try:

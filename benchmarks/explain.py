@@ -33,11 +33,12 @@ from edgecnn.benchmarks.machine import all_tool_versions, describe, flags_on, ma
 from edgecnn.benchmarks.report import _check_out, _plot_text, _record_files, _slug, _table
 from edgecnn.errors import UserError
 from edgecnn.quiet import silenced
-from edgecnn.export.manifest import check_target, destination_error, marked_staging, read_manifest
+from edgecnn.export.manifest import read_manifest
 from edgecnn.export.placement import MAX_CANDIDATES, accuracy_gains
 from edgecnn.export.profile import (PROFILED_TARGETS, LayerComparison, LayerMap, ModelRun, NodeTime, Profile,
                                     compare, graph_layers, layer_sqnr, model_runner, profile_models,
                                     runs_in_integers)
+from edgecnn.export.staging import check_target, destination_error, marked_staging
 from edgecnn.validation import positive_int
 
 INDEX = "README.md"
@@ -136,7 +137,8 @@ def _quantized_layers(pair: _Pair) -> list[str]:
 def _explain_error(pair: _Pair, data: Path | str | None, threads: int | None, candidates: int, work: Path) -> None:
     """SQNR per layer on calibration (or `data`) images; accuracy recovered alone in float for the lowest-SQNR ones."""
     from edgecnn.calibration import CalibrationOptions, accuracy_of, correct, prepare_calibration
-    from edgecnn.export.quantize import GraphInput, get_quantizer
+    from edgecnn.export.quantize import GraphInput
+    from edgecnn.export.quantizers import get_quantizer
     from edgecnn.export.source import rebuild_source_model
     from edgecnn.model_ref import weights_data, with_data
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from edgecnn.export.deploy import bundle_code
-from edgecnn.export.pipeline import tool_versions
+from edgecnn.export.passes import tool_versions
 
 # Flags that change which precisions run fast: VNNI (INT8 dot products), BF16, AMX tiles, FP16 (x86); ASIMD dot
 # products and FP16 arithmetic (ARM).

@@ -93,7 +93,7 @@ class BenchModel:
                 calibration: CalibrationOptions | None) -> bool:
         """Whether a cached artifact is what an export now would be: weights, data, target, precision, input shape,
         the calibrator asked for, and the tools and edgecnn code that made it."""
-        from edgecnn.export.pipeline import tool_versions
+        from edgecnn.export.passes import tool_versions
 
         weights = manifest["model"]["weights"]
         recorded = WeightsData.from_record(weights.get("dataset") or {})

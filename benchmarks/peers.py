@@ -119,10 +119,9 @@ def peer_artifact(peer: Peer, source: Path, cache_dir: Path, data: AccuracyData 
         raise UserError(f"the {peer.name} peer needs calibration images and this model has no dataset: "
                         "pass --data")
     from edgecnn.benchmarks.cache import cached_manifest
-    from edgecnn.export.manifest import manifest_config
-    from edgecnn.export.manifest import (STAGING_MARKER, describe_files, read_manifest, staging_directory,
-                                         write_manifest)
+    from edgecnn.export.manifest import describe_files, manifest_config, read_manifest, write_manifest
     from edgecnn.export.quantize import GraphInput
+    from edgecnn.export.staging import STAGING_MARKER, staging_directory
 
     manifest = read_manifest(source)
     chosen = calibration_samples(data, manifest_config(manifest), samples)

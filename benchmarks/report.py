@@ -25,8 +25,8 @@ from typing import Any, Callable, Iterable, Sequence
 from edgecnn.benchmarks.machine import flags_on
 from edgecnn.benchmarks.schema import accuracy_drop, config_name, flow_name
 from edgecnn.errors import UserError
-from edgecnn.export.manifest import (STAGING_MARKER, check_target, describe_files, destination_error, marked_staging,
-                                     sha256_file, shown)
+from edgecnn.export.manifest import describe_files, sha256_file
+from edgecnn.export.staging import STAGING_MARKER, check_target, destination_error, marked_staging, shown
 from edgecnn.jsonfile import read_json
 from edgecnn.text import printable
 

@@ -15,18 +15,18 @@ ModelOpt's. It sits between the models/data (`edgecnn`) and the export stage, an
 from `edgecnn.export`.
 """
 from edgecnn.calibration.feed import OnnxRuntimeFeed, as_modelopt_data, as_nncf_dataset
-from edgecnn.calibration.samples import (CALIBRATOR_NAMES, DEFAULT_SAMPLES, FALLBACKS, PLACEMENTS, SYNTHETIC,
-                                         UNLABELLED_CALIBRATOR, CalibrationData,
-                                         CalibrationOptions, SampleSet, balanced_indices, batches,
+from edgecnn.calibration.samples import (CALIBRATOR_NAMES, DEFAULT_SAMPLES, DEPRECATED_CALIBRATORS, FALLBACKS,
+                                         PLACEMENTS, SYNTHETIC, UNLABELLED_CALIBRATOR, CalibrationData,
+                                         CalibrationOptions, SampleSet, balanced_indices, batches, canonical_calibrator,
                                          check_calibration_source, check_inputs, from_arrays, match_classes,
                                          prepare_calibration)
 from edgecnn.calibration.selection import CalibratorChoice, FallbackResult, accuracy, accuracy_of, choose_calibrator, \
     correct, fallback_to_float, measurable_drop, paired_comparison, resolution_record
 from edgecnn.calibration.tensorrt_cache import read_cache, write_cache
 
-__all__ = ["CALIBRATOR_NAMES", "DEFAULT_SAMPLES", "FALLBACKS", "PLACEMENTS", "SYNTHETIC", "UNLABELLED_CALIBRATOR", "CalibrationData",
-           "CalibrationOptions", "CalibratorChoice", "FallbackResult", "OnnxRuntimeFeed", "SampleSet", "accuracy", "accuracy_of",
-           "as_modelopt_data", "as_nncf_dataset", "balanced_indices", "batches", "check_calibration_source",
-           "check_inputs", "choose_calibrator", "correct", "fallback_to_float", "from_arrays", "match_classes",
-           "measurable_drop", "paired_comparison", "prepare_calibration", "read_cache", "resolution_record",
-           "write_cache"]
+__all__ = ["CALIBRATOR_NAMES", "DEFAULT_SAMPLES", "DEPRECATED_CALIBRATORS", "FALLBACKS", "PLACEMENTS", "SYNTHETIC",
+           "UNLABELLED_CALIBRATOR", "CalibrationData", "CalibrationOptions", "CalibratorChoice", "FallbackResult",
+           "OnnxRuntimeFeed", "SampleSet", "accuracy", "accuracy_of", "as_modelopt_data", "as_nncf_dataset",
+           "balanced_indices", "batches", "canonical_calibrator", "check_calibration_source", "check_inputs",
+           "choose_calibrator", "correct", "fallback_to_float", "from_arrays", "match_classes", "measurable_drop",
+           "paired_comparison", "prepare_calibration", "read_cache", "resolution_record", "write_cache"]

@@ -31,11 +31,14 @@ from edgecnn.validation import non_negative_float, non_negative_int, positive_in
 
 DEFAULT_SAMPLES = 512
 DEFAULT_SEED = 0
-# "default" is the runtime quantizer's own defaults (quantize_static's, nncf.quantize's); which ones `auto` tries,
-# and in which order, is each quantizer's (export/backends/).
-CALIBRATOR_NAMES = ("auto", "default", "minmax", "entropy", "percentile", "mse")
+# "library" is the runtime quantizer library's own defaults (quantize_static's, nncf.quantize's); which ones `auto`
+# tries, and in which order, is each quantizer's (export/backends/).
+CALIBRATOR_NAMES = ("auto", "library", "minmax", "entropy", "percentile", "mse")
+# Old names, accepted for one release, and what they are now: "default" read as "the default calibrator", which is
+# auto (issue 24). Records made before the rename (manifests, bench caches, results) keep the old name.
+DEPRECATED_CALIBRATORS = {"default": "library"}
 # What an unset calibrator means for a flat --calib-data folder: auto needs labelled validation images.
-UNLABELLED_CALIBRATOR = "default"
+UNLABELLED_CALIBRATOR = "library"
 NEEDS_LABELS_FIX = f"pass a fixed --calibrator (e.g. {UNLABELLED_CALIBRATOR}) without --max-drop to calibrate only"
 # How --max-drop picks the layers it returns to float: the most sensitive first, or the cheapest set that fits
 # (measured accuracy per millisecond); and where layers compute: INT8 wherever quantizable, or only where faster.
@@ -49,12 +52,19 @@ NO_DATA_FIX = ("pass --data DIR (the dataset the weights were trained on), --cal
                "on) or --calib-data synthetic (generated inputs: an INT8 latency answer, accuracy unknown)")
 
 
+def canonical_calibrator(name: str) -> str:
+    """The current name of calibrator `name`: `library` for the deprecated `default`, else `name` itself (also for
+    reading records made before the rename)."""
+    return DEPRECATED_CALIBRATORS.get(name, name) if isinstance(name, str) else name
+
+
 @dataclass(frozen=True)
 class CalibrationOptions:
     """What the user asked for: `--calibrator`, `--calib-samples`, `--calib-data`, `--max-drop` (points).
 
     An unset calibrator is `auto`, except for a flat `data` folder without `max_drop`: nothing labelled to choose
-    on, so UNLABELLED_CALIBRATOR (the quantizer's own defaults). An explicit `auto` there is refused."""
+    on, so UNLABELLED_CALIBRATOR (the quantizer library's own defaults). An explicit `auto` there is refused. A
+    deprecated name (DEPRECATED_CALIBRATORS: `default`) becomes the current one (`library`)."""
     calibrator: str | None = None
     samples: int = DEFAULT_SAMPLES
     data: Path | None = None
@@ -91,6 +101,7 @@ class CalibrationOptions:
                                 "of images per class, a flat folder of images, or Fashion-MNIST IDX files")
         if self.calibrator is None:
             object.__setattr__(self, "calibrator", UNLABELLED_CALIBRATOR if self.unlabelled_default else "auto")
+        object.__setattr__(self, "calibrator", canonical_calibrator(self.calibrator))  # what manifests record
         if self.calibrator not in CALIBRATOR_NAMES:
             raise UserError(f"unknown calibrator {self.calibrator!r}; choose one of {', '.join(CALIBRATOR_NAMES)}")
 

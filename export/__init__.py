@@ -10,8 +10,9 @@ Stages (each its own module): `fold` (conv-BN folding, a torch.fx transform), `o
 export + checks, FP16), `targets` (the target writers' base and registry), `tensorrt` (operator check,
 build scripts), `parity` (artifact vs PyTorch), `manifest` (the artifact contract: schema, validation), `staging`
 (atomic writes, destination checks), `runtime` (the sessions' base and registry; `open_model` opens a bare model
-file), `quantize` (the quantizers' base, registry and INT8 pass), `pipeline` (the passes, `export_model`),
-`early_exit` (the early-exit pass), `early_exit_thresholds` (the threshold search), `early_exit_session` (the
+file), `quantizers` (the quantizers' base and registry), `quantize` (the INT8 pass), `passes` (the context the
+passes share, the `Pass` base, the `Pipeline`, the manifest they make), `pipeline` (the default passes,
+`export_model`), `early_exit` (the early-exit pass), `early_exit_thresholds` (the threshold search), `early_exit_session` (the
 early-exit session). Each runtime is one module of `backends` (torch, onnxruntime,
 openvino, tensorrt): its target writer, sessions, quantizer, recorded tools and availability, in
 `backends.BACKENDS`. OpenVINO and TensorRT are imported only when used; the public names below load on first use,
@@ -32,9 +33,9 @@ from typing import Any
 _PUBLIC = {"ArtifactError": "edgecnn.export.manifest", "read_manifest": "edgecnn.export.manifest",
            "ExportError": "edgecnn.export.graph_io", "FoldReport": "edgecnn.export.fold",
            "fold_batchnorm": "edgecnn.export.fold", "export": "edgecnn.export.api",
-           "ExportContext": "edgecnn.export.pipeline", "ExportResult": "edgecnn.export.pipeline",
-           "ParityError": "edgecnn.export.pipeline", "Pass": "edgecnn.export.pipeline",
-           "Pipeline": "edgecnn.export.pipeline", "export_model": "edgecnn.export.pipeline",
+           "ExportContext": "edgecnn.export.passes", "ExportResult": "edgecnn.export.pipeline",
+           "ParityError": "edgecnn.export.pipeline", "Pass": "edgecnn.export.passes",
+           "Pipeline": "edgecnn.export.passes", "export_model": "edgecnn.export.pipeline",
            "export_registered": "edgecnn.export.pipeline", "TARGETS": "edgecnn.export.targets",
            "register_target": "edgecnn.export.targets"}
 _SUBMODULES = ("runtime",)   # `from edgecnn.export import runtime` and `edgecnn.export.runtime` as before

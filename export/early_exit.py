@@ -11,10 +11,12 @@ minimise expected latency within an accuracy budget (default 0.5 pt below the fi
 The loop on the device is the `early_exit` session (`early_exit_session.py`), the threshold search
 `early_exit_thresholds.py`; this module is the export pass, which needs torch.
 
-INT8: the quantize pass quantizes the trunk (choosing the calibrator), then each stage graph is quantized by
-the same target's quantizer with that calibrator, on the same calibration images as the stage sees them (the
-FP32 features of the stages before it); each exit's entropy stays float. Thresholds are then tuned on the INT8
-stages themselves, as for every precision.
+Each stage is an export of its own: an `ExportContext` (`stage_context`) run through a `Pipeline` of the real
+passes (`stage_pipeline`: WriteTarget, then Quantize) inside the parent's staging directory, without a staging
+directory or manifest of its own. INT8: the quantize pass quantizes the trunk (choosing the calibrator), then each
+stage's quantize pass uses that calibrator on the same calibration images as the stage sees them (the FP32
+features of the stages before it, from the trunk's record); each exit's entropy stays float. Thresholds are then
+tuned on the INT8 stages themselves, as for every precision.
 
 The single graph (early_exit_graph.py): where the target has one (ONNX, OpenVINO), the pass also composes the
 stages, their entropy and the exit decision into one graph, later stages inside `If` branches, so one call runs
@@ -33,7 +35,8 @@ import copy
 import dataclasses
 import statistics
 import time
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,21 +45,15 @@ import torch.nn as nn
 from edgecnn.branchynet import EXIT_ENTROPY, EXIT_RULE, MultiExitNet, softmax_entropy
 from edgecnn.data import preprocess, train_val_split
 from edgecnn.errors import UserError
-from edgecnn.calibration import CalibrationData, CalibrationOptions
+from edgecnn.calibration import CalibrationData
 from edgecnn.export.fold import fold_batchnorm
 from edgecnn.export.early_exit_graph import graph_targets, write_graph
-# The session that runs an early-exit artifact, and the threshold search, each in its own module; the names the
-# benchmarks read from here (FORMS, form_thresholds, evaluate_setting, expected_ms) are re-exported.
-from edgecnn.export.early_exit_session import (COST_REPEATS, FORMS, STAGE_OUTPUTS, EarlyExitSession,  # noqa: F401
-                                               form_thresholds, median_call_ms)
-from edgecnn.export.early_exit_thresholds import (DEFAULT_BUDGET_PT, MARGIN_SE, evaluate_setting,  # noqa: F401
-                                                  exit_indices, expected_ms, tune)
-from edgecnn.export.onnx_graph import BATCH_DIM, INPUT_NAME, OUTPUT_NAME
-from edgecnn.export.quantize import GraphInput, ModelFiles, get_quantizer, quantize_model
+from edgecnn.export.early_exit_session import COST_REPEATS, STAGE_OUTPUTS, EarlyExitSession, median_call_ms
+from edgecnn.export.early_exit_thresholds import DEFAULT_BUDGET_PT, MARGIN_SE, exit_indices, tune
+from edgecnn.export.graph_io import BATCH_DIM, INPUT_NAME, OUTPUT_NAME
+from edgecnn.export.passes import EARLY_EXIT_PASS, QUANTIZE_PASS, ExportContext, Pass, Pipeline, WriteTarget
+from edgecnn.export.quantize import Calibrated, Quantize
 from edgecnn.export.runtime import BACKENDS, open_session
-
-if TYPE_CHECKING:
-    from edgecnn.export.pipeline import ExportContext
 
 EARLY_EXIT_PRECISIONS = ("fp32", "fp16", "int8")
 REFERENCE_SAMPLES = 256       # validation images each exit is compared with PyTorch on
@@ -154,10 +151,20 @@ def validation_inputs(ctx: ExportContext, limit: int | None = None) -> tuple[tor
     return preprocess(images, dataclasses.replace(ctx.config, input_size=ctx.input_size)), labels.numpy()
 
 
-class EarlyExitStages:
+def check_early_exit_form(model: nn.Module, form: str) -> None:
+    """Refuse an `--early-exit` form that does not exist, or one asked of a model with a single exit (where the
+    early-exit pass does not apply, so its `check` never runs)."""
+    if form not in EXPORT_FORMS:
+        raise UserError(f"unknown early-exit form {form!r}; use {', '.join(EXPORT_FORMS)}")
+    if form != "auto" and not isinstance(model, MultiExitNet):
+        raise UserError(f"--early-exit {form} applies to multi-exit (BranchyNet) models, e.g. b_resnet_fmnist; "
+                        "this model has one exit: leave the option out")
+
+
+class EarlyExitStages(Pass):
     """The pipeline pass that makes a multi-exit model's artifact an early-exit one (see the module doc)."""
 
-    name = "early_exit"
+    name = EARLY_EXIT_PASS
 
     def __init__(self, budget_pt: float = DEFAULT_BUDGET_PT, val_samples: int | None = None,
                  cost_repeats: int = COST_REPEATS) -> None:
@@ -166,24 +173,15 @@ class EarlyExitStages:
     def applies(self, ctx: ExportContext) -> bool:
         return isinstance(ctx.reference, MultiExitNet)
 
-    @staticmethod
-    def check(model: Any, precision: str, target: str = "onnx", form: str = "auto") -> None:
-        """Refuse, before any export work (INT8 calibration takes minutes), a precision stages cannot take and a
-        form the model or target cannot have."""
-        if form not in EXPORT_FORMS:
-            raise UserError(f"unknown early-exit form {form!r}; use {', '.join(EXPORT_FORMS)}")
-        if not isinstance(model, MultiExitNet):
-            if form != "auto":
-                raise UserError(f"--early-exit {form} applies to multi-exit (BranchyNet) models, e.g. "
-                                "b_resnet_fmnist; this model has one exit: leave the option out")
-            return
-        if precision not in EARLY_EXIT_PRECISIONS:
-            raise UserError(f"early-exit stages export {', '.join(EARLY_EXIT_PRECISIONS)}; {precision} stage "
+    def check(self, ctx: ExportContext) -> None:
+        """A precision stages cannot take, a single graph the target cannot have."""
+        if ctx.precision not in EARLY_EXIT_PRECISIONS:
+            raise UserError(f"early-exit stages export {', '.join(EARLY_EXIT_PRECISIONS)}; {ctx.precision} stage "
                             f"graphs are not supported yet: export the multi-exit model at "
                             f"{', '.join(EARLY_EXIT_PRECISIONS[:-1])} or {EARLY_EXIT_PRECISIONS[-1]}")
-        if form == "graph" and target not in graph_targets():
+        if ctx.early_exit_form == "graph" and ctx.target.name not in graph_targets():
             raise UserError(f"the single early-exit graph is written for targets {', '.join(graph_targets())}, not "
-                            f"{target}: use --early-exit stages (or auto) for {target}")
+                            f"{ctx.target.name}: use --early-exit stages (or auto) for {ctx.target.name}")
 
     def run(self, ctx: ExportContext) -> dict[str, Any]:
         net: MultiExitNet = ctx.reference
@@ -198,7 +196,7 @@ class EarlyExitStages:
         if ctx.early_exit_form != "stages" and ctx.target.name in graph_targets():
             section["graph"], files = write_graph(ctx.target.name, stages, ctx.staging, shapes[0], ctx.io_dtype)
             ctx.output.files.extend(files)
-        ctx.early_exit = section
+        ctx.records[self.name] = section   # the manifest's `early_exit`; _tune opens the staging directory by it
         tuning = self._tune(ctx, net)
         section["thresholds"], section["form"] = list(tuning["thresholds"]), tuning["form"]
         section["per_precision"] = {ctx.precision: tuning}
@@ -213,18 +211,12 @@ class EarlyExitStages:
         last = graph.head is None
         directory = f"stage{k + 1}"
         (ctx.staging / directory).mkdir()
-        sub = dataclasses.replace(ctx, reference=graph, module=folded, staging=ctx.staging / directory,
-                                  input_size=shape, dynamic_batch=True, batch=1, passes=[], parity=[], notes=[],
-                                  output=None, early_exit=None,
-                                  output_names=(OUTPUT_NAME,) if last else STAGE_OUTPUTS)
-        out = ctx.target.write(sub)
-        quantized = None
-        if calibration:
-            quantized = _quantize_stage(dataclasses.replace(sub, output=out), calibration, last)
-            ctx.target.finish_int8(sub, out)
-        ctx.output.files.extend(f"{directory}/{f}" for f in out.files)
-        model_files = {fmt: f"{directory}/{f}" for fmt, f in out.model_files.items()}
-        return {"file": model_files[_trunk_format(ctx)], **({"int8": quantized} if quantized else {}),
+        stage = stage_context(ctx, graph, folded, shape, ctx.staging / directory)
+        stage_pipeline(graph, calibration).run_passes(stage)
+        calibrated = stage.records.get(QUANTIZE_PASS)
+        ctx.output.files.extend(f"{directory}/{f}" for f in stage.output.files)
+        model_files = {fmt: f"{directory}/{f}" for fmt, f in stage.output.model_files.items()}
+        return {"file": model_files[_trunk_format(ctx)], **({"int8": _stage_int8(calibrated)} if calibrated else {}),
                 "outputs": {"logits": OUTPUT_NAME, "entropy": None if last else "entropy",
                             "features": None if last else "features"},
                 "input": {"name": INPUT_NAME, "shape": [BATCH_DIM, *shape], "dtype": ctx.io_dtype},
@@ -235,7 +227,7 @@ class EarlyExitStages:
         faster per sample at its thresholds is the default (unless --early-exit named one)."""
         manifest = ctx.manifest(time.perf_counter(), hash_files=False)
         runtime = ctx.output.default_backend
-        forms = ["stages", *(["graph"] if "graph" in ctx.early_exit else [])]
+        forms = ["stages", *(["graph"] if "graph" in ctx.records[self.name] else [])]
         asked = ctx.early_exit_form if ctx.early_exit_form in forms else None
         data = validation_inputs(ctx, self.val_samples)
         if data is None:
@@ -315,10 +307,35 @@ def _graph_agreement(session: EarlyExitSession, feed: np.ndarray, entropies: np.
                                 "logits_max_abs_diff": float(np.abs(diff[same]).max()) if same.any() else None}}
 
 
+def stage_context(parent: ExportContext, graph: StageGraph, module: nn.Module, shape: tuple[int, ...],
+                  directory: Path) -> ExportContext:
+    """One stage's export, in `directory` inside the parent's staging directory: the stage graph (`module`, folded)
+    takes the previous stage's features on a dynamic batch axis, written by the parent's target at its precision.
+    INT8 is calibrated as the trunk was (the calibrator the trunk's quantize pass chose, its --placement), without
+    --max-drop: a stage has no labels of its own, and the thresholds hold the accuracy of the whole."""
+    calibration = None
+    if parent.precision == "int8":
+        calibration = dataclasses.replace(parent.calibration, max_drop=None, fallback="sensitivity",
+                                          calibrator=parent.records[QUANTIZE_PASS].record["calibrator"])
+    return ExportContext(reference=graph, module=module, config=parent.config, target=parent.target,
+                         precision=parent.precision, staging=directory, input_size=shape, dynamic_batch=True,
+                         opset=parent.opset, exporter=parent.exporter, keep_io_types=parent.keep_io_types,
+                         calibration=calibration, status=parent.status,
+                         output_names=(OUTPUT_NAME,) if graph.head is None else STAGE_OUTPUTS)
+
+
+def stage_pipeline(graph: StageGraph, calibration: CalibrationData | None) -> Pipeline:
+    """The passes that write one stage: the target's files, then (INT8) the quantize pass on `calibration`, with the
+    exit's entropy (computed from its logits) kept float, since thresholds are compared with it, and without the
+    target's INT8 extras (the trunk carries the artifact's)."""
+    keep_float_after = None if graph.head is None else OUTPUT_NAME
+    return Pipeline([WriteTarget(), Quantize(data=calibration, keep_float_after=keep_float_after, extras=False)])
+
+
 def _stage_calibration(ctx: ExportContext, net: MultiExitNet) -> list[CalibrationData]:
     """Each stage's calibration inputs: the trunk's calibration images (the quantize pass's samples) and, for
     stage k > 1, the FP32 features stage k-1 makes of them, as the stage sees them on the device."""
-    data = ctx.calibration_data
+    data = ctx.records[QUANTIZE_PASS].data
     x, sets = torch.from_numpy(data.calibration.inputs), []
     with torch.no_grad():
         for stage in net.eval().stages:
@@ -328,21 +345,13 @@ def _stage_calibration(ctx: ExportContext, net: MultiExitNet) -> list[Calibratio
     return sets
 
 
-def _quantize_stage(sub: ExportContext, data: CalibrationData, last: bool) -> dict[str, Any]:
-    """Quantize one stage graph in place as the trunk was (`quantize_model`: the calibrator the trunk's quantize pass
-    chose, and its --placement, so a stage's layers measured slower in INT8 here stay float as the trunk's do); the
-    exit's entropy (computed from its logits) stays float, since thresholds are compared with it. A stage has no
-    labels of its own: --max-drop is the trunk's, and the thresholds hold the accuracy of the whole."""
-    quantizer = get_quantizer(sub.target.name)
-    options = dataclasses.replace(sub.calibration or CalibrationOptions(),
-                                  calibrator=sub.calibration_record["calibrator"], max_drop=None, fallback="sensitivity")
-    files = ModelFiles.of(quantizer, sub.staging, sub.output.model_files[quantizer.model_format])
-    kept = [] if last else quantizer.nodes_after(files.model, OUTPUT_NAME)
-    record = quantize_model(quantizer, files, GraphInput.of_context(sub), data, options,
-                            backend=sub.output.default_backend, exclude=kept, status=sub.status)
+def _stage_int8(calibrated: Calibrated) -> dict[str, Any]:
+    """A stage's `int8` entry in the manifest: what its quantize pass recorded, in brief."""
+    record = calibrated.record
     placed = {k: record[k] for k in ("placement", "nodes_left_in_float_for_speed") if k in record}
-    return {"tool": quantizer.tool, "calibrator": record["calibrator"], "calibration_samples": len(data.calibration),
-            "float_nodes": record["float_nodes"], "entropy_nodes_kept_float": kept, **placed}
+    return {"tool": record["tool"], "calibrator": record["calibrator"],
+            "calibration_samples": len(calibrated.data.calibration), "float_nodes": record["float_nodes"],
+            "entropy_nodes_kept_float": record.get("nodes_kept_float", []), **placed}
 
 
 def interleaved_per_sample_ms(runs: dict[str, Any], images: np.ndarray, rounds: int) -> dict[str, list[float]]:
@@ -369,4 +378,5 @@ def _trunk_format(ctx: ExportContext) -> str:
         or next(iter(ctx.output.model_files))
 
 
-__all__ = ["EarlyExitStages", "StageGraph", "interleaved_per_sample_ms", "stage_graphs", "validation_inputs"]
+__all__ = ["EarlyExitStages", "StageGraph", "check_early_exit_form", "interleaved_per_sample_ms", "stage_context",
+           "stage_graphs", "stage_pipeline", "validation_inputs"]

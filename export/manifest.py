@@ -405,20 +405,6 @@ def preprocessing_record(config: ModelConfig, input_size: tuple[int, int, int]) 
     }
 
 
-# What edgecnn.export.staging holds now, still importable from here for the modules that imported it from here
-# (loaded on first use: staging imports this module).
-_MOVED_TO_STAGING = ("STAGING_MARKER", "check_destination", "check_target", "destination_error", "marked_staging",
-                     "shown", "staging_directory")
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED_TO_STAGING:
-        from edgecnn.export import staging
-
-        return getattr(staging, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 __all__ = ["ADDED_LATER", "ARTIFACT_KIND", "ArtifactError", "DIGEST_FIELD", "EARLY_EXIT_SCHEMA", "MANIFEST_NAME",
            "MANIFEST_SCHEMA", "REQUIRED_FIELDS", "SCHEMA_VERSION", "SIGNATURE_NAME", "STAGING_NAME", "TENSOR_DTYPES",
            "artifact_file", "describe_files", "manifest_config", "manifest_digest", "preprocessing_record",

@@ -6,172 +6,42 @@
 
 Default passes: prepare the model for the target (`prepare_export(target_name)` on every module
 that has it, e.g. deformable layers picking their lowering) → fold BatchNorm → write the target's
-files → check parity of each of the target's backends against the PyTorch model → for a multi-exit
-(BranchyNet) model, write one graph per stage and tune its exit thresholds (`early_exit`). Every pass
-records what it did in the manifest, which is written last into a staging directory that then
-becomes the artifact in one rename.
+files → quantize them (INT8) → check parity of each of the target's backends against the PyTorch model → for a
+multi-exit (BranchyNet) model, write one graph per stage and tune its exit thresholds (`early_exit`). Every pass is
+checked before any runs; each records what it did in the manifest, which is written last into a staging directory
+that then becomes the artifact in one rename. The context, the `Pass` base and the `Pipeline` are
+`edgecnn.export.passes` (re-exported here), which the passes' own modules import.
 """
 from __future__ import annotations
 
-import datetime as dt
-import functools
-import hashlib
-import importlib.metadata
-import os
-import platform
-import sys
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
-from tqdm import tqdm
 
-import edgecnn
-from edgecnn.calibration import CalibrationData, CalibrationOptions, check_calibration_source
+from edgecnn.calibration import CalibrationOptions
 from edgecnn.errors import UserError
 from edgecnn.export import parity
-from edgecnn.export.backends import recorded_tools
-from edgecnn.export.early_exit import EarlyExitStages
+from edgecnn.export.early_exit import EarlyExitStages, check_early_exit_form
 from edgecnn.export.fold import count_batchnorms, fold_batchnorm
+from edgecnn.export.graph_io import INPUT_NAME, OUTPUT_NAME, ExportError
+from edgecnn.export.manifest import read_manifest
+from edgecnn.export.onnx_graph import DEFAULT_OPSET
 from edgecnn.export.onnx_source import OnnxModel
-from edgecnn.export.manifest import (ARTIFACT_KIND, SCHEMA_VERSION, check_destination, describe_files,
-                                     preprocessing_record, read_manifest, staging_directory, write_manifest)
-from edgecnn.export.onnx_graph import BATCH_DIM, DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, ExportError
+from edgecnn.export.passes import (LATENCY_ONLY, PARITY_PASS, ExportContext, Pass, Pipeline, WriteTarget,
+                                   host_info)
+from edgecnn.export.quantize import Quantize
 from edgecnn.export.runtime import BACKENDS as SESSIONS, Session, open_model
 from edgecnn.export.source import DEFAULT_SEED, check_input_size, load_source_model
-from edgecnn.export.quantize import Quantize, check_int8
-from edgecnn.export.targets import Target, TargetOutput, get_target
-from edgecnn.layers import count_params
+from edgecnn.export.staging import check_destination
+from edgecnn.export.targets import get_target
 from edgecnn.model_ref import WeightsData, weights_data, with_data
 from edgecnn.registry import ModelConfig, get_config
 from edgecnn.validation import non_negative_float, non_negative_int, positive_int
 
-# What writes every graph (the exporter's tools); the manifest records these and every backend's (`Backend.tools`),
-# torch first, then by name.
-EXPORTER_TOOLS = ("torch", "onnx", "onnxscript")
-TOOLS = tuple(sorted(set(EXPORTER_TOOLS) | set(recorded_tools()), key=lambda tool: (tool != "torch", tool)))
-# The manifest's mark of an INT8 artifact calibrated on generated inputs (--calib-data synthetic).
-LATENCY_ONLY = {"reason": "latency only: INT8 calibrated on synthetic inputs (--calib-data synthetic), so its accuracy "
-                          "is unknown and parity's top-1 bar was not applied; measure latency with it, never accuracy",
-                "accuracy": None}
 PARITY_CHUNK = 16
-
-
-@dataclass
-class ExportContext:
-    """Everything the passes share: the model as it is transformed, the target, and the records."""
-    reference: nn.Module            # the eval-mode PyTorch model, never modified by folding
-    config: ModelConfig
-    target: Target
-    precision: str
-    staging: Path
-    input_size: tuple[int, int, int]
-    batch: int = 1
-    dynamic_batch: bool = False
-    opset: int = DEFAULT_OPSET
-    exporter: str = "auto"
-    keep_io_types: bool = True
-    parity_samples: int | None = None  # None: the precision's default (parity.default_samples)
-    weights: dict[str, Any] = field(default_factory=lambda: {"source": "in_memory"})
-    module: nn.Module | None = None  # what gets exported; passes replace it
-    output: TargetOutput | None = None
-    passes: list[dict[str, Any]] = field(default_factory=list)
-    parity: list[dict[str, Any]] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    calibration: CalibrationOptions | None = None   # INT8 only
-    calibration_record: dict[str, Any] | None = None  # the manifest's `calibration`, from the quantize pass
-    calibration_data: CalibrationData | None = None  # from the quantize pass, for the early-exit stages
-    output_names: tuple[str, ...] = (OUTPUT_NAME,)   # of the graph the target writes
-    early_exit: dict[str, Any] | None = None          # the manifest's `early_exit`, from the early-exit pass
-    exit_budget_pt: float | None = None               # early-exit accuracy budget; None: the pass's default
-    early_exit_form: str = "auto"                     # graph, stages, or auto: the one measured faster
-    data: WeightsData | None = None   # what parity, test accuracy, calibration and exit tuning use (model_ref)
-    # What a long pass is doing now (the export bar's postfix; a no-op without a bar)
-    status: Callable[[str], None] = field(default=lambda detail: None, repr=False)
-
-    def __post_init__(self) -> None:
-        if self.module is None:
-            self.module = self.reference
-
-    @property
-    def example(self) -> torch.Tensor:
-        return torch.randn(self.batch, *self.input_size, generator=torch.Generator().manual_seed(0))
-
-    @property
-    def input_name(self) -> str:
-        return INPUT_NAME
-
-    @property
-    def input_shape(self) -> list[int | str]:
-        return [BATCH_DIM if self.dynamic_batch else self.batch, *self.input_size]
-
-    @property
-    def size_hint(self) -> str:
-        """Said after a conversion failure when the export runs below the model's own input size."""
-        if all(ours >= own for ours, own in zip(self.input_size[1:], self.config.input_size[1:])):
-            return ""
-        return (f" (exported at {self.input_size[1]}×{self.input_size[2]}, below the model's "
-                f"{self.config.input_size[1]}×{self.config.input_size[2]}: try a larger --input-size)")
-
-    @property
-    def io_dtype(self) -> str:
-        return self.output.io_dtype if self.output else "float32"
-
-    @property
-    def latency_only(self) -> bool:
-        """INT8 calibrated on synthetic inputs: the artifact answers latency questions only, its accuracy is unknown."""
-        return self.calibration is not None and self.calibration.synthetic
-
-    def manifest(self, started: float, hash_files: bool = True) -> dict[str, Any]:
-        cfg, out = self.config, self.output
-        files = describe_files(self.staging, out.files) if hash_files else \
-            {name: {"bytes": (self.staging / name).stat().st_size, "sha256": ""} for name in out.files}
-        return {
-            "schema_version": SCHEMA_VERSION,
-            "kind": ARTIFACT_KIND,
-            "model": {"name": cfg.name, "family": cfg.family, "description": cfg.description,
-                      "dataset": self.data.name if self.data else cfg.dataset, "zoo_version": edgecnn.ZOO_VERSION,
-                      "edgecnn_version": edgecnn.__version__, "num_classes": cfg.num_classes,
-                      "in_chans": cfg.input_size[0], "params": count_params(self.reference),
-                      "weights": self.weights},
-            "target": self.target.name,
-            "target_description": self.target.description,
-            "precision": self.precision,
-            "input": {"name": INPUT_NAME, "shape": self.input_shape, "dtype": self.io_dtype, "layout": "NCHW",
-                      "dynamic_batch": self.dynamic_batch},
-            "output": {"name": OUTPUT_NAME, "shape": [self.input_shape[0], cfg.num_classes],
-                       "dtype": self.io_dtype, "meaning": "logits (no softmax)"},
-            "preprocessing": preprocessing_record(cfg, self.input_size),
-            "class_names": list(cfg.class_names) if cfg.class_names else None,
-            "files": files,
-            "model_files": out.model_files,
-            "default_backend": out.default_backend,
-            "calibration": self.calibration_record,
-            "target_info": out.info,
-            "passes": self.passes,
-            "parity": self.parity,
-            "tools": tool_versions(),
-            "export": {"created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                       "seconds": round(time.perf_counter() - started, 2), **host_info()},
-            "notes": self.notes,
-            **({"early_exit": self.early_exit} if self.early_exit else {}),
-            **({"latency_only": LATENCY_ONLY} if self.latency_only else {}),
-        }
-
-
-class Pass:
-    """One step of the pipeline: transforms `ctx` and returns what it did, for the manifest."""
-    name: str
-
-    def applies(self, ctx: ExportContext) -> bool:
-        """Whether this pass has work for this export (INT8 passes skip FP32 exports, and say nothing)."""
-        return True
-
-    def run(self, ctx: ExportContext) -> dict[str, Any]:
-        raise NotImplementedError
 
 
 class PrepareForTarget(Pass):
@@ -211,17 +81,9 @@ class FoldBatchNorm(Pass):
         return {**record, "max_abs_diff_vs_unfolded": float((before - after).abs().max())}
 
 
-class WriteTarget(Pass):
-    name = "write_target"
-
-    def run(self, ctx: ExportContext) -> dict[str, Any]:
-        ctx.output = ctx.target.write(ctx)
-        ctx.notes.extend(ctx.output.notes)
-        return {"target": ctx.target.name, "files": ctx.output.files}
-
-
 class CheckParity(Pass):
-    name = "check_parity"
+    """Each of the target's parity backends against the PyTorch model: records the manifest's `parity` checks."""
+    name = PARITY_PASS
 
     def run(self, ctx: ExportContext) -> dict[str, Any]:
         samples = ctx.parity_samples or parity.default_samples(ctx.precision)
@@ -231,18 +93,19 @@ class CheckParity(Pass):
         noise = parity.fp32_noise(ctx.reference, inputs) if chaotic else 0.0
         feed = inputs.numpy().astype(ctx.io_dtype)
         chunk = PARITY_CHUNK if ctx.dynamic_batch else ctx.batch
+        checks = []
         for backend in ctx.output.parity_backends:
             with self._open(ctx, backend) as session:
                 logits = parity.run_in_batches(session.run, feed, chunk)
                 accuracy = parity.test_split_accuracy(ctx.reference, session.run, ctx.config, ctx.input_size,
                                                       chunk, ctx.precision, ctx.data)
-            ctx.parity.append({"backend": backend, "inputs": description,
-                               "reference": getattr(ctx.reference, "reference_label", "torch (eager, unfolded)"),
-                               "samples": len(inputs), "measures": ctx.output.parity_measures.get(backend, ""),
-                               **parity.compare(reference, logits, ctx.precision, noise, ctx.latency_only),
-                               **accuracy})
-        return {"backends": list(ctx.output.parity_backends),
-                "passed": all(p["passed"] for p in ctx.parity)}
+            checks.append({"backend": backend, "inputs": description,
+                           "reference": getattr(ctx.reference, "reference_label", "torch (eager, unfolded)"),
+                           "samples": len(inputs), "measures": ctx.output.parity_measures.get(backend, ""),
+                           **parity.compare(reference, logits, ctx.precision, noise, ctx.latency_only),
+                           **accuracy})
+        ctx.records[self.name] = checks
+        return {"backends": list(ctx.output.parity_backends), "passed": all(c["passed"] for c in checks)}
 
     @staticmethod
     def _open(ctx: ExportContext, backend: str) -> Session:
@@ -259,32 +122,6 @@ class CheckParity(Pass):
 
 DEFAULT_PASSES: tuple[type[Pass], ...] = (PrepareForTarget, FoldBatchNorm, WriteTarget, Quantize, CheckParity,
                                           EarlyExitStages)
-
-
-class Pipeline:
-    """An ordered list of passes run on one ExportContext, ending in an atomically written artifact."""
-
-    def __init__(self, passes: Sequence[Pass] | None = None) -> None:
-        self.passes = list(passes) if passes is not None else [p() for p in DEFAULT_PASSES]
-
-    def run(self, ctx: ExportContext, out: Path, overwrite: bool = False, progress: bool = False) -> Path:
-        out = Path(out)
-        started = time.perf_counter()
-        with staging_directory(out, overwrite) as staging:
-            ctx.staging = staging
-            bar = tqdm(self.passes, desc="export", unit="pass", disable=not progress, leave=False, file=sys.stderr)
-            for p in bar:
-                if not p.applies(ctx):
-                    continue
-                bar.set_postfix_str(p.name)
-                ctx.status = lambda detail, name=p.name: bar.set_postfix_str(f"{name}: {detail}")
-                t0 = time.perf_counter()
-                report = p.run(ctx)
-                ctx.passes.append({"name": p.name, "seconds": round(time.perf_counter() - t0, 3), **report})
-            if ctx.output is None:
-                raise UserError("the pipeline wrote no model files: it needs a WriteTarget pass")
-            write_manifest(staging, ctx.manifest(started))
-        return out
 
 
 @dataclass
@@ -327,7 +164,8 @@ def export_model(model: nn.Module, target: str = "onnx", precision: str = "fp32"
     where the target has one, and make the form measured faster here the default). `data` is a dataset to score and
     calibrate on instead of the weights' own (said in the output and recorded); by default the weights' own is used
     (`weights["dataset"]`, or Fashion-MNIST for a zoo configuration made for it), never another one silently.
-    A failed parity check raises ParityError after the artifact is written, unless `fail_on_parity` is False.
+    The arguments are checked here, then every pass's `check` (INT8, early exit) before any pass works. A failed
+    parity check raises ParityError after the artifact is written, unless `fail_on_parity` is False.
     """
     config = getattr(model, "config", None)
     if not isinstance(config, ModelConfig):
@@ -337,11 +175,8 @@ def export_model(model: nn.Module, target: str = "onnx", precision: str = "fp32"
     if precision not in target_obj.precisions:
         raise UserError(f"target {target!r} exports precisions {', '.join(target_obj.precisions)}, not {precision!r}")
     target_obj.check_precision(precision)
-    EarlyExitStages.check(model, precision, target, early_exit_form)
-    if precision == "int8":
-        calibration = calibration or CalibrationOptions()
-        check_int8(target, calibration)
-    elif calibration is not None:
+    check_early_exit_form(model, early_exit_form)
+    if precision != "int8" and calibration is not None:
         raise UserError(f"calibration options (--calibrator, --calib-samples, --calib-data, --max-drop) apply to "
                         f"--precision int8, not {precision}")
     if not keep_io_types and not (precision == "fp16" and target_obj.half_io):
@@ -352,8 +187,6 @@ def export_model(model: nn.Module, target: str = "onnx", precision: str = "fp32"
     weights = weights or {"source": "in_memory"}
     chosen = with_data(weights_data(config, weights), data)
     weights = {**weights, "dataset": chosen.record() if chosen else None}  # what every number was measured on
-    if precision == "int8":
-        check_calibration_source(config, calibration, chosen)
     out = check_destination(out, overwrite)
     if input_size:
         check_input_size(config, input_size, batch, model)
@@ -373,7 +206,8 @@ def export_model(model: nn.Module, target: str = "onnx", precision: str = "fp32"
         ctx.notes.append("exported with random initial weights (no checkpoint given and none committed), "
                          "BatchNorm statistics re-estimated on seeded standard-normal inputs: fine for latency, "
                          "meaningless for accuracy")
-    path = (pipeline or Pipeline()).run(ctx, Path(out), overwrite=overwrite, progress=progress)
+    pipeline = pipeline or Pipeline([p() for p in DEFAULT_PASSES])   # checks every pass before any runs
+    path = pipeline.run(ctx, Path(out), overwrite=overwrite, progress=progress)
     result = ExportResult(path, read_manifest(path, verify=False))
     if fail_on_parity and not result.parity_passed:
         raise ParityError(result)
@@ -407,43 +241,6 @@ def _check_numbers(batch: int, opset: int, parity_samples: int | None, input_siz
             raise UserError(f"input_size must be (height, width), got {input_size!r}")
         for side in input_size:
             positive_int("input_size", side)
-
-
-@functools.cache
-def edgecnn_source_digest() -> str:
-    """SHA-256 (first 16 hex digits) of the code that decides what an artifact holds: the models, calibration and
-    export packages. An editable install keeps one version number through every change, so caches compare this."""
-    import edgecnn.calibration
-
-    digest = hashlib.sha256()
-    for package in (Path(edgecnn.__file__).parent, Path(edgecnn.calibration.__file__).parent, Path(__file__).parent):
-        for path in sorted(package.rglob("*.py")):
-            digest.update(f"{package.name}/{path.relative_to(package)}\0".encode())
-            digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
-
-
-def tool_versions(extra: Sequence[str] = ()) -> dict[str, str | None]:
-    """Installed versions of the export's tools (and `extra` packages); None where one is not installed."""
-    versions: dict[str, str | None] = {"python": platform.python_version(), "edgecnn": edgecnn.__version__,
-                                       "edgecnn_source": edgecnn_source_digest()}
-    for tool in (*TOOLS, *extra):
-        try:
-            versions[tool] = importlib.metadata.version(tool)
-        except importlib.metadata.PackageNotFoundError:
-            versions[tool] = None
-    return versions
-
-
-def host_info() -> dict[str, Any]:
-    """The machine an export or benchmark ran on, by name and CPU."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return {"host": platform.node(), "cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
 
 
 __all__ = ["CheckParity", "DEFAULT_PASSES", "ExportContext", "ExportResult", "FoldBatchNorm", "ParityError", "Pass",

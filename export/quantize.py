@@ -8,10 +8,12 @@ One quantizer per target, registered in one place (`QUANTIZERS`) by the target's
 tensorrt). Each names its calibrators; "default" is the library's own defaults. `auto` tries them in order
 (`auto_candidates`) and keeps the first unless another is significantly more accurate on the validation split;
 for NNCF the first is its default. The `Quantizer` base and the registry are `edgecnn.export.quantizers` (light, so
-a backend module loads for its session without quantization libraries; re-exported here). This module holds the
-pre-flight `check_int8`, `quantize_model` (a model file quantized in place: the calibrator choice, the float
-fallback, the provenance record) and the `Quantize` pass. The pass and `edgecnn.quantize` (`quantize_api`, on a
-bare model file) both run `quantize_model`; a quantizer reads of the graph only its `GraphInput`.
+a backend module loads for its session without quantization libraries). This module holds the pre-flight
+`check_int8`, `quantize_model` (a model file quantized in place: the calibrator choice, the float fallback, the
+provenance record) and the `Quantize` pass, whose `check` runs `check_int8` and `check_calibration_source` before any
+pass works. The pass and `edgecnn.quantize` (`quantize_api`, on a bare model file) both run `quantize_model`; a
+quantizer reads of the graph only its `GraphInput`. The pass records `Calibrated` (the manifest's `calibration` and
+the samples); an early-exit stage runs it too, on the trunk's samples (`early_exit.stage_pipeline`).
 
 Samples, the calibrator choice, the float fallback search and the provenance record are
 `edgecnn.calibration`'s; the backends' quantizers run the libraries, and this pass scores candidates with the
@@ -28,20 +30,20 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 
-from edgecnn.calibration import (CalibrationData, CalibrationOptions, accuracy_of, choose_calibrator, correct,
-                                 fallback_to_float, measurable_drop, prepare_calibration, resolution_record)
+from edgecnn.calibration import (CalibrationData, CalibrationOptions, accuracy_of, check_calibration_source,
+                                 choose_calibrator, correct, fallback_to_float, measurable_drop, prepare_calibration,
+                                 resolution_record)
 from edgecnn.errors import UserError
 from edgecnn.export import parity
 from edgecnn.export.manifest import sha256_file
+from edgecnn.export.passes import QUANTIZE_PASS, Pass
 from edgecnn.export.placement import Trial, cheapest_fallback, place_for_speed
 from edgecnn.export.profile import PROFILED_TARGETS, ModelRun, graph_layers
-# The quantizers' base and registry (light: the backend modules subclass it at import); re-exported here.
-from edgecnn.export.quantizers import (QUANTIZERS, WEIGHTS_ONLY_OPS, Quantizer, get_quantizer,  # noqa: F401
-                                       onnx_nodes_after, register_quantizer)
+from edgecnn.export.quantizers import Quantizer, get_quantizer
 from edgecnn.export.runtime import open_model
 
 if TYPE_CHECKING:
-    from edgecnn.export.pipeline import ExportContext
+    from edgecnn.export.passes import ExportContext
 
 FP32_DIR = ".fp32"           # inside the staging directory; removed before the artifact is renamed into place
 SENSITIVITY_SAMPLES = 64     # images ONNX Runtime's QDQ debugger compares float and INT8 activations on
@@ -290,36 +292,56 @@ def _hits(files: ModelFiles, graph: GraphInput, backend: str, model_format: str,
 
 # ---------------------------------------------------------------- the pass
 
-class Quantize:
+@dataclass(frozen=True)
+class Calibrated:
+    """What the quantize pass records (`ctx.records["quantize_int8"]`): the manifest's `calibration` record, and the
+    samples calibrated on, on which the early-exit pass calibrates its stages too."""
+    record: dict[str, Any]
+    data: CalibrationData
+
+
+class Quantize(Pass):
     """Pipeline pass: calibrate, quantize the target's FP32 files with its quantizer (`quantize_model`, as
     `edgecnn.quantize` does), record the provenance."""
-    name = "quantize_int8"
+    name = QUANTIZE_PASS
+
+    def __init__(self, data: CalibrationData | None = None, keep_float_after: str | None = None,
+                 extras: bool = True) -> None:
+        """`data`: calibrate on these samples instead of drawing them from the weights' dataset; `keep_float_after`:
+        a graph output whose consumers stay float in every candidate; `extras`: write what the target's INT8
+        artifact carries besides the model (`Quantizer.finish`: TensorRT's calibration cache). An early-exit stage
+        gives its own samples, keeps its entropy float and carries no extras (`early_exit.stage_pipeline`)."""
+        self.data, self.keep_float_after, self.extras = data, keep_float_after, extras
 
     def applies(self, ctx: ExportContext) -> bool:
         return ctx.precision == "int8"
 
+    def check(self, ctx: ExportContext) -> None:
+        check_int8(ctx.target.name, ctx.calibration)
+        if self.data is None:
+            check_calibration_source(ctx.config, ctx.calibration, ctx.data)
+
     def run(self, ctx: ExportContext) -> dict[str, Any]:
-        options = ctx.calibration or CalibrationOptions()
         quantizer = get_quantizer(ctx.target.name)
-        check_int8(ctx.target.name, options)
-        data = prepare_calibration(ctx.config, ctx.input_size, options, ctx.data)
+        data = self.data or prepare_calibration(ctx.config, ctx.input_size, ctx.calibration, ctx.data)
+        files = ModelFiles.of(quantizer, ctx.staging, ctx.output.model_files[quantizer.model_format])
+        kept = quantizer.nodes_after(files.model, self.keep_float_after) if self.keep_float_after else []
         extra: list[str] = []
 
         def finish(fp32: Path, calibrator: str) -> None:
             ctx.target.finish_int8(ctx, ctx.output)   # TensorRT: the engine, built from the Q/DQ graph
-            extra.extend(quantizer.finish(ctx, fp32, calibrator))
+            if self.extras:
+                extra.extend(quantizer.finish(ctx, fp32, calibrator))
 
-        files = ModelFiles.of(quantizer, ctx.staging, ctx.output.model_files[quantizer.model_format])
-        record = quantize_model(quantizer, files, GraphInput.of_context(ctx), data, options,
-                                backend=ctx.output.default_backend, status=ctx.status, finish=finish)
+        record = quantize_model(quantizer, files, GraphInput.of_context(ctx), data, ctx.calibration,
+                                backend=ctx.output.default_backend, exclude=kept, status=ctx.status, finish=finish)
         ctx.output.files.extend(extra)
         record.update(target=ctx.target.name, extra_files=extra)
-        ctx.calibration_record, ctx.calibration_data = record, data
+        ctx.records[self.name] = Calibrated(record, data)
         return {"calibrator": record["calibrator"], "samples": len(data.calibration),
                 "validation_drop": record.get("validation_drop")}
 
 
 from edgecnn.export import backends  # noqa: E402,F401  (each backend module registers its quantizers)
 
-__all__ = ["QUANTIZERS", "GraphInput", "ModelFiles", "Quantize", "Quantizer", "WEIGHTS_ONLY_OPS", "check_int8",
-           "float_copy", "get_quantizer", "onnx_nodes_after", "quantize_model", "register_quantizer"]
+__all__ = ["Calibrated", "GraphInput", "ModelFiles", "Quantize", "check_int8", "float_copy", "quantize_model"]

@@ -10,14 +10,15 @@ float fallback of `max_drop`, the provenance record), on a model file instead of
 from __future__ import annotations
 
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgecnn.calibration import (DEFAULT_SAMPLES, CalibrationData, CalibrationOptions, SampleSet, from_arrays,
-                                 prepare_calibration)
+from edgecnn.calibration import (DEFAULT_SAMPLES, DEPRECATED_CALIBRATORS, CalibrationData, CalibrationOptions,
+                                 SampleSet, from_arrays, prepare_calibration)
 from edgecnn.errors import UserError
 from edgecnn.export.quantize import GraphInput, ModelFiles, Quantizer, check_int8, quantize_model
 
@@ -52,7 +53,8 @@ def quantize(model_file: str | Path, data: Any, *, backend: str, calibrator: str
       folder (as `--data`; needs the edgecnn export's manifest.json beside the model file for the preprocessing;
       `samples` images, class-balanced, validation split held out).
     - `calibrator`: "auto" (the backend's candidates, scored on the labelled images; without labels, its first
-      candidate) or one of the backend's calibrators ("default" is the library's own defaults).
+      candidate) or one of the backend's calibrators ("library" is the library's own defaults, as calling it
+      alone gives; "default", its old name, still works for one release and warns).
     - `max_drop`: the most validation top-1 points INT8 may lose; the most sensitive nodes go back to float
       (needs labels). `exclude`: node names kept float in every candidate.
     - `out`: a folder for the INT8 model files (same names as the FP32 ones); default `int8/` beside the model.
@@ -61,6 +63,10 @@ def quantize(model_file: str | Path, data: Any, *, backend: str, calibrator: str
     """
     from edgecnn.export.backends import BACKENDS
 
+    if isinstance(calibrator, str) and calibrator in DEPRECATED_CALIBRATORS:
+        warnings.warn(f"calibrator={calibrator!r} is now calibrator={DEPRECATED_CALIBRATORS[calibrator]!r}",
+                      DeprecationWarning, stacklevel=2)
+        calibrator = DEPRECATED_CALIBRATORS[calibrator]
     quantizer = _quantizer(BACKENDS.lookup(backend))
     model_file = Path(model_file)
     suffix = SUFFIXES.get(quantizer.model_format, f".{quantizer.model_format}")

@@ -24,7 +24,8 @@ WEIGHTS_ONLY_OPS = ("DeformConv",)
 
 
 class Quantizer:
-    """Turns the target's FP32 model files into INT8 ones in place; each calibrator maps to a library setting."""
+    """Turns the target's FP32 model files into INT8 ones in place; each calibrator maps to a library setting, and
+    `library` (where a quantizer has it) is the library's own defaults, exactly as a user calling it alone gets."""
     target: ClassVar[str]
     tool: ClassVar[str]
     calibrators: ClassVar[dict[str, str]]    # edgecnn's name → what the library calls it (for the manifest)
@@ -33,10 +34,10 @@ class Quantizer:
     ranked_by: ClassVar[str] = ""             # what `sensitivity` ranks nodes by, for the manifest
     scored_on: ClassVar[str]                  # the session that runs its model files (edgecnn.quantize scores on it)
     scheme: ClassVar[str]                     # what the INT8 model is, for the manifest
-    default_scheme: ClassVar[str | None] = None  # what the "default" calibrator's INT8 model is, where it differs
+    library_scheme: ClassVar[str | None] = None  # what the "library" calibrator's INT8 model is, where it differs
 
     def scheme_of(self, calibrator: str) -> str:
-        return self.default_scheme if calibrator == "default" and self.default_scheme else self.scheme
+        return self.library_scheme if calibrator == "library" and self.library_scheme else self.scheme
 
     # calibrator → why `--calibrator auto` does not try it (it stays available by name)
     auto_skips: ClassVar[dict[str, str]] = {}

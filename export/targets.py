@@ -16,7 +16,7 @@ from edgecnn.export.graph_io import ExportError
 from edgecnn.registries import Registry
 
 if TYPE_CHECKING:
-    from edgecnn.export.pipeline import ExportContext
+    from edgecnn.export.passes import ExportContext
 
 ONNX_FILE = "model.onnx"
 

@@ -42,8 +42,10 @@ import torch
 
 from edgecnn.data import load_dataset, preprocess
 from edgecnn.export import export_registered, runtime
-from edgecnn.export.early_exit import FORMS, exit_indices, form_thresholds, interleaved_per_sample_ms, median_call_ms
-from edgecnn.export.pipeline import host_info, tool_versions
+from edgecnn.export.early_exit import interleaved_per_sample_ms
+from edgecnn.export.early_exit_session import FORMS, form_thresholds, median_call_ms
+from edgecnn.export.early_exit_thresholds import exit_indices
+from edgecnn.export.passes import host_info, tool_versions
 from edgecnn.registry import get_config
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
@@ -171,7 +173,7 @@ def untaken_branch_cost(graph: Any, artifact: Path, sample: np.ndarray, rounds: 
     calls per round, interleaved, then the median over rounds."""
     section = graph.manifest["early_exit"]
     stage = section["stages"][0]
-    fmt = next(iter(graph._graph.manifest["model_files"]))
+    fmt = graph._graph.model_format
     with tempfile.TemporaryDirectory() as tmp:
         static = f"stage1{Path(stage['model_files'][fmt]).suffix}"
         shape = [1, *stage["input"]["shape"][1:]]

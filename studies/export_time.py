@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from edgecnn.export import export_registered
-from edgecnn.export.pipeline import host_info, tool_versions
+from edgecnn.export.passes import host_info, tool_versions
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "export_time.json"
 TARGETS = ("onnx", "openvino")

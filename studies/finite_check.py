@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from edgecnn.export import export_registered, runtime
-from edgecnn.export.pipeline import host_info, tool_versions
+from edgecnn.export.passes import host_info, tool_versions
 from edgecnn.export.runtime import refuse_non_finite
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "finite_check.json"

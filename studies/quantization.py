@@ -65,7 +65,7 @@ def _utc_now() -> str:
 
 def _header(command: str, threads: int) -> dict[str, Any]:
     from edgecnn.benchmarks.machine import machine_info
-    from edgecnn.export.pipeline import host_info, tool_versions
+    from edgecnn.export.passes import host_info, tool_versions
 
     return {"schema": 1, "command": command, "threads": threads, "machine": {**host_info(), **machine_info()},
             "tools": tool_versions(("nncf", "nvidia-modelopt")),
@@ -150,7 +150,7 @@ def accuracy_model(name: str, threads: int, samples: int, work: Path,
     from edgecnn.calibration import CalibrationOptions, accuracy_of, choose_calibrator, paired_comparison, \
         prepare_calibration
     from edgecnn.export.pipeline import export_model
-    from edgecnn.export.quantize import QUANTIZERS
+    from edgecnn.export.quantizers import QUANTIZERS
     from edgecnn.export.source import load_source_model
 
     torch.set_num_threads(threads)
@@ -468,7 +468,7 @@ def _edgecnn_calibration(name: str, runtime: str, target: str, chosen: dict[str,
     significantly more accurate) on 64 Fashion-MNIST images: sizes and speed do not depend on which images."""
     from edgecnn.calibration import CalibrationOptions
     from edgecnn.data import FMNIST_DEFAULT_ROOT
-    from edgecnn.export.quantize import QUANTIZERS
+    from edgecnn.export.quantizers import QUANTIZERS
 
     if runtime in chosen.get(name, {}):
         return CalibrationOptions(calibrator=chosen[name][runtime]["calibrator"])
@@ -480,7 +480,7 @@ def run_size(args: argparse.Namespace) -> None:
     """What `edgecnn export --precision int8` writes against `--precision fp32`, on disk, with the calibrator the
     accuracy run chose, split into weights and graph description (the IR's XML, the ONNX nodes and names)."""
     from edgecnn.export import export_registered
-    from edgecnn.export.quantize import QUANTIZERS
+    from edgecnn.export.quantizers import QUANTIZERS
 
     missing = {t: hint for t in args.targets if (hint := QUANTIZERS[t].available())}
     if missing:

@@ -13,7 +13,7 @@ import torch
 
 from edgecnn.export import export_registered, read_manifest, runtime
 from edgecnn.export.backends import BACKENDS, Backend, module_names, recorded_tools, target_runtimes
-from edgecnn.export.quantize import QUANTIZERS
+from edgecnn.export.quantizers import QUANTIZERS
 from edgecnn.export.source import DEFAULT_SEED, load_source_model
 from edgecnn.export.targets import TARGETS
 
@@ -78,7 +78,7 @@ def test_what_is_derived_from_the_registry() -> None:
     from edgecnn.benchmarks.settings import RUNTIMES
     from edgecnn.benchmarks.models import TARGET_RUNTIMES
     from edgecnn.cli.bench import DEFAULT_RUNTIMES
-    from edgecnn.export.pipeline import TOOLS
+    from edgecnn.export.passes import TOOLS
 
     assert list(BACKENDS) == module_names() == list(RUNTIMES) == DEFAULT_RUNTIMES.split(",")
     assert list(BACKENDS)[0] == "torch" and BACKENDS["torch"].target is None

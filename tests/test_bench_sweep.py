@@ -165,8 +165,18 @@ def test_an_int8_artifact_from_another_calibrator_is_exported_again(tmp_path: Pa
     assert int8("percentile") == (path, True)
 
 
+def test_an_int8_artifact_asked_for_as_default_is_not_taken_for_library() -> None:
+    """A cache entry made before `default` became `library` (issue 24) records requested "default"; the options now
+    hold "library" whichever name was given, so it no longer matches and is exported again, not reused renamed."""
+    from edgecnn.benchmarks.models import _calibrated_as
+
+    old = {"requested": "default", "calibration_samples": {"samples": CalibrationOptions().samples}}
+    assert not any(_calibrated_as(old, CalibrationOptions(calibrator=asked)) for asked in ("default", "library"))
+    assert _calibrated_as({**old, "requested": "library"}, CalibrationOptions(calibrator="default"))
+
+
 def test_an_artifact_made_by_other_edgecnn_code_or_tools_is_exported_again(tmp_path: Path, monkeypatch) -> None:
-    from edgecnn.export import pipeline
+    from edgecnn.export import passes
 
     def fp32() -> tuple[Path, bool]:
         return ensure_artifact("lenet5_fmnist", "onnx", "fp32", 1, tmp_path)
@@ -174,12 +184,12 @@ def test_an_artifact_made_by_other_edgecnn_code_or_tools_is_exported_again(tmp_p
     path, reused = fp32()
     assert not reused and fp32() == (path, True)
     made_by = json.loads((path / "manifest.json").read_text())["tools"]
-    assert made_by["edgecnn_source"] == pipeline.edgecnn_source_digest()
+    assert made_by["edgecnn_source"] == passes.edgecnn_source_digest()
     edited = {**made_by, "edgecnn_source": "0" * 16}          # what an edit to an editable install looks like
-    monkeypatch.setattr(pipeline, "tool_versions", lambda extra=(): edited)
+    monkeypatch.setattr(passes, "tool_versions", lambda extra=(): edited)
     assert fp32() == (path, False)                            # exported again, by the "edited" code
     assert json.loads((path / "manifest.json").read_text())["tools"] == edited
-    monkeypatch.setattr(pipeline, "tool_versions", lambda extra=(): {**edited, "onnxruntime": "0.0"})
+    monkeypatch.setattr(passes, "tool_versions", lambda extra=(): {**edited, "onnxruntime": "0.0"})
     assert fp32() == (path, False)                            # and after a runtime upgrade
 
 

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from edgecnn.calibration import (CalibrationOptions, balanced_indices, check_inputs, choose_calibrator,
-                                 fallback_to_float, from_arrays, prepare_calibration, read_cache, write_cache)
+from edgecnn.calibration import (CALIBRATOR_NAMES, CalibrationOptions, balanced_indices, check_inputs,
+                                 choose_calibrator, fallback_to_float, from_arrays, prepare_calibration, read_cache,
+                                 write_cache)
 from edgecnn.calibration.samples import split_positions
 from edgecnn.data import load_dataset
 from edgecnn.errors import UserError
@@ -110,6 +111,17 @@ def test_bad_options_are_refused(kwargs: dict, message: str) -> None:
         CalibrationOptions(**kwargs)
 
 
+def test_default_is_the_old_name_of_the_library_calibrator() -> None:
+    """`default` (issue 24: read as "the default calibrator", which is auto) is kept for one release as `library`,
+    and the options hold the new name, so manifests and bench cache tags record `library`."""
+    assert CALIBRATOR_NAMES[:2] == ("auto", "library") and "default" not in CALIBRATOR_NAMES
+    assert CalibrationOptions(calibrator="default").calibrator == "library"
+    assert CalibrationOptions().calibrator == "auto"
+    with pytest.raises(UserError) as error:
+        CalibrationOptions(calibrator="kl")
+    assert "library" in str(error.value) and "default" not in str(error.value)
+
+
 def test_check_inputs_accepts_real_data() -> None:
     x = np.linspace(-1, 1, 32, dtype=np.float32).reshape(2, 1, 4, 4)
     assert check_inputs(x) is x
@@ -122,13 +134,13 @@ def _hits(right: int, total: int = 1000, offset: int = 0) -> np.ndarray:
     return hits
 
 
-def test_choose_calibrator_switches_from_the_default_only_for_a_significant_gain() -> None:
-    noise = {"default": _hits(900), "minmax": _hits(903, offset=50)}  # 3 images better: noise
+def test_choose_calibrator_switches_from_the_first_only_for_a_significant_gain() -> None:
+    noise = {"library": _hits(900), "minmax": _hits(903, offset=50)}  # 3 images better: noise
     choice = choose_calibrator(list(noise), noise.__getitem__)
-    assert choice.best == "default" and choice.scores == {"default": 90.0, "minmax": 90.3}
+    assert choice.best == "library" and choice.scores == {"library": 90.0, "minmax": 90.3}
     assert choice.versus_first["minmax"] == {"gained": 50, "lost": 47, "significant": False}
 
-    real = {"default": _hits(900), "minmax": _hits(930), "entropy": _hits(950), "percentile": _hits(950, offset=7)}
+    real = {"library": _hits(900), "minmax": _hits(930), "entropy": _hits(950), "percentile": _hits(950, offset=7)}
     choice = choose_calibrator(list(real), real.__getitem__)
     assert choice.best == "entropy"  # the most accurate significant one; ties go to the earlier candidate
     assert all(v["significant"] for v in choice.versus_first.values())

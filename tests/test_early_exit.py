@@ -219,6 +219,36 @@ def test_placement_fast_places_every_stage_as_the_trunk(net, tmp_path: Path, mon
         assert not ops & {"QuantizeLinear", "DequantizeLinear", "QLinearConv"}, ops
 
 
+def test_each_stage_is_an_export_context_run_through_a_pipeline_of_the_real_passes(net, tmp_path: Path,
+                                                                                    monkeypatch) -> None:
+    from edgecnn.calibration import CalibrationOptions
+    from edgecnn.export.passes import ExportContext
+    from edgecnn.export.quantize import Calibrated, Quantize
+
+    stages: list[tuple[list[type], ExportContext]] = []
+    run_passes = Pipeline.run_passes
+
+    def recorded(pipeline: Pipeline, ctx: ExportContext) -> None:
+        run_passes(pipeline, ctx)
+        stages.append(([type(p) for p in pipeline.passes], ctx))
+
+    monkeypatch.setattr(Pipeline, "run_passes", recorded)
+    out = tmp_path / "int8"
+    export_model(net, "onnx", "int8", out, parity_samples=8, pipeline=Pipeline(
+        [PrepareForTarget(), FoldBatchNorm(), WriteTarget(), Quantize(), CheckParity(),
+         EarlyExitStages(val_samples=VAL, cost_repeats=5)]),
+        calibration=CalibrationOptions(calibrator="minmax", samples=32, max_drop=5.0))
+    m = read_manifest(out)
+    assert [passes for passes, _ in stages] == [[WriteTarget, Quantize]] * net.num_exits
+    for (_, stage), section in zip(stages, m["early_exit"]["stages"]):
+        assert [p["name"] for p in stage.passes] == ["write_target", "quantize_int8"]
+        calibrated = stage.records["quantize_int8"]
+        assert isinstance(calibrated, Calibrated) and stage.calibration.max_drop is None, "no --max-drop in a stage"
+        assert section["int8"]["calibrator"] == calibrated.record["calibrator"] == m["calibration"]["calibrator"]
+        assert section["int8"]["calibration_samples"] == len(calibrated.data.calibration) == 32
+        assert section["model_files"]["onnx"].endswith(stage.output.model_files["onnx"])
+
+
 def test_int8_exit_loop_is_the_rule_on_its_own_exits_at_any_batch(int8_artifact: Path, net) -> None:
     images = _images(200).numpy()
     with runtime.load(int8_artifact, backend="early_exit") as session:

@@ -207,7 +207,7 @@ def test_flat_folder_calibrates_with_a_fixed_calibrator(tmp_path: Path) -> None:
                                                                            calibrator="minmax"))
     assert len(data.calibration) == 12 and data.calibration.labels is None and data.validation is None
     assert "no class sub-folders" in data.calibration.source
-    assert CalibrationOptions(data=tmp_path).calibrator == "default", "auto needs labels: the library default"
+    assert CalibrationOptions(data=tmp_path).calibrator == "library", "auto needs labels: the library's defaults"
     for needs_labels in ({"calibrator": "auto"}, {"max_drop": 1.0}):
         with pytest.raises(UserError) as error:
             prepare_calibration(LENET, LENET.input_size, CalibrationOptions(samples=4, data=tmp_path, **needs_labels))
@@ -228,5 +228,5 @@ def test_flat_folder_exports_int8_from_the_command_line(tmp_path: Path, capsys) 
     assert len(err) == 1 and "no class sub-folders" in err[0] and not (tmp_path / "refused").exists()
     assert main([*argv, "--out", str(tmp_path / "art")]) == 0
     captured = capsys.readouterr()
-    assert "using --calibrator default" in captured.err
-    assert "calibration: default" in captured.out
+    assert "using --calibrator library" in captured.err
+    assert "calibration: library" in captured.out

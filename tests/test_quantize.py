@@ -14,7 +14,7 @@ from edgecnn.calibration import CalibrationOptions, read_cache
 from edgecnn.cli import main
 from edgecnn.errors import UserError
 from edgecnn.export import export_registered, tensorrt
-from edgecnn.export.quantize import QUANTIZERS
+from edgecnn.export.quantizers import QUANTIZERS
 
 MODEL = "lenet5_fmnist"
 pytestmark = pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
@@ -47,7 +47,7 @@ def test_auto_keeps_the_first_candidate_unless_another_is_significantly_better(t
     bar = capsys.readouterr().err                   # the export bar says which candidate runs
     assert all(f"quantize_int8: --calibrator auto: {name} ({k} of {len(tried)})" in bar
                for k, name in enumerate(tried, 1))
-    assert list(scores) == tried and "default" not in tried and c["choice"]["not_tried"].keys() == {"default"}
+    assert list(scores) == tried and "library" not in tried and c["choice"]["not_tried"].keys() == {"library"}
     versus = c["choice"]["versus_first"]
     assert set(versus) == set(tried[1:])
     better = [k for k, v in versus.items() if v["significant"]]
@@ -57,15 +57,15 @@ def test_auto_keeps_the_first_candidate_unless_another_is_significantly_better(t
     assert abs(c["validation_drop"] - (c["fp32_validation_accuracy"] - c["int8_validation_accuracy"])) < 1e-6
 
 
-def test_default_calibrator_is_exactly_quantize_static_alone(tmp_path: Path) -> None:
-    """--calibrator default must be what a user of onnxruntime.quantization gets with no edgecnn in between."""
+def test_library_calibrator_is_exactly_quantize_static_alone(tmp_path: Path) -> None:
+    """--calibrator library must be what a user of onnxruntime.quantization gets with no edgecnn in between."""
     from onnxruntime.quantization import quantize_static
 
     from edgecnn.calibration import OnnxRuntimeFeed, prepare_calibration
     from edgecnn.registry import get_config
 
-    m = _export(tmp_path, "onnx", calibrator="default")
-    assert "S8 per-tensor" in m["calibration"]["scheme"]
+    m = _export(tmp_path, "onnx", calibrator="library")
+    assert "S8 per-tensor" in m["calibration"]["scheme"] and m["calibration"]["calibrator"] == "library"
     fp32 = export_registered(MODEL, "onnx", "fp32", tmp_path / "fp32", dynamic_batch=True).path / "model.onnx"
     config = get_config(MODEL)
     data = prepare_calibration(config, tuple(config.input_size), CalibrationOptions(samples=32))
@@ -76,6 +76,30 @@ def test_default_calibrator_is_exactly_quantize_static_alone(tmp_path: Path) -> 
     assert any(v.dtype == np.int8 for v in plain.values())  # quantize_static did quantize
     assert ours.keys() == plain.keys()
     assert all(np.array_equal(ours[k], plain[k]) for k in plain)
+
+
+def test_calibrator_default_is_the_old_name_of_library_with_a_one_line_note(tmp_path: Path, capsys) -> None:
+    """`--calibrator default` (issue 24: it read as "the default calibrator", which is auto) works for one release:
+    one note on stderr, the manifest records `library`, and the model is the one `--calibrator library` writes."""
+    note = "edgecnn: note: --calibrator default is now --calibrator library"
+    argv = ["export", MODEL, "--precision", "int8", "--dynamic-batch", "--calib-samples", "32", "--no-progress",
+            "--parity-samples", "8", "--calibrator", "default"]
+    assert main([*argv, "--out", str(tmp_path / "old")]) == 0
+    err = capsys.readouterr().err
+    assert note in err.splitlines() and err.count("--calibrator default") == 1 and "Traceback" not in err
+    c = json.loads((tmp_path / "old" / "manifest.json").read_text())["calibration"]
+    assert c["calibrator"] == c["requested"] == "library" and c["scheme"] == QUANTIZERS["onnx"].library_scheme
+    assert c["library_calibrator"] == QUANTIZERS["onnx"].calibrators["library"]
+    new = _export(tmp_path, "onnx", calibrator="library")
+    old = json.loads((tmp_path / "old" / "manifest.json").read_text())
+    assert new["files"]["model.onnx"]["sha256"] == old["files"]["model.onnx"]["sha256"]
+
+    # A refusal keeps its exit code and its one error line, after the note.
+    assert main([*argv, "--target", "tensorrt", "--out", str(tmp_path / "refused")]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        note, "edgecnn: error: calibrator 'library' does not exist for the tensorrt target "
+              f"({QUANTIZERS['tensorrt'].tool}); choose auto or entropy, minmax"]
+    assert not (tmp_path / "refused").exists()
 
 
 def test_onnx_int8_is_qdq_u8_activations_s8_per_channel_weights_with_provenance(tmp_path: Path) -> None:
@@ -195,9 +219,10 @@ def test_bad_int8_requests_are_one_line_and_write_nothing(tmp_path: Path, capsys
 
 def test_a_model_without_calibration_images_here_is_refused_before_any_export_work(tmp_path: Path, monkeypatch,
                                                                                    capsys) -> None:
-    from edgecnn.export.pipeline import Pipeline
+    from edgecnn.export import passes
 
-    monkeypatch.setattr(Pipeline, "run", lambda *a, **k: pytest.fail("exported before refusing"))
+    # the quantize pass's check refuses before the pipeline makes its staging directory, where passes work
+    monkeypatch.setattr(passes, "staging_directory", lambda *a, **k: pytest.fail("exported before refusing"))
     out = tmp_path / "art"
     assert main(["export", "inception_v3", "--target", "tensorrt", "--precision", "int8", "--out", str(out),
                  "--no-progress"]) == 2

@@ -14,7 +14,7 @@ from edgecnn.calibration import CalibrationData, CalibrationOptions, prepare_cal
 from edgecnn.data import FMNIST_DEFAULT_ROOT, load_dataset, preprocess
 from edgecnn.errors import UserError
 from edgecnn.export.pipeline import export_registered
-from edgecnn.export.quantize import QUANTIZERS
+from edgecnn.export.quantizers import QUANTIZERS
 from edgecnn.registry import get_config
 
 MODEL = "lenet5_fmnist"
@@ -88,12 +88,22 @@ def test_unlabelled_array_takes_the_first_candidate(fp32: dict[str, Path], image
     assert _agreement(result, fp32["onnxruntime"], inputs) >= 0.9
 
 
+def test_default_is_the_deprecated_name_of_the_library_calibrator(fp32: dict[str, Path], images,
+                                                                  tmp_path: Path) -> None:
+    inputs, _ = images
+    with pytest.warns(DeprecationWarning, match="calibrator='default' is now calibrator='library'"):
+        result = edgecnn.quantize(fp32["onnxruntime"], inputs[:64], backend="onnxruntime", calibrator="default",
+                                  out=tmp_path / "q")
+    assert result.calibrator == result.record["requested"] == "library"
+    assert result.record["scheme"] == QUANTIZERS["onnx"].library_scheme
+
+
 def test_dataset_folder_beside_an_export(fp32: dict[str, Path], images, tmp_path: Path) -> None:
     """A dataset folder (as --data): the export's manifest beside the model file says how to preprocess."""
     inputs, _ = images
-    result = edgecnn.quantize(fp32["openvino"], str(FMNIST_DEFAULT_ROOT), backend="openvino", calibrator="default",
+    result = edgecnn.quantize(fp32["openvino"], str(FMNIST_DEFAULT_ROOT), backend="openvino", calibrator="library",
                               samples=64, out=tmp_path / "ov", exclude=())
-    assert result.calibrator == "default" and result.files[1].suffix == ".bin"
+    assert result.calibrator == "library" and result.files[1].suffix == ".bin"
     assert result.record["calibration_samples"]["samples"] == 64
     assert _agreement(result, fp32["openvino"], inputs) >= 0.9
     assert not (fp32["openvino"].parent / "int8").exists()

@@ -51,13 +51,21 @@ def description_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def add_calibration(p: argparse.ArgumentParser, profile_threads: bool = True) -> None:
     """edgecnn's INT8 calibration and float placement (export, deploy, bench's INT8 exports)."""
-    from edgecnn.calibration import CALIBRATOR_NAMES, DEFAULT_SAMPLES, FALLBACKS, PLACEMENTS, UNLABELLED_CALIBRATOR
+    from edgecnn.calibration import (CALIBRATOR_NAMES, DEFAULT_SAMPLES, DEPRECATED_CALIBRATORS, FALLBACKS, PLACEMENTS,
+                                     UNLABELLED_CALIBRATOR)
     from edgecnn.data import IMAGE_PIXELS_ENV
 
+    def calibrator(text: str) -> str:
+        """A calibrator name; a deprecated one parses (calibration_options says what it is now) but is not offered."""
+        if text not in CALIBRATOR_NAMES and text not in DEPRECATED_CALIBRATORS:
+            raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from "
+                                             f"{', '.join(map(repr, CALIBRATOR_NAMES))})")
+        return text
+
     g = p.add_argument_group("INT8 calibration (--precision int8)")
-    g.add_argument("--calibrator", choices=CALIBRATOR_NAMES,
-                   help="range calibrator of the target's quantizer ('default': the library's own defaults, as "
-                        "quantize_static or nncf.quantize alone would run); auto tries the target's candidates and "
+    g.add_argument("--calibrator", type=calibrator, metavar="{" + ",".join(CALIBRATOR_NAMES) + "}",
+                   help="range calibrator of the target's quantizer (library: the quantizer library's own defaults, "
+                        "as quantize_static or nncf.quantize alone would run); auto tries the target's candidates and "
                         "keeps the first unless another is significantly more accurate on the validation split "
                         f"(default: auto; {UNLABELLED_CALIBRATOR} for a flat --calib-data folder, which has no labels "
                         "to choose on)")
@@ -94,8 +102,12 @@ def add_calibration(p: argparse.ArgumentParser, profile_threads: bool = True) ->
 def calibration_options(args: argparse.Namespace, int8: bool) -> Any:
     """CalibrationOptions from the calibration group; None when nothing calibrates (`int8` False and no flag given:
     a flag on another precision is refused where the options meet the export)."""
-    from edgecnn.calibration import SYNTHETIC, CalibrationOptions
+    from edgecnn.calibration import DEPRECATED_CALIBRATORS, SYNTHETIC, CalibrationOptions
 
+    old = args.calibrator
+    if old in DEPRECATED_CALIBRATORS:  # said once: the namespace holds the current name from here on
+        args.calibrator = DEPRECATED_CALIBRATORS[old]
+        print(f"edgecnn: note: --calibrator {old} is now --calibrator {args.calibrator}", file=sys.stderr)
     given = {k: v for k, v in (("calibrator", args.calibrator), ("samples", args.calib_samples),
                                ("data", args.calib_data), ("max_drop", args.max_drop), ("placement", args.placement),
                                ("fallback", args.fallback), ("profile_threads", getattr(args, "profile_threads", None)))
