@@ -106,7 +106,7 @@ def calibration_samples(data: AccuracyData, config: Any, samples: int) -> Sample
     """edgecnn's calibration samples (what its INT8 export calibrates on) of the accuracy data's dataset."""
     from edgecnn.calibration import CalibrationOptions, prepare_calibration
 
-    options = CalibrationOptions(calibrator="default", samples=samples)   # a fixed calibrator: no validation split
+    options = CalibrationOptions(calibrator="library", samples=samples)   # a fixed calibrator: no validation split
     return prepare_calibration(config, tuple(config.input_size), options, data.source).calibration
 
 

@@ -27,8 +27,7 @@ import torch.nn as nn
 
 from edgecnn.errors import UserError
 # The graph's names and ExportError live in graph_io (no torch), so sessions and manifests use them without this.
-from edgecnn.export.graph_io import (BATCH_DIM, INPUT_NAME, OUTPUT_NAME, ExportError,  # noqa: F401
-                                     external_data_locations)
+from edgecnn.export.graph_io import BATCH_DIM, INPUT_NAME, OUTPUT_NAME, ExportError
 from edgecnn.export.graph_io import graphs as _graphs
 from edgecnn.quiet import silenced
 

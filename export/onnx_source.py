@@ -25,7 +25,8 @@ import torch.nn as nn
 
 from edgecnn.errors import UserError
 from edgecnn.export.manifest import sha256_file
-from edgecnn.export.onnx_graph import BATCH_DIM, INPUT_NAME, OUTPUT_NAME, ExportError, check_onnx, op_histogram
+from edgecnn.export.graph_io import BATCH_DIM, INPUT_NAME, OUTPUT_NAME, ExportError
+from edgecnn.export.onnx_graph import check_onnx, op_histogram
 from edgecnn.model_ref import Description, WeightsData, parse_classes, parse_floats
 from edgecnn.registry import ModelConfig
 

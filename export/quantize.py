@@ -5,7 +5,7 @@
 
 One quantizer per target, registered in one place (`QUANTIZERS`) by the target's backend module
 (`edgecnn.export.backends`: ONNX Runtime's `quantize_static` for onnx, NNCF for openvino, NVIDIA ModelOpt for
-tensorrt). Each names its calibrators; "default" is the library's own defaults. `auto` tries them in order
+tensorrt). Each names its calibrators; "library" is the library's own defaults. `auto` tries them in order
 (`auto_candidates`) and keeps the first unless another is significantly more accurate on the validation split;
 for NNCF the first is its default. The `Quantizer` base and the registry are `edgecnn.export.quantizers` (light, so
 a backend module loads for its session without quantization libraries). This module holds the pre-flight

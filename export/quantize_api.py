@@ -20,7 +20,8 @@ import numpy as np
 from edgecnn.calibration import (DEFAULT_SAMPLES, DEPRECATED_CALIBRATORS, CalibrationData, CalibrationOptions,
                                  SampleSet, from_arrays, prepare_calibration)
 from edgecnn.errors import UserError
-from edgecnn.export.quantize import GraphInput, ModelFiles, Quantizer, check_int8, quantize_model
+from edgecnn.export.quantize import GraphInput, ModelFiles, check_int8, quantize_model
+from edgecnn.export.quantizers import Quantizer
 
 # Labelled arrays: this share of the images (seeded) is held out to score calibrators and --max-drop on.
 VALIDATION_SHARE = 0.2

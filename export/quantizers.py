@@ -3,8 +3,7 @@
 Each backend module (`edgecnn.export.backends`) subclasses `Quantizer` and registers it with `@register_quantizer`
 when it is imported, so this module imports no quantization library, no torch and no calibration code: a backend
 module loads for its session without them, and each quantizer imports its library inside the methods that run it.
-The INT8 pass that drives them (`quantize_model`, `Quantize`, `check_int8`) is `edgecnn.export.quantize`, which
-re-exports these names.
+The INT8 pass that drives them (`quantize_model`, `Quantize`, `check_int8`) is `edgecnn.export.quantize`.
 """
 from __future__ import annotations
 
@@ -15,7 +14,7 @@ from edgecnn.registries import Registry
 
 if TYPE_CHECKING:
     from edgecnn.calibration import CalibrationData
-    from edgecnn.export.pipeline import ExportContext
+    from edgecnn.export.passes import ExportContext
     from edgecnn.export.quantize import GraphInput
 
 # Ops ONNX Runtime runs only in float, whose weights edgecnn still stores in INT8 (deform_resnet_fmnist: the

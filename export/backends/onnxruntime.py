@@ -33,7 +33,7 @@ from edgecnn.quiet import silenced
 
 if TYPE_CHECKING:  # the INT8 machinery (onnxruntime.quantization, edgecnn.calibration) loads when a quantizer runs
     from edgecnn.calibration import CalibrationData, OnnxRuntimeFeed
-    from edgecnn.export.pipeline import ExportContext
+    from edgecnn.export.passes import ExportContext
     from edgecnn.export.quantize import GraphInput
 
 

@@ -31,7 +31,7 @@ from edgecnn.quiet import silenced
 
 if TYPE_CHECKING:  # the INT8 machinery (nncf, edgecnn.calibration) loads when the quantizer runs
     from edgecnn.calibration import CalibrationData
-    from edgecnn.export.pipeline import ExportContext
+    from edgecnn.export.passes import ExportContext
     from edgecnn.export.quantize import GraphInput
 
 
