@@ -86,3 +86,27 @@ def test_bench_times_the_placement_it_is_given_and_report_shows_both_side_by_sid
     assert main(["report", str(tmp_path / "plain.json"), str(tmp_path / "fast.json"), "--out", str(tmp_path / "r")]) == 0
     report = (tmp_path / "r" / "README.md").read_text()
     assert "onnxruntime int8 placement-fast" in report and "onnxruntime int8 " in report
+
+
+EXPORT_FLAGS = {"--opset", "--exporter", "--input-size", "--half-io", "--parity-samples", "--seed", "--exit-budget",
+                "--early-exit"}
+
+
+def test_deploy_exports_with_the_export_flags_and_refuses_them_on_an_artifact(tmp_path: Path,
+                                                                              capsys: pytest.CaptureFixture) -> None:
+    from edgecnn.cli import main
+    from edgecnn.export.manifest import read_manifest
+
+    assert EXPORT_FLAGS <= _flags("export", "m")
+    assert EXPORT_FLAGS <= _flags("deploy", "m", "--device", "onnxruntime", "--out", "b")
+    bundle = tmp_path / "b"
+    assert main(["deploy", "lenet5_fmnist", "--device", "onnxruntime", "--opset", "18", "--parity-samples", "7",
+                 "--out", str(bundle), "--no-progress"]) == 0
+    m = read_manifest(bundle)
+    assert (m["target_info"]["onnx"]["opset"], m["parity"][0]["samples"]) == (18, 7)
+    # an artifact folder is bundled as it is: an export flag would need an export, so it is refused, nothing written
+    artifact = edgecnn.export("lenet5_fmnist", "onnx", "fp32", tmp_path / "a").path
+    capsys.readouterr()
+    assert main(["deploy", str(artifact), "--device", "onnxruntime", "--opset", "17", "--out", str(tmp_path / "c")]) == 2
+    assert "export options would need an export" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()

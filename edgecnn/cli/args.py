@@ -3,8 +3,9 @@
 Vocabulary: `--target` is an export format (export); `--runtimes` the runtimes bench times; `--device` the device
 kind a bundle is for (deploy); `--batch` the batch (an int, or a list on bench); `--precision` one precision,
 `--precisions` several; `--calibrator`, `--calib-samples`, `--calib-data`, `--max-drop` (a validation drop, in
-points) calibrate edgecnn's INT8 wherever it exports; `--out`, `--force`, `--no-progress` mean the same on every
-command that writes.
+points) calibrate edgecnn's INT8 wherever it exports; the export group (`--opset`, `--input-size`, `--parity-samples`,
+`--exit-budget`, ...) shapes the graph on every command that exports (export, deploy); `--out`, `--force`,
+`--no-progress` mean the same on every command that writes.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import argparse
 import sys
 from typing import Any, Callable
 
-from edgecnn.validation import arg_type, non_negative_float, positive_int
+from edgecnn.validation import arg_type, non_negative_float, non_negative_int, positive_int
 
 MODEL_HELP = ("a zoo name (`edgecnn list`), an edgecnn checkpoint (runs/x/x.safetensors with its .json sidecar) or an "
               "ONNX file (my.onnx)")
@@ -122,6 +123,59 @@ def calibration_options(args: argparse.Namespace, int8: bool) -> Any:
               f"images to choose a calibrator on: using --calibrator {options.calibrator} (give another with "
               "--calibrator)", file=sys.stderr)
     return options
+
+
+def add_export(p: argparse.ArgumentParser) -> None:
+    """How a MODEL becomes a graph (export, and deploy, which exports): every flag defaults to the export's own."""
+    from edgecnn.export.onnx_graph import DEFAULT_OPSET, EXPORTERS
+
+    g = p.add_argument_group("export")
+    g.add_argument("--opset", type=arg_type(positive_int, "--opset"),
+                   help=f"ONNX opset, 17 or newer (default: {DEFAULT_OPSET})")
+    g.add_argument("--exporter", choices=EXPORTERS,
+                   help="torch's ONNX exporter; auto tries torchscript, then dynamo (default: auto)")
+    g.add_argument("--input-size", metavar="HxW", type=parse_hw,
+                   help="spatial input size, if not the model's (e.g. 112x112)")
+    g.add_argument("--half-io", action="store_true",
+                   help="FP16 ONNX only: take and return float16 (default keeps float32 at the ends)")
+    g.add_argument("--parity-samples", type=arg_type(positive_int, "--parity-samples"),
+                   help="inputs parity is checked on (default: 64 at fp32, 512 at fp16, int8 and bf16; "
+                        "int8 and bf16 also score Fashion-MNIST models on the whole test split)")
+    g.add_argument("--seed", type=arg_type(non_negative_int, "--seed"),
+                   help="init seed of a zoo model without weights (default: 0)")
+    g.add_argument("--exit-budget", type=arg_type(non_negative_float, "--exit-budget"), metavar="PT",
+                   help="multi-exit (BranchyNet) models: validation accuracy the exit thresholds may give up "
+                        "against the final exit alone, in points (default: 0.5)")
+    g.add_argument("--early-exit", choices=("auto", "graph", "stages"),
+                   help="multi-exit models: also write the single graph (stages, entropy and exit decision in one "
+                        "graph, later stages inside If branches; ONNX and OpenVINO targets) and run it by default "
+                        "(graph), keep one graph per stage only (stages), or write both and default to the one "
+                        "measured faster here (auto, the default)")
+
+
+# The export group's flags → edgecnn.export.api.export's keywords.
+_EXPORT_KEYWORDS = {"opset": "opset", "exporter": "exporter", "input_size": "input_size", "parity_samples":
+                    "parity_samples", "seed": "seed", "exit_budget": "exit_budget_pt", "early_exit": "early_exit_form"}
+
+
+def export_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The export keywords of the flags given (the export's own defaults for the rest)."""
+    options = {keyword: getattr(args, flag) for flag, keyword in _EXPORT_KEYWORDS.items()
+               if getattr(args, flag) is not None}
+    if args.half_io:
+        options["keep_io_types"] = False
+    return options
+
+
+def parse_hw(text: str) -> tuple[int, int]:
+    """An argparse type for a spatial size, HxW (e.g. --input-size 112x112)."""
+    try:
+        h, w = (int(v) for v in text.lower().replace(",", "x").split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW such as 112x112, got {text!r}") from None
+    if h < 1 or w < 1:
+        raise argparse.ArgumentTypeError(f"input size must be positive, got {text!r}")
+    return h, w
 
 
 def add_batch(p: argparse.ArgumentParser, dynamic_help: str) -> None:

@@ -9,7 +9,7 @@ from edgecnn.errors import UserError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from edgecnn.cli.args import MODEL_HELP, add_batch, add_calibration, add_description, add_output
+    from edgecnn.cli.args import MODEL_HELP, add_batch, add_calibration, add_description, add_export, add_output
     from edgecnn.export.deploy import DEPLOY_TARGETS
     from edgecnn.export.targets import PRECISIONS
 
@@ -35,6 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_description(p)
     add_calibration(p, profile_threads=False)
     add_batch(p, "symbolic batch axis (a Jetson engine gets an optimization profile 1..--max-batch of setup.sh)")
+    add_export(p)
     p.add_argument("--out", type=Path, required=True, help="the bundle directory to write")
     p.add_argument("--sign", type=Path, metavar="KEY.pem",
                    help="sign manifest.json with this Ed25519 private key (openssl genpkey -algorithm ed25519 -out "
@@ -45,16 +46,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
-    from edgecnn.cli.args import calibration_options, description_options
+    from edgecnn.cli.args import calibration_options, description_options, export_options
     from edgecnn.cli.export import _calibration_lines, weights_line
     from edgecnn.export.deploy import build_bundle
 
     precision = args.precision or "fp32"
-    options = {"batch": args.batch, "dynamic_batch": args.dynamic_batch, "calibration": calibration_options(args, precision == "int8"),
+    exporting = export_options(args)
+    options = {"batch": args.batch, "dynamic_batch": args.dynamic_batch,
+               "calibration": calibration_options(args, precision == "int8"), **exporting,
                **{k: v for k, v in description_options(args).items() if v is not None}}
     if Path(args.name).is_dir():  # an artifact, bundled as it is: export options do not apply to it
         given = [flag for flag, on in (("--batch", args.batch != 1), ("--dynamic-batch", args.dynamic_batch),
                                        ("calibration options", options["calibration"] is not None),
+                                       ("export options", bool(exporting)),
                                        *((f"--{k}", True) for k in ("data", "mean", "std", "classes") if k in options))
                  if on]
         if given:

@@ -9,15 +9,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from edgecnn.cli.args import (MODEL_HELP, add_batch, add_calibration, add_description, add_output,
-                              calibration_options, description_options)
+from edgecnn.cli.args import (MODEL_HELP, add_batch, add_calibration, add_description, add_export, add_output,
+                              calibration_options, description_options, export_options)
 from edgecnn.cli.table import format_table
 from edgecnn.text import printable
-from edgecnn.validation import arg_type, non_negative_float, non_negative_int, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from edgecnn.export.onnx_graph import DEFAULT_OPSET, EXPORTERS
     from edgecnn.export.targets import PRECISIONS, TARGETS
 
     p = sub.add_parser(
@@ -39,25 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "AVX-512 BF16 or AMX")
     add_calibration(p)
     add_batch(p, "symbolic batch axis instead")
-    p.add_argument("--opset", type=arg_type(positive_int, "--opset"), default=DEFAULT_OPSET, help=f"ONNX opset, 17 or newer (default: {DEFAULT_OPSET})")
-    p.add_argument("--exporter", choices=EXPORTERS, default="auto", help="torch's ONNX exporter; auto tries torchscript, then dynamo (default: auto)")
-    p.add_argument("--input-size", metavar="HxW", type=_parse_hw,
-                   help="spatial input size, if not the model's (e.g. 112x112)")
-    p.add_argument("--half-io", action="store_true",
-                   help="FP16 ONNX only: take and return float16 (default keeps float32 at the ends)")
-    p.add_argument("--parity-samples", type=arg_type(positive_int, "--parity-samples"),
-                   help="inputs parity is checked on (default: 64 at fp32, 512 at fp16, int8 and bf16; "
-                        "int8 and bf16 also score Fashion-MNIST models on the whole test split)")
-    p.add_argument("--seed", type=arg_type(non_negative_int, "--seed"),
-                   help="init seed of a zoo model without weights (default: 0)")
-    p.add_argument("--exit-budget", type=arg_type(non_negative_float, "--exit-budget"), metavar="PT",
-                   help="multi-exit (BranchyNet) models: validation accuracy the exit thresholds may give up "
-                        "against the final exit alone, in points (default: 0.5)")
-    p.add_argument("--early-exit", choices=("auto", "graph", "stages"), default="auto",
-                   help="multi-exit models: also write the single graph (stages, entropy and exit decision in one "
-                        "graph, later stages inside If branches; ONNX and OpenVINO targets) and run it by default "
-                        "(graph), keep one graph per stage only (stages), or write both and default to the one "
-                        "measured faster here (auto, the default)")
+    add_export(p)
     p.add_argument("--out", type=Path, help="artifact directory (default: artifacts/NAME-TARGET-PRECISION)")
     add_output(p)
     p.set_defaults(func=cmd_export)
@@ -121,16 +101,6 @@ def _placement_lines(m: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _parse_hw(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().replace(",", "x").split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HxW such as 112x112, got {text!r}") from None
-    if h < 1 or w < 1:
-        raise argparse.ArgumentTypeError(f"input size must be positive, got {text!r}")
-    return h, w
-
-
 def _size(n: int) -> str:
     for unit, div in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
         if n >= div:
@@ -156,12 +126,11 @@ PARITY_HEADERS = ["backend", "samples", "max |Δlogit|", "tolerance", "top-1 agr
 def cmd_export(args: argparse.Namespace) -> int:
     from edgecnn.export.api import export
 
-    result = export(args.name, args.target, args.precision, args.out, checkpoint=args.checkpoint, seed=args.seed,
-                    batch=args.batch, dynamic_batch=args.dynamic_batch, opset=args.opset, exporter=args.exporter,
-                    input_size=args.input_size, keep_io_types=not args.half_io, parity_samples=args.parity_samples,
-                    overwrite=args.force, progress=not args.no_progress, fail_on_parity=False,
-                    calibration=calibration_options(args, args.precision == "int8"), exit_budget_pt=args.exit_budget,
-                    early_exit_form=args.early_exit, **description_options(args))
+    result = export(args.name, args.target, args.precision, args.out, checkpoint=args.checkpoint,
+                    batch=args.batch, dynamic_batch=args.dynamic_batch, overwrite=args.force,
+                    progress=not args.no_progress, fail_on_parity=False,
+                    calibration=calibration_options(args, args.precision == "int8"), **export_options(args),
+                    **description_options(args))
     m = result.manifest
     fold = next(p for p in m["passes"] if p["name"] == "fold_batchnorm")
     print(f"{m['model']['name']} → {m['target']} {m['precision']}: {result.path}  "
