@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import sys
 import tempfile
@@ -30,6 +31,7 @@ RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 PLACEMENT_MODELS = ("lenet5_fmnist", "pyramidnet_fmnist", "bn_inception_fmnist", "inception_v3_fmnist")
 FALLBACK_MODELS = ("resnet18_fmnist", "alexnet_fmnist", "vgg11_bn_fmnist", "googlenet_fmnist")
 MAX_DROP_PT = 0.5   # the placement bar's accuracy bound
+EARLY_EXIT_IMAGES = 2000  # test images an early-exit artifact is timed and scored on, one at a time
 
 
 def _export(name: str, target: str, out: Path, precision: str, threads: int, **calibration: Any) -> dict[str, Any]:
@@ -42,19 +44,36 @@ def _export(name: str, target: str, out: Path, precision: str, threads: int, **c
 
 
 def _timed(name: str, artifacts: dict[str, Path], threads: int, rounds: int, iters: int) -> dict[str, Any]:
-    """Round medians of every variant, loaded together, interleaved; each against FP32 by the sign test."""
+    """Round medians of every variant, loaded together, interleaved; each against FP32 by the sign test. An early-exit
+    artifact runs its exit rule on test images one at a time (its exits are the data's): per-round mean ms per image,
+    and its accuracy on those images."""
     import numpy as np
 
     from edgecnn.benchmarks.stats import no_slower, round_medians
-    from edgecnn.export import runtime
+    from edgecnn.export import read_manifest, runtime
 
-    sessions = {k: runtime.load(path, threads=threads) for k, path in artifacts.items()}
-    batch, *rest = sessions["fp32"].input_spec.shape
-    x = np.random.default_rng(0).standard_normal((batch or 1, *rest)).astype(np.float32)
-    per_round = round_medians({k: (lambda s=s: s.run(x)) for k, s in sessions.items()}, rounds, iters)
+    early_exit = "early_exit" in read_manifest(artifacts["fp32"], verify=False)
+    sessions = {k: runtime.load(path, threads=threads, **({"backend": "early_exit"} if early_exit else {}))
+                for k, path in artifacts.items()}
+    accuracy = None
+    if early_exit:
+        from edgecnn.data import load_dataset, preprocess
+        from edgecnn.export.early_exit import interleaved_per_sample_ms
+        from edgecnn.registry import get_config
+
+        images_u8, labels = load_dataset("fashion_mnist", "test").get_batch(range(EARLY_EXIT_IMAGES))
+        images = preprocess(images_u8, get_config(name)).numpy()
+        per_round = interleaved_per_sample_ms({k: s.run for k, s in sessions.items()}, images, rounds)
+        accuracy = {k: round(float(100 * (np.concatenate([s.run(images[i:i + 1]) for i in range(len(images))])
+                                          .argmax(1) == labels.numpy()).mean()), 2) for k, s in sessions.items()}
+    else:
+        batch, *rest = sessions["fp32"].input_spec.shape
+        x = np.random.default_rng(0).standard_normal((batch or 1, *rest)).astype(np.float32)
+        per_round = round_medians({k: (lambda s=s: s.run(x)) for k, s in sessions.items()}, rounds, iters)
     return {"median_ms": {k: round(statistics.median(v), 4) for k, v in per_round.items()},
             "rounds_median_ms": {k: [round(t, 4) for t in v] for k, v in per_round.items()},
-            "versus_fp32": {k: no_slower(v, per_round["fp32"]) for k, v in per_round.items() if k != "fp32"}}
+            "versus_fp32": {k: no_slower(v, per_round["fp32"]) for k, v in per_round.items() if k != "fp32"},
+            **({"early_exit_test_accuracy": accuracy, "early_exit_images": EARLY_EXIT_IMAGES} if early_exit else {})}
 
 
 def _test_drop(manifest: dict[str, Any]) -> float | None:
@@ -69,7 +88,15 @@ def placement_model(name: str, target: str, work: Path, threads: int, rounds: in
     timing = _timed(name, {k: work / k for k in manifests}, threads, rounds, iters)
     placement = manifests["int8_fast"]["calibration"]["placement"]
     drop = manifests["int8_fast"]["calibration"]["validation_drop"]
+    early_exit = {k: m["early_exit"]["per_precision"][m["precision"]]["accuracy"]
+                  for k, m in manifests.items() if "early_exit" in m}
+    if early_exit:   # what the device runs is the exit rule: its validation accuracy at the tuned thresholds
+        drop = max(drop, round(early_exit["fp32"] - early_exit["int8_fast"], 2))
     return {"model": name, "target": target, **timing,
+            **({"early_exit_validation_accuracy": early_exit,
+                "stage_placements": [{k: v for k, v in stage["int8"]["placement"].items() if k != "machine"}
+                                     for stage in manifests["int8_fast"]["early_exit"]["stages"]]}
+               if early_exit else {}),
             "placement": {k: v for k, v in placement.items() if k != "machine"},
             "validation_drop_pt": {k: m["calibration"]["validation_drop"] for k, m in manifests.items() if k != "fp32"},
             "test_drop_pt": {k: _test_drop(m) for k, m in manifests.items() if k != "fp32"},
@@ -119,9 +146,19 @@ def _write(path: Path, payload: dict[str, Any]) -> None:
     atomic_write(path, json.dumps(payload, indent=1) + "\n")
 
 
+def _host(machine: dict[str, Any]) -> str:
+    """This machine as the results files name it: CPU, the speed-deciding flags that tell the project's hosts apart,
+    logical cores."""
+    flags = machine["cpu_flags"]
+    tags = [tag for tag, flag in (("avxvnni", "avx_vnni"), ("amx", "amx_tile")) if flags.get(flag)]
+    cpu = re.sub(r"\(r\)|\(tm\)|\bintel\b|\bprocessor\b|\bcpu\b", " ", machine["cpu"].lower())  # marks and filler
+    cpu = re.sub(r"[^a-z0-9]+", "-", cpu).strip("-")
+    return "-".join([cpu, *tags, str(machine["logical_cores"])])
+
+
 def run(args: argparse.Namespace) -> None:
     payload = _payload(args)
-    out = args.out or RESULTS / f"{args.what}-{args.target}-{args.host}-{args.threads}t.json"
+    out = args.out or RESULTS / f"{args.what}-{args.target}-{args.host or _host(payload['machine'])}-{args.threads}t.json"
     if args.append and out.exists():
         earlier = json.loads(out.read_text())
         if earlier["threads"] != args.threads or earlier.get("max_drop_pt") != payload.get("max_drop_pt") or \
@@ -159,13 +196,25 @@ def _placement_rows(payload: dict[str, Any]) -> list[str]:
         if r.get("refused"):
             rows.append(f"| {r['model']} | refused: {r['refused']} |||||")
             continue
-        ms, placement = r["median_ms"], r["placement"]
-        left = placement["left_in_float"]
-        left = left if isinstance(left, str) else ", ".join(left) or "none"
-        rows.append(f"| {r['model']} | {ms['fp32']:.4f} | {ms['int8']:.4f} ({_ratio(r, 'int8')}) | "
-                    f"{ms['int8_fast']:.4f} ({_ratio(r, 'int8_fast')}) | {left} | "
-                    f"{r['validation_drop_pt']['int8_fast']:+.2f} · {r['test_drop_pt']['int8_fast']:+.2f} |")
+        ms, stages = r["median_ms"], r.get("stage_placements")
+        left = _left_in_float(r["placement"])
+        if stages:   # an early-exit artifact: what the device runs is its stages (per image, exit rule applied)
+            left = "; ".join([f"trunk: {left}", *(f"stage {k}: {_left_in_float(p)}"
+                                                   for k, p in enumerate(stages, 1))])
+            accuracy = r["early_exit_test_accuracy"]
+            drop = (f"{r['early_exit_validation_accuracy']['fp32'] - r['early_exit_validation_accuracy']['int8_fast']:+.2f}"
+                    f" · {accuracy['fp32'] - accuracy['int8_fast']:+.2f} (exit rule, {r['early_exit_images']} images)")
+        else:
+            drop = f"{r['validation_drop_pt']['int8_fast']:+.2f} · {r['test_drop_pt']['int8_fast']:+.2f}"
+        rows.append(f"| {r['model']}{' (early exit, ms per image)' if stages else ''} | {ms['fp32']:.4f} | "
+                    f"{ms['int8']:.4f} ({_ratio(r, 'int8')}) | {ms['int8_fast']:.4f} ({_ratio(r, 'int8_fast')}) | "
+                    f"{left} | {drop} |")
     return rows
+
+
+def _left_in_float(placement: dict[str, Any]) -> str:
+    left = placement["left_in_float"]
+    return left if isinstance(left, str) else ", ".join(left) or "none"
 
 
 def _fallback_rows(payload: dict[str, Any]) -> list[str]:
@@ -208,7 +257,8 @@ def main() -> None:
     p.add_argument("--iters", type=int, default=200)
     p.add_argument("--max-drop", type=float, default=0.3, help="fallback: --max-drop (default: %(default)s)")
     p.add_argument("--calibrator", default="entropy", help="fallback: --calibrator (default: %(default)s)")
-    p.add_argument("--host", default="amd-epyc-avxvnni-2", help="results file suffix (default: %(default)s)")
+    p.add_argument("--host", help="results file suffix (default: this machine's CPU, the flags that tell it from the "
+                                  "project's other hosts and its cores, e.g. amd-epyc-avxvnni-2)")
     p.add_argument("--out", type=Path)
     p.add_argument("--append", action="store_true",
                    help="keep the models already in --out (same what, target and threads) and add these")
