@@ -27,6 +27,7 @@ from torch.fx.passes.split_module import split_module
 
 from edgecnn.data import ImageDataset, preprocess
 from edgecnn.errors import UserError
+from edgecnn.validation import check_thresholds
 from edgecnn.layers import AuxOutputs, ConvBNAct
 
 # An exit head for features of shape (C, H, W) predicting `num_classes`.
@@ -136,22 +137,6 @@ def decide(entropies: torch.Tensor, predictions: torch.Tensor,
     for k in reversed(range(len(thresholds))):
         exit_at[entropies[k] < thresholds[k]] = k
     return predictions.gather(0, exit_at[None]).squeeze(0), exit_at
-
-
-def check_thresholds(thresholds: Sequence[float], num_exits: int) -> list[float]:
-    """The thresholds as floats, or a UserError: N exits take N-1 finite, non-negative thresholds."""
-    try:
-        values = [float(t) for t in thresholds]
-    except (TypeError, ValueError) as e:
-        raise UserError(f"thresholds must be a list of numbers, got {thresholds!r}") from e
-    if len(values) != num_exits - 1:
-        raise UserError(f"{num_exits} exits take {num_exits - 1} entropy threshold(s) (the final exit takes "
-                        f"every sample left), got {len(values)}: {values}")
-    for k, t in enumerate(values):
-        if not math.isfinite(t) or t < 0:
-            raise UserError(f"threshold {k} is {t}; an entropy threshold is a finite number ≥ 0 (nats; 0 sends "
-                            "every sample on, ln(classes) lets almost every sample out)")
-    return values
 
 
 @torch.no_grad()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from edgecnn.errors import UserError
 
@@ -78,4 +78,20 @@ def arg_type(check: Callable[[str, Any], Any], name: str = "value") -> Callable[
     return parse
 
 
-__all__ = ["arg_type", "non_negative_float", "non_negative_int", "positive_float", "positive_int"]
+def check_thresholds(thresholds: Sequence[float], num_exits: int) -> list[float]:
+    """The thresholds as floats, or a UserError: N exits take N-1 finite, non-negative thresholds."""
+    try:
+        values = [float(t) for t in thresholds]
+    except (TypeError, ValueError) as e:
+        raise UserError(f"thresholds must be a list of numbers, got {thresholds!r}") from e
+    if len(values) != num_exits - 1:
+        raise UserError(f"{num_exits} exits take {num_exits - 1} entropy threshold(s) (the final exit takes "
+                        f"every sample left), got {len(values)}: {values}")
+    for k, t in enumerate(values):
+        if not math.isfinite(t) or t < 0:
+            raise UserError(f"threshold {k} is {t}; an entropy threshold is a finite number ≥ 0 (nats; 0 sends "
+                            "every sample on, ln(classes) lets almost every sample out)")
+    return values
+
+
+__all__ = ["arg_type", "check_thresholds", "non_negative_float", "non_negative_int", "positive_float", "positive_int"]

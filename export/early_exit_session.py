@@ -23,6 +23,7 @@ from edgecnn.export.early_exit_graph import GRAPH_BATCH, THRESHOLDS_INPUT
 from edgecnn.export.graph_io import INPUT_NAME, OUTPUT_NAME
 from edgecnn.export.manifest import artifact_file
 from edgecnn.export.runtime import BACKENDS, InputSpec, ModelSpec, Session, open_model, register_backend
+from edgecnn.validation import check_thresholds
 
 STAGE_OUTPUTS = (OUTPUT_NAME, "entropy", "features")   # an early exit's stage graph; the last returns the logits
 COST_REPEATS = 200            # batch-1 calls timed per stage
@@ -107,8 +108,6 @@ class EarlyExitSession(Session):
     @thresholds.setter
     def thresholds(self, values: Sequence[float]) -> None:
         """Checked, and kept as the float32 array the single graph takes (the stages compare in float32 too)."""
-        from edgecnn.branchynet import check_thresholds  # the rule's own check (edgecnn.branchynet imports torch)
-
         self._thresholds = check_thresholds(values, len(self.manifest["early_exit"]["stages"]))
         self._threshold_feed = np.asarray(self._thresholds, dtype=np.float32)
 

@@ -21,7 +21,6 @@ are set against (the profiler's own bookkeeping between kernels is no part of it
 """
 from __future__ import annotations
 
-import json
 import re
 import statistics
 import tempfile
@@ -36,9 +35,6 @@ from edgecnn.errors import UserError
 
 # A weight or bias as torch's exporters name it: the module's name, then the parameter's.
 PARAMETER = re.compile(r"^(?P<layer>.+)\.(?:weight|bias)$")
-# Backends whose profiler this module reads, and the export targets whose artifacts run on them.
-PROFILED_BACKENDS = ("onnxruntime", "openvino")
-PROFILED_TARGETS = ("onnx", "openvino")
 # Nodes that convert a value for the layer that reads it (a standalone DequantizeLinear exists because its reader
 # runs in float); any other node without parameters belongs to the layer whose value it reads.
 _FOR_THE_READER = {"DequantizeLinear"}
@@ -49,8 +45,28 @@ SQNR_CHUNK = 16
 # Both profilers count whole microseconds, truncated: ONNX Runtime each node's duration per run; OpenVINO's CPU
 # plugin each node's time per inference, then the integer average of those (intel_cpu/src/perf_count.h). A
 # truncation loses half a microsecond on average, so every node's median gets back the expected loss of its
-# runtime's counter (per inference); `Profile.truncation_ms` says how much of a profile's sum that is.
-COUNTER_TRUNCATION_US = {"onnxruntime": 0.5, "openvino": 1.0}
+# runtime's counter (per inference; its backend's `counter_truncation_us`); `Profile.truncation_ms` says how much of a
+# profile's sum that is.
+
+
+def profiled_backends() -> tuple[str, ...]:
+    """The runtimes with a per-layer profiler edgecnn reads (their backend module's `profiler`)."""
+    from edgecnn.export.backends import BACKENDS
+
+    return tuple(b.name for b in BACKENDS.values() if b.profiler is not None)
+
+
+def profiled_targets() -> tuple[str, ...]:
+    """The export targets whose artifacts run on a profiled runtime."""
+    from edgecnn.export.backends import BACKENDS
+
+    return tuple(BACKENDS.lookup(name).target_name for name in profiled_backends())
+
+
+def counter_truncation_us(backend: str) -> float:
+    from edgecnn.export.backends import BACKENDS
+
+    return BACKENDS.lookup(backend).counter_truncation_us
 
 
 @dataclass
@@ -266,8 +282,8 @@ class Profile:
 
     @property
     def truncation_ms(self) -> float:
-        """How much of the per-node sum is the counter's expected truncation, added back (COUNTER_TRUNCATION_US)."""
-        return len(self.nodes) * COUNTER_TRUNCATION_US[self.backend] / 1000
+        """How much of the per-node sum is the counter's expected truncation, added back."""
+        return len(self.nodes) * counter_truncation_us(self.backend) / 1000
 
     @property
     def coverage(self) -> float:
@@ -324,74 +340,28 @@ class ModelRun:
     precision: str = "fp32"
 
 
-class _Runner:
-    """A model on its backend as edgecnn's runtime sessions run it, with or without the runtime's profiler."""
-
-    def __init__(self, run: ModelRun, threads: int | None, profiled: bool = False, work: Path | None = None) -> None:
-        self.backend, self.profiled = run.backend, profiled
-        if run.backend == "onnxruntime":
-            import onnxruntime as ort
-
-            from edgecnn.export.runtime import onnxruntime_options
-
-            options = onnxruntime_options(threads)
-            if profiled:
-                options.enable_profiling = True
-                options.profile_file_prefix = str(work / f"ort-{run.path.stem}")
-            self._session = ort.InferenceSession(str(run.path), options, providers=["CPUExecutionProvider"])
-            self._input = self._session.get_inputs()[0].name
-            self.times: dict[str, list[float]] = {}
-        elif run.backend == "openvino":
-            import openvino as ov
-
-            from edgecnn.export.runtime import OpenVinoSession
-
-            core = ov.Core()
-            hint = OpenVinoSession._default_precision(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"),
-                                                      run.precision)
-            config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": hint,
-                                      **({"INFERENCE_NUM_THREADS": threads} if threads else {}),
-                                      **({"PERF_COUNT": True} if profiled else {})}
-            self._compiled = core.compile_model(str(run.path), "CPU", config)
-            self._request = self._compiled.create_infer_request()
-            self.times = {}
-            self._kinds: dict[str, tuple[str, str]] = {}
-        else:
-            raise UserError(f"the {run.backend} backend has no per-layer profiler edgecnn reads here; profile "
-                            f"{' or '.join(PROFILED_BACKENDS)} artifacts")
+class ProfiledRun:
+    """A model on its backend as edgecnn's runtime sessions run it, with or without the runtime's profiler: what a
+    backend module's `profiler` returns."""
 
     def __call__(self, batch: np.ndarray) -> list[np.ndarray]:
-        if self.backend == "onnxruntime":
-            return self._session.run(None, {self._input: batch})
-        self._request.infer({0: batch}, share_inputs=True, share_outputs=True)  # as OpenVinoSession runs it
-        if self.profiled:
-            for info in self._request.get_profiling_info():
-                if str(info.status).endswith("EXECUTED"):
-                    self.times.setdefault(info.node_name, []).append(info.real_time.total_seconds() * 1e6)
-                    self._kinds[info.node_name] = (info.node_type, info.exec_type)
-        return [self._request.get_output_tensor(i).data.copy() for i in range(len(self._compiled.outputs))]
+        raise NotImplementedError
 
     def node_times(self) -> list[NodeTime]:
-        """Median µs per inference of every node the profiler saw, in execution order."""
-        if self.backend == "onnxruntime":
-            trace = self._session.end_profiling()
-            kinds: dict[str, str] = {}
-            times: dict[str, list[float]] = {}
-            with open(trace, encoding="utf-8") as f:  # written by onnxruntime just now, not user input
-                for event in json.load(f):
-                    if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
-                        name = event["name"].removesuffix("_kernel_time")
-                        times.setdefault(name, []).append(float(event["dur"]))
-                        kinds[name] = event.get("args", {}).get("op_name", "?")
-            Path(trace).unlink(missing_ok=True)
-            return [NodeTime(n, kinds[n], kinds[n], statistics.median(t) + COUNTER_TRUNCATION_US[self.backend])
-                    for n, t in times.items()]
-        fused = {op.get_friendly_name(): op.get_rt_info()["originalLayersNames"].astype(str)
-                 for op in self._compiled.get_runtime_model().get_ordered_ops()
-                 if "originalLayersNames" in op.get_rt_info()}
-        lost = COUNTER_TRUNCATION_US[self.backend]
-        return [NodeTime(n, self._kinds[n][0], self._kinds[n][1], statistics.median(t) + lost,
-                         [f for f in fused.get(n, "").split(",") if f]) for n, t in self.times.items()]
+        """Median µs per inference of every node the profiler saw (plus the counter's expected truncation), in
+        execution order."""
+        raise NotImplementedError
+
+
+def _runner(run: ModelRun, threads: int | None, trace: Path | None = None) -> ProfiledRun:
+    """`run` on its backend; profiled (its traces in `trace`) unless `trace` is None."""
+    from edgecnn.export.backends import BACKENDS
+
+    profiler = BACKENDS.lookup(run.backend).profiler
+    if profiler is None:
+        raise UserError(f"the {run.backend} backend has no per-layer profiler edgecnn reads here; profile "
+                        f"{' or '.join(profiled_backends())} artifacts")
+    return profiler(run.path, run.precision, threads, trace)
 
 
 def profile_models(runs: Sequence[ModelRun], batch: np.ndarray, threads: int | None = None, rounds: int = 5,
@@ -400,9 +370,9 @@ def profile_models(runs: Sequence[ModelRun], batch: np.ndarray, threads: int | N
     drift on a shared machine hits all alike and their latencies compare as ratios of one run. Each round also
     times, per backend, a one-node graph of the same input: the runtime's own cost per call."""
     with tempfile.TemporaryDirectory(prefix="edgecnn-profile-") as tmp:
-        pairs = [(_Runner(r, threads), _Runner(r, threads, True, Path(tmp))) for r in runs]
+        pairs = [(_runner(r, threads), _runner(r, threads, Path(tmp))) for r in runs]
         one_node = _one_node_graph(batch, Path(tmp))
-        calls = {b: _Runner(ModelRun(one_node, b), threads) for b in dict.fromkeys(r.backend for r in runs)}
+        calls = {b: _runner(ModelRun(one_node, b), threads) for b in dict.fromkeys(r.backend for r in runs)}
         for runner in [plain for plain, _ in pairs] + list(calls.values()):
             for _ in range(warmup):
                 runner(batch)
@@ -446,7 +416,7 @@ def _timed(run: Callable[[np.ndarray], Any], batch: np.ndarray, iterations: int)
 
 def model_runner(run: ModelRun, threads: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
     """The logits of a model file on its backend, as the runtime sessions compute them (for scoring candidates)."""
-    runner = _Runner(run, threads)
+    runner = _runner(run, threads)
     return lambda batch: runner(batch)[0]
 
 
@@ -523,7 +493,7 @@ def _tapped(run: ModelRun, values: list[str], work: Path, threads: int | None) -
         model.graph.output.extend(onnx.ValueInfoProto(name=v) for v in dict.fromkeys(values) if v not in present)
         tapped = work / "tapped.onnx"
         onnx.save(model, str(tapped))
-        runner = _Runner(ModelRun(tapped, run.backend, run.precision), threads)
+        runner = _runner(ModelRun(tapped, run.backend, run.precision), threads)
         index = {o.name: k for k, o in enumerate(runner._session.get_outputs())}
     else:
         import openvino as ov
@@ -533,7 +503,7 @@ def _tapped(run: ModelRun, values: list[str], work: Path, threads: int | None) -
         model.add_outputs([ops[v].output(0) for v in dict.fromkeys(values)])
         tapped = work / "tapped.xml"
         ov.save_model(model, str(tapped), compress_to_fp16=False)
-        runner = _Runner(ModelRun(tapped, run.backend, run.precision), threads)
+        runner = _runner(ModelRun(tapped, run.backend, run.precision), threads)
         index = {}
         for k, port in enumerate(runner._compiled.outputs):  # a Result's source names the value it returns
             index.setdefault(port.get_node().input_value(0).get_node().get_friendly_name(), k)
@@ -544,5 +514,6 @@ def _tapped(run: ModelRun, values: list[str], work: Path, threads: int | None) -
     return outputs
 
 
-__all__ = ["LayerComparison", "LayerMap", "LayerTime", "ModelRun", "NodeTime", "PROFILED_BACKENDS", "PROFILED_TARGETS",
-           "Profile", "compare", "graph_layers", "layer_sqnr", "model_runner", "profile_models", "runs_in_integers"]
+__all__ = ["LayerComparison", "LayerMap", "LayerTime", "ModelRun", "NodeTime", "Profile", "ProfiledRun", "compare",
+           "counter_truncation_us", "graph_layers", "layer_sqnr", "model_runner", "profile_models", "profiled_backends",
+           "profiled_targets", "runs_in_integers"]

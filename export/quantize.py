@@ -38,7 +38,7 @@ from edgecnn.export import parity
 from edgecnn.export.manifest import sha256_file
 from edgecnn.export.passes import QUANTIZE_PASS, Pass
 from edgecnn.export.placement import Trial, cheapest_fallback, place_for_speed
-from edgecnn.export.profile import PROFILED_TARGETS, ModelRun, graph_layers
+from edgecnn.export.profile import ModelRun, graph_layers, profiled_targets
 from edgecnn.export.quantizers import Quantizer, get_quantizer
 from edgecnn.export.runtime import open_model
 
@@ -102,7 +102,7 @@ def check_int8(target: str, options: CalibrationOptions) -> None:
     if options.max_drop is not None and quantizer.max_drop_by is None:
         raise UserError(f"--max-drop is not supported for the {target} target ({quantizer.tool} has no accuracy "
                         "control here); drop --max-drop, or bound the drop on the onnx or openvino target")
-    if options.measures_latency and target not in PROFILED_TARGETS:
+    if options.measures_latency and target not in profiled_targets():
         raise UserError(f"--placement fast and --fallback cost time each layer with the runtime's own profiler, and "
                         f"the {target} target's runtime has none edgecnn can run here (TensorRT's needs the engine, "
                         "built on the device): drop them, or use the onnx or openvino target")

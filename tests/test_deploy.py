@@ -227,7 +227,7 @@ def test_jetson_bundle_falls_back_to_onnxruntime_and_setup_says_not_a_jetson(
 def test_unknown_target_and_impossible_precision_are_one_line(tmp_path: Path) -> None:
     from edgecnn.cli import main
 
-    with pytest.raises(UserError, match="unknown deploy target 'arduino'; choose one of jetson, openvino"):
+    with pytest.raises(UserError, match="unknown deploy target 'arduino'; choose one of .*jetson"):
         build_bundle(MODEL, "arduino", out=tmp_path / "a")
     with pytest.raises(UserError, match="the jetson target deploys fp32, fp16, int8, not 'bf16'"):
         build_bundle(MODEL, "jetson", "bf16", out=tmp_path / "a")

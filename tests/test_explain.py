@@ -13,7 +13,7 @@ from edgecnn.calibration import CalibrationOptions
 from edgecnn.cli import main
 from edgecnn.export import export_registered
 from edgecnn.export.placement import Trial, cheapest_fallback, cheapest_subset, place_for_speed
-from edgecnn.export.profile import COUNTER_TRUNCATION_US, LayerMap, NodeTime, Profile, graph_layers
+from edgecnn.export.profile import LayerMap, NodeTime, Profile, counter_truncation_us, graph_layers
 
 MODEL = "lenet5_fmnist"
 LAYERS = ["features.0", "features.3", "classifier.0", "classifier.2", "classifier.4"]
@@ -74,7 +74,7 @@ def test_explain_maps_every_layer_computes_coverage_and_writes_the_report(artifa
             1000 * coverage["per_layer_sum_ms"], abs=0.5)
         # the counters' whole µs, each node given back its runtime's expected truncation once
         nodes = [n["us"] for row in model["rows"] for n in row["nodes"].get(label, [])]
-        lost = COUNTER_TRUNCATION_US[label.split()[0]]
+        lost = counter_truncation_us(label.split()[0])
         assert coverage["counter_truncation_ms"] == pytest.approx(len(nodes) * lost / 1000, abs=1e-4)
         assert all(us >= lost and 2 * (us - lost) == round(2 * (us - lost)) for us in nodes)
     for runtime in ("onnxruntime", "openvino"):

@@ -85,3 +85,17 @@ def test_what_a_bare_model_file_cannot_be_opened_on(tmp_path: Path) -> None:
         runtime.open_model(tmp_path / "model.onnx", "onnxruntime", hint="LATENCY")
     with pytest.raises(UserError, match="unknown backend"):
         runtime.open_model(tmp_path / "model.onnx", "nope")
+
+
+def test_an_early_exit_artifact_runs_its_exit_loop_without_torch(tmp_path: Path) -> None:
+    """The device's exit loop (stages, entropy rule, thresholds check) needs the runtime only (and onnx, with which
+    reading an ONNX artifact's manifest checks its external-data locations)."""
+    from edgecnn.export import export_registered
+
+    out = export_registered("b_lenet_fmnist", "onnx", "fp32", tmp_path / "b", early_exit_form="stages").path
+    code = ("import sys, numpy as np; from edgecnn.export import runtime; "
+            f"s = runtime.load({str(out)!r}, backend='early_exit'); "
+            "r = s.classify(np.zeros((2, *s.input_spec.shape[1:]), np.float32)); "
+            f"print(r.logits.shape[0], sorted(set({HEAVY[:3]!r}) & set(sys.modules)))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.split(maxsplit=1) == ["2", "[]\n"]

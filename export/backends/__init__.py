@@ -7,11 +7,13 @@
 
 A backend module (`export/backends/<name>.py`, named as its runtime) holds the runtime's target writer
 (`targets.Target`), its session class(es) (`runtime.Session`), its quantizer(s) (`quantizers.Quantizer`), the tool
-versions it records, whether it is available here, and the composer of its target's single early-exit graph, and
+versions it records, whether it is available here, the composer of its target's single early-exit graph and its
+per-layer profiler (`profile.ProfiledRun`), and
 registers one `Backend` describing them. Every module in this folder is loaded when the package is (the eager
 PyTorch reference first, then by name), so adding a runtime is adding its module here: bench's runtimes (and
-`edgecnn bench`'s default list), the manifest's tools, the targets with a single early-exit graph, deploy's export
-target per runtime and every target → runtime mapping are read from `BACKENDS`.
+`edgecnn bench`'s default list), the manifest's tools, the targets with a single early-exit graph, the profiled
+runtimes, deploy's export target per runtime and every target → runtime mapping are read from `BACKENDS`, and
+deploy's device kinds are those the backend modules register (`deploy.register_deploy_target`).
 
 The base classes and their registries stay where they were (`targets.TARGETS`, `runtime.BACKENDS` for sessions,
 `quantizers.QUANTIZERS`, re-exported by `quantize`); a backend module files its classes there, and those modules
@@ -32,6 +34,7 @@ from typing import TYPE_CHECKING, Callable
 from edgecnn.registries import Registry
 
 if TYPE_CHECKING:
+    from edgecnn.export.profile import ProfiledRun
     from edgecnn.export.quantizers import Quantizer
     from edgecnn.export.runtime import Session
     from edgecnn.export.targets import Target
@@ -53,6 +56,11 @@ class Backend:
     # An early-exit artifact's single graph for its target: (the stage model format it is composed from, the
     # composer, the graph's file name); None: the target has the stage loop only (early_exit_graph.py).
     early_exit_graph: tuple[str, Callable[..., None], str] | None = None
+    # Its per-layer profiler (`edgecnn explain`, --placement fast, --fallback cost): profiler(model file, artifact
+    # precision, threads, trace folder or None for the profiler off) → a ProfiledRun (export/profile.py); None: none.
+    profiler: Callable[..., ProfiledRun] | None = None
+    # What its profiler's counter loses per node and inference by truncating to whole µs, on average.
+    counter_truncation_us: float = 0.0
 
     @property
     def target_name(self) -> str | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import math
+import statistics
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,9 +21,10 @@ import numpy as np
 
 from edgecnn.errors import UserError
 from edgecnn.export.backends import Backend, needs, register
+from edgecnn.export.deploy import DeployTarget, register_deploy_target
 from edgecnn.export.early_exit_graph import compose_openvino
 from edgecnn.export.graph_io import ExportError
-from edgecnn.export.profile import ModelRun, graph_layers, layer_sqnr
+from edgecnn.export.profile import ModelRun, NodeTime, graph_layers, layer_sqnr
 from edgecnn.export.quantizers import Quantizer, register_quantizer
 from edgecnn.export.runtime import (PRECISION_NAMES, ModelSpec, Session, load_error, register_backend,
                                     summarise_precisions)
@@ -329,9 +331,56 @@ def _label_batches(labels: np.ndarray, batch: int) -> list[np.ndarray]:
 
 # ---------------------------------------------------------------- the backend
 
+class OpenVinoProfiledRun:
+    """A model on OpenVINO's CPU plugin as OpenVinoSession compiles and runs it, with performance counters
+    (`PERF_COUNT`: executed kernel and its precision per node) when `trace` is given."""
+
+    def __init__(self, path: Path, precision: str, threads: int | None, trace: Path | None) -> None:
+        import openvino as ov
+
+        core = ov.Core()
+        hint = OpenVinoSession._default_precision(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"), precision)
+        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": hint,
+                                  **({"INFERENCE_NUM_THREADS": threads} if threads else {}),
+                                  **({"PERF_COUNT": True} if trace is not None else {})}
+        self._profiled = trace is not None
+        self._compiled = core.compile_model(str(path), "CPU", config)
+        self._request = self._compiled.create_infer_request()
+        self._times: dict[str, list[float]] = {}
+        self._kinds: dict[str, tuple[str, str]] = {}
+
+    def __call__(self, batch: np.ndarray) -> list[np.ndarray]:
+        self._request.infer({0: batch}, share_inputs=True, share_outputs=True)  # as OpenVinoSession runs it
+        if self._profiled:
+            for info in self._request.get_profiling_info():
+                if str(info.status).endswith("EXECUTED"):
+                    self._times.setdefault(info.node_name, []).append(info.real_time.total_seconds() * 1e6)
+                    self._kinds[info.node_name] = (info.node_type, info.exec_type)
+        return [self._request.get_output_tensor(i).data.copy() for i in range(len(self._compiled.outputs))]
+
+    def node_times(self) -> list[NodeTime]:
+        fused = {op.get_friendly_name(): op.get_rt_info()["originalLayersNames"].astype(str)
+                 for op in self._compiled.get_runtime_model().get_ordered_ops()
+                 if "originalLayersNames" in op.get_rt_info()}
+        return [NodeTime(n, self._kinds[n][0], self._kinds[n][1], statistics.median(t) + COUNTER_TRUNCATION_US,
+                         [f for f in fused.get(n, "").split(",") if f]) for n, t in self._times.items()]
+
+
+# The CPU plugin truncates each node's time per inference to whole µs, then the integer average it reports
+# (intel_cpu/src/perf_count.h): 0.5 µs lost twice on average.
+COUNTER_TRUNCATION_US = 1.0
+
 register(Backend(
     "openvino", "OpenVINO, CPU plugin", OpenVinoTarget, (OpenVinoSession,), tools=("openvino",),
     unavailable=needs("openvino", "pip install 'edgecnn[openvino]'"), quantizers=(NncfQuantizer,),
-    early_exit_graph=("openvino", compose_openvino, "model.xml")))
+    early_exit_graph=("openvino", compose_openvino, "model.xml"), profiler=OpenVinoProfiledRun,
+    counter_truncation_us=COUNTER_TRUNCATION_US))
+
+register_deploy_target(DeployTarget(
+    "openvino", "openvino", "openvino", "setup_cpu.sh",
+    ("numpy>=1.21", "pillow>=8", "openvino>=2024.4"), "Intel CPUs: OpenVINO IR on the OpenVINO CPU plugin",
+    module="openvino", distribution="openvino",
+    cpu_flags=("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8"),
+    required_flags=(("bf16", "avx512_bf16"),)))
 
 __all__ = ["NncfQuantizer", "OPENVINO_HINTS", "OPENVINO_PRECISIONS", "OpenVinoSession", "OpenVinoTarget"]

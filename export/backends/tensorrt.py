@@ -19,6 +19,7 @@ import numpy as np
 from edgecnn.errors import UserError
 from edgecnn.export import tensorrt
 from edgecnn.export.backends import Backend, register
+from edgecnn.export.deploy import DeployTarget, register_deploy_target
 from edgecnn.export.graph_io import ExportError
 from edgecnn.export.manifest import ArtifactError, sha256_file
 from edgecnn.export.quantizers import Quantizer, register_quantizer
@@ -169,7 +170,7 @@ class TensorRTSession(Session):
         self._output = model.output
         # The profile's largest batch (a static engine's own batch): larger batches run in chunks of it.
         self._max_batch = int(self._engine.get_tensor_profile_shape(self.input_spec.name, 0)[2][0]) \
-            if isinstance(self.input_spec.shape[0], str) else int(self.input_spec.shape[0])
+            if self.input_spec.shape[0] is None else int(self.input_spec.shape[0])
         # A stream of the session's own (on torch's default stream TensorRT adds a device synchronisation) and
         # device buffers allocated once per input shape, not per call: both would distort measured latency.
         self._stream = torch.cuda.Stream()
@@ -369,5 +370,12 @@ def _unavailable() -> str | None:
 register(Backend(
     "tensorrt", "NVIDIA TensorRT, an engine built on the device's GPU", TensorRTTarget, (TensorRTSession,),
     tools=("tensorrt",), unavailable=_unavailable, quantizers=(ModelOptQuantizer,)))
+
+register_deploy_target(DeployTarget(
+    "jetson", "tensorrt", "onnxruntime", "setup_jetson.sh",
+    ("numpy>=1.21", "pillow>=8", "onnxruntime>=1.16  # CPU fallback only; TensorRT comes with JetPack "
+     "(python3-libnvinfer), never from pip on a Jetson"),
+    "NVIDIA Jetson: TensorRT engine built on the device from the TensorRT-ready ONNX (ONNX Runtime on the CPU "
+    "until it is built)"))
 
 __all__ = ["MODELOPT_HINT", "ModelOptQuantizer", "TRT_CACHE", "TensorRTSession", "TensorRTTarget"]

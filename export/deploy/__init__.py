@@ -76,25 +76,7 @@ class DeployTarget:
 DEPLOY_TARGETS: Registry[DeployTarget] = Registry("deploy target")
 register_deploy_target = DEPLOY_TARGETS.register
 get_deploy_target = DEPLOY_TARGETS.lookup
-
-
-register_deploy_target(DeployTarget(
-    "jetson", "tensorrt", "onnxruntime", "setup_jetson.sh",
-    ("numpy>=1.21", "pillow>=8", "onnxruntime>=1.16  # CPU fallback only; TensorRT comes with JetPack "
-     "(python3-libnvinfer), never from pip on a Jetson"),
-    "NVIDIA Jetson: TensorRT engine built on the device from the TensorRT-ready ONNX (ONNX Runtime on the CPU "
-    "until it is built)"))
-register_deploy_target(DeployTarget(
-    "openvino", "openvino", "openvino", "setup_cpu.sh",
-    ("numpy>=1.21", "pillow>=8", "openvino>=2024.4"), "Intel CPUs: OpenVINO IR on the OpenVINO CPU plugin",
-    module="openvino", distribution="openvino",
-    cpu_flags=("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8"),
-    required_flags=(("bf16", "avx512_bf16"),)))
-register_deploy_target(DeployTarget(
-    "onnxruntime", "onnxruntime", "onnxruntime", "setup_cpu.sh",
-    ("numpy>=1.21", "pillow>=8", "onnxruntime>=1.16"), "any CPU (x86-64, ARM): ONNX on ONNX Runtime's CPU provider",
-    module="onnxruntime", distribution="onnxruntime",
-    cpu_flags=("avx2", "avx512f", "avx512_vnni", "avx_vnni", "asimd", "asimddp", "fphp")))
+# Each backend module registers the device kinds its runtime serves (export/backends/<name>.py), below.
 
 
 @dataclass
@@ -394,6 +376,8 @@ def render_readme(deploy: DeployTarget, m: dict[str, Any]) -> str:
         lines.append(f"Note: {note}")
     return "\n".join(lines) + "\n"
 
+
+from edgecnn.export import backends  # noqa: E402,F401  (each backend module registers its device kinds)
 
 __all__ = ["BUNDLE_KIND", "BundleResult", "DEPLOY_TARGETS", "DeployTarget", "build_bundle", "bundle_code",
            "get_deploy_target", "load_signing_key", "register_deploy_target"]
