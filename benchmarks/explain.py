@@ -35,9 +35,8 @@ from edgecnn.errors import UserError
 from edgecnn.quiet import silenced
 from edgecnn.export.manifest import read_manifest
 from edgecnn.export.placement import MAX_CANDIDATES, accuracy_gains
-from edgecnn.export.profile import (PROFILED_TARGETS, LayerComparison, LayerMap, ModelRun, NodeTime, Profile,
-                                    compare, graph_layers, layer_sqnr, model_runner, profile_models,
-                                    runs_in_integers)
+from edgecnn.export.profile import (LayerComparison, LayerMap, ModelRun, NodeTime, Profile, compare, graph_layers,
+                                    layer_sqnr, model_runner, profile_models, profiled_targets, runs_in_integers)
 from edgecnn.export.staging import check_target, destination_error, marked_staging
 from edgecnn.validation import positive_int
 
@@ -91,10 +90,10 @@ def _load(directory: Path | str, here: dict[str, Any]) -> _Artifact:
     """An artifact explain can profile here, or one line saying why not."""
     artifact = _Artifact(Path(directory), read_manifest(directory))
     m = artifact.manifest
-    if m["target"] not in PROFILED_TARGETS:
+    if m["target"] not in profiled_targets():
         raise UserError(f"{directory} is a {m['target']} artifact, and its runtime has no per-layer profiler edgecnn "
                         "can run here (TensorRT's IProfiler needs the engine, built and run on an NVIDIA GPU): explain "
-                        f"the {' or '.join(PROFILED_TARGETS)} artifact of the same model here")
+                        f"the {' or '.join(profiled_targets())} artifact of the same model here")
     if "early_exit" in m:
         raise UserError(f"{directory} is an early-exit artifact ({len(m['early_exit']['stages'])} stage graphs); "
                         "explain profiles one graph: export the model without exits, or explain its trunk's model")
