@@ -162,7 +162,7 @@ def _explain_error(pair: _Pair, data: Path | str | None, threads: int | None, ca
         pair.notes.append(f"accuracy recovered not measured: {dataset.label if dataset else data} has no labelled "
                           "validation images")
         return
-    quantizer = get_quantizer(m["target"])
+    quantizer = get_quantizer(m["target"], recorded.get("quantizer"))
     fp32_dir = work / "fp32"
     fp32_dir.mkdir()
     for name in {pair.fp32.model_file.name, pair.fp32.model_file.with_suffix(".bin").name}:

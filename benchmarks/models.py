@@ -154,7 +154,8 @@ def _calibration_tag(calibration: CalibrationOptions | None) -> str:
     if calibration is None:
         return ""
     extra = {**{k: v for k, v in (("data", str(calibration.data) if calibration.data else None),
-                                  ("synthetic", calibration.synthetic or None), ("max_drop", calibration.max_drop))
+                                  ("synthetic", calibration.synthetic or None), ("max_drop", calibration.max_drop),
+                                  ("quantizer", calibration.quantizer))
                 if v is not None}, **calibration.float_choices}
     if not extra:
         return ""

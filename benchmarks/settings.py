@@ -98,6 +98,7 @@ class SweepSettings:
     max_drop: float | None = None              # ... --max-drop, --placement, --fallback
     placement: str | None = None
     fallback: str | None = None
+    quantizer: str | None = None               # INT8 exports: as `edgecnn export --quantizer` (None: each target's own)
     cache_dir: Path = DEFAULT_CACHE
 
     def validated(self) -> SweepSettings:
@@ -141,7 +142,8 @@ class SweepSettings:
         from edgecnn.calibration import SYNTHETIC
 
         given = {k: v for k, v in (("samples", self.calib_samples), ("max_drop", self.max_drop),
-                                   ("placement", self.placement), ("fallback", self.fallback)) if v is not None}
+                                   ("placement", self.placement), ("fallback", self.fallback),
+                                   ("quantizer", self.quantizer)) if v is not None}
         if self.calib_data == SYNTHETIC:
             given["synthetic"] = True
         elif self.calib_data is not None:

@@ -74,6 +74,7 @@ class CalibrationOptions:
     placement: str = "accuracy"             # --placement
     profile_threads: int | None = None      # --threads the runtime is profiled with (None: its default)
     synthetic: bool = False                 # --calib-data synthetic: calibrate on generated inputs (latency only)
+    quantizer: str | None = None            # --quantizer: a registered quantizer's name (None: the target's default)
 
     def __post_init__(self) -> None:
         positive_int("--calib-samples", self.samples)

@@ -3,9 +3,9 @@
     export_registered("resnet18_fmnist", target="openvino", precision="int8", out="artifacts/r18-int8",
                       calibration=CalibrationOptions(calibrator="auto", samples=512, max_drop=0.5))
 
-One quantizer per target, registered in one place (`QUANTIZERS`) by the target's backend module
-(`edgecnn.export.backends`: ONNX Runtime's `quantize_static` for onnx, NNCF for openvino, NVIDIA ModelOpt for
-tensorrt). Each names its calibrators; "library" is the library's own defaults. `auto` tries them in order
+Quantizers are registered by name in one place (`QUANTIZERS`), each by its target's backend module and naming
+the target it quantizes (`edgecnn.export.backends`: ONNX Runtime's `quantize_static` for onnx, NNCF for openvino,
+NVIDIA ModelOpt for tensorrt); a target's first is its default and `--quantizer` names another. Each names its calibrators; "library" is the library's own defaults. `auto` tries them in order
 (`auto_candidates`) and keeps the first unless another is significantly more accurate on the validation split;
 for NNCF the first is its default. The `Quantizer` base and the registry are `edgecnn.export.quantizers` (light, so
 a backend module loads for its session without quantization libraries). This module holds the pre-flight
@@ -95,7 +95,7 @@ class GraphInput:
 
 def check_int8(target: str, options: CalibrationOptions) -> None:
     """Refuse, before any export work, a target or calibrator the quantizer cannot honour."""
-    quantizer = get_quantizer(target)
+    quantizer = get_quantizer(target, options.quantizer)
     if options.calibrator != "auto" and options.calibrator not in quantizer.calibrators:
         raise UserError(f"calibrator {options.calibrator!r} does not exist for the {target} target "
                         f"({quantizer.tool}); choose auto or {', '.join(quantizer.calibrators)}")
@@ -184,7 +184,7 @@ def quantize_model(quantizer: Quantizer, files: ModelFiles, graph: GraphInput, d
         quantizer.compact(model, fp32)
         if finish is not None:
             finish(fp32, record["calibrator"])
-    record.update({"tool": quantizer.tool, "scheme": quantizer.scheme_of(record["calibrator"]),
+    record.update({"quantizer": quantizer.name, "tool": quantizer.tool, "scheme": quantizer.scheme_of(record["calibrator"]),
                    "target": quantizer.target, "fp32_model_sha256": fp32_hash,
                    "calibration_samples": data.calibration.record(),
                    "validation_samples": data.validation.record() if data.validation else None,
@@ -322,7 +322,7 @@ class Quantize(Pass):
             check_calibration_source(ctx.config, ctx.calibration, ctx.data)
 
     def run(self, ctx: ExportContext) -> dict[str, Any]:
-        quantizer = get_quantizer(ctx.target.name)
+        quantizer = get_quantizer(ctx.target.name, ctx.calibration.quantizer)
         data = self.data or prepare_calibration(ctx.config, ctx.input_size, ctx.calibration, ctx.data)
         files = ModelFiles.of(quantizer, ctx.staging, ctx.output.model_files[quantizer.model_format])
         kept = quantizer.nodes_after(files.model, self.keep_float_after) if self.keep_float_after else []

@@ -21,12 +21,11 @@ from edgecnn.calibration import (DEFAULT_SAMPLES, DEPRECATED_CALIBRATORS, Calibr
                                  SampleSet, from_arrays, prepare_calibration)
 from edgecnn.errors import UserError
 from edgecnn.export.quantize import GraphInput, ModelFiles, check_int8, quantize_model
-from edgecnn.export.quantizers import Quantizer
+from edgecnn.export.quantizers import Quantizer, get_quantizer
 
 # Labelled arrays: this share of the images (seeded) is held out to score calibrators and --max-drop on.
 VALIDATION_SHARE = 0.2
 SPLIT_SEED = 0
-SUFFIXES = {"onnx": ".onnx", "openvino": ".xml"}   # a quantizer's model_format → its model file's suffix
 
 
 @dataclass(frozen=True)
@@ -44,7 +43,7 @@ class QuantizeResult:
 
 def quantize(model_file: str | Path, data: Any, *, backend: str, calibrator: str = "auto",
              max_drop: float | None = None, exclude: tuple[str, ...] | list[str] = (), out: str | Path | None = None,
-             samples: int = DEFAULT_SAMPLES) -> QuantizeResult:
+             samples: int = DEFAULT_SAMPLES, quantizer: str | None = None) -> QuantizeResult:
     """Quantize the FP32 model file `model_file` to INT8 with `backend`'s own library; write it into `out`.
 
     - `model_file`: .onnx for onnxruntime and tensorrt (ModelOpt's Q/DQ ONNX; no engine is built), .xml (with its
@@ -59,6 +58,8 @@ def quantize(model_file: str | Path, data: Any, *, backend: str, calibrator: str
     - `max_drop`: the most validation top-1 points INT8 may lose; the most sensitive nodes go back to float
       (needs labels). `exclude`: node names kept float in every candidate.
     - `out`: a folder for the INT8 model files (same names as the FP32 ones); default `int8/` beside the model.
+    - `quantizer`: a registered quantizer's name (`edgecnn.export.quantizers.QUANTIZERS`) for the backend's target;
+      default: the target's first (onnxruntime.quantization, nncf, modelopt).
 
     Returns a `QuantizeResult`; bad input is one-line `edgecnn.errors.UserError`.
     """
@@ -68,9 +69,11 @@ def quantize(model_file: str | Path, data: Any, *, backend: str, calibrator: str
         warnings.warn(f"calibrator={calibrator!r} is now calibrator={DEPRECATED_CALIBRATORS[calibrator]!r}",
                       DeprecationWarning, stacklevel=2)
         calibrator = DEPRECATED_CALIBRATORS[calibrator]
-    quantizer = _quantizer(BACKENDS.lookup(backend))
+    runtime = BACKENDS.lookup(backend)
+    chosen = _quantizer(runtime, quantizer)
     model_file = Path(model_file)
-    suffix = SUFFIXES.get(quantizer.model_format, f".{quantizer.model_format}")
+    suffix = next((s for s, fmt in runtime.sessions[0].suffixes.items() if fmt == chosen.model_format),
+                  f".{chosen.model_format}")   # its session's suffix for the format the quantizer rewrites
     if model_file.suffix != suffix:
         raise UserError(f"the {backend} backend quantizes {suffix} model files, and {model_file} is not one: "
                         f"give the FP32 {suffix} file, or the backend that runs {model_file.suffix or 'it'}")
@@ -82,20 +85,20 @@ def quantize(model_file: str | Path, data: Any, *, backend: str, calibrator: str
     out = model_file.parent / "int8" if out is None else Path(out)
     if out.resolve() == model_file.parent.resolve():
         raise UserError(f"out {out} is the FP32 model's own folder: the INT8 files would replace it; choose another")
-    files = ModelFiles.of(quantizer, model_file.parent, model_file.name)
+    files = ModelFiles.of(chosen, model_file.parent, model_file.name)
     missing = [name for name in files.files if not (files.directory / name).is_file()]
     if missing:
         raise UserError(f"{model_file}'s model needs {', '.join(missing)} beside it, and it is not there")
     graph = GraphInput.of_model(model_file)
-    calibration, options = _calibration(model_file, data, calibrator, max_drop, samples, quantizer, backend)
-    check_int8(quantizer.target, options)
+    calibration, options = _calibration(model_file, data, calibrator, max_drop, samples, chosen, backend)
+    check_int8(chosen.target, options)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     try:
         for name in files.files:
             shutil.copy2(files.directory / name, out / Path(name).name)
         written = ModelFiles(out, model_file.name, tuple(Path(name).name for name in files.files))
-        record = quantize_model(quantizer, written, graph, calibration, options, backend=quantizer.scored_on,
+        record = quantize_model(chosen, written, graph, calibration, options, backend=chosen.scored_on,
                                 exclude=exclude)
     except BaseException:
         if created:
@@ -109,14 +112,14 @@ def quantize(model_file: str | Path, data: Any, *, backend: str, calibrator: str
                           record)
 
 
-def _quantizer(backend: Any) -> Quantizer:
-    quantizer = backend.quantizer
-    if quantizer is None:
+def _quantizer(backend: Any, name: str | None) -> Quantizer:
+    """The quantizer `name` for the backend's target (None: its default), or one line saying why not."""
+    if backend.quantizer is None:
         from edgecnn.export.backends import BACKENDS
 
         with_int8 = [b.name for b in BACKENDS.values() if b.quantizer is not None]
         raise UserError(f"the {backend.name} backend has no INT8 quantizer; quantize for {', '.join(with_int8)}")
-    return quantizer
+    return get_quantizer(backend.target_name, name)
 
 
 def _calibration(model_file: Path, data: Any, calibrator: str, max_drop: float | None, samples: int,
@@ -126,7 +129,8 @@ def _calibration(model_file: Path, data: Any, calibrator: str, max_drop: float |
         raise UserError(f"calibrator {calibrator!r} does not exist for the {backend} backend ({quantizer.tool}); "
                         f"choose auto or {', '.join(quantizer.calibrators)}")
     if isinstance(data, (str, Path)):
-        options = CalibrationOptions(calibrator=calibrator, samples=samples, max_drop=max_drop)
+        options = CalibrationOptions(calibrator=calibrator, samples=samples, max_drop=max_drop,
+                                     quantizer=quantizer.name)
         config, dataset, shape = _named_data(model_file, data)
         return prepare_calibration(config, shape, options, dataset), options
     if isinstance(data, CalibrationData):
@@ -143,7 +147,8 @@ def _calibration(model_file: Path, data: Any, calibrator: str, max_drop: float |
                         "pass (inputs, labels), or drop max_drop")
     if prepared.validation is None and calibrator == "auto":
         calibrator = quantizer.auto_candidates()[0]  # what auto keeps unless another scores significantly better
-    return prepared, CalibrationOptions(calibrator=calibrator, samples=len(prepared.calibration), max_drop=max_drop)
+    return prepared, CalibrationOptions(calibrator=calibrator, samples=len(prepared.calibration), max_drop=max_drop,
+                                        quantizer=quantizer.name)
 
 
 def _labels(labels: Any, n: int) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""The quantizers' base and registry: one `Quantizer` per target, filed in `QUANTIZERS` by its runtime's backend module.
+"""The quantizers' base and registry: `Quantizer`s filed in `QUANTIZERS` by name, each naming the target it quantizes;
+a target may have several, and the first its backend module registers is its default (`--quantizer` picks another).
 
 Each backend module (`edgecnn.export.backends`) subclasses `Quantizer` and registers it with `@register_quantizer`
 when it is imported, so this module imports no quantization library, no torch and no calibration code: a backend
@@ -10,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from edgecnn.errors import UserError
 from edgecnn.registries import Registry
 
 if TYPE_CHECKING:
@@ -25,7 +27,8 @@ WEIGHTS_ONLY_OPS = ("DeformConv",)
 class Quantizer:
     """Turns the target's FP32 model files into INT8 ones in place; each calibrator maps to a library setting, and
     `library` (where a quantizer has it) is the library's own defaults, exactly as a user calling it alone gets."""
-    target: ClassVar[str]
+    name: ClassVar[str]                      # --quantizer, quantize(quantizer=); the manifest records it
+    target: ClassVar[str]                    # the export target whose model files it quantizes
     tool: ClassVar[str]
     calibrators: ClassVar[dict[str, str]]    # edgecnn's name → what the library calls it (for the manifest)
     model_format: ClassVar[str]              # the key of model_files this quantizer rewrites
@@ -92,10 +95,29 @@ class Quantizer:
         return []
 
 
-QUANTIZERS: Registry[Quantizer] = Registry("quantizer", key="target", instantiate=True,
-                                           unknown="the {name} target has no INT8 quantizer; INT8 exports to {choices}")
-register_quantizer = QUANTIZERS.register   # @register_quantizer on a Quantizer subclass files an instance by target
-get_quantizer = QUANTIZERS.lookup
+QUANTIZERS: Registry[Quantizer] = Registry("quantizer", instantiate=True, unique=True,
+                                           unknown="unknown quantizer {name!r}; choose one of {choices}")
+register_quantizer = QUANTIZERS.register   # @register_quantizer on a Quantizer subclass files an instance by name
+
+
+def quantizers_for(target: str) -> list[Quantizer]:
+    """The quantizers of the export target `target`, its default first."""
+    return [q for q in QUANTIZERS.values() if q.target == target]
+
+
+def get_quantizer(target: str, name: str | None = None) -> Quantizer:
+    """The quantizer `name` (None: the target's default), or one line saying why it cannot quantize `target`."""
+    serving = quantizers_for(target)
+    if name is None:
+        if not serving:
+            with_int8 = sorted({q.target for q in QUANTIZERS.values()})
+            raise UserError(f"the {target} target has no INT8 quantizer; INT8 exports to {', '.join(with_int8)}")
+        return serving[0]
+    quantizer = QUANTIZERS.lookup(name)
+    if quantizer.target != target:
+        raise UserError(f"the {name} quantizer quantizes {quantizer.target} artifacts, not {target}: choose "
+                        + (", ".join(q.name for q in serving) if serving else f"another target than {target}"))
+    return quantizer
 
 
 def onnx_nodes_after(model: Path, output: str) -> list[str]:
@@ -113,4 +135,5 @@ def onnx_nodes_after(model: Path, output: str) -> list[str]:
 
 from edgecnn.export import backends  # noqa: E402,F401  (each backend module registers its quantizers)
 
-__all__ = ["QUANTIZERS", "Quantizer", "WEIGHTS_ONLY_OPS", "get_quantizer", "onnx_nodes_after", "register_quantizer"]
+__all__ = ["QUANTIZERS", "Quantizer", "WEIGHTS_ONLY_OPS", "get_quantizer", "onnx_nodes_after", "quantizers_for",
+           "register_quantizer"]

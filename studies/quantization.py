@@ -150,7 +150,7 @@ def accuracy_model(name: str, threads: int, samples: int, work: Path,
     from edgecnn.calibration import CalibrationOptions, accuracy_of, choose_calibrator, paired_comparison, \
         prepare_calibration
     from edgecnn.export.pipeline import export_model
-    from edgecnn.export.quantizers import QUANTIZERS
+    from edgecnn.export.quantizers import get_quantizer
     from edgecnn.export.source import load_source_model
 
     torch.set_num_threads(threads)
@@ -169,7 +169,7 @@ def accuracy_model(name: str, threads: int, samples: int, work: Path,
     runners = {"onnx": (_ort_runner, "model.onnx", ["model.onnx"]),
                "openvino": (_ov_runner, "model.xml", ["model.xml", "model.bin"])}
     for target, runtime, (runner, model_file, files) in ((t, SIZE_RUNTIMES[t], runners[t]) for t in targets):
-        quantizer = QUANTIZERS[target]
+        quantizer = get_quantizer(target)
         fp32_file = fp32[target] / model_file
         fp32_run = runner(fp32_file, threads)
         rt = {"fp32_test_accuracy": _accuracy(fp32_run, test_inputs, test_labels),
@@ -469,11 +469,11 @@ def _edgecnn_calibration(name: str, runtime: str, target: str, chosen: dict[str,
     significantly more accurate) on 64 Fashion-MNIST images: sizes and speed do not depend on which images."""
     from edgecnn.calibration import CalibrationOptions
     from edgecnn.data import FMNIST_DEFAULT_ROOT
-    from edgecnn.export.quantizers import QUANTIZERS
+    from edgecnn.export.quantizers import get_quantizer
 
     if runtime in chosen.get(name, {}):
         return CalibrationOptions(calibrator=chosen[name][runtime]["calibrator"])
-    return CalibrationOptions(calibrator=QUANTIZERS[target].auto_candidates()[0], samples=64,
+    return CalibrationOptions(calibrator=get_quantizer(target).auto_candidates()[0], samples=64,
                               data=FMNIST_DEFAULT_ROOT)
 
 
@@ -481,9 +481,9 @@ def run_size(args: argparse.Namespace) -> None:
     """What `edgecnn export --precision int8` writes against `--precision fp32`, on disk, with the calibrator the
     accuracy run chose, split into weights and graph description (the IR's XML, the ONNX nodes and names)."""
     from edgecnn.export import export_registered
-    from edgecnn.export.quantizers import QUANTIZERS
+    from edgecnn.export.quantizers import get_quantizer
 
-    missing = {t: hint for t in args.targets if (hint := QUANTIZERS[t].available())}
+    missing = {t: hint for t in args.targets if (hint := get_quantizer(t).available())}
     if missing:
         sys.exit("error: " + "; ".join(f"--targets {t} needs {hint}" for t, hint in missing.items()))
     chosen = json.loads((RESULTS / "quantization_accuracy.json").read_text())["summary"]["per_model"]

@@ -40,7 +40,7 @@ def test_backend_declaration(name: str) -> None:
         assert backend.precisions == backend.target.precisions and "fp32" in backend.precisions
     for quantizer in backend.quantizers:
         assert quantizer.__module__ == module.__name__ and quantizer.target == backend.target_name
-        assert type(QUANTIZERS[quantizer.target]) is quantizer
+        assert type(QUANTIZERS[quantizer.name]) is quantizer
     if backend.quantizers:
         assert type(backend.quantizer) is backend.quantizers[0]
 

@@ -18,7 +18,6 @@ import pytest
 from edgecnn.benchmarks import harness
 from edgecnn.benchmarks.cache import ensure_artifact
 from edgecnn.benchmarks.harness import run_sweep
-from edgecnn.benchmarks import schema
 from edgecnn.benchmarks.schema import DIGEST_FIELD, SCHEMA_VERSION, read_results, results_digest
 from edgecnn.benchmarks.settings import SweepSettings
 from edgecnn.calibration import CalibrationOptions

@@ -14,7 +14,7 @@ from edgecnn.calibration import CalibrationOptions, read_cache
 from edgecnn.cli import main
 from edgecnn.errors import UserError
 from edgecnn.export import export_registered, tensorrt
-from edgecnn.export.quantizers import QUANTIZERS
+from edgecnn.export.quantizers import get_quantizer
 
 MODEL = "lenet5_fmnist"
 pytestmark = pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
@@ -33,14 +33,14 @@ def _initializers(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
 
 def test_auto_keeps_the_first_candidate_unless_another_is_significantly_better(tmp_path: Path, capsys,
                                                                                monkeypatch) -> None:
-    quantizer, runs = QUANTIZERS["onnx"], []
+    quantizer, runs = get_quantizer("onnx"), []
     quantize = quantizer.quantize
     monkeypatch.setattr(quantizer, "quantize", lambda *a, **k: (runs.append(a[3]), quantize(*a, **k))[1])
     m = export_registered(MODEL, "onnx", "int8", tmp_path / "onnx", dynamic_batch=True, progress=True,
                           calibration=CalibrationOptions(samples=32, calibrator="auto")).manifest
     c = m["calibration"]
     scores = c["scores_validation_accuracy"]
-    tried = QUANTIZERS["onnx"].auto_candidates()
+    tried = get_quantizer("onnx").auto_candidates()
     assert runs == tried                            # the chosen one's files are kept, not quantized again
     alone = _export(tmp_path / "alone", "onnx", calibrator=c["calibrator"])
     assert alone["files"]["model.onnx"]["sha256"] == m["files"]["model.onnx"]["sha256"]
@@ -52,7 +52,7 @@ def test_auto_keeps_the_first_candidate_unless_another_is_significantly_better(t
     assert set(versus) == set(tried[1:])
     better = [k for k, v in versus.items() if v["significant"]]
     assert c["calibrator"] == (max(better, key=scores.get) if better else tried[0])
-    assert c["scheme"] == QUANTIZERS["onnx"].scheme_of(c["calibrator"])
+    assert c["scheme"] == get_quantizer("onnx").scheme_of(c["calibrator"])
     assert c["int8_validation_accuracy"] == scores[c["calibrator"]] and c["validation_samples"]["samples"] == 5000
     assert abs(c["validation_drop"] - (c["fp32_validation_accuracy"] - c["int8_validation_accuracy"])) < 1e-6
 
@@ -70,7 +70,7 @@ def test_library_calibrator_is_exactly_quantize_static_alone(tmp_path: Path) -> 
     config = get_config(MODEL)
     data = prepare_calibration(config, tuple(config.input_size), CalibrationOptions(samples=32))
     quantize_static(str(fp32), str(tmp_path / "plain.onnx"), OnnxRuntimeFeed(data.calibration, "input", 16))
-    QUANTIZERS["onnx"].compact(tmp_path / "plain.onnx", fp32)  # names only, as edgecnn's last step
+    get_quantizer("onnx").compact(tmp_path / "plain.onnx", fp32)  # names only, as edgecnn's last step
     ours = _initializers(onnx.load(str(tmp_path / "onnx" / "model.onnx")).graph)
     plain = _initializers(onnx.load(str(tmp_path / "plain.onnx")).graph)
     assert any(v.dtype == np.int8 for v in plain.values())  # quantize_static did quantize
@@ -88,8 +88,8 @@ def test_calibrator_default_is_the_old_name_of_library_with_a_one_line_note(tmp_
     err = capsys.readouterr().err
     assert note in err.splitlines() and err.count("--calibrator default") == 1 and "Traceback" not in err
     c = json.loads((tmp_path / "old" / "manifest.json").read_text())["calibration"]
-    assert c["calibrator"] == c["requested"] == "library" and c["scheme"] == QUANTIZERS["onnx"].library_scheme
-    assert c["library_calibrator"] == QUANTIZERS["onnx"].calibrators["library"]
+    assert c["calibrator"] == c["requested"] == "library" and c["scheme"] == get_quantizer("onnx").library_scheme
+    assert c["library_calibrator"] == get_quantizer("onnx").calibrators["library"]
     new = _export(tmp_path, "onnx", calibrator="library")
     old = json.loads((tmp_path / "old" / "manifest.json").read_text())
     assert new["files"]["model.onnx"]["sha256"] == old["files"]["model.onnx"]["sha256"]
@@ -98,7 +98,7 @@ def test_calibrator_default_is_the_old_name_of_library_with_a_one_line_note(tmp_
     assert main([*argv, "--target", "tensorrt", "--out", str(tmp_path / "refused")]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         note, "edgecnn: error: calibrator 'library' does not exist for the tensorrt target "
-              f"({QUANTIZERS['tensorrt'].tool}); choose auto or entropy, minmax"]
+              f"({get_quantizer('tensorrt').tool}); choose auto or entropy, minmax"]
     assert not (tmp_path / "refused").exists()
 
 
@@ -238,7 +238,7 @@ def test_bad_max_drop_on_the_command_line(capsys) -> None:
 
 
 def _modelopt_missing() -> bool:
-    return QUANTIZERS["tensorrt"].available() is not None
+    return get_quantizer("tensorrt").available() is not None
 
 
 def test_tensorrt_int8_without_modelopt_says_what_to_install(tmp_path: Path, monkeypatch) -> None:

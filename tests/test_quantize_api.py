@@ -14,7 +14,8 @@ from edgecnn.calibration import CalibrationData, CalibrationOptions, prepare_cal
 from edgecnn.data import FMNIST_DEFAULT_ROOT, load_dataset, preprocess
 from edgecnn.errors import UserError
 from edgecnn.export.pipeline import export_registered
-from edgecnn.export.quantizers import QUANTIZERS
+from edgecnn.export.backends.onnxruntime import OnnxRuntimeQuantizer
+from edgecnn.export.quantizers import QUANTIZERS, get_quantizer
 from edgecnn.registry import get_config
 
 MODEL = "lenet5_fmnist"
@@ -69,7 +70,7 @@ def test_labelled_arrays_choose_a_calibrator_and_agree_with_fp32(backend: str, f
                                                                 tmp_path: Path) -> None:
     inputs, labels = images
     result = edgecnn.quantize(fp32[backend], (inputs, labels), backend=backend, out=tmp_path / "int8")
-    quantizer = QUANTIZERS[MODEL_FILES[backend][0]]
+    quantizer = get_quantizer(MODEL_FILES[backend][0])
     assert result.calibrator in quantizer.auto_candidates() and result.record["requested"] == "auto"
     assert result.model == tmp_path / "int8" / fp32[backend].name and all(f.is_file() for f in result.files)
     assert not (tmp_path / "int8" / ".fp32").exists()
@@ -83,7 +84,7 @@ def test_labelled_arrays_choose_a_calibrator_and_agree_with_fp32(backend: str, f
 def test_unlabelled_array_takes_the_first_candidate(fp32: dict[str, Path], images, tmp_path: Path) -> None:
     inputs, _ = images
     result = edgecnn.quantize(fp32["onnxruntime"], inputs[:64], backend="onnxruntime", out=tmp_path / "q")
-    assert result.calibrator == QUANTIZERS["onnx"].auto_candidates()[0]
+    assert result.calibrator == get_quantizer("onnx").auto_candidates()[0]
     assert result.fp32_accuracy is None and result.int8_accuracy is None
     assert _agreement(result, fp32["onnxruntime"], inputs) >= 0.9
 
@@ -95,7 +96,7 @@ def test_default_is_the_deprecated_name_of_the_library_calibrator(fp32: dict[str
         result = edgecnn.quantize(fp32["onnxruntime"], inputs[:64], backend="onnxruntime", calibrator="default",
                                   out=tmp_path / "q")
     assert result.calibrator == result.record["requested"] == "library"
-    assert result.record["scheme"] == QUANTIZERS["onnx"].library_scheme
+    assert result.record["scheme"] == get_quantizer("onnx").library_scheme
 
 
 def test_dataset_folder_beside_an_export(fp32: dict[str, Path], images, tmp_path: Path) -> None:
@@ -129,7 +130,7 @@ def test_the_export_pass_and_the_api_write_the_same_model(fp32: dict[str, Path],
 
 def test_excluded_nodes_stay_float(fp32: dict[str, Path], images, tmp_path: Path) -> None:
     inputs, _ = images
-    quantizer = QUANTIZERS["onnx"]
+    quantizer = get_quantizer("onnx")
     first = next(n.name for n in onnx.load(str(fp32["onnxruntime"])).graph.node if n.op_type == "Conv")
     result = edgecnn.quantize(fp32["onnxruntime"], inputs[:64], backend="onnxruntime", calibrator="minmax",
                               exclude=[first], out=tmp_path / "q")
@@ -146,8 +147,58 @@ def test_excluded_nodes_stay_float(fp32: dict[str, Path], images, tmp_path: Path
     (lambda m, x: edgecnn.quantize(m["onnxruntime"], x[0], backend="onnxruntime"), "N×C×H×W"),
     (lambda m, x: edgecnn.quantize(m["onnxruntime"], x, backend="onnxruntime", out=m["onnxruntime"].parent),
      "FP32 model's own folder"),
+    (lambda m, x: edgecnn.quantize(m["onnxruntime"], x, backend="onnxruntime", quantizer="nncf"),
+     "the nncf quantizer quantizes openvino artifacts, not onnx: choose onnxruntime.quantization"),
+    (lambda m, x: edgecnn.quantize(m["onnxruntime"], x, backend="onnxruntime", quantizer="qat"),
+     "unknown quantizer 'qat'"),
 ])
 def test_bad_input_is_one_line(call, says: str, fp32: dict[str, Path], images) -> None:
     with pytest.raises(UserError) as raised:
         call(fp32, images[0][:16])
     assert says in str(raised.value) and "\n" not in str(raised.value)
+
+
+class MinMaxOnlyQuantizer(OnnxRuntimeQuantizer):
+    """A second quantizer for the onnx target, as a plug-in would register one: ONNX Runtime's, min-max only."""
+    name = "ort-minmax-only"
+    calibrators = {"minmax": "CalibrationMethod.MinMax"}
+    auto_skips = {}
+
+
+@pytest.fixture
+def second_quantizer(monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setitem(QUANTIZERS, MinMaxOnlyQuantizer.name, MinMaxOnlyQuantizer())
+    return MinMaxOnlyQuantizer.name
+
+
+def test_a_target_can_have_a_second_quantizer_chosen_by_name(second_quantizer: str, fp32: dict[str, Path], images,
+                                                             tmp_path: Path) -> None:
+    """Quantizers are registered by name: the target's first stays its default, and quantizer= (--quantizer)
+    picks another, whose own calibrators apply; the record says which one made the model."""
+    inputs, labels = images
+    default = edgecnn.quantize(fp32["onnxruntime"], inputs[:64], backend="onnxruntime", out=tmp_path / "default")
+    assert default.record["quantizer"] == "onnxruntime.quantization"
+    chosen = edgecnn.quantize(fp32["onnxruntime"], (inputs, labels), backend="onnxruntime",
+                              quantizer=second_quantizer, out=tmp_path / "second")
+    assert chosen.record["quantizer"] == second_quantizer and chosen.calibrator == "minmax"
+    assert list(chosen.record["scores_validation_accuracy"]) == ["minmax"]   # its only calibrator
+    assert _agreement(chosen, fp32["onnxruntime"], inputs) >= 0.9
+    with pytest.raises(UserError, match="calibrator 'entropy' does not exist .* choose auto or minmax$"):
+        edgecnn.quantize(fp32["onnxruntime"], inputs[:64], backend="onnxruntime", quantizer=second_quantizer,
+                         calibrator="entropy", out=tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
+
+
+def test_export_takes_the_quantizer_by_name(second_quantizer: str, tmp_path: Path, capsys) -> None:
+    from edgecnn.cli import main
+    from edgecnn.export.manifest import read_manifest
+
+    out = tmp_path / "art"
+    assert main(["export", MODEL, "--target", "onnx", "--precision", "int8", "--quantizer", second_quantizer,
+                 "--calib-samples", "64", "--parity-samples", "8", "--out", str(out), "--no-progress"]) == 0
+    assert read_manifest(out)["calibration"]["quantizer"] == second_quantizer
+    assert main(["export", MODEL, "--target", "onnx", "--precision", "int8", "--quantizer", "nncf",
+                 "--out", str(tmp_path / "no"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "the nncf quantizer quantizes openvino artifacts, not onnx" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "no").exists()

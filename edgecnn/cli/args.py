@@ -82,6 +82,13 @@ def add_calibration(p: argparse.ArgumentParser, profile_threads: bool = True) ->
                         "calibrates only (auto and --max-drop need labels and are refused). Entries that are not "
                         f"regular files are skipped and counted; images over {IMAGE_PIXELS_ENV} pixels (default: "
                         "Pillow's limit) are refused")
+    from edgecnn.export.quantizers import QUANTIZERS, quantizers_for
+
+    targets = dict.fromkeys(q.target for q in QUANTIZERS.values())
+    g.add_argument("--quantizer", choices=list(QUANTIZERS), metavar="NAME",
+                   help="which registered quantizer makes the INT8 model, by name: "
+                        + "; ".join(f"{t}: {', '.join(q.name for q in quantizers_for(t))}" for t in targets)
+                        + " (default: each target's first)")
     g.add_argument("--max-drop", type=arg_type(non_negative_float, "--max-drop"), metavar="PT",
                    help="largest validation top-1 drop allowed, in points: ONNX returns the most sensitive nodes to "
                         "float, OpenVINO uses NNCF's accuracy control (default: no bound)")
@@ -111,7 +118,8 @@ def calibration_options(args: argparse.Namespace, int8: bool) -> Any:
         print(f"edgecnn: note: --calibrator {old} is now --calibrator {args.calibrator}", file=sys.stderr)
     given = {k: v for k, v in (("calibrator", args.calibrator), ("samples", args.calib_samples),
                                ("data", args.calib_data), ("max_drop", args.max_drop), ("placement", args.placement),
-                               ("fallback", args.fallback), ("profile_threads", getattr(args, "profile_threads", None)))
+                               ("fallback", args.fallback), ("profile_threads", getattr(args, "profile_threads", None)),
+                               ("quantizer", args.quantizer))
              if v is not None}
     if not int8 and not given:
         return None

@@ -130,7 +130,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         peers=args.peers, data=args.data, data_root=args.data_root, accuracy_samples=args.accuracy_samples,
         mean=args.mean, std=args.std, classes=args.classes, calibration_samples=args.peer_calib_samples,
         calibrator=calibration.calibrator, calib_samples=args.calib_samples, calib_data=args.calib_data,
-        max_drop=args.max_drop, placement=args.placement, fallback=args.fallback, cache_dir=args.cache)
+        max_drop=args.max_drop, placement=args.placement, fallback=args.fallback, quantizer=args.quantizer,
+        cache_dir=args.cache)
     results = run_sweep(settings, args.out, force=args.force, resume=args.resume,
                         progress=not args.no_progress)
     _print_records(results)

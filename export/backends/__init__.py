@@ -52,7 +52,7 @@ class Backend:
     sessions: tuple[type[Session], ...]         # runtime.load backends; the first is the runtime's own
     tools: tuple[str, ...]                      # distributions whose versions every manifest records
     unavailable: Callable[[], str | None]       # None where it runs here, else why not (one line)
-    quantizers: tuple[type[Quantizer], ...] = ()  # INT8 for its target
+    quantizers: tuple[type[Quantizer], ...] = ()  # INT8 for its target, the default first
     # An early-exit artifact's single graph for its target: (the stage model format it is composed from, the
     # composer, the graph's file name); None: the target has the stage loop only (early_exit_graph.py).
     early_exit_graph: tuple[str, Callable[..., None], str] | None = None
@@ -76,10 +76,11 @@ class Backend:
 
     @property
     def quantizer(self) -> Quantizer | None:
-        """The registered quantizer of its target (`quantizers.QUANTIZERS`), if it has one."""
-        from edgecnn.export.quantizers import QUANTIZERS
+        """Its target's default quantizer (`quantizers.QUANTIZERS`), if it has one."""
+        from edgecnn.export.quantizers import quantizers_for
 
-        return QUANTIZERS.get(self.target_name) if self.target is not None else None
+        serving = quantizers_for(self.target_name) if self.target is not None else []
+        return serving[0] if serving else None
 
     def tool_versions(self) -> dict[str, str | None]:
         """The installed versions of its tools; None where one is not installed."""

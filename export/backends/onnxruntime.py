@@ -195,6 +195,7 @@ def weights_only_ops() -> Iterator[None]:
 
 @register_quantizer
 class OnnxRuntimeQuantizer(Quantizer):
+    name = "onnxruntime.quantization"
     target = "onnx"
     tool = "onnxruntime.quantization"
     calibrators = {"minmax": "CalibrationMethod.MinMax",

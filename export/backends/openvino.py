@@ -202,6 +202,7 @@ class OpenVinoSession(Session):
 
 @register_quantizer
 class NncfQuantizer(Quantizer):
+    name = "nncf"
     target = "openvino"
     tool = "nncf"
     calibrators = {"library": "nncf.quantize defaults (RangeEstimatorParametersSet.MEAN_MINMAX activations)",

@@ -288,6 +288,7 @@ def _modelopt_bars_silenced() -> Iterator[None]:
 
 @register_quantizer
 class ModelOptQuantizer(Quantizer):
+    name = "modelopt"
     target = "tensorrt"
     tool = "NVIDIA ModelOpt (modelopt.onnx.quantization)"
     calibrators = {"entropy": "calibration_method='entropy'", "minmax": "calibration_method='max'"}
