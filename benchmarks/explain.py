@@ -5,7 +5,8 @@
 
 For every model among the artifacts, one table names each layer as the PyTorch module it was (`layer2.0.conv1`) and
 sets side by side, per runtime, its FP32 and INT8 time from the runtime's own profiler (ONNX Runtime's session
-profiling, OpenVINO's performance counters, with the kernel each ran), the SQNR of its INT8 output against FP32 on
+profiling, OpenVINO's performance counters, with the kernel each ran), led by the eager PyTorch model's time from
+PyTorch's profiler, the SQNR of its INT8 output against FP32 on
 calibration images, and the validation accuracy it recovers alone in float (re-quantized without it, by the
 artifact's own quantizer and calibrator, for the `candidates` layers of lowest SQNR). Runtime nodes no rule maps are
 one row of their own; the per-layer times are set against the latency measured with the profiler off in the same
@@ -32,6 +33,7 @@ import numpy as np
 from edgecnn.benchmarks.machine import all_tool_versions, describe, flags_on, machine_info, same_machine
 from edgecnn.benchmarks.report import _check_out, _plot_text, _record_files, _slug, _table
 from edgecnn.errors import UserError
+from edgecnn.export.backends import REFERENCE
 from edgecnn.quiet import silenced
 from edgecnn.export.manifest import read_manifest
 from edgecnn.export.placement import MAX_CANDIDATES, accuracy_gains
@@ -64,9 +66,6 @@ class _Artifact:
         # the profiled targets' model_files key is the target's name (onnx: model.onnx, openvino: model.xml)
         return self.directory / self.manifest["model_files"][self.manifest["target"]]
 
-    @property
-    def run(self) -> ModelRun:
-        return ModelRun(self.model_file, self.manifest["default_backend"], self.manifest["precision"])
 
 
 @dataclass
@@ -80,10 +79,14 @@ class _Pair:
     sqnr: dict[str, float | None] = field(default_factory=dict)
     recovered: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    backend: str | None = None     # the runtime profiled, if not the artifact's own (the eager reference)
 
     @property
     def runtime(self) -> str:
-        return self.fp32.manifest["default_backend"]
+        return self.backend or self.fp32.manifest["default_backend"]
+
+    def run(self, artifact: _Artifact) -> ModelRun:
+        return ModelRun(artifact.model_file, self.runtime, artifact.manifest["precision"])
 
 
 def _load(directory: Path | str, here: dict[str, Any]) -> _Artifact:
@@ -154,8 +157,8 @@ def _explain_error(pair: _Pair, data: Path | str | None, threads: int | None, ca
     prepared = prepare_calibration(config, (channels, height, width), options, dataset)
     batch = 1 if m["input"]["dynamic_batch"] else m["input"]["shape"][0]
     images = prepared.calibration.inputs[:max(SQNR_SAMPLES, batch)]
-    pair.sqnr = {layer: value for layer, value in layer_sqnr(pair.fp32.run, int8.run, pair.layers, pair.int8_layers,
-                                                             images, batch, threads).items() if layer in quantized}
+    sqnr = layer_sqnr(pair.run(pair.fp32), pair.run(int8), pair.layers, pair.int8_layers, images, batch, threads)
+    pair.sqnr = {layer: value for layer, value in sqnr.items() if layer in quantized}
     pair.notes.append(f"images: {len(images)} calibration images of {dataset.said if dataset else 'no dataset'} "
                       f"for the SQNR")
     if prepared.validation is None:
@@ -176,7 +179,7 @@ def _explain_error(pair: _Pair, data: Path | str | None, threads: int | None, ca
     def quantize(exclude: list[str]) -> float:
         with silenced("nncf", stdout=True):  # NNCF's progress bars: explain's output is the report
             quantizer.quantize(graph, fp32, out, recorded["calibrator"], prepared, exclude)
-        run = model_runner(ModelRun(out, int8.run.backend, "int8"), threads)
+        run = model_runner(ModelRun(out, pair.runtime, "int8"), threads)
         logits = np.concatenate([run(validation.inputs[i:i + chunk]) for i in range(0, len(validation), chunk)
                                  if i + chunk <= len(validation)])
         return accuracy_of(correct(logits, validation.labels[:len(logits)]))
@@ -330,7 +333,7 @@ def _model_section(model: str, pairs: list[_Pair], staging: Path, batch: int) ->
                        f"{100 * v['coverage']:.0f}%", f"{v['runtime_call_ms']:.4f}",
                        f"{100 * v['graph_coverage']:.0f}%", f"{100 * v['mapped_fraction']:.0f}%",
                        f"{v['profiled_ms']:.4f}"] for k, v in coverage.items()]))
-    md += ["", "Both profilers count whole microseconds and truncate: ONNX Runtime once per node and run, OpenVINO "
+    md += ["", "The runtimes' profilers count whole microseconds and truncate (PyTorch's keeps fractions): ONNX Runtime once per node and run, OpenVINO "
                "twice (each inference's time, then the average of those), so every node gets back the expected loss, "
                "0.5 µs per truncation (the column above; the raw counter sum is the per-layer sum less it). "
                "Coverage above 100 %: the profiler's per-node figures include its own bookkeeping (ONNX Runtime "
@@ -432,7 +435,26 @@ def _pairs(artifacts: list[_Artifact], work: Path) -> list[_Pair]:
             layers = graph_layers(reference.model_file)
             pairs.append(_Pair(reference, a, layers, graph_layers(reference.model_file, a.model_file)))
     pairs += [_Pair(a, None, graph_layers(a.model_file)) for key, a in fp32.items() if key not in referenced]
-    return pairs
+    return _with_eager_reference(pairs)
+
+
+def _with_eager_reference(pairs: list[_Pair]) -> list[_Pair]:
+    """The pairs, each model's led by its eager PyTorch model profiled by PyTorch's profiler (where it rebuilds)."""
+    from edgecnn.export.source import rebuild_source_model
+
+    eager, seen = [], set()
+    for pair in pairs:
+        model = pair.fp32.manifest["model"]
+        if model["name"] in seen:
+            continue
+        seen.add(model["name"])
+        try:
+            rebuild_source_model(model)
+        except UserError as e:
+            pair.notes.append(f"the eager PyTorch reference is not profiled: {e}")
+            continue
+        eager.append(_Pair(pair.fp32, None, pair.layers, backend=REFERENCE))
+    return eager + pairs
 
 
 def explain(artifacts: Sequence[Path | str], data: Path | str | None = None, threads: int | None = None,
@@ -464,8 +486,8 @@ def explain(artifacts: Sequence[Path | str], data: Path | str | None = None, thr
             by_batch.setdefault(batch_of[run[0].fp32.key], []).append(run)
         for batch, group in by_batch.items():  # one interleaved run per batch size (usually one in all)
             inputs = np.random.default_rng(0).standard_normal((batch, *group[0][2].manifest["input"]["shape"][1:]))
-            profiles = profile_models([artifact.run for _, _, artifact in group], inputs.astype(np.float32), threads,
-                                      rounds, iterations)
+            profiles = profile_models([pair.run(artifact) for pair, _, artifact in group], inputs.astype(np.float32),
+                                      threads, rounds, iterations)
             for (pair, precision, _), profile in zip(group, profiles):
                 pair.profiles[_profile_label(pair, precision)] = profile
         for k, pair in enumerate(p for p in pairs if p.int8 is not None):
@@ -488,7 +510,7 @@ def _write(pairs: list[_Pair], target: Path, force: bool, here: dict[str, Any], 
             md = [MARKER, "# Where the time goes, layer by layer", "",
                   f"Machine: {describe(here)}; threads: {threads or 'the runtime default'}; per-layer times are "
                   "medians per inference from each runtime's profiler (ONNX Runtime session profiling, OpenVINO "
-                  "performance counters), latency is measured with the profiler off in the same interleaved rounds.",
+                  "performance counters, PyTorch's profiler for the eager reference), latency is measured with the profiler off in the same interleaved rounds.",
                   "", "Instruction-set facts that decide INT8 speed on this CPU:", ""]
             md += [f"- {fact}" for fact in _isa_facts(here)]
             models = []

@@ -60,7 +60,8 @@ def profiled_targets() -> tuple[str, ...]:
     """The export targets whose artifacts run on a profiled runtime."""
     from edgecnn.export.backends import BACKENDS
 
-    return tuple(BACKENDS.lookup(name).target_name for name in profiled_backends())
+    targets = (BACKENDS.lookup(name).target_name for name in profiled_backends())
+    return tuple(t for t in targets if t is not None)   # the eager reference has no target of its own
 
 
 def counter_truncation_us(backend: str) -> float:
@@ -94,7 +95,10 @@ class LayerMap:
         return list(self.nodes)
 
     def resolve(self, name: str) -> str | None:
-        """The layer of a graph node, tensor or runtime node (named as ONNX Runtime rewrites, or OpenVINO inserts)."""
+        """The layer of a graph node, tensor or runtime node (named as ONNX Runtime rewrites, or OpenVINO inserts),
+        or a layer's own name (the eager reference's profiler names its modules)."""
+        if name in self.nodes:
+            return name
         for candidate in _name_variants(name):
             if candidate in self.layer_of:
                 return self.layer_of[candidate]
@@ -352,16 +356,26 @@ class ProfiledRun:
         execution order."""
         raise NotImplementedError
 
+    @classmethod
+    def per_call(cls, batch: np.ndarray, work: Path, threads: int | None) -> ProfiledRun:
+        """The runtime on the least work an input like `batch` allows (a one-node graph in `work`): its own cost
+        per call, which no layer of any model can own. `cls(model file, precision, threads, trace)` by default."""
+        return cls(_one_node_graph(batch, work), "fp32", threads, None)  # type: ignore[call-arg]
+
+
+def _profiler(backend: str) -> type[ProfiledRun]:
+    from edgecnn.export.backends import BACKENDS
+
+    profiler = BACKENDS.lookup(backend).profiler
+    if profiler is None:
+        raise UserError(f"the {backend} backend has no per-layer profiler edgecnn reads here; profile "
+                        f"{' or '.join(profiled_backends())} artifacts")
+    return profiler
+
 
 def _runner(run: ModelRun, threads: int | None, trace: Path | None = None) -> ProfiledRun:
     """`run` on its backend; profiled (its traces in `trace`) unless `trace` is None."""
-    from edgecnn.export.backends import BACKENDS
-
-    profiler = BACKENDS.lookup(run.backend).profiler
-    if profiler is None:
-        raise UserError(f"the {run.backend} backend has no per-layer profiler edgecnn reads here; profile "
-                        f"{' or '.join(profiled_backends())} artifacts")
-    return profiler(run.path, run.precision, threads, trace)
+    return _profiler(run.backend)(run.path, run.precision, threads, trace)
 
 
 def profile_models(runs: Sequence[ModelRun], batch: np.ndarray, threads: int | None = None, rounds: int = 5,
@@ -371,8 +385,7 @@ def profile_models(runs: Sequence[ModelRun], batch: np.ndarray, threads: int | N
     times, per backend, a one-node graph of the same input: the runtime's own cost per call."""
     with tempfile.TemporaryDirectory(prefix="edgecnn-profile-") as tmp:
         pairs = [(_runner(r, threads), _runner(r, threads, Path(tmp))) for r in runs]
-        one_node = _one_node_graph(batch, Path(tmp))
-        calls = {b: _runner(ModelRun(one_node, b), threads) for b in dict.fromkeys(r.backend for r in runs)}
+        calls = {b: _profiler(b).per_call(batch, Path(tmp), threads) for b in dict.fromkeys(r.backend for r in runs)}
         for runner in [plain for plain, _ in pairs] + list(calls.values()):
             for _ in range(warmup):
                 runner(batch)

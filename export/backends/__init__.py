@@ -56,9 +56,9 @@ class Backend:
     # An early-exit artifact's single graph for its target: (the stage model format it is composed from, the
     # composer, the graph's file name); None: the target has the stage loop only (early_exit_graph.py).
     early_exit_graph: tuple[str, Callable[..., None], str] | None = None
-    # Its per-layer profiler (`edgecnn explain`, --placement fast, --fallback cost): profiler(model file, artifact
-    # precision, threads, trace folder or None for the profiler off) → a ProfiledRun (export/profile.py); None: none.
-    profiler: Callable[..., ProfiledRun] | None = None
+    # Its per-layer profiler (`edgecnn explain`, --placement fast, --fallback cost): a profile.ProfiledRun subclass,
+    # made as (model file, artifact precision, threads, trace folder or None for the profiler off); None: none.
+    profiler: type[ProfiledRun] | None = None
     # What its profiler's counter loses per node and inference by truncating to whole µs, on average.
     counter_truncation_us: float = 0.0
 

@@ -28,7 +28,7 @@ import numpy as np
 from edgecnn.export.backends import Backend, needs, register
 from edgecnn.export.deploy import DeployTarget, register_deploy_target
 from edgecnn.export.early_exit_graph import compose_onnx
-from edgecnn.export.profile import NodeTime
+from edgecnn.export.profile import NodeTime, ProfiledRun
 from edgecnn.export.quantizers import WEIGHTS_ONLY_OPS, Quantizer, onnx_nodes_after, register_quantizer
 from edgecnn.export.runtime import (PRECISION_NAMES, ModelSpec, Session, load_error, register_backend,
                                     summarise_precisions)
@@ -340,7 +340,7 @@ class OnnxRuntimeQuantizer(Quantizer):
 
 # ---------------------------------------------------------------- the backend
 
-class OnnxRuntimeProfiledRun:
+class OnnxRuntimeProfiledRun(ProfiledRun):
     """A model on ONNX Runtime as OnnxRuntimeSession runs it, with session profiling when `trace` is a folder: one
     `<node>_kernel_time` event per node and run, in whole µs (export/profile.py reads it)."""
 

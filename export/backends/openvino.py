@@ -24,7 +24,7 @@ from edgecnn.export.backends import Backend, needs, register
 from edgecnn.export.deploy import DeployTarget, register_deploy_target
 from edgecnn.export.early_exit_graph import compose_openvino
 from edgecnn.export.graph_io import ExportError
-from edgecnn.export.profile import ModelRun, NodeTime, graph_layers, layer_sqnr
+from edgecnn.export.profile import ModelRun, NodeTime, ProfiledRun, graph_layers, layer_sqnr
 from edgecnn.export.quantizers import Quantizer, register_quantizer
 from edgecnn.export.runtime import (PRECISION_NAMES, ModelSpec, Session, load_error, register_backend,
                                     summarise_precisions)
@@ -332,7 +332,7 @@ def _label_batches(labels: np.ndarray, batch: int) -> list[np.ndarray]:
 
 # ---------------------------------------------------------------- the backend
 
-class OpenVinoProfiledRun:
+class OpenVinoProfiledRun(ProfiledRun):
     """A model on OpenVINO's CPU plugin as OpenVinoSession compiles and runs it, with performance counters
     (`PERF_COUNT`: executed kernel and its precision per node) when `trace` is given."""
 
