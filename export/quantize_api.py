@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import shutil
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,8 @@ class QuantizeResult:
 
 def quantize(model_file: str | Path, data: Any, *, backend: str, calibrator: str = "auto",
              max_drop: float | None = None, exclude: tuple[str, ...] | list[str] = (), out: str | Path | None = None,
-             samples: int = DEFAULT_SAMPLES, quantizer: str | None = None) -> QuantizeResult:
+             samples: int = DEFAULT_SAMPLES, quantizer: str | None = None, fallback: str = "sensitivity",
+             placement: str = "accuracy", threads: int | None = None) -> QuantizeResult:
     """Quantize the FP32 model file `model_file` to INT8 with `backend`'s own library; write it into `out`.
 
     - `model_file`: .onnx for onnxruntime and tensorrt (ModelOpt's Q/DQ ONNX; no engine is built), .xml (with its
@@ -58,6 +59,11 @@ def quantize(model_file: str | Path, data: Any, *, backend: str, calibrator: str
     - `max_drop`: the most validation top-1 points INT8 may lose; the most sensitive nodes go back to float
       (needs labels). `exclude`: node names kept float in every candidate.
     - `out`: a folder for the INT8 model files (same names as the FP32 ones); default `int8/` beside the model.
+    - `fallback`: with `max_drop`, which nodes go back to float: "sensitivity" (the most sensitive first) or "cost"
+      (the set that meets the drop with the least latency lost, each node's gain and cost measured here).
+    - `placement`: "fast" leaves in float the layers whose INT8 kernel the backend's profiler measures slower than
+      their float one here ("accuracy", the default: INT8 wherever the quantizer can). `threads`: what the backend
+      is timed with for "fast" and "cost" (default: its own).
     - `quantizer`: a registered quantizer's name (`edgecnn.export.quantizers.QUANTIZERS`) for the backend's target;
       default: the target's first (onnxruntime.quantization, nncf, modelopt).
 
@@ -90,7 +96,9 @@ def quantize(model_file: str | Path, data: Any, *, backend: str, calibrator: str
     if missing:
         raise UserError(f"{model_file}'s model needs {', '.join(missing)} beside it, and it is not there")
     graph = GraphInput.of_model(model_file)
-    calibration, options = _calibration(model_file, data, calibrator, max_drop, samples, chosen, backend)
+    asked = CalibrationOptions(calibrator=calibrator, samples=samples, max_drop=max_drop, quantizer=chosen.name,
+                               fallback=fallback, placement=placement, profile_threads=threads)
+    calibration, options = _calibration(model_file, data, asked, chosen, backend)
     check_int8(chosen.target, options)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
@@ -122,17 +130,15 @@ def _quantizer(backend: Any, name: str | None) -> Quantizer:
     return get_quantizer(backend.target_name, name)
 
 
-def _calibration(model_file: Path, data: Any, calibrator: str, max_drop: float | None, samples: int,
-                 quantizer: Quantizer, backend: str) -> tuple[CalibrationData, CalibrationOptions]:
+def _calibration(model_file: Path, data: Any, asked: CalibrationOptions, quantizer: Quantizer,
+                 backend: str) -> tuple[CalibrationData, CalibrationOptions]:
     """The samples to calibrate on and the labelled images to score on, and the options `quantize_model` takes."""
-    if calibrator != "auto" and calibrator not in quantizer.calibrators:
-        raise UserError(f"calibrator {calibrator!r} does not exist for the {backend} backend ({quantizer.tool}); "
+    if asked.calibrator != "auto" and asked.calibrator not in quantizer.calibrators:
+        raise UserError(f"calibrator {asked.calibrator!r} does not exist for the {backend} backend ({quantizer.tool}); "
                         f"choose auto or {', '.join(quantizer.calibrators)}")
     if isinstance(data, (str, Path)):
-        options = CalibrationOptions(calibrator=calibrator, samples=samples, max_drop=max_drop,
-                                     quantizer=quantizer.name)
         config, dataset, shape = _named_data(model_file, data)
-        return prepare_calibration(config, shape, options, dataset), options
+        return prepare_calibration(config, shape, asked, dataset), asked
     if isinstance(data, CalibrationData):
         prepared = data
     elif isinstance(data, np.ndarray):
@@ -142,13 +148,13 @@ def _calibration(model_file: Path, data: Any, calibrator: str, max_drop: float |
     else:
         raise UserError(f"data must be a numpy array of preprocessed N×C×H×W images, a tuple (inputs, labels), "
                         f"a dataset name or a folder; got {type(data).__name__}")
-    if prepared.validation is None and max_drop is not None:
+    if prepared.validation is None and asked.max_drop is not None:
         raise UserError("max_drop scores INT8 against FP32 on labelled images, and these have no labels: "
                         "pass (inputs, labels), or drop max_drop")
+    calibrator = asked.calibrator
     if prepared.validation is None and calibrator == "auto":
         calibrator = quantizer.auto_candidates()[0]  # what auto keeps unless another scores significantly better
-    return prepared, CalibrationOptions(calibrator=calibrator, samples=len(prepared.calibration), max_drop=max_drop,
-                                        quantizer=quantizer.name)
+    return prepared, replace(asked, calibrator=calibrator, samples=len(prepared.calibration))
 
 
 def _labels(labels: Any, n: int) -> np.ndarray:

@@ -151,6 +151,12 @@ def test_excluded_nodes_stay_float(fp32: dict[str, Path], images, tmp_path: Path
      "the nncf quantizer quantizes openvino artifacts, not onnx: choose onnxruntime.quantization"),
     (lambda m, x: edgecnn.quantize(m["onnxruntime"], x, backend="onnxruntime", quantizer="qat"),
      "unknown quantizer 'qat'"),
+    (lambda m, x: edgecnn.quantize(m["onnxruntime"], x, backend="onnxruntime", fallback="cost"),
+     "--fallback cost chooses which layers --max-drop returns to float"),
+    (lambda m, x: edgecnn.quantize(m["onnxruntime"], x, backend="onnxruntime", placement="fastest"),
+     "unknown --placement 'fastest'"),
+    (lambda m, x: edgecnn.quantize(m["onnxruntime"], x, backend="onnxruntime", placement="fast", threads=0),
+     "--threads"),
 ])
 def test_bad_input_is_one_line(call, says: str, fp32: dict[str, Path], images) -> None:
     with pytest.raises(UserError) as raised:
@@ -202,3 +208,27 @@ def test_export_takes_the_quantizer_by_name(second_quantizer: str, tmp_path: Pat
     err = capsys.readouterr().err
     assert "the nncf quantizer quantizes openvino artifacts, not onnx" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "no").exists()
+
+
+def test_placement_fast_and_fallback_cost_through_the_api(fp32: dict[str, Path], images, tmp_path: Path) -> None:
+    """edgecnn.quantize takes what export's --placement / --fallback / --threads take (issue 27): the layers are
+    timed on the backend here, and the record says per layer what was measured and what stayed float."""
+    inputs, labels = images
+    fast = edgecnn.quantize(fp32["onnxruntime"], (inputs, labels), backend="onnxruntime", calibrator="minmax",
+                            placement="fast", threads=1, out=tmp_path / "fast")
+    placed = fast.record["placement"]
+    assert [row["layers"] for row in placed["layers"]] == [[layer] for layer in
+                                                           ["features.0", "features.3", "classifier.0",
+                                                            "classifier.2", "classifier.4"]]
+    assert all({"fp32_us", "int8_us", "slower_in_int8"} <= set(row) for row in placed["layers"])
+    assert set(fast.record["nodes_left_in_float_for_speed"]) <= set(fast.excluded)
+    # entropy on these 1000 images loses 1.5 pt of its 200 validation images: the fallback has work to do
+    x, y = load_dataset("fashion_mnist", split="test").get_batch(range(1000))
+    cost = edgecnn.quantize(fp32["onnxruntime"], (preprocess(x, get_config(MODEL)).numpy(), y.numpy()),
+                            backend="onnxruntime", calibrator="entropy", max_drop=0.0, fallback="cost", threads=1,
+                            out=tmp_path / "cost")
+    assert cost.record["scores_validation_accuracy"]["entropy"] < cost.fp32_accuracy
+    assert cost.fp32_accuracy - cost.int8_accuracy <= 1e-9
+    chosen = cost.record["fallback"]["chosen"]
+    assert chosen and all({"accuracy_gain_pt", "latency_cost_us"} <= set(layer) for layer in chosen)
+    assert cost.record["nodes_to_exclude"] == [n for layer in chosen for n in layer["nodes"]]
