@@ -248,7 +248,7 @@ class NncfQuantizer(Quantizer):
 
         params = self._parameters(calibrator, data, graph.feed_batch)
         ignored = nncf.IgnoredScope(names=exclude) if exclude else None
-        with silenced("nncf"):
+        with silenced("nncf", stdout=True):  # its progress bars (rich, on stdout): edgecnn shows its own
             quantized = nncf.quantize(ov.Core().read_model(str(fp32)), params.pop("calibration_dataset"),
                                       ignored_scope=ignored, **params)
         ov.save_model(quantized, str(out), compress_to_fp16=False)
@@ -289,7 +289,7 @@ class NncfQuantizer(Quantizer):
                 per_item.append(float(hits.mean()))
             return 100.0 * correct / len(val.labels), per_item
 
-        with silenced("nncf"):
+        with silenced("nncf", stdout=True):
             quantized = nncf.quantize_with_accuracy_control(
                 ov.Core().read_model(str(fp32)), params.pop("calibration_dataset"),
                 nncf.Dataset(items, lambda item: item[0]), validate, max_drop=max_drop,
