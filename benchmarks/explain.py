@@ -37,8 +37,9 @@ from edgecnn.export.backends import REFERENCE
 from edgecnn.quiet import silenced
 from edgecnn.export.manifest import read_manifest
 from edgecnn.export.placement import MAX_CANDIDATES, accuracy_gains
-from edgecnn.export.profile import (LayerComparison, LayerMap, ModelRun, NodeTime, Profile, compare, graph_layers,
-                                    layer_sqnr, model_runner, profile_models, profiled_targets, runs_in_integers)
+from edgecnn.export.profile import (LayerComparison, LayerMap, ModelRun, NodeTime, Profile, compare,
+                                    computes_in_float, graph_layers, layer_sqnr, model_runner, profile_models,
+                                    profiled_targets, runs_in_integers)
 from edgecnn.export.staging import check_target, destination_error, marked_staging
 from edgecnn.validation import positive_int
 
@@ -214,8 +215,7 @@ def _slow_reasons(row: LayerComparison, runtime: str, layers: LayerMap, batch: i
         reasons.append(f"conversions around the quantized kernel cost {spent:.1f} µs "
                        f"({', '.join(f'{n.name} {n.op}' for n in converting)})"
                        + (f", more than the kernel's {kernel:.1f} µs" if spent > kernel else ""))
-    floating = [n for n in nodes if runtime == "openvino" and n.op in ("Convolution", "FullyConnected", "MatMul")
-                and not any(t in n.kernel for t in ("I8", "i8", "u8"))]
+    floating = [n for n in nodes if computes_in_float(n)]
     if floating:
         reasons.append(f"ran in float here: {', '.join(f'{n.name} {n.kernel}' for n in floating)}")
     for layer in row.layers:

@@ -254,6 +254,16 @@ def runs_in_integers(node: NodeTime) -> bool:
     return node.op in _INTEGER_OPS or bool(_INTEGER_KERNEL.search(node.kernel))
 
 
+# Convolutions and matrix products as each runtime's profiler names them (ONNX Runtime after its fusions, OpenVINO).
+_COMPUTE_OPS = {"Conv", "FusedConv", "NchwcConv", "Gemm", "FusedGemm", "MatMul", "FusedMatMul",
+                "Convolution", "FullyConnected"}
+
+
+def computes_in_float(node: NodeTime) -> bool:
+    """Whether this node is a convolution or matrix product the runtime ran with a float kernel."""
+    return node.op in _COMPUTE_OPS and not runs_in_integers(node)
+
+
 @dataclass
 class LayerTime:
     """The runtime nodes one layer ran as: several layers when the runtime fused them into one node; () unmapped."""

@@ -13,7 +13,8 @@ from edgecnn.calibration import CalibrationOptions
 from edgecnn.cli import main
 from edgecnn.export import export_registered
 from edgecnn.export.placement import Trial, cheapest_fallback, cheapest_subset, place_for_speed
-from edgecnn.export.profile import LayerMap, NodeTime, Profile, counter_truncation_us, graph_layers
+from edgecnn.export.profile import (LayerMap, NodeTime, Profile, computes_in_float, counter_truncation_us, graph_layers,
+                                    runs_in_integers)
 
 MODEL = "lenet5_fmnist"
 LAYERS = ["features.0", "features.3", "classifier.0", "classifier.2", "classifier.4"]
@@ -268,3 +269,18 @@ def test_fallback_cost_meets_max_drop_in_a_real_export(tmp_path: Path) -> None:
     assert all({"accuracy_gain_pt", "latency_cost_us"} <= set(layer) for layer in c["fallback"]["chosen"])
     assert c["nodes_to_exclude"] == [n for layer in c["fallback"]["chosen"] for n in layer["nodes"]]
     assert set(c["nodes_to_exclude"]) <= {n.name for n in onnx.load(str(art / "model.onnx")).graph.node}
+
+
+@pytest.mark.parametrize("op, kernel, integer, float_compute", [
+    ("QLinearConv", "QLinearConv", True, False),                  # ONNX Runtime's INT8 convolution
+    ("FusedConv", "FusedConv", False, True),                      # one the quantizer left in float
+    ("Convolution", "brgconv_avx512_I8", True, False),            # OpenVINO: the precision ends exec_type
+    ("Convolution", "brgconv_avx512_FP32", False, True),
+    ("FullyConnected", "brgemm_avx512_u8", True, False),
+    ("Relu", "Relu", False, False),                               # not a convolution or matrix product
+])
+def test_which_kernels_ran_in_integers_and_which_compute_stayed_float(op: str, kernel: str, integer: bool,
+                                                                      float_compute: bool) -> None:
+    """What "why INT8 is slow here" calls a layer that ran in float, on either runtime's profile."""
+    node = NodeTime("n", op, kernel, 1.0)
+    assert runs_in_integers(node) is integer and computes_in_float(node) is float_compute
