@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterable, Sequence
 from edgecnn.benchmarks.machine import flags_on
 from edgecnn.benchmarks.schema import accuracy_drop, config_name, flow_name
 from edgecnn.errors import UserError
+from edgecnn.export.backends import recorded_tools
 from edgecnn.export.manifest import describe_files, sha256_file
 from edgecnn.export.staging import STAGING_MARKER, check_target, destination_error, marked_staging, shown
 from edgecnn.jsonfile import read_json
@@ -350,6 +351,11 @@ def _check_out(out: Path, force: bool) -> None:
         raise UserError(f"{out} already holds an edgecnn report; pass --force to regenerate it")
 
 
+def _runtime_tools(results: list[dict[str, Any]]) -> list[str]:
+    """The backends' recorded tools (the registry's order) that some results file has a version of."""
+    return [tool for tool in recorded_tools() if any(r["tools"].get(tool) for r in results)]
+
+
 def write_report(results: Sequence[dict[str, Any]], out: Path | str, force: bool = False) -> Path:
     """Write `out/README.md` and its PNGs from validated results (`read_results`); returns the index path."""
     import matplotlib
@@ -382,11 +388,12 @@ def _markdown(results: Sequence[dict[str, Any]], records: list[dict[str, Any]], 
           "Early-exit records are placed by their mean per call, in the p50 columns too, since their latency "
           "depends on the exit each image takes. Compare configurations as ratios within one machine and run.", "",
           "## Machines and runs", ""]
-    md.append(_table(["machine", "CPU flags", "memory", "OS", "torch / onnxruntime / openvino", "measured",
+    runtimes = _runtime_tools(results)
+    md.append(_table(["machine", "CPU flags", "memory", "OS", " / ".join(runtimes), "measured",
                       "complete", "command"],
                      [[label, ", ".join(flags_on(r["machine"])) or "—",
                        f"{r['machine'].get('memory_gb')} GB", r["machine"].get("os", "?"),
-                       " / ".join(str(r["tools"].get(t)) for t in ("torch", "onnxruntime", "openvino")),
+                       " / ".join(str(r["tools"].get(t)) for t in runtimes),
                        r.get("created_utc", "?"), "yes" if r.get("complete") else "no (interrupted)" if r.get("interrupted") else "no (stopped)",
                        f"`{r['command']}`"] for r, label in zip(results, labels)]))
     md += ["", "## Weights and data", "", "Which weights each model's records measured, and the test split their "
