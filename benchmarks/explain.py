@@ -382,15 +382,24 @@ def _charts(model: str, rows: list[LayerComparison], labels: list[str], pairs: l
     names = [" + ".join(r.layers) or "(unmapped)" for r in rows]
     x = np.arange(len(rows))
     charts = {}
-    fig, ax = plt.subplots(figsize=(max(8.0, 0.45 * len(rows) + 3), 4.8))
-    width = 0.8 / max(len(labels), 1)
-    for k, label in enumerate(labels):
-        ax.bar(x + (k - (len(labels) - 1) / 2) * width, [r.us.get(label, 0.0) for r in rows], width,
+    # the eager reference runs several times slower: its own panel below, so the runtimes' bars keep their scale
+    eager = [label for label in labels if label.split()[0] == REFERENCE]
+    runtimes = [label for label in labels if label not in eager]
+    size = (max(8.0, 0.45 * len(rows) + 3), 6.5 if eager else 4.8)
+    fig, axes = plt.subplots(2 if eager else 1, 1, figsize=size, sharex=True, squeeze=False,
+                             gridspec_kw={"height_ratios": [3, 1] if eager else [1]})
+    ax = axes[0][0]
+    width = 0.8 / max(len(runtimes), 1)
+    for k, label in enumerate(runtimes):
+        ax.bar(x + (k - (len(runtimes) - 1) / 2) * width, [r.us.get(label, 0.0) for r in rows], width,
                label=_plot_text(label), hatch="" if label.endswith("fp32") else "//", alpha=0.85)
-    ax.set_xticks(x, [_plot_text(n) for n in names], rotation=60, ha="right", fontsize=7)
     ax.set_ylabel("µs per inference (runtime profiler)")
     ax.set_title(_plot_text(f"{model}: latency per layer, FP32 against INT8"), fontsize=10)
-    charts["latency"] = _save_chart(fig, [ax], staging / f"latency-{_slug(model)}.png")
+    for label in eager:
+        axes[1][0].bar(x, [r.us.get(label, 0.0) for r in rows], 0.6, color="#7f7f7f", label=_plot_text(label))
+        axes[1][0].set_ylabel("µs, eager\n(PyTorch profiler)")
+    axes[-1][0].set_xticks(x, [_plot_text(n) for n in names], rotation=60, ha="right", fontsize=7)
+    charts["latency"] = _save_chart(fig, [a for (a,) in axes], staging / f"latency-{_slug(model)}.png")
     if not any(p.sqnr for p in pairs):
         return charts
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(8.0, 0.45 * len(rows) + 3), 6.5), sharex=True)
