@@ -6,13 +6,12 @@
 For every model among the artifacts, one table names each layer as the PyTorch module it was (`layer2.0.conv1`) and
 sets side by side, per runtime, its FP32 and INT8 time from the runtime's own profiler (ONNX Runtime's session
 profiling, OpenVINO's performance counters, with the kernel each ran), led by the eager PyTorch model's time from
-PyTorch's profiler, the SQNR of its INT8 output against FP32 on
-calibration images, and the validation accuracy it recovers alone in float (re-quantized without it, by the
-artifact's own quantizer and calibrator, for the `candidates` layers of lowest SQNR). Runtime nodes no rule maps are
-one row of their own; the per-layer times are set against the latency measured with the profiler off in the same
-interleaved rounds (coverage). Where INT8 is slower than FP32, the report says what the runtime shows (reference
-kernels, reorders and conversions, standalone Q/DQ, matrix-vector products at batch 1, few input channels) and which
-instruction-set facts of this CPU decide it.
+PyTorch's profiler, the SQNR of its INT8 output against FP32 on calibration images, and the validation accuracy it
+recovers alone in float (re-quantized without it, by the artifact's own quantizer and calibrator, for the
+`candidates` layers of lowest SQNR). Runtime nodes no rule maps are one row of their own; the per-layer times are
+set against the latency measured with the profiler off in the same interleaved rounds (coverage). Where INT8 is
+slower than FP32, the report says what the runtime shows (reference kernels, reorders and conversions, standalone
+Q/DQ, matrix-vector products at batch 1, few input channels) and which instruction-set facts of this CPU decide it.
 
 An INT8 artifact is compared with the FP32 artifact of the same model, target and input among those given, or with
 one exported here into a temporary folder from the model its manifest names. The output folder (README.md, PNG
@@ -66,7 +65,6 @@ class _Artifact:
     def model_file(self) -> Path:
         # the profiled targets' model_files key is the target's name (onnx: model.onnx, openvino: model.xml)
         return self.directory / self.manifest["model_files"][self.manifest["target"]]
-
 
 
 @dataclass
@@ -333,9 +331,10 @@ def _model_section(model: str, pairs: list[_Pair], staging: Path, batch: int) ->
                        f"{100 * v['coverage']:.0f}%", f"{v['runtime_call_ms']:.4f}",
                        f"{100 * v['graph_coverage']:.0f}%", f"{100 * v['mapped_fraction']:.0f}%",
                        f"{v['profiled_ms']:.4f}"] for k, v in coverage.items()]))
-    md += ["", "The runtimes' profilers count whole microseconds and truncate (PyTorch's keeps fractions): ONNX Runtime once per node and run, OpenVINO "
-               "twice (each inference's time, then the average of those), so every node gets back the expected loss, "
-               "0.5 µs per truncation (the column above; the raw counter sum is the per-layer sum less it). "
+    md += ["", "The runtimes' profilers count whole microseconds and truncate (PyTorch's keeps fractions): ONNX "
+               "Runtime once per node and run, OpenVINO twice (each inference's time, then the average of those), so "
+               "every node gets back the expected loss, 0.5 µs per truncation (the column above; the raw counter sum "
+               "is the per-layer sum less it). "
                "Coverage above 100 %: the profiler's per-node figures include its own bookkeeping (ONNX Runtime "
                "records shapes and memory per node, a few µs each)."]
     missing = None if convolutions is None else [c for c in convolutions if c not in named]
@@ -449,7 +448,7 @@ def _pairs(artifacts: list[_Artifact], work: Path) -> list[_Pair]:
 
 def _with_eager_reference(pairs: list[_Pair]) -> list[_Pair]:
     """The pairs, each model's led by its eager PyTorch model profiled by PyTorch's profiler (where it rebuilds)."""
-    from edgecnn.export.source import rebuild_source_model
+    from edgecnn.export.source import check_rebuildable
 
     eager, seen = [], set()
     for pair in pairs:
@@ -458,7 +457,7 @@ def _with_eager_reference(pairs: list[_Pair]) -> list[_Pair]:
             continue
         seen.add(model["name"])
         try:
-            rebuild_source_model(model)
+            check_rebuildable(model)
         except UserError as e:
             pair.notes.append(f"the eager PyTorch reference is not profiled: {e}")
             continue
@@ -519,7 +518,8 @@ def _write(pairs: list[_Pair], target: Path, force: bool, here: dict[str, Any], 
             md = [MARKER, "# Where the time goes, layer by layer", "",
                   f"Machine: {describe(here)}; threads: {threads or 'the runtime default'}; per-layer times are "
                   "medians per inference from each runtime's profiler (ONNX Runtime session profiling, OpenVINO "
-                  "performance counters, PyTorch's profiler for the eager reference), latency is measured with the profiler off in the same interleaved rounds.",
+                  "performance counters, PyTorch's profiler for the eager reference), latency is measured with the "
+                  "profiler off in the same interleaved rounds.",
                   "", "Instruction-set facts that decide INT8 speed on this CPU:", ""]
             md += [f"- {fact}" for fact in _isa_facts(here)]
             models = []

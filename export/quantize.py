@@ -3,17 +3,18 @@
     export_registered("resnet18_fmnist", target="openvino", precision="int8", out="artifacts/r18-int8",
                       calibration=CalibrationOptions(calibrator="auto", samples=512, max_drop=0.5))
 
-Quantizers are registered by name in one place (`QUANTIZERS`), each by its target's backend module and naming
-the target it quantizes (`edgecnn.export.backends`: ONNX Runtime's `quantize_static` for onnx, NNCF for openvino,
-NVIDIA ModelOpt for tensorrt); a target's first is its default and `--quantizer` names another. Each names its calibrators; "library" is the library's own defaults. `auto` tries them in order
-(`auto_candidates`) and keeps the first unless another is significantly more accurate on the validation split;
-for NNCF the first is its default. The `Quantizer` base and the registry are `edgecnn.export.quantizers` (light, so
-a backend module loads for its session without quantization libraries). This module holds the pre-flight
-`check_int8`, `quantize_model` (a model file quantized in place: the calibrator choice, the float fallback, the
-provenance record) and the `Quantize` pass, whose `check` runs `check_int8` and `check_calibration_source` before any
-pass works. The pass and `edgecnn.quantize` (`quantize_api`, on a bare model file) both run `quantize_model`; a
-quantizer reads of the graph only its `GraphInput`. The pass records `Calibrated` (the manifest's `calibration` and
-the samples); an early-exit stage runs it too, on the trunk's samples (`early_exit.stage_pipeline`).
+Quantizers are registered by name in one place (`QUANTIZERS`), each by its target's backend module and naming the
+target it quantizes (`edgecnn.export.backends`: ONNX Runtime's `quantize_static` for onnx, NNCF for openvino, NVIDIA
+ModelOpt for tensorrt); a target's first is its default and `--quantizer` names another. Each names its calibrators;
+"library" is the library's own defaults. `auto` tries them in order (`auto_candidates`) and keeps the first unless
+another is significantly more accurate on the validation split; for NNCF the first is its default. The `Quantizer`
+base and the registry are `edgecnn.export.quantizers` (light, so a backend module loads for its session without
+quantization libraries). This module holds the pre-flight `check_int8`, `quantize_model` (a model file quantized in
+place: the calibrator choice, the float fallback, the provenance record) and the `Quantize` pass, whose `check` runs
+`check_int8` and `check_calibration_source` before any pass works. The pass and `edgecnn.quantize` (`quantize_api`,
+on a bare model file) both run `quantize_model`; a quantizer reads of the graph only its `GraphInput`. The pass
+records `Calibrated` (the manifest's `calibration` and the samples); an early-exit stage runs it too, on the trunk's
+samples (`early_exit.stage_pipeline`).
 
 Samples, the calibrator choice, the float fallback search and the provenance record are
 `edgecnn.calibration`'s; the backends' quantizers run the libraries, and this pass scores candidates with the
@@ -184,8 +185,9 @@ def quantize_model(quantizer: Quantizer, files: ModelFiles, graph: GraphInput, d
         quantizer.compact(model, fp32)
         if finish is not None:
             finish(fp32, record["calibrator"])
-    record.update({"quantizer": quantizer.name, "tool": quantizer.tool, "scheme": quantizer.scheme_of(record["calibrator"]),
-                   "target": quantizer.target, "fp32_model_sha256": fp32_hash,
+    record.update({"quantizer": quantizer.name, "tool": quantizer.tool,
+                   "scheme": quantizer.scheme_of(record["calibrator"]), "target": quantizer.target,
+                   "fp32_model_sha256": fp32_hash,
                    "calibration_samples": data.calibration.record(),
                    "validation_samples": data.validation.record() if data.validation else None,
                    "float_nodes": quantizer.float_nodes(model)})

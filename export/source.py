@@ -24,7 +24,7 @@ from edgecnn.checkpoint import committed_checkpoint, load_checkpoint, read_sidec
 from edgecnn.errors import UserError
 from edgecnn.export.manifest import sha256_file
 from edgecnn.model_ref import WeightsData, config_from_sidecar
-from edgecnn.registry import ModelConfig, create_model
+from edgecnn.registry import ModelConfig, create_model, get_config
 
 DEFAULT_SEED = 0
 BN_REESTIMATION_BATCHES = 4
@@ -93,16 +93,14 @@ def load_source_model(name: str, checkpoint: Path | str | None = None, seed: int
                           "dataset": dataset.record() if dataset else None}
 
 
-def rebuild_source_model(model_section: dict[str, Any]) -> nn.Module:
-    """The PyTorch model an artifact was exported from, rebuilt from the manifest's record."""
+def check_rebuildable(model_section: dict[str, Any]) -> None:
+    """The one-line UserError `rebuild_source_model` would raise for this manifest record, without building it."""
     weights = model_section.get("weights") or {}
     name = model_section.get("name")
     if weights.get("source") not in ("checkpoint", "random_init"):
         raise UserError(f"the artifact of {name!r} was exported from an in-memory model; the torch backend "
                         "can rebuild only registered models exported from a checkpoint or their seeded init")
-    with torch.random.fork_rng():
-        torch.manual_seed(weights["seed"])
-        model = create_model(name, num_classes=model_section["num_classes"], in_chans=model_section["in_chans"])
+    get_config(name)  # a registered model (unknown: one line naming the known ones)
     if weights["source"] == "checkpoint":
         path = Path(weights["path"])
         if not path.is_file():
@@ -110,7 +108,18 @@ def rebuild_source_model(model_section: dict[str, Any]) -> nn.Module:
                             "needs it to rebuild the reference model")
         if sha256_file(path) != weights["sha256"]:
             raise UserError(f"the checkpoint {path} changed since the export (SHA-256 differs); export again")
-        load_checkpoint(model, path)
+
+
+def rebuild_source_model(model_section: dict[str, Any]) -> nn.Module:
+    """The PyTorch model an artifact was exported from, rebuilt from the manifest's record."""
+    check_rebuildable(model_section)
+    weights = model_section["weights"]
+    with torch.random.fork_rng():
+        torch.manual_seed(weights["seed"])
+        model = create_model(model_section["name"], num_classes=model_section["num_classes"],
+                             in_chans=model_section["in_chans"])
+    if weights["source"] == "checkpoint":
+        load_checkpoint(model, Path(weights["path"]))
     bn = weights.get("batchnorm_reestimation")
     if bn:
         reestimate_batchnorm(model, tuple(bn["input_size"]), bn["seed"], bn["batches"], bn["batch_size"])
@@ -183,5 +192,5 @@ def _smallest_side(model: nn.Module, chans: int, low: int, high: int) -> int:
     return high
 
 
-__all__ = ["DEFAULT_SEED", "check_input_size", "load_source_model", "rebuild_source_model",
+__all__ = ["DEFAULT_SEED", "check_input_size", "check_rebuildable", "load_source_model", "rebuild_source_model",
            "reestimate_batchnorm"]

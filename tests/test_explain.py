@@ -284,3 +284,21 @@ def test_which_kernels_ran_in_integers_and_which_compute_stayed_float(op: str, k
     """What "why INT8 is slow here" calls a layer that ran in float, on either runtime's profile."""
     node = NodeTime("n", op, kernel, 1.0)
     assert runs_in_integers(node) is integer and computes_in_float(node) is float_compute
+
+
+def test_an_artifact_whose_model_cannot_be_rebuilt_has_no_eager_column_and_says_why(artifacts: dict[str, Path]) -> None:
+    import copy
+
+    from edgecnn.benchmarks.explain import _Artifact, _Pair, _with_eager_reference
+
+    fp32 = artifacts["onnx-fp32"]
+    manifest = json.loads((fp32 / "manifest.json").read_text())
+    rebuildable = _Pair(_Artifact(fp32, manifest), None, graph_layers(fp32 / "model.onnx"))
+    eager, pair = _with_eager_reference([rebuildable])
+    assert eager.runtime == "torch" and eager.fp32 is pair.fp32 and not pair.notes
+    gone = copy.deepcopy(manifest)
+    gone["model"]["weights"].update(source="checkpoint", path=str(fp32 / "missing.safetensors"))
+    (pair,) = _with_eager_reference([_Pair(_Artifact(fp32, gone), None, graph_layers(fp32 / "model.onnx"))])
+    assert pair.runtime == "onnxruntime"
+    (note,) = pair.notes
+    assert note.startswith("the eager PyTorch reference is not profiled: the checkpoint") and "is gone" in note
