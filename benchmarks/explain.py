@@ -40,6 +40,7 @@ from edgecnn.export.profile import (LayerComparison, LayerMap, ModelRun, NodeTim
                                     computes_in_float, graph_layers, layer_sqnr, model_runner, profile_models,
                                     profiled_targets, runs_in_integers)
 from edgecnn.export.staging import check_target, destination_error, marked_staging
+from edgecnn.model_ref import weights_said
 from edgecnn.validation import positive_int
 
 INDEX = "README.md"
@@ -305,7 +306,9 @@ def _model_section(model: str, pairs: list[_Pair], staging: Path, batch: int) ->
                        if any(l in p.recovered for l in row.layers) else None, "+.2f")
                   for p in ratio_pairs if p.recovered]
         table.append(cells)
-    md = [f"## {model}", "", _table(headers, table), ""]
+    weights = weights_said(pairs[0].fp32.manifest)
+    md = [f"## {model}", "", f"Weights: {weights}. Latencies are timed on a random input; the SQNR and the accuracy "
+          "recovered on the images the notes below name.", "", _table(headers, table), ""]
     coverage = {}
     for pair in pairs:
         for precision in ("fp32", "int8"):
@@ -361,7 +364,7 @@ def _model_section(model: str, pairs: list[_Pair], staging: Path, batch: int) ->
         md += [f"- {pair.runtime}: {note}" for note in pair.notes]
     charts = _charts(model, rows, labels, ratio_pairs, staging)
     md += ["", *[f"![{what} per layer, {model}]({name})" for what, name in charts.items()], ""]
-    data = {"model": model, "labels": labels, "coverage": coverage, "missing_convolutions": missing,
+    data = {"model": model, "weights": weights, "labels": labels, "coverage": coverage, "missing_convolutions": missing,
             "rows": [{"layers": list(r.layers), "us": {k: round(v, 3) for k, v in r.us.items()},
                       "nodes": {k: [{"name": n.name, "op": n.op, "kernel": n.kernel, "us": round(n.us, 3),
                                      "fused": n.fused} for n in v] for k, v in r.nodes.items()}} for r in rows],

@@ -32,6 +32,7 @@ from typing import Any, Sequence
 
 from edgecnn.errors import DatasetError, UserError
 from edgecnn.registry import ModelConfig, get_config, list_models
+from edgecnn.text import printable
 
 MODEL_FORMS = ("a zoo name (`edgecnn list`), an edgecnn checkpoint (.safetensors with its .json sidecar), "
                "an ONNX file (.onnx) or an artifact folder (with manifest.json)")
@@ -401,6 +402,27 @@ def expand_models(args: Sequence[str | Path], *, checkpoint: str | Path | None =
     return found
 
 
+# ---------------------------------------------------------------- what an artifact's numbers belong to
+
+def data_said(m: dict[str, Any]) -> str:
+    """Which data an artifact's numbers (parity, test accuracy, calibration) come from, and how it was chosen."""
+    data = WeightsData.from_record(m["model"]["weights"].get("dataset") or {})
+    latency = "; LATENCY ONLY: INT8 calibrated on synthetic inputs, accuracy unknown" if m.get("latency_only") else ""
+    return (data.said if data else "none known (parity on random inputs)") + latency
+
+
+def weights_said(m: dict[str, Any]) -> str:
+    """Which weights an artifact holds: where they came from and their SHA-256."""
+    weights = m["model"]["weights"]
+    sha = f" (sha256 {weights['sha256'][:16]})" if weights.get("sha256") else ""
+    return " ".join(filter(None, (weights["source"], weights.get("path")))) + sha
+
+
+def weights_line(m: dict[str, Any]) -> str:
+    """Which weights and which data an artifact's numbers belong to, in one line."""
+    return printable(f"weights: {weights_said(m)}; data: {data_said(m)}")
+
+
 __all__ = ["Description", "KINDS", "MODEL_FORMS", "ModelRef", "WeightsData", "aligned_labels", "comparable_class_name",
-           "config_from_sidecar", "expand_models", "parse_classes", "parse_floats", "resolve_model", "weights_data",
-           "with_data"]
+           "config_from_sidecar", "data_said", "expand_models", "parse_classes", "parse_floats", "resolve_model",
+           "weights_data", "weights_line", "weights_said", "with_data"]

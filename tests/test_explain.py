@@ -93,6 +93,8 @@ def test_explain_maps_every_layer_computes_coverage_and_writes_the_report(artifa
                                                 "error-lenet5-fmnist.png", "edgecnn-report.json"}
     readme = (out / "README.md").read_text()
     assert "| features.0 |" in readme and "Why INT8 is slow here" in readme and "VNNI" in readme
+    sha = json.loads((artifacts["onnx-fp32"] / "manifest.json").read_text())["model"]["weights"]["sha256"]
+    assert model["weights"].endswith(f"(sha256 {sha[:16]})") and f"Weights: {model['weights']}." in readme
     assert json.loads((out / "explain.json").read_text())["models"][0]["rows"] == model["rows"]
     # an earlier explain report is replaced with --force only; anything else is never replaced
     assert main(["explain", str(artifacts["onnx-fp32"]), "--out", str(out), "--threads", "1"]) == 2

@@ -47,7 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_deploy(args: argparse.Namespace) -> int:
     from edgecnn.cli.args import calibration_options, description_options, export_options
-    from edgecnn.cli.export import _calibration_lines, weights_line
+    from edgecnn.cli.export import _calibration_lines
+    from edgecnn.model_ref import weights_line
     from edgecnn.export.deploy import build_bundle
 
     precision = args.precision or "fp32"

@@ -12,6 +12,7 @@ from typing import Any
 from edgecnn.cli.args import (MODEL_HELP, add_batch, add_calibration, add_description, add_export, add_output,
                               calibration_options, description_options, export_options)
 from edgecnn.cli.table import format_table
+from edgecnn.model_ref import data_said, weights_line, weights_said
 from edgecnn.text import printable
 
 
@@ -149,27 +150,6 @@ def cmd_export(args: argparse.Namespace) -> int:
               "tolerance; do not deploy it", file=sys.stderr)
         return 1
     return 0
-
-
-def data_said(m: dict[str, Any]) -> str:
-    """Which data an artifact's numbers (parity, test accuracy, calibration) come from, and how it was chosen."""
-    from edgecnn.model_ref import WeightsData
-
-    data = WeightsData.from_record(m["model"]["weights"].get("dataset") or {})
-    latency = "; LATENCY ONLY: INT8 calibrated on synthetic inputs, accuracy unknown" if m.get("latency_only") else ""
-    return (data.said if data else "none known (parity on random inputs)") + latency
-
-
-def weights_said(m: dict[str, Any]) -> str:
-    """Which weights an artifact holds: where they came from and their SHA-256."""
-    weights = m["model"]["weights"]
-    sha = f" (sha256 {weights['sha256'][:16]})" if weights.get("sha256") else ""
-    return " ".join(filter(None, (weights["source"], weights.get("path")))) + sha
-
-
-def weights_line(m: dict[str, Any]) -> str:
-    """Which weights and which data an artifact's numbers belong to, in one line."""
-    return printable(f"weights: {weights_said(m)}; data: {data_said(m)}")
 
 
 def _format_shape(spec: dict[str, Any]) -> str:
